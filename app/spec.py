@@ -1,0 +1,624 @@
+"""The experiment spec (version 1), shared by the API, the worker and the CLI.
+
+Pydantic only, no torch. Unknown fields are rejected and every number and list is
+bounded by a setting (``app.config.SpecLimits``); the limits are read at validation time
+so an operator's environment override applies without a code change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from app.catalog import (
+    ACTIVATIONS,
+    DATASETS,
+    ParameterInfo,
+    activation_names,
+    canonical_activation_name,
+)
+from app.config import SpecLimits, get_settings
+from app.expressions import ExpressionError, parse_expression
+
+SPEC_VERSION = 1
+
+
+def _limits(info: ValidationInfo | None = None) -> SpecLimits:
+    if info is not None and isinstance(info.context, dict) and isinstance(info.context.get("limits"), SpecLimits):
+        return info.context["limits"]
+    return get_settings()
+
+
+class StrictModel(BaseModel):
+    """Input model: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+ParameterValue = float | int | str | bool
+
+
+def _check_parameter(info: ParameterInfo, value: Any, where: str) -> ParameterValue:
+    """Validate one catalog parameter value; raise ValueError naming the problem."""
+    if info.kind == "choice":
+        if not isinstance(value, str) or value not in info.choices:
+            raise ValueError(f"{where} must be one of {', '.join(repr(c) for c in info.choices)}, got {value!r}")
+        return value
+    if info.kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if info.kind == "int" and (not float(value).is_integer()):
+        raise ValueError(f"{where} must be an integer, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{where} must be finite, got {value!r}")
+    if info.minimum is not None:
+        if info.exclusive_minimum and number <= info.minimum:
+            raise ValueError(f"{where} must be greater than {info.minimum:g}, got {value!r}")
+        if not info.exclusive_minimum and number < info.minimum:
+            raise ValueError(f"{where} must be at least {info.minimum:g}, got {value!r}")
+    if info.maximum is not None and number > info.maximum:
+        raise ValueError(f"{where} must be at most {info.maximum:g}, got {value!r}")
+    return int(number) if info.kind == "int" else number
+
+
+def _format_value(value: ParameterValue) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class ActivationSpec(StrictModel):
+    """One activation of the grid: a catalog name with parameters, or a custom formula."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "leaky_relu", "params": {"negative_slope": 0.1}},
+                {
+                    "name": "custom",
+                    "expression": "x * sigmoid(beta * x)",
+                    "learnable": {"beta": 1.0},
+                    "label": "swish_b",
+                },
+            ]
+        },
+    )
+
+    name: str = Field(description="Catalog name (see GET /v1/catalog) or 'custom'.", max_length=64)
+    params: dict[str, ParameterValue] = Field(
+        default_factory=dict, description="Parameters; omitted ones take their defaults."
+    )
+    label: str | None = Field(
+        None, min_length=1, description="Unique label; default: the name plus non-default params."
+    )
+    learnable: dict[str, float] | None = Field(
+        None, description="Learnable scalars of the formula with initial values (custom only)."
+    )
+    expression: str | None = Field(None, description="Formula over x (custom only).")
+
+    @field_validator("expression")
+    @classmethod
+    def _parse_expression(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        limit = _limits(info).max_expression_length
+        if len(value) > limit:
+            raise ValueError(f"expression is longer than {limit} characters")
+        try:
+            parse_expression(value, (info.data.get("learnable") or {}).keys())
+        except ExpressionError as error:
+            raise PydanticCustomError(
+                "invalid_expression", "invalid expression: {reason}", {"reason": str(error)}
+            ) from None
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, value: str) -> str:
+        if canonical_activation_name(value) is None:
+            raise PydanticCustomError(
+                "unknown_activation",
+                "unknown activation '{name}'; allowed: {allowed}",
+                {"name": value, "allowed": ", ".join(activation_names())},
+            )
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _label_length(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and len(value) > _limits(info).max_name_length:
+            raise ValueError(f"label is longer than {_limits(info).max_name_length} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _check_params(self, info: ValidationInfo) -> ActivationSpec:
+        limits = _limits(info)
+        canonical = self.canonical_name
+        catalog_entry = ACTIVATIONS[canonical]
+        if canonical == "custom":
+            if not self.expression:
+                raise ValueError("custom activation needs an 'expression' over x, e.g. 'x * sigmoid(1.702 * x)'")
+            learnable = self.learnable or {}
+            if len(learnable) > limits.max_learnable_scalars:
+                raise ValueError(f"at most {limits.max_learnable_scalars} learnable scalars are allowed")
+            for scalar, initial in learnable.items():
+                if not math.isfinite(initial) or abs(initial) > 1e6:
+                    raise ValueError(f"learnable scalar {scalar!r} needs a finite initial value within 1e6")
+            if self.params:
+                raise ValueError("custom activations take no 'params'; use 'learnable' for trainable scalars")
+            return self
+        if self.expression is not None or self.learnable is not None:
+            raise ValueError("'expression' and 'learnable' are only allowed with name 'custom'")
+        known = {parameter.name: parameter for parameter in catalog_entry.parameters}
+        checked: dict[str, ParameterValue] = {}
+        for key, value in self.params.items():
+            if key not in known:
+                allowed = ", ".join(known) or "none"
+                raise ValueError(f"unknown parameter {key!r} for {canonical}; allowed: {allowed}")
+            checked[key] = _check_parameter(known[key], value, f"params.{key}")
+        if canonical == "hardtanh":
+            low = float(checked.get("min_val", -1.0))
+            high = float(checked.get("max_val", 1.0))
+            if low >= high:
+                raise ValueError("params.min_val must be below params.max_val")
+        self.params = checked
+        return self
+
+    @property
+    def canonical_name(self) -> str:
+        """The catalog name (aliases resolved)."""
+        name = canonical_activation_name(self.name)
+        assert name is not None
+        return name
+
+    def resolved_params(self) -> dict[str, ParameterValue]:
+        """All catalog parameters, defaults filled in."""
+        entry = ACTIVATIONS[self.canonical_name]
+        return {parameter.name: self.params.get(parameter.name, parameter.default) for parameter in entry.parameters}
+
+    def default_label(self) -> str:
+        """The name plus its parameters where they differ from the defaults."""
+        if self.canonical_name == "custom":
+            return f"custom({self.expression})"
+        entry = ACTIVATIONS[self.canonical_name]
+        changed = [
+            f"{parameter.name}={_format_value(self.params[parameter.name])}"
+            for parameter in entry.parameters
+            if parameter.name in self.params and self.params[parameter.name] != parameter.default
+        ]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
+
+    @property
+    def display_label(self) -> str:
+        """The label used in tables and plots."""
+        return self.label or self.default_label()
+
+
+class DatasetSpec(StrictModel):
+    """Which dataset to train on."""
+
+    name: Literal["digits", "mnist1d", "mnist_5k", "spirals", "mnist", "fashion_mnist", "cifar10"] = Field(
+        description="Dataset name (see GET /v1/catalog)."
+    )
+    params: dict[str, ParameterValue] = Field(default_factory=dict, description="Dataset parameters (spirals only).")
+
+    @model_validator(mode="after")
+    def _check_params(self, info: ValidationInfo) -> DatasetSpec:
+        entry = DATASETS[self.name]
+        known = {parameter.name: parameter for parameter in entry.parameters}
+        checked: dict[str, ParameterValue] = {}
+        for key, value in self.params.items():
+            if key not in known:
+                allowed = ", ".join(known) or "none"
+                raise ValueError(f"unknown parameter {key!r} for dataset {self.name}; allowed: {allowed}")
+            checked[key] = _check_parameter(known[key], value, f"params.{key}")
+        if self.name == "spirals":
+            samples = int(checked.get("samples", 2000))
+            if samples > _limits(info).max_dataset_samples:
+                raise ValueError(f"params.samples must be at most {_limits(info).max_dataset_samples}")
+        self.params = checked
+        return self
+
+    def resolved_params(self) -> dict[str, ParameterValue]:
+        """All dataset parameters, defaults filled in."""
+        entry = DATASETS[self.name]
+        return {parameter.name: self.params.get(parameter.name, parameter.default) for parameter in entry.parameters}
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example."""
+        return DATASETS[self.name].input_shape
+
+    @property
+    def classes(self) -> int:
+        """Number of classes."""
+        if self.name == "spirals":
+            return int(self.resolved_params()["classes"])
+        return DATASETS[self.name].classes
+
+    @property
+    def train_size(self) -> int:
+        """Training examples before any validation split."""
+        if self.name == "spirals":
+            samples = int(self.resolved_params()["samples"])
+            return samples - samples // 5
+        return DATASETS[self.name].train_size
+
+
+def _check_width(value: int, info: ValidationInfo, what: str) -> int:
+    limit = _limits(info).max_width
+    if value > limit:
+        raise ValueError(f"{what} must be at most {limit} (setting ACTLAB_MAX_WIDTH), got {value}")
+    return value
+
+
+def _check_depth(values: list[int], info: ValidationInfo, what: str) -> list[int]:
+    limit = _limits(info).max_depth
+    if len(values) > limit:
+        raise ValueError(f"{what} may have at most {limit} entries (setting ACTLAB_MAX_DEPTH), got {len(values)}")
+    for value in values:
+        _check_width(value, info, f"each entry of {what}")
+    return values
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class MlpSpec(StrictModel):
+    """A multilayer perceptron; the input is flattened."""
+
+    kind: Literal["mlp"] = "mlp"
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [128, 128], description="Hidden layer widths.")
+    norm: Literal["none", "batch", "layer"] = "none"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    residual: bool = Field(False, description="Add skip connections between hidden layers of equal width.")
+
+    @field_validator("hidden")
+    @classmethod
+    def _bounded(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        return _check_depth(value, info, "hidden")
+
+
+class CnnSpec(StrictModel):
+    """A small conv net: Conv2d for images, Conv1d for 1-D signals."""
+
+    kind: Literal["cnn"] = "cnn"
+    channels: list[PositiveInt] = Field(
+        default_factory=lambda: [16, 32], min_length=1, description="Channels per conv block."
+    )
+    kernel_size: int = Field(3, ge=1, le=11)
+    pooling: Literal["max", "avg", "none"] = "max"
+    norm: Literal["none", "batch", "layer"] = "none"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    hidden: list[PositiveInt] = Field(
+        default_factory=list, description="Widths of fully connected layers before the output."
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _bounded_channels(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        return _check_depth(value, info, "channels")
+
+    @field_validator("hidden")
+    @classmethod
+    def _bounded_hidden(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        return _check_depth(value, info, "hidden")
+
+
+class RnnSpec(StrictModel):
+    """A recurrent net reading image rows or the 1-D signal as a sequence."""
+
+    kind: Literal["rnn"] = "rnn"
+    cell: Literal["rnn", "gru", "lstm"] = Field(
+        "rnn",
+        description="rnn: the activation is the recurrence's nonlinearity; gru/lstm: gates kept, activation in the head.",
+    )
+    hidden_size: int = Field(64, ge=1)
+    layers: int = Field(1, ge=1)
+    head_hidden: int = Field(64, ge=1, description="Width of the head layer that applies the activation (gru/lstm).")
+
+    @field_validator("hidden_size", "head_hidden")
+    @classmethod
+    def _bounded_width(cls, value: int, info: ValidationInfo) -> int:
+        return _check_width(value, info, info.field_name or "width")
+
+    @field_validator("layers")
+    @classmethod
+    def _bounded_layers(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_depth
+        if value > limit:
+            raise ValueError(f"layers must be at most {limit} (setting ACTLAB_MAX_DEPTH), got {value}")
+        return value
+
+
+ModelSpec = Annotated[MlpSpec | CnnSpec | RnnSpec, Field(discriminator="kind")]
+
+
+class TrainingSpec(StrictModel):
+    """Hyperparameters shared by every arm."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = Field(0.001, gt=0.0, le=10.0, description="Learning rate.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum of sgd and rmsprop (rmsprop default use: 0).")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd).")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    grad_clip: float | None = Field(None, gt=0.0, le=1e6, description="Clip the global gradient norm to this value.")
+    schedule: Literal["none", "step", "cosine"] = "none"
+    step_size: int = Field(10, ge=1, description="Epochs between decays (schedule step).")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="Decay factor (schedule step).")
+    init: Literal[
+        "auto",
+        "default",
+        "xavier_uniform",
+        "xavier_normal",
+        "kaiming_uniform",
+        "kaiming_normal",
+        "lecun_normal",
+        "orthogonal",
+    ] = "auto"
+    validation_fraction: float = Field(0.0, ge=0.0, le=0.5, description="Share of train held out for validation.")
+
+    @field_validator("epochs")
+    @classmethod
+    def _bounded_epochs(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_epochs
+        if value > limit:
+            raise ValueError(f"epochs must be at most {limit} (setting ACTLAB_MAX_EPOCHS), got {value}")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _bounded_batch(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_batch_size
+        if value > limit:
+            raise ValueError(f"batch_size must be at most {limit} (setting ACTLAB_MAX_BATCH_SIZE), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> TrainingSpec:
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
+            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+        return self
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One (activation, seed) pair of an experiment."""
+
+    activation_index: int
+    label: str
+    seed: int
+
+
+EXAMPLE_SPEC: dict[str, Any] = {
+    "name": "classic five on mnist1d",
+    "dataset": {"name": "mnist1d"},
+    "model": {"kind": "mlp", "hidden": [128, 128], "norm": "none", "dropout": 0.0},
+    "activations": [
+        "sigmoid",
+        "tanh",
+        "relu",
+        {"name": "leaky_relu", "params": {"negative_slope": 0.1}},
+        "elu",
+        {"name": "custom", "expression": "x * sigmoid(1.702 * x)", "label": "gelu_approx"},
+    ],
+    "seeds": [0, 1, 2],
+    "training": {
+        "epochs": 10,
+        "batch_size": 128,
+        "optimizer": "adam",
+        "lr": 0.001,
+        "weight_decay": 0.0,
+        "grad_clip": None,
+        "schedule": "none",
+        "init": "auto",
+        "validation_fraction": 0.0,
+    },
+    "device": "auto",
+}
+
+
+class ExperimentSpec(StrictModel):
+    """An experiment: one dataset, one model, a grid of activations x seeds, shared training."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_SPEC]})
+
+    version: Literal[1] = 1
+    name: str = Field("experiment", min_length=1, description="A name for people.")
+    dataset: DatasetSpec
+    model: ModelSpec
+    activations: list[ActivationSpec] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _bounded_name(cls, value: str, info: ValidationInfo) -> str:
+        limit = _limits(info).max_name_length
+        if len(value) > limit:
+            raise ValueError(f"name must be at most {limit} characters")
+        return value
+
+    @field_validator("activations")
+    @classmethod
+    def _bounded_activations(cls, value: list[ActivationSpec], info: ValidationInfo) -> list[ActivationSpec]:
+        limit = _limits(info).max_activations
+        if len(value) > limit:
+            raise ValueError(f"at most {limit} activations (setting ACTLAB_MAX_ACTIVATIONS), got {len(value)}")
+        seen: dict[str, int] = {}
+        for index, activation in enumerate(value):
+            label = activation.display_label
+            if label in seen:
+                raise PydanticCustomError(
+                    "duplicate_label",
+                    "activations[{index}] has the label '{label}' of activations[{first}]; give one a unique 'label'",
+                    {"index": index, "label": label, "first": seen[label]},
+                )
+            seen[label] = index
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _bounded_seeds(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        limits = _limits(info)
+        if len(value) > limits.max_seeds:
+            raise ValueError(f"at most {limits.max_seeds} seeds (setting ACTLAB_MAX_SEEDS), got {len(value)}")
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must be unique")
+        for seed in value:
+            if seed > limits.max_seed_value:
+                raise ValueError(f"seeds must be at most {limits.max_seed_value}, got {seed}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_grid(self, info: ValidationInfo) -> ExperimentSpec:
+        limits = _limits(info)
+        dataset = DATASETS[self.dataset.name]
+        if self.model.kind in ("cnn", "rnn") and len(dataset.input_shape) < 2:
+            raise PydanticCustomError(
+                "model_dataset_mismatch",
+                "model kind '{kind}' needs image or sequence data; dataset '{dataset}' has flat features: use 'mlp'",
+                {"kind": self.model.kind, "dataset": self.dataset.name},
+            )
+        if isinstance(self.model, CnnSpec) and self.model.pooling != "none":
+            spatial = min(dataset.input_shape[1:])
+            blocks = len(self.model.channels)
+            if spatial // (2**blocks) < 1:
+                raise ValueError(
+                    f"model.channels: {blocks} pooling blocks shrink the {spatial}-wide input of {self.dataset.name} "
+                    "below one; use fewer blocks or pooling 'none'"
+                )
+        arms = len(self.activations) * len(self.seeds)
+        if arms > limits.max_arms:
+            raise ValueError(
+                f"{arms} arms (activations x seeds) exceed the limit of {limits.max_arms} (setting ACTLAB_MAX_ARMS)"
+            )
+        parameters = estimate_parameters(self)
+        if parameters > limits.max_parameters:
+            raise ValueError(
+                f"model: the estimated {parameters:,} parameters exceed the limit of {limits.max_parameters:,} "
+                "(setting ACTLAB_MAX_PARAMETERS)"
+            )
+        cost = estimate_cost(self)
+        if cost > limits.max_cost:
+            raise ValueError(
+                f"the estimated cost {cost:.3g} (arms x epochs x training examples x parameters) exceeds "
+                f"the limit of {limits.max_cost:.3g} (setting ACTLAB_MAX_COST)"
+            )
+        return self
+
+    def arms(self) -> list[Arm]:
+        """Every (activation, seed) pair, activation-major."""
+        return [
+            Arm(index, activation.display_label, seed)
+            for index, activation in enumerate(self.activations)
+            for seed in self.seeds
+        ]
+
+    def canonical_json(self) -> str:
+        """The spec with defaults filled in, as sorted compact JSON."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def spec_hash(self) -> str:
+        """SHA-256 of the canonical JSON: equal specs hash equal whatever their spelling."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def estimate_parameters(spec: ExperimentSpec) -> int:
+    """Trainable parameters of the model, computed from the spec without building it."""
+    dataset = spec.dataset
+    shape = dataset.input_shape
+    classes = dataset.classes
+    model = spec.model
+    if isinstance(model, MlpSpec):
+        features = math.prod(shape)
+        total = 0
+        for width in model.hidden:
+            total += features * width + width
+            if model.norm != "none":
+                total += 2 * width
+            features = width
+        return total + features * classes + classes + _learnable_per_model(spec, sum(model.hidden))
+    if isinstance(model, CnnSpec):
+        channels = shape[0]
+        spatial = list(shape[1:])
+        dimensions = len(spatial)
+        total = 0
+        for width in model.channels:
+            total += channels * width * model.kernel_size**dimensions + width
+            if model.norm != "none":
+                total += 2 * width
+            channels = width
+            if model.pooling != "none":
+                spatial = [max(1, size // 2) for size in spatial]
+        features = channels * math.prod(spatial)
+        for width in model.hidden:
+            total += features * width + width
+            features = width
+        return (
+            total + features * classes + classes + _learnable_per_model(spec, sum(model.channels) + sum(model.hidden))
+        )
+    if isinstance(model, RnnSpec):
+        # A sequence step reads one image row (channels x width) or one signal sample.
+        step_features = shape[0] * shape[-1] if len(shape) == 3 else shape[0]
+        gates = {"rnn": 1, "gru": 3, "lstm": 4}[model.cell]
+        total = 0
+        features = step_features
+        for _ in range(model.layers):
+            total += gates * (
+                features * model.hidden_size + model.hidden_size * model.hidden_size + 2 * model.hidden_size
+            )
+            features = model.hidden_size
+        if model.cell == "rnn":
+            return total + features * classes + classes + _learnable_per_model(spec, model.hidden_size * model.layers)
+        total += features * model.head_hidden + model.head_hidden + model.head_hidden * classes + classes
+        return total + _learnable_per_model(spec, model.head_hidden)
+    raise AssertionError(f"unknown model kind {model!r}")
+
+
+def _learnable_per_model(spec: ExperimentSpec, units: int) -> int:
+    """Upper bound of activation parameters in one model (per-unit PReLU dominates)."""
+    largest = 0
+    for activation in spec.activations:
+        name = activation.canonical_name
+        if name == "prelu":
+            largest = max(largest, units if activation.resolved_params()["mode"] == "unit" else 32)
+        elif name == "pau":
+            largest = max(largest, 10 * 32)
+        elif name in ("swish_beta", "custom"):
+            largest = max(largest, 8 * 32)
+    return largest
+
+
+def estimate_cost(spec: ExperimentSpec) -> float:
+    """Arms x epochs x training examples x parameters: a machine-independent work estimate."""
+    arms = len(spec.activations) * len(spec.seeds)
+    return float(arms) * spec.training.epochs * spec.dataset.train_size * estimate_parameters(spec)

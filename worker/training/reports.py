@@ -1,0 +1,71 @@
+"""What the engine reports: plain dataclasses, no torch, so any caller can store them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ArmStatus = Literal["succeeded", "diverged", "cancelled"]
+
+
+@dataclass
+class LayerReport:
+    """Gradient-flow diagnostics of one layer over one epoch."""
+
+    layer: int
+    layer_name: str
+    grad_norm: float | None
+    weight_norm: float | None
+    activation_mean: float | None
+    activation_std: float | None
+    dead_fraction: float | None
+    saturated_fraction: float | None
+    activation_parameters: dict[str, Any] | None = None
+
+
+@dataclass
+class EpochReport:
+    """Everything measured in one epoch of one arm."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    epoch_seconds: float
+    samples_per_second: float
+    lr: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    grad_norm_ratio: float | None = None
+    gradient_flag: Literal["vanishing", "exploding"] | None = None
+    diverged: bool = False
+    layers: list[LayerReport] = field(default_factory=list)
+
+    def as_row(self) -> dict[str, Any]:
+        """The epoch-level fields as a flat dict (layers excluded)."""
+        row = asdict(self)
+        row.pop("layers")
+        return row
+
+
+@dataclass
+class RunInfo:
+    """Facts about one arm's model, known before its first epoch."""
+
+    init_scheme: str
+    parameter_count: int
+    device: str
+    activation_placement: str
+    training_path: Literal["unstacked", "stacked"] = "unstacked"
+
+
+@dataclass
+class ArmOutcome:
+    """How one arm ended."""
+
+    status: ArmStatus
+    epochs_completed: int
+    diverged_epoch: int | None = None
+    info: RunInfo | None = None
+    training_seconds: float = 0.0
