@@ -82,10 +82,14 @@ def parse_expression(text: str, learnable: Iterable[str] = ()) -> Node:
     for name in learnable_names:
         if not name.isidentifier() or name == "x" or name in EXPRESSION_FUNCTIONS or name in EXPRESSION_CONSTANTS:
             raise ExpressionError(f"learnable scalar name {name!r} is not allowed (must be a new identifier)")
+    # Parse and describe the same (stripped) text, or error excerpts point at the wrong columns.
+    text = text.strip()
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as error:
         raise ExpressionError(f"syntax error in expression at column {error.offset}: {error.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as error:
+        raise ExpressionError(f"expression cannot be parsed: {error}") from None
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
         raise ExpressionError(f"expression has more than {MAX_NODES} syntax nodes")
     seen_x = False
@@ -95,7 +99,10 @@ def parse_expression(text: str, learnable: Iterable[str] = ()) -> Node:
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, int | float):
                 raise ExpressionError(f"only numbers are allowed as constants, not {_describe(node, text)}")
-            return Number(float(node.value))
+            try:
+                return Number(float(node.value))
+            except OverflowError:
+                raise ExpressionError(f"number {_describe(node, text)} is too large") from None
         if isinstance(node, ast.Name):
             if node.id == "x":
                 seen_x = True
@@ -114,7 +121,7 @@ def parse_expression(text: str, learnable: Iterable[str] = ()) -> Node:
         if isinstance(node, ast.UnaryOp):
             operator = UNARY_OPERATORS.get(type(node.op))
             if operator is None:
-                raise ExpressionError(f"unary operator in {_describe(node, text)} is not allowed; allowed: -")
+                raise ExpressionError(f"unary operator in {_describe(node, text)} is not allowed; allowed: - +")
             return UnaryOperation(operator, convert(node.operand))
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name):

@@ -1,0 +1,375 @@
+"""Activation modules built from an ``ActivationSpec``: every catalog activation plus custom formulas.
+
+Pure PyTorch. ``build_activation`` is the one entry point; each catalog name maps to one
+builder function in ``_BUILDERS``. Every module is elementwise; per-unit parameters (PReLU
+mode "unit") broadcast over dimension 1, the unit/channel dimension of (batch, width) and
+(batch, channels, *spatial) tensors.
+
+Derivatives at kinks are those of PyTorch's kernels, and the tests pin them:
+
+- relu, relu6, hardtanh: 0 at every kink (ReLU'(0) = 0, the clip points of hardtanh and relu6 included);
+- leaky_relu and prelu: the negative slope at 0; elu: alpha at 0; selu: scale * alpha at 0;
+- hardswish: the outer pieces at its kinks, 0 at -3 and 1 at 3;
+- custom ``relu`` and ``abs``: 0 at 0; custom ``max(a, b)`` and ``min(a, b)`` pass no gradient to either
+  argument where a == b, so ``max(x, 0)`` and ``max(0, x)`` both have derivative 0 at 0 like ReLU
+  (PyTorch's ``maximum`` would split the gradient in half at ties).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from app.catalog import ACTIVATIONS
+from app.expressions import BinaryOperation, Call, Node, Number, UnaryOperation, Variable, parse_expression
+from app.spec import ActivationSpec, ParameterValue
+
+ParameterValues = dict[str, float | list[float]]
+
+# Even rational approximation of |x| on [-3, 3]:
+#   |x| ~ (P0 + P2 x^2 + P4 x^4) / (1 + Q2 x^2 + Q4 x^4),  max error 0.02616 on [-3, 3].
+# Derived once (near-minimax: least squares, then Nelder-Mead on the L^p norm of the error on a
+# 6,001-point grid with p raised to 512). Because leaky_relu(x) = (1+s)/2 x + (1-s)/2 |x|, the
+# P5/Q4 coefficients of a PAU that starts as leaky ReLU with slope s follow in closed form (see
+# ``pau_initial_coefficients``), with max error (1-s)/2 * 0.02616 <= 0.0131 on [-3, 3].
+_ABS_P0 = 0.02615636109
+_ABS_P2 = 5.520269530
+_ABS_P4 = 5.067421870
+_ABS_Q2 = 8.925367380
+_ABS_Q4 = 0.9059494400
+PAU_FIT_RANGE = 3.0
+PAU_ABS_MAX_ERROR = 0.02616
+
+
+class ActivationModule(nn.Module):
+    """Base of every activation module: catalog metadata plus current learnable values."""
+
+    def __init__(self, spec: ActivationSpec) -> None:
+        super().__init__()
+        info = ACTIVATIONS[spec.canonical_name]
+        self.name: str = info.name
+        self.label: str = spec.display_label
+        self.can_die: bool = info.can_die
+        self.saturation: Literal["sigmoid", "tanh"] | None = info.saturation
+
+    def parameter_values(self) -> ParameterValues | None:
+        """Current values of the learnable parameters (JSON-serialisable), or None when nothing is learned."""
+        return None
+
+    def extra_repr(self) -> str:
+        return f"label={self.label!r}"
+
+
+class ElementwiseActivation(ActivationModule):
+    """A fixed activation: one elementwise function with its parameters bound."""
+
+    def __init__(self, spec: ActivationSpec, function: Callable[[Tensor], Tensor]) -> None:
+        super().__init__(spec)
+        self.function = function
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.function(x)
+
+
+class PReLUActivation(ActivationModule):
+    """Parametric ReLU with one learned slope per layer or per unit (dimension 1)."""
+
+    def __init__(self, spec: ActivationSpec, *, width: int, per_unit: bool, initial_slope: float) -> None:
+        super().__init__(spec)
+        self.width = width
+        self.per_unit = per_unit
+        self.slope = nn.Parameter(torch.full((width if per_unit else 1,), initial_slope))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.per_unit and (x.dim() < 2 or x.shape[1] != self.width):
+            raise ValueError(
+                f"per-unit PReLU of {self.width} units got input of shape {tuple(x.shape)}; "
+                "dimension 1 must be the units"
+            )
+        return F.prelu(x, self.slope)
+
+    def parameter_values(self) -> ParameterValues:
+        """The slope (mode layer) or a summary of the per-unit slopes (mode unit)."""
+        slopes = self.slope.detach().double().cpu()
+        if not self.per_unit:
+            return {"slope": float(slopes[0])}
+        return {
+            "slope_mean": float(slopes.mean()),
+            "slope_std": float(slopes.std(unbiased=False)),
+            "slope_min": float(slopes.min()),
+            "slope_max": float(slopes.max()),
+        }
+
+    def extra_repr(self) -> str:
+        return f"label={self.label!r}, units={self.slope.numel()}"
+
+
+class SwishBetaActivation(ActivationModule):
+    """x * sigmoid(beta * x) with one learned beta per layer."""
+
+    def __init__(self, spec: ActivationSpec, *, initial_beta: float) -> None:
+        super().__init__(spec)
+        self.beta = nn.Parameter(torch.tensor(initial_beta))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.beta * x)
+
+    def parameter_values(self) -> ParameterValues:
+        """The current beta."""
+        return {"beta": float(self.beta.detach())}
+
+
+def pau_initial_coefficients(negative_slope: float) -> tuple[list[float], list[float]]:
+    """Numerator a0..a5 and denominator b1..b4 of a PAU approximating leaky ReLU on [-3, 3]."""
+    odd = (1.0 + negative_slope) / 2.0
+    even = (1.0 - negative_slope) / 2.0
+    numerator = [even * _ABS_P0, odd, even * _ABS_P2, odd * _ABS_Q2, even * _ABS_P4, odd * _ABS_Q4]
+    denominator = [0.0, _ABS_Q2, 0.0, _ABS_Q4]
+    return numerator, denominator
+
+
+def _safe_abs(value: Tensor) -> Tensor:
+    # Same value as abs, but the gradient at exactly 0 is +1 instead of 0, so coefficients that
+    # start at 0 (b1 and b3 of the leaky-ReLU start) still learn.
+    return torch.where(value >= 0, value, -value)
+
+
+class PadeActivation(ActivationModule):
+    """Pade activation unit P5/Q4 with the safe denominator 1 + sum_i |b_i x^i| (Molina et al. 2020).
+
+    The denominator is at least 1, so the unit has no poles; in float32 it stays finite while
+    |x|^5 does, i.e. for |x| up to about 4e7.
+    """
+
+    def __init__(self, spec: ActivationSpec, *, negative_slope: float) -> None:
+        super().__init__(spec)
+        numerator, denominator = pau_initial_coefficients(negative_slope)
+        self.numerator = nn.Parameter(torch.tensor(numerator))
+        self.denominator = nn.Parameter(torch.tensor(denominator))
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.numerator
+        b = _safe_abs(self.denominator)
+        # Horner's rule; |b_i x^i| = |b_i| |x|^i, so the denominator is a polynomial in |x|.
+        top = a[0] + x * (a[1] + x * (a[2] + x * (a[3] + x * (a[4] + x * a[5]))))
+        magnitude = x.abs()
+        bottom = 1.0 + magnitude * (b[0] + magnitude * (b[1] + magnitude * (b[2] + magnitude * b[3])))
+        return top / bottom
+
+    def parameter_values(self) -> ParameterValues:
+        """The coefficients a0..a5 and b1..b4."""
+        numerator = self.numerator.detach().double().cpu().tolist()
+        denominator = self.denominator.detach().double().cpu().tolist()
+        values: ParameterValues = {f"a{index}": value for index, value in enumerate(numerator)}
+        values.update({f"b{index + 1}": value for index, value in enumerate(denominator)})
+        return values
+
+
+def _maximum(left: Tensor | float, right: Tensor | float) -> Tensor | float:
+    # No gradient flows at ties, so max(x, 0) has ReLU's derivative 0 at 0 whichever side 0 is on.
+    if not isinstance(left, Tensor) and not isinstance(right, Tensor):
+        return max(left, right)
+    if not isinstance(left, Tensor):
+        left, right = right, left
+    assert isinstance(left, Tensor)
+    if not isinstance(right, Tensor):
+        return torch.where(left > right, left, right)
+    return torch.where(left == right, left.detach(), torch.maximum(left, right))
+
+
+def _minimum(left: Tensor | float, right: Tensor | float) -> Tensor | float:
+    # The mirror of _maximum: no gradient at ties.
+    if not isinstance(left, Tensor) and not isinstance(right, Tensor):
+        return min(left, right)
+    if not isinstance(left, Tensor):
+        left, right = right, left
+    assert isinstance(left, Tensor)
+    if not isinstance(right, Tensor):
+        return torch.where(left < right, left, right)
+    return torch.where(left == right, left.detach(), torch.minimum(left, right))
+
+
+_UNARY_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "exp": torch.exp,
+    "log": torch.log,
+    "sqrt": torch.sqrt,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "abs": torch.abs,
+    "erf": torch.erf,
+    "softplus": F.softplus,
+    "sin": torch.sin,
+    "cos": torch.cos,
+}
+_BINARY_FUNCTIONS: dict[str, Callable[[Tensor | float, Tensor | float], Tensor | float]] = {
+    "min": _minimum,
+    "max": _maximum,
+}
+
+
+def _apply_operator(operator: str, left: Tensor | float, right: Tensor | float) -> Tensor | float:
+    if operator == "+":
+        return left + right
+    if operator == "-":
+        return left - right
+    if operator == "*":
+        return left * right
+    if operator == "/":
+        return left / right
+    if operator == "**":
+        return left**right
+    raise AssertionError(f"operator {operator!r} passed the parser")
+
+
+def _fold_constants(node: Node) -> Node:
+    """Replace every subtree without variables by its value, computed with torch's float64 semantics."""
+    if isinstance(node, Number | Variable):
+        return node
+    if isinstance(node, UnaryOperation):
+        operand = _fold_constants(node.operand)
+        if isinstance(operand, Number):
+            return Number(operand.value if node.operator == "+" else -operand.value)
+        return UnaryOperation(node.operator, operand)
+    if isinstance(node, BinaryOperation):
+        left = _fold_constants(node.left)
+        right = _fold_constants(node.right)
+        if isinstance(left, Number) and isinstance(right, Number):
+            # Through torch, not Python floats: 1 / 0 is inf and (-8) ** 0.5 is nan, as in the forward pass.
+            value = _apply_operator(node.operator, _constant(left.value), _constant(right.value))
+            return Number(float(value))
+        return BinaryOperation(node.operator, left, right)
+    arguments = tuple(_fold_constants(argument) for argument in node.arguments)
+    if all(isinstance(argument, Number) for argument in arguments):
+        values = [_constant(argument.value) for argument in arguments if isinstance(argument, Number)]
+        if node.function in _UNARY_FUNCTIONS:
+            return Number(float(_UNARY_FUNCTIONS[node.function](values[0])))
+        return Number(float(_BINARY_FUNCTIONS[node.function](values[0], values[1])))
+    return Call(node.function, arguments)
+
+
+def _constant(value: float) -> Tensor:
+    return torch.tensor(value, dtype=torch.float64)
+
+
+class CustomActivation(ActivationModule):
+    """A formula over x from the safe expression language, evaluated with torch ops (never eval)."""
+
+    def __init__(self, spec: ActivationSpec) -> None:
+        super().__init__(spec)
+        assert spec.expression is not None
+        learnable = spec.learnable or {}
+        self.expression = spec.expression
+        self.tree = _fold_constants(parse_expression(spec.expression, learnable))
+        # A fixed prefix keeps user names clear of nn.Module attributes such as "training" or "forward".
+        self.scalar_names = tuple(learnable)
+        for name, initial in learnable.items():
+            self.register_parameter(f"scalar_{name}", nn.Parameter(torch.tensor(float(initial))))
+
+    def scalar(self, name: str) -> Tensor:
+        """The learnable scalar of that name."""
+        return self.get_parameter(f"scalar_{name}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        result = self._evaluate(self.tree, x)
+        if not isinstance(result, Tensor):
+            # The parser guarantees x occurs, but e.g. "0 * x" still gives a tensor; keep the shape promise anyway.
+            return torch.full_like(x, result)
+        return result
+
+    def _evaluate(self, node: Node, x: Tensor) -> Tensor | float:
+        if isinstance(node, Number):
+            return node.value
+        if isinstance(node, Variable):
+            return x if node.name == "x" else self.scalar(node.name)
+        if isinstance(node, UnaryOperation):
+            operand = self._evaluate(node.operand, x)
+            return -operand if node.operator == "-" else operand
+        if isinstance(node, BinaryOperation):
+            return _apply_operator(node.operator, self._evaluate(node.left, x), self._evaluate(node.right, x))
+        arguments = [self._evaluate(argument, x) for argument in node.arguments]
+        if node.function in _UNARY_FUNCTIONS:
+            argument = arguments[0]
+            # Constant folding leaves no call on a bare number, but stay total.
+            tensor = argument if isinstance(argument, Tensor) else torch.full_like(x, argument)
+            return _UNARY_FUNCTIONS[node.function](tensor)
+        return _BINARY_FUNCTIONS[node.function](arguments[0], arguments[1])
+
+    def parameter_values(self) -> ParameterValues | None:
+        """The learnable scalars by name, or None when the formula has none."""
+        if not self.scalar_names:
+            return None
+        return {name: float(self.scalar(name).detach()) for name in self.scalar_names}
+
+    def extra_repr(self) -> str:
+        return f"label={self.label!r}, expression={self.expression!r}"
+
+
+Builder = Callable[[ActivationSpec, dict[str, ParameterValue], int], ActivationModule]
+
+
+def _fixed(function: Callable[..., Tensor], **bound: object) -> Builder:
+    """A builder of an ElementwiseActivation; ``bound`` maps function keywords to catalog parameter names."""
+
+    def build(spec: ActivationSpec, params: dict[str, ParameterValue], width: int) -> ActivationModule:
+        keywords = {keyword: params[str(parameter)] for keyword, parameter in bound.items()}
+        bound_function = functools.partial(function, **keywords) if keywords else function
+        return ElementwiseActivation(spec, bound_function)
+
+    return build
+
+
+def _build_prelu(spec: ActivationSpec, params: dict[str, ParameterValue], width: int) -> ActivationModule:
+    return PReLUActivation(spec, width=width, per_unit=params["mode"] == "unit", initial_slope=float(params["init"]))
+
+
+def _build_swish_beta(spec: ActivationSpec, params: dict[str, ParameterValue], width: int) -> ActivationModule:
+    return SwishBetaActivation(spec, initial_beta=float(params["init"]))
+
+
+def _build_pau(spec: ActivationSpec, params: dict[str, ParameterValue], width: int) -> ActivationModule:
+    return PadeActivation(spec, negative_slope=float(params["negative_slope"]))
+
+
+def _build_custom(spec: ActivationSpec, params: dict[str, ParameterValue], width: int) -> ActivationModule:
+    return CustomActivation(spec)
+
+
+_BUILDERS: dict[str, Builder] = {
+    "sigmoid": _fixed(torch.sigmoid),
+    "tanh": _fixed(torch.tanh),
+    "relu": _fixed(torch.relu),
+    "leaky_relu": _fixed(F.leaky_relu, negative_slope="negative_slope"),
+    "elu": _fixed(F.elu, alpha="alpha"),
+    "selu": _fixed(F.selu),
+    "gelu": _fixed(F.gelu, approximate="approximate"),
+    "silu": _fixed(F.silu),
+    "mish": _fixed(F.mish),
+    "softplus": _fixed(F.softplus, beta="beta", threshold="threshold"),
+    "hardswish": _fixed(F.hardswish),
+    "softsign": _fixed(F.softsign),
+    "hardtanh": _fixed(F.hardtanh, min_val="min_val", max_val="max_val"),
+    "relu6": _fixed(F.relu6),
+    "celu": _fixed(F.celu, alpha="alpha"),
+    "prelu": _build_prelu,
+    "swish_beta": _build_swish_beta,
+    "pau": _build_pau,
+    "custom": _build_custom,
+}
+
+
+def build_activation(spec: ActivationSpec, *, width: int) -> ActivationModule:
+    """Build the activation module of a validated spec for a layer of ``width`` units (dimension 1)."""
+    if width < 1:
+        raise ValueError(f"width must be at least 1, got {width}")
+    name = spec.canonical_name
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise ValueError(f"no module for activation {name!r}; known: {', '.join(sorted(_BUILDERS))}")
+    params = spec.resolved_params()
+    return builder(spec, params, width)
