@@ -590,11 +590,13 @@ def estimate_parameters(spec: ExperimentSpec) -> int:
         # A sequence step reads one image row (channels x width) or one signal sample.
         step_features = shape[0] * shape[-1] if len(shape) == 3 else shape[0]
         gates = {"rnn": 1, "gru": 3, "lstm": 4}[model.cell]
+        # nn.GRU/nn.LSTM carry two bias vectors per gate; the Elman cell of "rnn" needs only one.
+        biases = 1 if model.cell == "rnn" else 2
         total = 0
         features = step_features
         for _ in range(model.layers):
             total += gates * (
-                features * model.hidden_size + model.hidden_size * model.hidden_size + 2 * model.hidden_size
+                features * model.hidden_size + model.hidden_size * model.hidden_size + biases * model.hidden_size
             )
             features = model.hidden_size
         if model.cell == "rnn":

@@ -28,9 +28,10 @@ class EpochReport:
     """Everything measured in one epoch of one arm."""
 
     epoch: int
-    train_loss: float
+    # None when the loss is not finite (a diverged epoch).
+    train_loss: float | None
     train_accuracy: float
-    test_loss: float
+    test_loss: float | None
     test_accuracy: float
     epoch_seconds: float
     samples_per_second: float
@@ -69,3 +70,5 @@ class ArmOutcome:
     diverged_epoch: int | None = None
     info: RunInfo | None = None
     training_seconds: float = 0.0
+    # Every epoch's report, a resumed arm's earlier epochs included.
+    reports: list[EpochReport] = field(default_factory=list)

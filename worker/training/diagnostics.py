@@ -1,0 +1,284 @@
+"""Gradient-flow diagnostics: per-layer gradient and weight norms, activation statistics, dead and saturated units.
+
+Gradient norms are measured every training step, before any clipping (the raw flow is
+what tells vanishing from exploding), and summed on the device; the epoch's means are
+read once. Activation statistics come from one probe pass per epoch over a fixed probe
+set (the first ``min(1000, len(train))`` training examples, the same for every seed and
+activation), in eval mode without gradients, through forward hooks on the activation
+modules. A unit is a feature of a fully connected or recurrent layer and a channel of a
+conv layer; a recurrent layer's activation runs once per step, and every call counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from app.catalog import (
+    EXPLODING_RATIO,
+    PROBE_EXAMPLES,
+    SATURATED_SHARE,
+    SIGMOID_SATURATION_BOUNDS,
+    TANH_SATURATION_LEVEL,
+    VANISHING_RATIO,
+)
+from app.spec import ActivationSpec
+from worker.training.models import DiagnosticLayer
+from worker.training.reports import LayerReport
+
+GradientFlag = Literal["vanishing", "exploding"]
+# The probe runs in chunks so a wide conv net on 1000 images stays within memory.
+PROBE_BATCH_SIZE = 250
+
+
+def probe_inputs(train_inputs: torch.Tensor, *, examples: int = PROBE_EXAMPLES) -> torch.Tensor:
+    """The fixed probe set: the first ``min(examples, len(train))`` training inputs."""
+    return train_inputs[: min(examples, train_inputs.shape[0])]
+
+
+def gradient_flag(ratio: float | None) -> GradientFlag | None:
+    """'vanishing' or 'exploding' when the first/last gradient-norm ratio crosses the catalog thresholds."""
+    if ratio is None:
+        return None
+    if ratio < VANISHING_RATIO:
+        return "vanishing"
+    if ratio > EXPLODING_RATIO:
+        return "exploding"
+    return None
+
+
+def gradient_norm_ratio(grad_norms: Sequence[float | None]) -> float | None:
+    """First-layer over last-layer gradient norm; None when either is missing, zero or not finite."""
+    if len(grad_norms) < 2:
+        return None
+    first, last = grad_norms[0], grad_norms[-1]
+    if first is None or last is None or last == 0:
+        return None
+    ratio = first / last
+    return ratio if math.isfinite(ratio) else None
+
+
+class GradientNormTracker:
+    """Running sums of each layer's weight-gradient L2 norm over an epoch's steps, kept on the device."""
+
+    def __init__(self, layers: Sequence[DiagnosticLayer], *, device: torch.device) -> None:
+        self.parameters = [weight for layer in layers for weight in layer.weights]
+        # Which layer each weight belongs to: a recurrent layer's norm joins its input and recurrent weights.
+        self.owners = torch.tensor(
+            [index for index, layer in enumerate(layers) for _ in layer.weights], dtype=torch.long, device=device
+        )
+        self.sums = torch.zeros(len(layers), device=device)
+        self.steps = 0
+
+    def record(self) -> None:
+        """Add this step's gradient norms; call after backward, before clipping and the optimizer step."""
+        gradients = [
+            parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
+            for parameter in self.parameters
+        ]
+        norms = torch.stack(torch._foreach_norm(gradients))
+        squares = torch.zeros_like(self.sums).index_add_(0, self.owners, norms.float().square())
+        self.sums += squares.sqrt()
+        self.steps += 1
+
+    def epoch_means(self) -> torch.Tensor:
+        """Mean norm per layer over the steps recorded since the last reset (a device tensor)."""
+        return self.sums / max(self.steps, 1)
+
+    def reset(self) -> None:
+        """Start a new epoch."""
+        self.sums.zero_()
+        self.steps = 0
+
+
+@dataclass(frozen=True)
+class SaturationRule:
+    """How to tell a saturated output: sigmoid-like bounds or a tanh-like symmetric range."""
+
+    kind: Literal["sigmoid", "tanh"]
+    low: float
+    high: float
+
+    def saturated(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of saturated outputs."""
+        if self.kind == "sigmoid":
+            low, high = SIGMOID_SATURATION_BOUNDS
+            return (outputs < low) | (outputs > high)
+        centre = (self.low + self.high) / 2
+        half_range = (self.high - self.low) / 2
+        return (outputs - centre).abs() > TANH_SATURATION_LEVEL * half_range
+
+
+def saturation_rule(module: nn.Module, activation: ActivationSpec) -> SaturationRule | None:
+    """The saturation test of an activation module, None where saturation is not defined."""
+    kind = getattr(module, "saturation", None)
+    if kind == "sigmoid":
+        return SaturationRule("sigmoid", 0.0, 1.0)
+    if kind == "tanh":
+        if activation.canonical_name == "hardtanh":
+            # Hardtanh saturates at its own clip values, not at +-1.
+            params = activation.resolved_params()
+            return SaturationRule("tanh", float(params["min_val"]), float(params["max_val"]))
+        return SaturationRule("tanh", -1.0, 1.0)
+    return None
+
+
+class ActivationStatistics:
+    """Accumulates one activation module's outputs over the probe pass (all on the device)."""
+
+    def __init__(self, *, can_die: bool, rule: SaturationRule | None) -> None:
+        self.can_die = can_die
+        self.rule = rule
+        self.total: torch.Tensor | None = None
+        self.total_squares: torch.Tensor | None = None
+        self.count = 0
+        self.unit_maximum: torch.Tensor | None = None
+        self.unit_saturated: torch.Tensor | None = None
+        self.unit_count = 0
+
+    def add(self, outputs: torch.Tensor) -> None:
+        """Fold one call's outputs (units on dim 1) into the running statistics."""
+        values = outputs.detach()
+        total = values.sum(dtype=torch.float64)
+        squares = values.square().sum(dtype=torch.float64)
+        self.total = total if self.total is None else self.total + total
+        self.total_squares = squares if self.total_squares is None else self.total_squares + squares
+        self.count += values.numel()
+        # Units live on dim 1; every other dim (examples, positions) holds observations of a unit.
+        observation_dims = [dim for dim in range(values.dim()) if dim != 1]
+        self.unit_count += values.numel() // values.shape[1]
+        if self.can_die:
+            maximum = values.amax(dim=observation_dims)
+            self.unit_maximum = maximum if self.unit_maximum is None else torch.maximum(self.unit_maximum, maximum)
+        if self.rule is not None:
+            saturated = self.rule.saturated(values).sum(dim=observation_dims)
+            self.unit_saturated = saturated if self.unit_saturated is None else self.unit_saturated + saturated
+
+    def summary(self) -> torch.Tensor:
+        """[mean, std, dead_fraction, saturated_fraction] as a float64 tensor; NaN where undefined."""
+        nan = torch.tensor(math.nan, dtype=torch.float64)
+        if self.total is None or self.total_squares is None or self.count == 0:
+            return nan.repeat(4)
+        mean = self.total / self.count
+        variance = (self.total_squares / self.count - mean.square()).clamp(min=0.0)
+        dead = (self.unit_maximum <= 0).double().mean() if self.unit_maximum is not None else nan.to(self.total.device)
+        saturated = (
+            (self.unit_saturated.double() > SATURATED_SHARE * self.unit_count).double().mean()
+            if self.unit_saturated is not None
+            else nan.to(self.total.device)
+        )
+        return torch.stack([mean, variance.sqrt(), dead, saturated])
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _finite_values(values: Any) -> Any:
+    """Activation parameter values with NaN and infinities (a diverged arm's) replaced by None."""
+    if isinstance(values, float):
+        return _finite_or_none(values)
+    if isinstance(values, dict):
+        return {key: _finite_values(value) for key, value in values.items()}
+    if isinstance(values, list | tuple):
+        return [_finite_values(value) for value in values]
+    return values
+
+
+class GradientFlowMonitor:
+    """Everything the diagnostics need for one model: gradient tracking during the epoch, a probe after it."""
+
+    def __init__(
+        self,
+        layers: Sequence[DiagnosticLayer],
+        *,
+        activation: ActivationSpec,
+        probe: torch.Tensor,
+        probe_batch_size: int = PROBE_BATCH_SIZE,
+    ) -> None:
+        self.layers = list(layers)
+        self.activation = activation
+        self.probe = probe
+        self.probe_batch_size = probe_batch_size
+        self.gradients = GradientNormTracker(self.layers, device=probe.device)
+
+    def record_gradients(self) -> None:
+        """Call after every backward pass."""
+        self.gradients.record()
+
+    def probe_statistics(self, model: nn.Module) -> list[ActivationStatistics | None]:
+        """Run the probe set through the model in eval mode, collecting each activation's outputs."""
+        statistics: list[ActivationStatistics | None] = []
+        handles = []
+        for layer in self.layers:
+            if layer.activation is None:
+                statistics.append(None)
+                continue
+            collector = ActivationStatistics(
+                can_die=bool(getattr(layer.activation, "can_die", False)),
+                rule=saturation_rule(layer.activation, self.activation),
+            )
+            statistics.append(collector)
+
+            def hook(_module: nn.Module, _inputs: Any, outputs: torch.Tensor, collector=collector) -> None:
+                collector.add(outputs)
+
+            handles.append(layer.activation.register_forward_hook(hook))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, self.probe.shape[0], self.probe_batch_size):
+                    model(self.probe[start : start + self.probe_batch_size])
+        finally:
+            for handle in handles:
+                handle.remove()
+            model.train(was_training)
+        return statistics
+
+    def epoch_layers(self, model: nn.Module) -> tuple[list[LayerReport], float | None, GradientFlag | None]:
+        """This epoch's layer reports, grad-norm ratio and flag; resets the gradient sums."""
+        statistics = self.probe_statistics(model)
+        device = self.probe.device
+        rows = []
+        for layer, collected in zip(self.layers, statistics, strict=True):
+            with torch.no_grad():
+                weight_norm = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(weight.detach().double()) for weight in layer.weights])
+                )
+            summary = (
+                collected.summary()
+                if collected is not None
+                else torch.full((4,), math.nan, dtype=torch.float64, device=device)
+            )
+            rows.append(torch.cat([weight_norm.reshape(1).to(device), summary.to(device)]))
+        gradient_means = self.gradients.epoch_means().double()
+        # One host transfer for the whole epoch's diagnostics.
+        table = torch.cat([torch.stack(rows), gradient_means.reshape(-1, 1)], dim=1).tolist()
+        self.gradients.reset()
+        reports = []
+        for index, (layer, row, collected) in enumerate(zip(self.layers, table, statistics, strict=True)):
+            weight_norm, mean, std, dead, saturated, grad_norm = row
+            parameter_values = getattr(layer.activation, "parameter_values", None)
+            reports.append(
+                LayerReport(
+                    layer=index + 1,
+                    layer_name=layer.name,
+                    grad_norm=_finite_or_none(grad_norm),
+                    weight_norm=_finite_or_none(weight_norm),
+                    activation_mean=_finite_or_none(mean),
+                    activation_std=_finite_or_none(std),
+                    dead_fraction=_finite_or_none(dead) if collected is not None and collected.can_die else None,
+                    saturated_fraction=(
+                        _finite_or_none(saturated) if collected is not None and collected.rule is not None else None
+                    ),
+                    activation_parameters=_finite_values(parameter_values()) if callable(parameter_values) else None,
+                )
+            )
+        ratio = gradient_norm_ratio([report.grad_norm for report in reports])
+        return reports, ratio, gradient_flag(ratio)

@@ -1,0 +1,405 @@
+"""Model builders: MLP, CNN and RNN with the arm's activation wherever a nonlinearity belongs.
+
+Every network is an ``ActivationNetwork``: it knows where its activation sits
+(``activation_placement``) and lists its layers for the gradient-flow diagnostics
+(``diagnostic_layers()``, first to last, output layer included). Each nonlinearity is its
+own activation module instance, so per-unit or per-layer learnable parameters are never
+shared between layers.
+
+Normalisation: ``batch`` is BatchNorm (1d for features and 1-D signals, 2d for images);
+``layer`` is LayerNorm for fully connected layers and GroupNorm with one group for conv
+layers, which normalises each example over all channels and positions and keeps one
+scale and shift per channel (the conv analogue of layer norm). CNN hidden linear layers
+are never normalised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from app.spec import ActivationSpec, CnnSpec, ExperimentSpec, MlpSpec, RnnSpec
+from worker.training.activations import ActivationModule, build_activation
+
+ActivationFactory = Callable[[int], ActivationModule]
+
+PLACEMENT_HIDDEN = "hidden layers"
+PLACEMENT_RECURRENCE = "recurrence"
+PLACEMENT_HEAD = "head"
+
+
+@dataclass(frozen=True)
+class DiagnosticLayer:
+    """One layer reported by the diagnostics: its weights and the activation applied to its output."""
+
+    name: str
+    weights: tuple[torch.Tensor, ...]
+    activation: ActivationModule | None
+    width: int
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The layer's main weight (the input weight of a recurrent layer)."""
+        return self.weights[0]
+
+
+def diagnostic_layer(
+    name: str, layer: nn.Module, activation: nn.Module | None, *extra_weights: torch.Tensor
+) -> DiagnosticLayer:
+    """The DiagnosticLayer of a Linear or Conv layer (plus any extra weights, e.g. recurrent ones)."""
+    if not isinstance(layer, nn.Linear | nn.Conv1d | nn.Conv2d):
+        raise TypeError(f"layer {name} must be Linear or Conv, got {type(layer).__name__}")
+    if activation is not None and not isinstance(activation, ActivationModule):
+        raise TypeError(f"layer {name} needs an ActivationModule, got {type(activation).__name__}")
+    width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    return DiagnosticLayer(name, (layer.weight, *extra_weights), activation, width)
+
+
+class ActivationNetwork(nn.Module):
+    """A classifier whose nonlinearities are the arm's activation."""
+
+    activation_placement: str = PLACEMENT_HIDDEN
+
+    def diagnostic_layers(self) -> list[DiagnosticLayer]:
+        """Layers with weights, first to last, the output layer (activation None) last."""
+        raise NotImplementedError
+
+    def parameter_count(self) -> int:
+        """Trainable parameters, activation parameters included."""
+        return sum(parameter.numel() for parameter in self.parameters() if parameter.requires_grad)
+
+
+def _dropout(rate: float) -> nn.Module:
+    return nn.Dropout(rate) if rate > 0 else nn.Identity()
+
+
+class MultilayerPerceptron(ActivationNetwork):
+    """Flatten, then Linear -> norm -> activation -> dropout per hidden layer, then a linear output."""
+
+    def __init__(
+        self,
+        *,
+        in_features: int,
+        hidden: Sequence[int],
+        classes: int,
+        norm: str,
+        dropout: float,
+        residual: bool,
+        make_activation: ActivationFactory,
+    ) -> None:
+        super().__init__()
+        self.linears = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        self.activations = nn.ModuleList()
+        self.dropouts = nn.ModuleList()
+        # A skip connection needs equal widths; it joins consecutive hidden layers only.
+        self.skips: list[bool] = []
+        features = in_features
+        for index, width in enumerate(hidden):
+            self.linears.append(nn.Linear(features, width))
+            self.norms.append(_feature_norm(norm, width))
+            self.activations.append(make_activation(width))
+            self.dropouts.append(_dropout(dropout))
+            self.skips.append(residual and index > 0 and hidden[index - 1] == width)
+            features = width
+        self.output = nn.Linear(features, classes)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of inputs of any shape (flattened)."""
+        hidden = inputs.flatten(1)
+        for linear, norm, activation, dropout, skip in zip(
+            self.linears, self.norms, self.activations, self.dropouts, self.skips, strict=True
+        ):
+            update = dropout(activation(norm(linear(hidden))))
+            hidden = hidden + update if skip else update
+        return self.output(hidden)
+
+    def diagnostic_layers(self) -> list[DiagnosticLayer]:
+        """Hidden layers hidden1..hiddenN, then output."""
+        layers = [
+            diagnostic_layer(f"hidden{index + 1}", linear, activation)
+            for index, (linear, activation) in enumerate(zip(self.linears, self.activations, strict=True))
+        ]
+        layers.append(diagnostic_layer("output", self.output, None))
+        return layers
+
+
+def _feature_norm(norm: str, width: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm1d(width)
+    if norm == "layer":
+        return nn.LayerNorm(width)
+    return nn.Identity()
+
+
+def _channel_norm(norm: str, channels: int, dimensions: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm1d(channels) if dimensions == 1 else nn.BatchNorm2d(channels)
+    if norm == "layer":
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+def _pool(pooling: str, dimensions: int) -> nn.Module:
+    if pooling == "max":
+        return nn.MaxPool1d(2) if dimensions == 1 else nn.MaxPool2d(2)
+    if pooling == "avg":
+        return nn.AvgPool1d(2) if dimensions == 1 else nn.AvgPool2d(2)
+    return nn.Identity()
+
+
+class ConvolutionalNetwork(ActivationNetwork):
+    """Conv blocks (conv -> norm -> activation -> pool -> dropout), then hidden linear layers and the output."""
+
+    def __init__(
+        self,
+        *,
+        input_shape: Sequence[int],
+        channels: Sequence[int],
+        kernel_size: int,
+        pooling: str,
+        norm: str,
+        dropout: float,
+        hidden: Sequence[int],
+        classes: int,
+        make_activation: ActivationFactory,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) not in (2, 3):
+            raise ValueError(f"a cnn needs (channels, length) or (channels, height, width) inputs, got {input_shape}")
+        dimensions = len(input_shape) - 1
+        convolution = nn.Conv1d if dimensions == 1 else nn.Conv2d
+        self.convolutions = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        self.activations = nn.ModuleList()
+        self.pools = nn.ModuleList()
+        self.dropouts = nn.ModuleList()
+        in_channels = input_shape[0]
+        spatial = list(input_shape[1:])
+        for width in channels:
+            self.convolutions.append(convolution(in_channels, width, kernel_size, padding="same"))
+            self.norms.append(_channel_norm(norm, width, dimensions))
+            self.activations.append(make_activation(width))
+            self.pools.append(_pool(pooling, dimensions))
+            self.dropouts.append(_dropout(dropout))
+            in_channels = width
+            if pooling != "none":
+                spatial = [size // 2 for size in spatial]
+        if min(spatial) < 1:
+            raise ValueError(f"{len(channels)} pooling blocks shrink the input {tuple(input_shape)} below one")
+        features = in_channels * math.prod(spatial)
+        self.linears = nn.ModuleList()
+        self.hidden_activations = nn.ModuleList()
+        self.hidden_dropouts = nn.ModuleList()
+        for width in hidden:
+            self.linears.append(nn.Linear(features, width))
+            self.hidden_activations.append(make_activation(width))
+            self.hidden_dropouts.append(_dropout(dropout))
+            features = width
+        self.output = nn.Linear(features, classes)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of (N, C, L) or (N, C, H, W) inputs."""
+        hidden = inputs
+        for convolution, norm, activation, pool, dropout in zip(
+            self.convolutions, self.norms, self.activations, self.pools, self.dropouts, strict=True
+        ):
+            hidden = dropout(pool(activation(norm(convolution(hidden)))))
+        hidden = hidden.flatten(1)
+        for linear, activation, dropout in zip(
+            self.linears, self.hidden_activations, self.hidden_dropouts, strict=True
+        ):
+            hidden = dropout(activation(linear(hidden)))
+        return self.output(hidden)
+
+    def diagnostic_layers(self) -> list[DiagnosticLayer]:
+        """conv1..convN, hidden1..hiddenM, then output; a conv layer's units are its channels."""
+        layers = [
+            diagnostic_layer(f"conv{index + 1}", convolution, activation)
+            for index, (convolution, activation) in enumerate(zip(self.convolutions, self.activations, strict=True))
+        ]
+        layers += [
+            diagnostic_layer(f"hidden{index + 1}", linear, activation)
+            for index, (linear, activation) in enumerate(zip(self.linears, self.hidden_activations, strict=True))
+        ]
+        layers.append(diagnostic_layer("output", self.output, None))
+        return layers
+
+
+def as_sequence(inputs: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) images as H steps of C*W features; (N, C, L) signals as L steps of C features."""
+    if inputs.dim() == 4:
+        batch, channels, height, width = inputs.shape
+        return inputs.permute(0, 2, 1, 3).reshape(batch, height, channels * width)
+    if inputs.dim() == 3:
+        return inputs.transpose(1, 2)
+    raise ValueError(f"a recurrent net needs (N, C, L) or (N, C, H, W) inputs, got shape {tuple(inputs.shape)}")
+
+
+def sequence_features(input_shape: Sequence[int]) -> int:
+    """Features of one sequence step for an example of this shape."""
+    if len(input_shape) == 3:
+        return input_shape[0] * input_shape[2]
+    if len(input_shape) == 2:
+        return input_shape[0]
+    raise ValueError(f"a recurrent net needs (channels, length) or (channels, height, width) inputs, got {input_shape}")
+
+
+class RecurrentLayer(nn.Module):
+    """An Elman layer h_t = activation(W_ih x_t + W_hh h_{t-1} + b), the activation inside the recurrence."""
+
+    def __init__(self, input_size: int, hidden_size: int, activation: ActivationModule) -> None:
+        super().__init__()
+        self.input_weight = nn.Linear(input_size, hidden_size)
+        self.recurrent_weight = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.activation = activation
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
+        """Hidden states of every step, (N, T, hidden), from h_0 = 0."""
+        # One matmul for every step's input projection; only W_hh h stays in the loop.
+        projected = self.input_weight(sequence)
+        state = self.activation(projected[:, 0])
+        states = [state]
+        for step in range(1, projected.shape[1]):
+            state = self.activation(projected[:, step] + self.recurrent_weight(state))
+            states.append(state)
+        return torch.stack(states, dim=1)
+
+
+class RecurrentNetwork(ActivationNetwork):
+    """Stacked Elman layers with the activation in the recurrence; a linear output on the last state."""
+
+    activation_placement = PLACEMENT_RECURRENCE
+
+    def __init__(
+        self, *, step_features: int, hidden_size: int, layers: int, classes: int, make_activation: ActivationFactory
+    ) -> None:
+        super().__init__()
+        self.recurrent_layers = nn.ModuleList(
+            RecurrentLayer(step_features if index == 0 else hidden_size, hidden_size, make_activation(hidden_size))
+            for index in range(layers)
+        )
+        self.output = nn.Linear(hidden_size, classes)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits from the last step's hidden state of the top layer."""
+        sequence = as_sequence(inputs)
+        for layer in self.recurrent_layers:
+            sequence = layer(sequence)
+        return self.output(sequence[:, -1])
+
+    def diagnostic_layers(self) -> list[DiagnosticLayer]:
+        """recurrent1..recurrentN (input and recurrent weights together), then output."""
+        layers = []
+        for index, layer in enumerate(self.recurrent_layers):
+            assert isinstance(layer, RecurrentLayer)
+            layers.append(
+                diagnostic_layer(
+                    f"recurrent{index + 1}", layer.input_weight, layer.activation, layer.recurrent_weight.weight
+                )
+            )
+        layers.append(diagnostic_layer("output", self.output, None))
+        return layers
+
+
+class GatedRecurrentNetwork(ActivationNetwork):
+    """nn.GRU or nn.LSTM with their own gates; the activation sits in the head Linear -> activation -> Linear."""
+
+    activation_placement = PLACEMENT_HEAD
+
+    def __init__(
+        self,
+        *,
+        cell: str,
+        step_features: int,
+        hidden_size: int,
+        layers: int,
+        head_hidden: int,
+        classes: int,
+        make_activation: ActivationFactory,
+    ) -> None:
+        super().__init__()
+        recurrent_class = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
+        self.cell = cell
+        self.recurrent = recurrent_class(step_features, hidden_size, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, head_hidden)
+        self.head_activation = make_activation(head_hidden)
+        self.output = nn.Linear(head_hidden, classes)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits from the head applied to the last step's output of the top layer."""
+        states, _ = self.recurrent(as_sequence(inputs))
+        return self.output(self.head_activation(self.head(states[:, -1])))
+
+    def diagnostic_layers(self) -> list[DiagnosticLayer]:
+        """gru1..N or lstm1..N (no activation of ours), head, output."""
+        layers = [
+            DiagnosticLayer(
+                f"{self.cell}{index + 1}",
+                (getattr(self.recurrent, f"weight_ih_l{index}"), getattr(self.recurrent, f"weight_hh_l{index}")),
+                None,
+                self.recurrent.hidden_size,
+            )
+            for index in range(self.recurrent.num_layers)
+        ]
+        layers.append(diagnostic_layer("head", self.head, self.head_activation))
+        layers.append(diagnostic_layer("output", self.output, None))
+        return layers
+
+
+def build_model(
+    spec: ExperimentSpec, activation: ActivationSpec, *, input_shape: Sequence[int], classes: int
+) -> ActivationNetwork:
+    """The spec's network for inputs of ``input_shape``, one fresh activation module per nonlinearity."""
+
+    def make_activation(width: int) -> ActivationModule:
+        return build_activation(activation, width=width)
+
+    model = spec.model
+    shape = tuple(int(size) for size in input_shape)
+    if isinstance(model, MlpSpec):
+        return MultilayerPerceptron(
+            in_features=math.prod(shape),
+            hidden=model.hidden,
+            classes=classes,
+            norm=model.norm,
+            dropout=model.dropout,
+            residual=model.residual,
+            make_activation=make_activation,
+        )
+    if isinstance(model, CnnSpec):
+        return ConvolutionalNetwork(
+            input_shape=shape,
+            channels=model.channels,
+            kernel_size=model.kernel_size,
+            pooling=model.pooling,
+            norm=model.norm,
+            dropout=model.dropout,
+            hidden=model.hidden,
+            classes=classes,
+            make_activation=make_activation,
+        )
+    if isinstance(model, RnnSpec):
+        step_features = sequence_features(shape)
+        if model.cell == "rnn":
+            return RecurrentNetwork(
+                step_features=step_features,
+                hidden_size=model.hidden_size,
+                layers=model.layers,
+                classes=classes,
+                make_activation=make_activation,
+            )
+        return GatedRecurrentNetwork(
+            cell=model.cell,
+            step_features=step_features,
+            hidden_size=model.hidden_size,
+            layers=model.layers,
+            head_hidden=model.head_hidden,
+            classes=classes,
+            make_activation=make_activation,
+        )
+    raise ValueError(f"unknown model kind {spec.model.kind!r}; allowed: mlp, cnn, rnn")

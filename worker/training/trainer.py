@@ -1,0 +1,428 @@
+"""The training engine: one arm (activation x seed) at a time on in-memory tensors.
+
+Seeds: ``torch.manual_seed(seed)`` right before the model is built and initialised fixes
+the initial weights (and the dropout stream after it); the batch order of each epoch comes
+from a separate generator seeded from (seed, epoch) alone, so arms with the same seed see
+the same batches in the same order whatever their activation, and a resumed arm gets the
+order it would have had. Batches are index slices of a permutation of tensors already on
+the device; metrics are summed on the device and read once per epoch.
+
+The steps are separate functions (``prepare_arm``, ``train_epoch``, ``evaluate``,
+``run_epoch`` and the monitor's diagnostics) so that a stacked trainer can reuse them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from app.spec import ActivationSpec, Arm, ExperimentSpec, TrainingSpec
+from worker.training.datasets import DatasetSplits, load_dataset
+from worker.training.diagnostics import GradientFlowMonitor, probe_inputs
+from worker.training.init import initialise
+from worker.training.models import ActivationNetwork, build_model
+from worker.training.reports import ArmOutcome, ArmStatus, EpochReport, LayerReport, RunInfo
+
+CHECKPOINT_FORMAT = 1
+EVALUATION_BATCH_SIZE = 1024
+
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """'auto' (or None) is cuda when available, else cpu; 'cuda' without a GPU is an error."""
+    if isinstance(name, torch.device):
+        return name
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but CUDA is not available here; use 'cpu' or 'auto'")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be one of 'auto', 'cpu', 'cuda', got {name!r}")
+    return device
+
+
+def order_seed(seed: int, epoch: int) -> int:
+    """The batch-order generator seed of one (seed, epoch) pair, independent of everything else."""
+    digest = hashlib.sha256(f"batch-order:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def batch_indices(*, seed: int, epoch: int, size: int, batch_size: int, device: torch.device) -> list[torch.Tensor]:
+    """The epoch's batches as index tensors on the device; a last batch of one example joins the one before."""
+    generator = torch.Generator().manual_seed(order_seed(seed, epoch))
+    order = torch.randperm(size, generator=generator).to(device)
+    sizes = [batch_size] * (size // batch_size)
+    if size % batch_size:
+        sizes.append(size % batch_size)
+    # Batch norm cannot train on a single example.
+    if len(sizes) > 1 and sizes[-1] == 1:
+        sizes[-2] += sizes.pop()
+    return list(order.split(sizes))
+
+
+def build_optimizer(parameters: Iterable[nn.Parameter], training: TrainingSpec) -> torch.optim.Optimizer:
+    """The spec's optimizer over these parameters."""
+    parameter_list = list(parameters)
+    if training.optimizer == "adam":
+        return torch.optim.Adam(parameter_list, lr=training.lr, weight_decay=training.weight_decay)
+    if training.optimizer == "adamw":
+        return torch.optim.AdamW(parameter_list, lr=training.lr, weight_decay=training.weight_decay)
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameter_list,
+            lr=training.lr,
+            momentum=training.momentum,
+            nesterov=training.nesterov,
+            weight_decay=training.weight_decay,
+        )
+    if training.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            parameter_list, lr=training.lr, alpha=0.99, momentum=training.momentum, weight_decay=training.weight_decay
+        )
+    raise ValueError(f"unknown optimizer {training.optimizer!r}; allowed: adam, adamw, sgd, rmsprop")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSpec) -> Scheduler | None:
+    """The spec's learning-rate schedule, stepped once per epoch; None for a constant rate."""
+    if training.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=training.step_size, gamma=training.gamma)
+    if training.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=training.epochs)
+    return None
+
+
+@dataclass
+class ArmState:
+    """One arm being trained: its model, optimizer, monitor and progress so far."""
+
+    spec: ExperimentSpec
+    activation_index: int
+    activation: ActivationSpec
+    seed: int
+    device: torch.device
+    model: ActivationNetwork
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler | None
+    monitor: GradientFlowMonitor
+    info: RunInfo
+    epochs_completed: int = 0
+    reports: list[EpochReport] = field(default_factory=list)
+    training_seconds: float = 0.0
+    diverged_epoch: int | None = None
+
+
+def prepare_arm(
+    spec: ExperimentSpec, *, activation_index: int, seed: int, data: DatasetSplits, device: torch.device
+) -> ArmState:
+    """Build, initialise and place the arm's model with its optimizer, schedule and diagnostics monitor."""
+    if not 0 <= activation_index < len(spec.activations):
+        raise ValueError(f"activation_index must be in 0..{len(spec.activations) - 1}, got {activation_index}")
+    activation = spec.activations[activation_index]
+    torch.manual_seed(seed)
+    model = build_model(spec, activation, input_shape=data.input_shape, classes=data.classes)
+    init_scheme = initialise(model, scheme=spec.training.init, activation=activation)
+    model.to(device)
+    optimizer = build_optimizer(model.parameters(), spec.training)
+    monitor = GradientFlowMonitor(
+        model.diagnostic_layers(), activation=activation, probe=probe_inputs(data.train_x).to(device)
+    )
+    info = RunInfo(
+        init_scheme=init_scheme,
+        parameter_count=model.parameter_count(),
+        device=str(device),
+        activation_placement=model.activation_placement,
+    )
+    return ArmState(
+        spec=spec,
+        activation_index=activation_index,
+        activation=activation,
+        seed=seed,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, spec.training),
+        monitor=monitor,
+        info=info,
+    )
+
+
+def train_epoch(state: ArmState, inputs: torch.Tensor, labels: torch.Tensor, *, epoch: int) -> torch.Tensor:
+    """One pass over the training set; returns [mean loss, accuracy] as a device tensor (no host sync)."""
+    model, optimizer = state.model, state.optimizer
+    clip = state.spec.training.grad_clip
+    model.train()
+    loss_sum = torch.zeros((), device=state.device)
+    correct = torch.zeros((), device=state.device, dtype=torch.long)
+    batches = batch_indices(
+        seed=state.seed,
+        epoch=epoch,
+        size=inputs.shape[0],
+        batch_size=state.spec.training.batch_size,
+        device=state.device,
+    )
+    for indices in batches:
+        batch_inputs, batch_labels = inputs[indices], labels[indices]
+        logits = model(batch_inputs)
+        loss = functional.cross_entropy(logits, batch_labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.monitor.record_gradients()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        loss_sum += loss.detach() * batch_labels.shape[0]
+        correct += (logits.detach().argmax(dim=1) == batch_labels).sum()
+    examples = max(inputs.shape[0], 1)
+    return torch.stack([loss_sum / examples, correct.to(loss_sum.dtype) / examples])
+
+
+def evaluate(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, batch_size: int = EVALUATION_BATCH_SIZE
+) -> torch.Tensor:
+    """[mean cross-entropy, accuracy] over a full split in eval mode, as a device tensor."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=inputs.device, dtype=torch.float64)
+    correct = torch.zeros((), device=inputs.device, dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, inputs.shape[0], batch_size):
+            logits = model(inputs[start : start + batch_size])
+            batch_labels = labels[start : start + batch_size]
+            loss_sum += functional.cross_entropy(logits, batch_labels, reduction="sum").double()
+            correct += (logits.argmax(dim=1) == batch_labels).sum()
+    model.train(was_training)
+    examples = max(inputs.shape[0], 1)
+    return torch.stack([loss_sum / examples, correct.double() / examples])
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def run_epoch(state: ArmState, data: DatasetSplits, *, epoch: int) -> EpochReport:
+    """Train one epoch, evaluate, diagnose and step the schedule; the report marks a non-finite loss as diverged."""
+    started = time.perf_counter()
+    lr = float(state.optimizer.param_groups[0]["lr"])
+    train_loss, train_accuracy = train_epoch(state, data.train_x, data.train_y, epoch=epoch).tolist()
+    train_seconds = time.perf_counter() - started
+    evaluations = [evaluate(state.model, data.test_x, data.test_y)]
+    has_validation = data.val_x is not None and data.val_y is not None and data.val_x.shape[0] > 0
+    if has_validation:
+        assert data.val_x is not None and data.val_y is not None
+        evaluations.append(evaluate(state.model, data.val_x, data.val_y))
+    values = torch.cat(evaluations).tolist()
+    test_loss, test_accuracy = values[0], values[1]
+    val_loss, val_accuracy = (values[2], values[3]) if has_validation else (None, None)
+    layers, ratio, flag = state.monitor.epoch_layers(state.model)
+    if state.scheduler is not None:
+        state.scheduler.step()
+    epoch_seconds = time.perf_counter() - started
+    losses = [train_loss, test_loss] + ([val_loss] if val_loss is not None else [])
+    return EpochReport(
+        epoch=epoch,
+        train_loss=_finite(train_loss),
+        train_accuracy=train_accuracy,
+        test_loss=_finite(test_loss),
+        test_accuracy=test_accuracy,
+        epoch_seconds=epoch_seconds,
+        samples_per_second=data.train_x.shape[0] / train_seconds if train_seconds > 0 else 0.0,
+        lr=lr,
+        val_loss=_finite(val_loss) if val_loss is not None else None,
+        val_accuracy=val_accuracy,
+        grad_norm_ratio=ratio,
+        gradient_flag=flag,
+        diverged=not all(math.isfinite(loss) for loss in losses),
+        layers=layers,
+    )
+
+
+def _comparable_spec_hash(spec: ExperimentSpec) -> str:
+    # A checkpoint may resume on another device; everything else must match.
+    return spec.model_copy(update={"device": "auto"}).spec_hash()
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def save_checkpoint(
+    path: Path, state: ArmState, *, status: str, rng_state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Atomically write the arm's full training state (model, optimizer, schedule, RNG, reports) to ``path``."""
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "spec_hash": _comparable_spec_hash(state.spec),
+        "activation_index": state.activation_index,
+        "seed": state.seed,
+        "status": status,
+        "epochs_completed": state.epochs_completed,
+        "diverged_epoch": state.diverged_epoch,
+        "training_seconds": state.training_seconds,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+        "rng": rng_state if rng_state is not None else _rng_state(state.device),
+        "reports": [dataclasses.asdict(report) for report in state.reports],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with temporary.open("wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _report_from_dict(values: dict[str, Any]) -> EpochReport:
+    layers = [LayerReport(**layer) for layer in values.get("layers", [])]
+    return EpochReport(**{**values, "layers": layers})
+
+
+def load_checkpoint(path: Path, state: ArmState) -> str:
+    """Restore ``state`` from a checkpoint written by ``save_checkpoint``; returns the saved status."""
+    payload = torch.load(path, map_location=state.device, weights_only=True)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path} has format {payload.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    expected = (_comparable_spec_hash(state.spec), state.activation_index, state.seed)
+    found = (payload["spec_hash"], payload["activation_index"], payload["seed"])
+    if found != expected:
+        raise ValueError(
+            f"checkpoint {path} belongs to another run (spec/activation_index/seed differ); remove it to start over"
+        )
+    state.model.load_state_dict(payload["model"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    if state.scheduler is not None and payload["scheduler"] is not None:
+        state.scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["rng"]["cpu"].cpu())
+    if state.device.type == "cuda" and "cuda" in payload["rng"]:
+        torch.cuda.set_rng_state(payload["rng"]["cuda"].cpu(), state.device)
+    state.epochs_completed = int(payload["epochs_completed"])
+    state.diverged_epoch = payload["diverged_epoch"]
+    state.training_seconds = float(payload["training_seconds"])
+    state.reports = [_report_from_dict(report) for report in payload["reports"]]
+    return str(payload["status"])
+
+
+def _outcome(state: ArmState, status: ArmStatus) -> ArmOutcome:
+    return ArmOutcome(
+        status=status,
+        epochs_completed=state.epochs_completed,
+        diverged_epoch=state.diverged_epoch,
+        info=state.info,
+        training_seconds=state.training_seconds,
+        reports=list(state.reports),
+    )
+
+
+def train_arm(
+    spec: ExperimentSpec,
+    *,
+    activation_index: int,
+    seed: int,
+    device: str | torch.device | None = None,
+    data: DatasetSplits | None = None,
+    on_start: Callable[[RunInfo], None] | None = None,
+    on_epoch: Callable[[EpochReport], bool | None] | None = None,
+    checkpoint_path: Path | None = None,
+) -> ArmOutcome:
+    """Train one (activation, seed) arm; on_epoch returning False cancels; a checkpoint file is resumed from."""
+    target = resolve_device(device if device is not None else spec.device)
+    if data is None:
+        data = load_dataset(spec.dataset, validation_fraction=spec.training.validation_fraction, device=target)
+    else:
+        data = data.to(target)
+    state = prepare_arm(spec, activation_index=activation_index, seed=seed, data=data, device=target)
+    status = "running"
+    if checkpoint_path is not None and checkpoint_path.exists():
+        status = load_checkpoint(checkpoint_path, state)
+    if on_start is not None:
+        on_start(state.info)
+    if status in ("succeeded", "diverged"):
+        return _outcome(state, "succeeded" if status == "succeeded" else "diverged")
+    epochs = spec.training.epochs
+    for epoch in range(state.epochs_completed + 1, epochs + 1):
+        report = run_epoch(state, data, epoch=epoch)
+        state.reports.append(report)
+        state.epochs_completed = epoch
+        state.training_seconds += report.epoch_seconds
+        if report.diverged:
+            state.diverged_epoch = epoch
+            status = "diverged"
+        elif epoch == epochs:
+            status = "succeeded"
+        # The callback must not shift the random stream a resumed run continues from.
+        rng_state = _rng_state(state.device)
+        keep_going = on_epoch(report) if on_epoch is not None else None
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, state, status=status, rng_state=rng_state)
+        if status == "diverged":
+            return _outcome(state, "diverged")
+        if status == "succeeded":
+            break
+        if keep_going is False:
+            return _outcome(state, "cancelled")
+    return _outcome(state, "succeeded")
+
+
+@dataclass
+class ArmResult:
+    """One arm of an experiment and how it ended."""
+
+    arm: Arm
+    outcome: ArmOutcome
+
+
+def train_experiment(
+    spec: ExperimentSpec,
+    *,
+    device: str | torch.device | None = None,
+    data: DatasetSplits | None = None,
+    on_arm_start: Callable[[Arm, RunInfo], None] | None = None,
+    on_epoch: Callable[[Arm, EpochReport], bool | None] | None = None,
+    on_arm_end: Callable[[Arm, ArmOutcome], None] | None = None,
+) -> list[ArmResult]:
+    """Train every arm in ``spec.arms()`` order on data loaded once; on_epoch returning False stops the experiment."""
+    target = resolve_device(device if device is not None else spec.device)
+    if data is None:
+        data = load_dataset(spec.dataset, validation_fraction=spec.training.validation_fraction, device=target)
+    results: list[ArmResult] = []
+    for arm in spec.arms():
+
+        def started(info: RunInfo, arm: Arm = arm) -> None:
+            if on_arm_start is not None:
+                on_arm_start(arm, info)
+
+        def finished_epoch(report: EpochReport, arm: Arm = arm) -> bool | None:
+            return on_epoch(arm, report) if on_epoch is not None else None
+
+        outcome = train_arm(
+            spec,
+            activation_index=arm.activation_index,
+            seed=arm.seed,
+            device=target,
+            data=data,
+            on_start=started,
+            on_epoch=finished_epoch,
+        )
+        results.append(ArmResult(arm, outcome))
+        if on_arm_end is not None:
+            on_arm_end(arm, outcome)
+        if outcome.status == "cancelled":
+            break
+    return results
