@@ -6,11 +6,19 @@ environment variable (``ACTLAB_MAX_EPOCHS=1000``) without touching code.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_credentials_file() -> Path:
+    """The CLI's credentials file: $XDG_CONFIG_HOME/actlab/credentials.json (default ~/.config)."""
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config_home) / "actlab" / "credentials.json"
 
 
 class SpecLimits(BaseSettings):
@@ -58,11 +66,80 @@ class Settings(SpecLimits):
     allow_download: bool = Field(False, description="Let torchvision download missing datasets into data_dir.")
     checkpoint_dir: Path = Field(Path(".actlab/checkpoints"), description="Per-run checkpoints for resuming.")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest accepted request body.")
+    max_import_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest accepted archive upload (POST /v1/experiments/import)."
+    )
     page_size_limit: int = Field(500, ge=1, description="Largest page of a list endpoint.")
     task_soft_time_limit: int = Field(6 * 3600, ge=1, description="Seconds a run may train before it is stopped.")
     task_max_retries: int = Field(5, ge=0, description="Retries of a run after transient failures.")
     gpu_worker_probe_seconds: float = Field(1.0, gt=0, description="How long to wait for GPU workers to answer.")
     torch_threads: int = Field(0, ge=0, description="torch.set_num_threads in workers; 0 leaves torch's default.")
+    # Queue and worker reliability (worker/celery_app.py applies them; see the comments there).
+    task_time_limit_grace: int = Field(
+        300, ge=1, description="Seconds after the soft time limit before a stuck run's process is killed."
+    )
+    broker_visibility_timeout: int | None = Field(
+        None,
+        ge=1,
+        description="Redis: seconds before an unacknowledged task is redelivered; must exceed the hard time limit "
+        "(default: hard time limit + 1 hour).",
+    )
+    broker_restore_interval: int = Field(
+        10, ge=1, description="Redis: seconds between a worker's sweeps for unacknowledged tasks to redeliver."
+    )
+    broker_key_prefix: str = Field("", description="Redis: prefix of every broker key, to share one Redis safely.")
+    task_retry_backoff: int = Field(2, ge=1, description="Seconds before the first retry after a transient error.")
+    task_retry_backoff_max: int = Field(300, ge=1, description="Longest wait between retries after transient errors.")
+    worker_concurrency: int = Field(1, ge=1, description="Runs one worker trains at the same time (processes).")
+    worker_heartbeat_seconds: float = Field(30.0, gt=0, description="Seconds between a worker's liveness records.")
+    worker_fresh_seconds: float = Field(
+        120.0, gt=0, description="A worker seen within this many seconds counts as alive (device 'auto' routing)."
+    )
+    run_heartbeat_seconds: float = Field(30.0, gt=0, description="Seconds between heartbeats of a running run.")
+    run_stale_seconds: float = Field(
+        600.0, gt=0, description="A running run whose heartbeat is older than this is taken over by a new delivery."
+    )
+    worker_soft_shutdown_timeout: float = Field(
+        20.0, ge=0, description="On a cold shutdown, seconds a worker lets its runs go on before requeueing them."
+    )
+    # Authentication, quotas and operations (app/auth, app/quotas, app/monitoring, app/logging_config.py).
+    auth_required: bool = Field(
+        True,
+        description="Require an API key (Authorization: Bearer KEY) on every /v1 route and report page; "
+        "off is refused on any interface but loopback.",
+    )
+    credentials_file: Path = Field(
+        default_factory=lambda: default_credentials_file(),
+        description="Where `actlab serve` keeps the local admin key for the CLI (permissions 0600).",
+    )
+    max_active_arms_per_owner: int = Field(
+        1024, ge=0, description="Queued and running arms one API key may have at once; 0 means no cap."
+    )
+    max_submissions_per_minute: int = Field(
+        60, ge=0, description="Experiments one API key may submit in any 60 seconds; 0 means no cap."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text or as one JSON object each.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+
+    @property
+    def task_time_limit(self) -> int:
+        """The hard time limit of a task in seconds: the soft limit plus the grace period."""
+        return self.task_soft_time_limit + self.task_time_limit_grace
+
+    @property
+    def visibility_timeout(self) -> int:
+        """The broker visibility timeout in force: the setting, or the hard limit plus an hour."""
+        return self.broker_visibility_timeout or self.task_time_limit + 3600
+
+    @model_validator(mode="after")
+    def _visibility_exceeds_time_limit(self) -> Settings:
+        # A shorter visibility timeout makes Redis hand a still-running task to a second worker.
+        if self.broker_visibility_timeout is not None and self.broker_visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                f"broker_visibility_timeout ({self.broker_visibility_timeout} s) must exceed the hard time limit "
+                f"task_soft_time_limit + task_time_limit_grace ({self.task_time_limit} s)"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

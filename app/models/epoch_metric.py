@@ -19,7 +19,8 @@ class EpochMetric(Base):
     __table_args__ = (UniqueConstraint("run_id", "epoch"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    # No separate index: the unique key (run_id, epoch...) leads with run_id and serves run lookups.
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     epoch: Mapped[int] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     train_loss: Mapped[float | None] = mapped_column(Float)

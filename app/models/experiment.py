@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base
@@ -22,6 +22,15 @@ class Experiment(Base):
     __tablename__ = "experiments"
     __table_args__ = (
         UniqueConstraint("owner_id", "idempotency_key"),
+        # NULL owners never collide in the constraint above, so keys sent without an owner
+        # (no authentication) need their own partial unique index to stop duplicate submissions.
+        Index(
+            "ix_experiments_anonymous_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=text("owner_id IS NULL"),
+            postgresql_where=text("owner_id IS NULL"),
+        ),
         Index("ix_experiments_created_at", "created_at"),
     )
 

@@ -1,0 +1,1 @@
+"""Experiments: submission, listing, status and cancel."""

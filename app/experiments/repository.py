@@ -1,0 +1,105 @@
+"""SQL of experiments and of the run rows the API writes (creation, cancel, enqueue marks)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.models import Experiment, Run, RunStatus
+
+
+def add_experiment(*, session: Session, experiment: Experiment, runs: Sequence[Run]) -> None:
+    """Stage an experiment and its runs; the caller commits."""
+    session.add(experiment)
+    session.add_all(runs)
+    session.flush()
+
+
+def get_experiment(
+    *, session: Session, experiment_id: uuid.UUID, for_update: bool = False, owner_id: uuid.UUID | None = None
+) -> Experiment | None:
+    """One experiment by id (only if ``owner_id`` owns it, when given); ``for_update`` locks its row and rereads it."""
+    statement = select(Experiment).where(Experiment.id == experiment_id)
+    if owner_id is not None:
+        statement = statement.where(Experiment.owner_id == owner_id)
+    if for_update:
+        statement = statement.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(statement).first()
+
+
+def find_by_idempotency_key(*, session: Session, owner_id: uuid.UUID | None, key: str) -> Experiment | None:
+    """The experiment an owner (or the anonymous user) created with this Idempotency-Key."""
+    owner_clause = Experiment.owner_id.is_(None) if owner_id is None else Experiment.owner_id == owner_id
+    return session.scalars(select(Experiment).where(owner_clause, Experiment.idempotency_key == key)).first()
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def list_experiments(
+    *,
+    session: Session,
+    statuses: Sequence[str],
+    name_contains: str | None,
+    limit: int,
+    offset: int,
+    owner_id: uuid.UUID | None = None,
+) -> tuple[list[Experiment], int]:
+    """A page of experiments, newest first, and the number matching the filters (one owner's, when given)."""
+    conditions = []
+    if owner_id is not None:
+        conditions.append(Experiment.owner_id == owner_id)
+    if statuses:
+        conditions.append(Experiment.status.in_(list(statuses)))
+    if name_contains:
+        pattern = f"%{_escape_like(name_contains.lower())}%"
+        conditions.append(func.lower(Experiment.name).like(pattern, escape="\\"))
+    total = session.scalar(select(func.count()).select_from(Experiment).where(*conditions)) or 0
+    page = session.scalars(
+        select(Experiment)
+        .where(*conditions)
+        .order_by(Experiment.created_at.desc(), Experiment.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(page), int(total)
+
+
+def cancel_queued_runs(*, session: Session, experiment_id: uuid.UUID, now: datetime) -> int:
+    """Mark the experiment's queued runs cancelled in one conditional UPDATE; returns how many."""
+    # The WHERE on status makes this safe against a worker claiming a run at the same moment:
+    # whichever UPDATE commits first wins, and the other one matches no row.
+    result = session.execute(
+        update(Run)
+        .where(Run.experiment_id == experiment_id, Run.status == RunStatus.queued)
+        .values(status=RunStatus.cancelled, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def mark_runs_enqueued(*, session: Session, run_ids: Sequence[uuid.UUID], now: datetime) -> None:
+    """Record that the broker accepted these runs' tasks."""
+    if run_ids:
+        session.execute(
+            update(Run)
+            .where(Run.id.in_(list(run_ids)))
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def queued_runs_never_enqueued(*, session: Session, experiment_id: uuid.UUID) -> list[uuid.UUID]:
+    """Queued runs of the experiment whose task the broker never accepted."""
+    return list(
+        session.scalars(
+            select(Run.id)
+            .where(Run.experiment_id == experiment_id, Run.status == RunStatus.queued, Run.enqueued_at.is_(None))
+            .order_by(Run.activation_index, Run.seed)
+        )
+    )

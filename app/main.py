@@ -1,0 +1,209 @@
+"""The FastAPI application: routers, error handlers, the body size limit.
+
+Run it with ``uvicorn --factory app.main:create_app`` (``actlab serve`` does this for you).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib import metadata
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from app.allowed_methods import AllowedMethodsMiddleware
+from app.auth.router import router as auth_router
+from app.config import Settings, get_settings
+from app.db import make_engine, session_factory
+from app.dependencies import CeleryDispatcher, authorize_path_resources, check_query_parameters
+from app.experiments.router import router as experiments_router
+from app.meta.router import router as meta_router
+from app.metrics.router import router as metrics_router
+from app.middleware import BodySizeLimitMiddleware
+from app.monitoring.middleware import RequestMetricsMiddleware
+from app.monitoring.router import router as monitoring_router
+from app.monitoring.service import ServiceMetrics
+from app.reports.router import router as reports_router
+from app.results.router import router as results_router
+from app.runs.router import router as runs_router
+from app.schemas import MessageResponse, ValidationErrorResponse
+from app.service_errors import InvalidInputError, ServiceError
+from app.spec import ExperimentSpec
+
+DESCRIPTION = """\
+Controlled comparisons of neural-network activation functions.
+
+Submit an experiment spec (dataset, model, activations, seeds, shared training settings) to
+`POST /v1/experiments`; every (activation, seed) arm trains on a worker; poll
+`GET /v1/experiments/{id}` and pull the per-epoch metrics as JSON or CSV from
+`GET /v1/experiments/{id}/metrics`. `GET /v1/catalog` lists what a spec may name and the limits in force.
+
+Every `/v1` route and report page needs an API key, sent as `Authorization: Bearer <key>` (browsers may send
+it as the password of HTTP Basic); an admin creates keys with `actlab keys create --name NAME`. Each key sees
+the experiments it submitted (an admin key sees all); another key's experiment answers 404. `/healthz`,
+`/readyz`, `/metrics` (Prometheus) and this description are open.
+"""
+
+OPENAPI_TAGS = [
+    {"name": "experiments", "description": "Submit, list, inspect and cancel experiments."},
+    {"name": "runs", "description": "One run per (activation, seed) arm."},
+    {"name": "metrics", "description": "Per-epoch and per-layer metric tables, streamed as JSON or CSV."},
+    {"name": "meta", "description": "The catalog and health checks."},
+    {"name": "results", "description": "Cross-seed statistics, diagnostics, plots, archives and live events."},
+    {"name": "reports", "description": "Server-rendered HTML: the dashboard and experiment reports."},
+]
+
+logger = logging.getLogger(__name__)
+
+# Every route of these routers needs an API key and is owner-checked (see authorize_path_resources).
+# Open: /healthz, /readyz, /metrics and the API description (/docs, /openapi.json).
+PROTECTED_ROUTE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": MessageResponse, "description": "No API key, or an unknown or revoked one."}
+}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("activation-lab")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def request_error_items(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Turn FastAPI's request errors into {loc, msg, type} items: body paths bare ('' for the whole body), query.NAME, path.NAME."""
+    items = []
+    for error in errors:
+        location = list(error.get("loc", ()))
+        if location and location[0] == "body":
+            location = location[1:]
+        error_type = str(error.get("type", "value_error"))
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if error_type == "json_invalid":
+            location = []
+            message = f"the request body is not valid JSON: {error.get('ctx', {}).get('error', message)}"
+        items.append({"loc": ".".join(str(part) for part in location), "msg": message, "type": error_type})
+    return items
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": request_error_items(error.errors())}, status_code=422)
+
+    @app.exception_handler(InvalidInputError)
+    async def _invalid_input(_request: Request, error: InvalidInputError) -> JSONResponse:
+        return JSONResponse({"detail": error.errors}, status_code=422)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, error: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+
+def _document_error_bodies(schema: dict[str, Any]) -> None:
+    """Make the documented error bodies match what the handlers send.
+
+    FastAPI documents 422 with its own body (``loc`` a list), but this API sends ErrorItem (``loc`` a
+    dotted string); errors of HTML routes are JSON too; and every route with an experiment or run id
+    in its path can answer 404 (the owner check of app.dependencies.authorize_path_resources).
+    """
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    error_schema = ValidationErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(error_schema.pop("$defs", {}))
+    components["HTTPValidationError"] = error_schema
+    components.pop("ValidationError", None)
+    message = {"$ref": "#/components/schemas/MessageResponse"}
+    components.setdefault("MessageResponse", MessageResponse.model_json_schema())
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for code, response in responses.items():
+                content = response.get("content", {})
+                if code.startswith(("4", "5")) and "text/html" in content and "$ref" in content["text/html"]["schema"]:
+                    content["application/json"] = content.pop("text/html")
+            if ("{experiment_id}" in path or "{run_id}" in path) and "404" not in responses:
+                responses["404"] = {
+                    "description": "No such experiment or run, or it belongs to another API key.",
+                    "content": {"application/json": {"schema": message}},
+                }
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Publish ExperimentSpec in the components: the submit endpoint validates it itself, with the app's limits."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=OPENAPI_TAGS,
+        )
+        spec_schema = ExperimentSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(spec_schema.pop("$defs", {}))
+        components["ExperimentSpec"] = spec_schema
+        _document_error_bodies(schema)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for these settings (default: from the environment); the schema must already be migrated."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.database_url)
+
+    metrics = ServiceMetrics(settings=settings, session_factory=session_factory(engine))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if not settings.auth_required:
+            logger.warning("authentication is off (auth_required=false): every request acts as an admin")
+        yield
+        metrics.close()
+        engine.dispose()
+
+    app = FastAPI(
+        title="Activation Lab",
+        version=_version(),
+        description=DESCRIPTION,
+        openapi_tags=OPENAPI_TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = metrics.session_factory
+    app.state.dispatcher = CeleryDispatcher()
+    app.state.metrics = metrics
+
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        path_limits={"/v1/experiments/import": settings.max_import_bytes},
+    )
+    app.add_middleware(AllowedMethodsMiddleware, routes=lambda: app.routes)
+    # Added last, so it is the outer one: it also sees the 413s of the size limit.
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    _install_error_handlers(app)
+    protected: dict[str, Any] = {
+        "dependencies": [Depends(authorize_path_resources), Depends(check_query_parameters)],
+        "responses": PROTECTED_ROUTE_RESPONSES,
+    }
+    app.include_router(experiments_router, **protected)
+    app.include_router(runs_router, **protected)
+    app.include_router(metrics_router, **protected)
+    app.include_router(meta_router)
+    app.include_router(auth_router, **protected)
+    app.include_router(monitoring_router)
+    app.include_router(results_router, **protected)
+    app.include_router(reports_router, **protected)
+    _install_openapi(app)
+    return app

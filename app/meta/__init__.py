@@ -1,0 +1,1 @@
+"""Service metadata: the catalog and the health checks."""

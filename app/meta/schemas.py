@@ -1,0 +1,222 @@
+"""Schemas of the catalog and the health checks, and how the catalog is built from app.catalog."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from app import catalog
+from app.config import Settings, SpecLimits
+from app.expressions import BINARY_OPERATORS, MAX_NODES, UNARY_OPERATORS
+
+ParameterValue = float | int | str | bool
+
+
+class ParameterEntry(BaseModel):
+    """A tunable parameter of an activation or dataset."""
+
+    name: str
+    kind: Literal["float", "int", "choice", "bool"]
+    default: ParameterValue
+    description: str
+    minimum: float | None = Field(description="Smallest allowed value (exclusive when exclusive_minimum).")
+    maximum: float | None
+    exclusive_minimum: bool
+    choices: list[str] = Field(description="Allowed values of a choice parameter.")
+
+
+class ActivationEntry(BaseModel):
+    """An activation a spec may name."""
+
+    name: str
+    family: Literal["classic", "modern", "learnable", "custom"]
+    description: str
+    formula: str
+    auto_init: str = Field(description="The initialisation init='auto' picks for it.")
+    auto_init_description: str
+    parameters: list[ParameterEntry]
+    aliases: list[str]
+    learnable: bool
+    can_die: bool = Field(description="Whether dead units (never positive, zero gradient) are reported for it.")
+    saturation: str | None
+    reference: str
+
+
+class DatasetEntry(BaseModel):
+    """A dataset a spec may name."""
+
+    name: str
+    description: str
+    input_shape: list[int]
+    classes: int
+    train_size: int
+    test_size: int
+    source: Literal["offline", "torchvision", "synthetic"]
+    parameters: list[ParameterEntry]
+
+
+class NamedEntry(BaseModel):
+    """A name and what it means."""
+
+    name: str
+    description: str
+
+
+class LimitEntry(BaseModel):
+    """A limit in force and the environment variable that changes it."""
+
+    name: str
+    value: int | float
+    description: str
+    environment_variable: str
+
+
+class ExpressionLanguage(BaseModel):
+    """What a custom activation formula may use."""
+
+    variable: str
+    functions: dict[str, int] = Field(description="Function name to number of arguments.")
+    constants: dict[str, float]
+    operators: list[str]
+    unary_operators: list[str]
+    max_nodes: int = Field(description="Largest formula, counted in syntax tree nodes.")
+
+
+class DiagnosticThresholds(BaseModel):
+    """The thresholds behind the gradient and saturation flags."""
+
+    vanishing_ratio: float
+    exploding_ratio: float
+    sigmoid_saturation_bounds: list[float]
+    tanh_saturation_level: float
+    saturated_share: float
+    probe_examples: int
+
+
+class Catalog(BaseModel):
+    """Everything a spec may name, and the limits it must stay within."""
+
+    activations: list[ActivationEntry]
+    datasets: list[DatasetEntry]
+    model_kinds: list[NamedEntry]
+    optimizers: list[NamedEntry]
+    schedules: list[NamedEntry]
+    init_schemes: list[NamedEntry]
+    devices: list[str]
+    expression: ExpressionLanguage
+    diagnostics: DiagnosticThresholds
+    limits: list[LimitEntry]
+
+
+class CheckResult(BaseModel):
+    """One readiness check."""
+
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    """Whether the service can take work."""
+
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, CheckResult]
+
+
+class Liveness(BaseModel):
+    """The process answers."""
+
+    status: Literal["ok"]
+
+
+def _parameter(info: catalog.ParameterInfo) -> ParameterEntry:
+    return ParameterEntry(
+        name=info.name,
+        kind=info.kind,
+        default=info.default,
+        description=info.description,
+        minimum=info.minimum,
+        maximum=info.maximum,
+        exclusive_minimum=info.exclusive_minimum,
+        choices=list(info.choices),
+    )
+
+
+def _limits(settings: Settings) -> list[LimitEntry]:
+    entries = []
+    request_limits = (
+        "max_body_bytes",
+        "max_import_bytes",
+        "page_size_limit",
+        "max_active_arms_per_owner",
+        "max_submissions_per_minute",
+    )
+    for name in (*SpecLimits.model_fields, *request_limits):
+        field = Settings.model_fields[name]
+        entries.append(
+            LimitEntry(
+                name=name,
+                value=getattr(settings, name),
+                description=field.description or "",
+                environment_variable=f"ACTLAB_{name.upper()}",
+            )
+        )
+    return entries
+
+
+def build_catalog(settings: Settings) -> Catalog:
+    """The catalog with the limits of these settings."""
+    return Catalog(
+        activations=[
+            ActivationEntry(
+                name=info.name,
+                family=info.family,
+                description=info.description,
+                formula=info.formula,
+                auto_init=info.auto_init,
+                auto_init_description=catalog.AUTO_INIT_DESCRIPTIONS.get(info.auto_init, info.auto_init),
+                parameters=[_parameter(parameter) for parameter in info.parameters],
+                aliases=list(info.aliases),
+                learnable=info.learnable,
+                can_die=info.can_die,
+                saturation=info.saturation,
+                reference=info.reference,
+            )
+            for info in catalog.ACTIVATIONS.values()
+        ],
+        datasets=[
+            DatasetEntry(
+                name=info.name,
+                description=info.description,
+                input_shape=list(info.input_shape),
+                classes=info.classes,
+                train_size=info.train_size,
+                test_size=info.test_size,
+                source=info.source,
+                parameters=[_parameter(parameter) for parameter in info.parameters],
+            )
+            for info in catalog.DATASETS.values()
+        ],
+        model_kinds=[NamedEntry(name=name, description=text) for name, text in catalog.MODEL_KINDS.items()],
+        optimizers=[NamedEntry(name=name, description=text) for name, text in catalog.OPTIMIZERS.items()],
+        schedules=[NamedEntry(name=name, description=text) for name, text in catalog.SCHEDULES.items()],
+        init_schemes=[NamedEntry(name=name, description=text) for name, text in catalog.INIT_SCHEMES.items()],
+        devices=["auto", "cpu", "cuda"],
+        expression=ExpressionLanguage(
+            variable="x",
+            functions=dict(catalog.EXPRESSION_FUNCTIONS),
+            constants=dict(catalog.EXPRESSION_CONSTANTS),
+            operators=list(BINARY_OPERATORS.values()),
+            unary_operators=list(UNARY_OPERATORS.values()),
+            max_nodes=MAX_NODES,
+        ),
+        diagnostics=DiagnosticThresholds(
+            vanishing_ratio=catalog.VANISHING_RATIO,
+            exploding_ratio=catalog.EXPLODING_RATIO,
+            sigmoid_saturation_bounds=list(catalog.SIGMOID_SATURATION_BOUNDS),
+            tanh_saturation_level=catalog.TANH_SATURATION_LEVEL,
+            saturated_share=catalog.SATURATED_SHARE,
+            probe_examples=catalog.PROBE_EXAMPLES,
+        ),
+        limits=_limits(settings),
+    )

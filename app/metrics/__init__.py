@@ -1,0 +1,1 @@
+"""Per-epoch and per-layer metric tables of an experiment."""

@@ -1,0 +1,130 @@
+"""HTTP endpoints of the metric tables, streamed as JSON or CSV."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from app.auth.schemas import Principal
+from app.dependencies import PrincipalDependency, SessionDependency, SessionFactoryDependency
+from app.metrics import service
+from app.metrics.repository import MetricFilters
+from app.metrics.schemas import EpochMetricRow, LayerMetricRow
+from app.metrics.service import MEDIA_TYPES, MetricTable, OutputFormat
+from app.schemas import MessageResponse, NoNulText, ValidationErrorResponse
+
+router = APIRouter(prefix="/v1/experiments", tags=["metrics"])
+
+FormatQuery = Annotated[OutputFormat, Query(alias="format", description="json (an array of objects) or csv.")]
+ActivationQuery = Annotated[NoNulText | None, Query(max_length=200, description="Only this activation label.")]
+SeedQuery = Annotated[int | None, Query(ge=0, le=2**63 - 1, description="Only this seed.")]
+RunQuery = Annotated[uuid.UUID | None, Query(description="Only this run.")]
+EpochMinQuery = Annotated[int | None, Query(ge=0, le=1_000_000, description="First epoch to include.")]
+EpochMaxQuery = Annotated[int | None, Query(ge=0, le=1_000_000, description="Last epoch to include.")]
+
+
+def _responses(row_model: type[Any]) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "model": list[row_model],  # type: ignore[valid-type]
+            "description": "The rows; CSV has a header row and the same columns, empty cells for missing values.",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        },
+        404: {"model": MessageResponse},
+        422: {"model": ValidationErrorResponse},
+    }
+
+
+def _stream(
+    *,
+    session: SessionDependency,
+    session_factory: SessionFactoryDependency,
+    experiment_id: uuid.UUID,
+    filters: MetricFilters,
+    table: MetricTable,
+    output_format: OutputFormat,
+    principal: Principal,
+) -> StreamingResponse:
+    service.check_metric_filters(session=session, experiment_id=experiment_id, filters=filters, viewer=principal)
+    chunks = service.stream_metric_table(
+        session_factory=session_factory,
+        experiment_id=experiment_id,
+        filters=filters,
+        table=table,
+        output_format=output_format,
+    )
+    name = "metrics" if table == "epoch" else "layer-metrics"
+    headers = {"Content-Disposition": f'inline; filename="{experiment_id}-{name}.{output_format}"'}
+    return StreamingResponse(chunks, media_type=MEDIA_TYPES[output_format], headers=headers)
+
+
+@router.get(
+    "/{experiment_id}/metrics",
+    response_class=StreamingResponse,
+    summary="Per-epoch metrics",
+    description="One row per (run, epoch), ordered by activation (as in the spec), seed and epoch. "
+    "`format=csv` loads with `pandas.read_csv(url)` as it is. The table streams from the database.",
+    responses=_responses(EpochMetricRow),
+)
+def epoch_metrics(
+    experiment_id: uuid.UUID,
+    session: SessionDependency,
+    session_factory: SessionFactoryDependency,
+    principal: PrincipalDependency,
+    output_format: FormatQuery = "json",
+    activation: ActivationQuery = None,
+    seed: SeedQuery = None,
+    run_id: RunQuery = None,
+    epoch_min: EpochMinQuery = None,
+    epoch_max: EpochMaxQuery = None,
+) -> StreamingResponse:
+    """The per-epoch metric table."""
+    filters = MetricFilters(activation=activation, seed=seed, run_id=run_id, epoch_min=epoch_min, epoch_max=epoch_max)
+    return _stream(
+        session=session,
+        session_factory=session_factory,
+        experiment_id=experiment_id,
+        filters=filters,
+        table="epoch",
+        output_format=output_format,
+        principal=principal,
+    )
+
+
+@router.get(
+    "/{experiment_id}/layer-metrics",
+    response_class=StreamingResponse,
+    summary="Per-layer diagnostics",
+    description="One row per (run, epoch, layer), ordered by activation, seed, epoch and layer: gradient and "
+    "weight norms, activation statistics, dead and saturated fractions, learned activation parameters.",
+    responses=_responses(LayerMetricRow),
+)
+def layer_metrics(
+    experiment_id: uuid.UUID,
+    session: SessionDependency,
+    session_factory: SessionFactoryDependency,
+    principal: PrincipalDependency,
+    output_format: FormatQuery = "json",
+    activation: ActivationQuery = None,
+    seed: SeedQuery = None,
+    run_id: RunQuery = None,
+    epoch_min: EpochMinQuery = None,
+    epoch_max: EpochMaxQuery = None,
+    layer: Annotated[int | None, Query(ge=0, le=10_000, description="Only this layer.")] = None,
+) -> StreamingResponse:
+    """The per-layer metric table."""
+    filters = MetricFilters(
+        activation=activation, seed=seed, run_id=run_id, epoch_min=epoch_min, epoch_max=epoch_max, layer=layer
+    )
+    return _stream(
+        session=session,
+        session_factory=session_factory,
+        experiment_id=experiment_id,
+        filters=filters,
+        table="layer",
+        output_format=output_format,
+        principal=principal,
+    )

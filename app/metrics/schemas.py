@@ -1,0 +1,94 @@
+"""Row schemas of the metric tables (JSON objects, or CSV columns in the same order)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EpochMetricRow(BaseModel):
+    """One epoch of one run."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "run_id": "4c1f0a52-2d7e-4b8e-9a61-0f6f2b8d1c33",
+                    "activation": "relu",
+                    "seed": 0,
+                    "epoch": 1,
+                    "train_loss": 1.52,
+                    "train_accuracy": 0.46,
+                    "test_loss": 1.31,
+                    "test_accuracy": 0.55,
+                    "val_loss": None,
+                    "val_accuracy": None,
+                    "epoch_seconds": 0.41,
+                    "samples_per_second": 9756.1,
+                    "lr": 0.001,
+                    "grad_norm_ratio": 0.62,
+                    "gradient_flag": None,
+                }
+            ]
+        }
+    )
+
+    run_id: uuid.UUID
+    activation: str = Field(description="The activation label.")
+    seed: int
+    epoch: int = Field(description="1 for the first epoch.")
+    train_loss: float | None = Field(description="Null in JSON (nan in CSV) when it was not finite.")
+    train_accuracy: float | None
+    test_loss: float | None
+    test_accuracy: float | None
+    val_loss: float | None = Field(description="Empty unless the spec holds out a validation fraction.")
+    val_accuracy: float | None
+    epoch_seconds: float | None
+    samples_per_second: float | None
+    lr: float | None = Field(description="The learning rate used in the epoch.")
+    grad_norm_ratio: float | None = Field(description="First-layer over last-layer gradient norm.")
+    gradient_flag: str | None = Field(description="vanishing, exploding, or empty.")
+
+
+class LayerMetricRow(BaseModel):
+    """Diagnostics of one layer in one epoch of one run."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "run_id": "4c1f0a52-2d7e-4b8e-9a61-0f6f2b8d1c33",
+                    "activation": "prelu",
+                    "seed": 0,
+                    "epoch": 1,
+                    "layer": 0,
+                    "layer_name": "hidden.0",
+                    "grad_norm": 0.021,
+                    "weight_norm": 9.8,
+                    "activation_mean": 0.31,
+                    "activation_std": 0.52,
+                    "dead_fraction": 0.02,
+                    "saturated_fraction": 0.0,
+                    "activation_parameters": {"weight": 0.23},
+                }
+            ]
+        }
+    )
+
+    run_id: uuid.UUID
+    activation: str
+    seed: int
+    epoch: int
+    layer: int = Field(description="0 for the layer nearest the input.")
+    layer_name: str
+    grad_norm: float | None
+    weight_norm: float | None
+    activation_mean: float | None
+    activation_std: float | None
+    dead_fraction: float | None = Field(description="Share of units never positive on the probe set.")
+    saturated_fraction: float | None = Field(description="Share of units saturated on the probe set.")
+    activation_parameters: dict[str, Any] | None = Field(
+        description="Learned activation parameters (a JSON object; a JSON string in CSV)."
+    )

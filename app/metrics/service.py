@@ -1,0 +1,87 @@
+"""Rules of the metric tables: filter checks and streamed encoding."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Literal
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.auth.schemas import Principal
+from app.experiments import service as experiments_service
+from app.metrics import repository
+from app.metrics.repository import MetricFilters
+from app.runs import repository as runs_repository
+from app.service_errors import InvalidInputError
+from app.streaming import csv_chunks, json_array_chunks
+
+OutputFormat = Literal["json", "csv"]
+MetricTable = Literal["epoch", "layer"]
+
+MEDIA_TYPES: dict[str, str] = {"json": "application/json", "csv": "text/csv; charset=utf-8"}
+
+
+def check_metric_filters(
+    *, session: Session, experiment_id: uuid.UUID, filters: MetricFilters, viewer: Principal | None = None
+) -> None:
+    """NotFoundError for an unknown (or another owner's) experiment; InvalidInputError for filters naming nothing in it."""
+    experiments_service.require_experiment(session=session, experiment_id=experiment_id, viewer=viewer)
+    errors = []
+    if filters.epoch_min is not None and filters.epoch_max is not None and filters.epoch_min > filters.epoch_max:
+        errors.append(
+            {"loc": "query.epoch_min", "msg": "epoch_min must not be greater than epoch_max", "type": "value_error"}
+        )
+    if filters.activation is not None or filters.seed is not None or filters.run_id is not None:
+        runs = runs_repository.list_runs_of_experiment(session=session, experiment_id=experiment_id)
+        labels = list(dict.fromkeys(run.activation_label for run in runs))
+        seeds = sorted({run.seed for run in runs})
+        if filters.activation is not None and filters.activation not in labels:
+            errors.append(
+                {
+                    "loc": "query.activation",
+                    "msg": f"no activation labelled {filters.activation!r} in this experiment; "
+                    f"allowed: {', '.join(labels)}",
+                    "type": "enum",
+                }
+            )
+        if filters.seed is not None and filters.seed not in seeds:
+            errors.append(
+                {
+                    "loc": "query.seed",
+                    "msg": f"no seed {filters.seed} in this experiment; allowed: {', '.join(map(str, seeds))}",
+                    "type": "enum",
+                }
+            )
+        if filters.run_id is not None and filters.run_id not in {run.id for run in runs}:
+            errors.append(
+                {
+                    "loc": "query.run_id",
+                    "msg": f"run {filters.run_id} is not part of experiment {experiment_id}",
+                    "type": "value_error",
+                }
+            )
+    if errors:
+        raise InvalidInputError(errors)
+
+
+def stream_metric_table(
+    *,
+    session_factory: sessionmaker[Session],
+    experiment_id: uuid.UUID,
+    filters: MetricFilters,
+    table: MetricTable,
+    output_format: OutputFormat,
+    batch_rows: int = repository.FETCH_BATCH_ROWS,
+) -> Iterator[str]:
+    """The metric table as CSV or JSON text chunks, read in batches from its own session.
+
+    The session is opened when the first chunk is requested and closed when the stream ends
+    or the client goes away, so it outlives the request's own session.
+    """
+    columns = repository.EPOCH_METRIC_COLUMNS if table == "epoch" else repository.LAYER_METRIC_COLUMNS
+    iterate = repository.iterate_epoch_metrics if table == "epoch" else repository.iterate_layer_metrics
+    encode = csv_chunks if output_format == "csv" else json_array_chunks
+    with session_factory() as session:
+        rows = iterate(session=session, experiment_id=experiment_id, filters=filters, batch_rows=batch_rows)
+        yield from encode(columns, rows, rows_per_chunk=batch_rows)

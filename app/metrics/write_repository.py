@@ -1,0 +1,88 @@
+"""The worker's metric writes: idempotent, fenced upserts of one epoch's rows.
+
+A redelivered run writes its epochs again; the upsert on (run_id, epoch) and
+(run_id, epoch, layer) turns that into an update, so there is never a second row.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.models import EpochMetric, LayerMetric
+from app.runs.state_repository import fence_run
+
+if TYPE_CHECKING:
+    from worker.training.reports import EpochReport
+
+_EPOCH_FIELDS = (
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "epoch_seconds",
+    "samples_per_second",
+    "lr",
+    "grad_norm_ratio",
+    "gradient_flag",
+)
+_LAYER_FIELDS = (
+    "layer_name",
+    "grad_norm",
+    "weight_norm",
+    "activation_mean",
+    "activation_std",
+    "dead_fraction",
+    "saturated_fraction",
+    "activation_parameters",
+)
+
+
+def _finite_or_none(value: Any) -> Any:
+    # NaN and infinity are not JSON: a diverged value is stored as NULL (the run keeps diverged_epoch).
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE in the session's dialect."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(table)
+    elif dialect == "sqlite":
+        statement = sqlite.insert(table)
+    else:
+        raise NotImplementedError(f"metric upserts support postgresql and sqlite, not {dialect}")
+    updated = {name: statement.excluded[name] for name in rows[0] if name not in keys}
+    session.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=updated), rows)
+
+
+def upsert_epoch_metrics(*, session: Session, run_id: uuid.UUID, attempt: int, report: EpochReport) -> None:
+    """Write one epoch's row and its layer rows for ``attempt``; raises StaleAttemptError if a newer attempt owns the run.
+
+    The fence comes first, so it locks the run row before any metric row is touched and a
+    concurrent claim waits for this transaction to end.
+    """
+    fence_run(session=session, run_id=run_id, attempt=attempt)
+    epoch_row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "attempt": attempt}
+    epoch_row.update({name: _finite_or_none(getattr(report, name)) for name in _EPOCH_FIELDS})
+    _upsert(session, EpochMetric.__table__, [epoch_row], ("run_id", "epoch"))  # type: ignore[arg-type]
+    if report.layers:
+        layer_rows = []
+        for layer in report.layers:
+            row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "layer": layer.layer, "attempt": attempt}
+            row.update({name: _finite_or_none(getattr(layer, name)) for name in _LAYER_FIELDS})
+            layer_rows.append(row)
+        _upsert(session, LayerMetric.__table__, layer_rows, ("run_id", "epoch", "layer"))  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Runs: one (activation, seed) arm of an experiment."""

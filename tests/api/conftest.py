@@ -1,0 +1,154 @@
+"""Fixtures of the API tests: a migrated SQLite file per test, the app, a client and a recording dispatcher.
+
+Authentication is on, as in production: ``client`` sends a real admin key created in the test
+database; ``make_key`` creates more keys (owners) for tests of ownership.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.auth.service import create_api_key
+from app.config import Settings
+from app.dependencies import get_dispatcher
+from app.main import create_app
+from app.migrate import upgrade_database
+from app.models import EpochMetric, Experiment, LayerMetric, Run
+
+
+class RecordingDispatcher:
+    """Routes like production (cuda -> gpu, else cpu) and records each enqueue instead of sending it.
+
+    It also checks, from a separate session, that the runs it is handed are already committed.
+    """
+
+    def __init__(self) -> None:
+        self.enqueued: list[tuple[list[uuid.UUID], str]] = []
+        self.fail_with: Exception | None = None
+        self.session_factory: sessionmaker[Session] | None = None
+        self.committed_before_enqueue: list[bool] = []
+
+    def choose_queue(self, *, session: Session, device: str) -> str:
+        return "gpu" if device == "cuda" else "cpu"
+
+    def enqueue_runs(self, *, run_ids: list[uuid.UUID], queue: str) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        if self.session_factory is not None:
+            with self.session_factory() as other:
+                visible = other.scalar(select(func.count()).select_from(Run).where(Run.id.in_(run_ids)))
+            self.committed_before_enqueue.append(visible == len(run_ids))
+        self.enqueued.append((list(run_ids), queue))
+
+    @property
+    def run_ids(self) -> list[uuid.UUID]:
+        return [run_id for batch, _queue in self.enqueued for run_id in batch]
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file migrated to head; each test gets a copy (migrating once keeps the suite fast)."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade_database(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, migrated_template: Path) -> str:
+    path = tmp_path / "api.db"
+    shutil.copyfile(migrated_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        DATABASE_URL=database_url,
+        BROKER_URL="filesystem://",
+        broker_folder=tmp_path / "broker",
+        max_body_bytes=64 * 1024,
+        page_size_limit=100,
+        auth_required=True,
+        credentials_file=tmp_path / "config" / "credentials.json",
+    )
+
+
+@pytest.fixture
+def dispatcher() -> RecordingDispatcher:
+    return RecordingDispatcher()
+
+
+@pytest.fixture
+def app(settings: Settings, dispatcher: RecordingDispatcher) -> FastAPI:
+    application = create_app(settings)
+    dispatcher.session_factory = application.state.session_factory
+    application.dependency_overrides[get_dispatcher] = lambda: dispatcher
+    return application
+
+
+def make_key(app: FastAPI, *, name: str, admin: bool = False) -> str:
+    """Create an API key in the app's database and return the secret."""
+    with app.state.session_factory() as session:
+        return create_api_key(session=session, name=name, is_admin=admin).key
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The Authorization header for a key."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def admin_key(app: FastAPI) -> str:
+    """A real admin key in the test database."""
+    return make_key(app, name="test admin", admin=True)
+
+
+@pytest.fixture
+def client(app: FastAPI, admin_key: str) -> Iterator[TestClient]:
+    """A client that sends the admin key with every request."""
+    with TestClient(app, headers=bearer(admin_key)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def db(app: FastAPI) -> Iterator[Session]:
+    """A session on the test database, for arranging and checking rows directly."""
+    session: Session = app.state.session_factory()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def small_spec(**overrides: Any) -> dict[str, Any]:
+    """A valid spec with two activations and two seeds."""
+    spec: dict[str, Any] = {
+        "name": "tiny grid",
+        "dataset": {"name": "digits"},
+        "model": {"kind": "mlp", "hidden": [16]},
+        "activations": ["relu", "tanh"],
+        "seeds": [0, 1],
+        "training": {"epochs": 3},
+        "device": "cpu",
+    }
+    spec.update(overrides)
+    return spec
+
+
+def row_counts(session: Session) -> dict[str, int]:
+    """How many rows each table the API writes holds."""
+    session.expire_all()
+    return {
+        model.__tablename__: int(session.scalar(select(func.count()).select_from(model)) or 0)
+        for model in (Experiment, Run, EpochMetric, LayerMetric)
+    }
