@@ -1,0 +1,161 @@
+"""Embedded mode for real: `actlab serve` with no environment set (SQLite file, folder broker, one
+worker child), driven by `actlab submit --wait` over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import ManagedProcess, free_port, spirals_spec, wait_for_experiment, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _bare_environment(config_home: Path) -> dict[str, str]:
+    """This machine's environment without any service setting (the embedded defaults apply), and a
+    config folder of the test's own, where `actlab serve` keeps the local key the CLI reads."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("ACTLAB_") and key not in ("DATABASE_URL", "BROKER_URL")
+    }
+    environment.update({"PYTHONUNBUFFERED": "1", "ACTLAB_TORCH_THREADS": "1", "XDG_CONFIG_HOME": str(config_home)})
+    return environment
+
+
+class EmbeddedService:
+    """`actlab serve` in a directory of its own."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.starts = 0
+        self.process: ManagedProcess | None = None
+        self.config_home = directory / "config"
+
+    def client(self) -> httpx.Client:
+        """An HTTP client with the local admin key that `actlab serve` created for this URL."""
+        from app.auth.local import read_local_key
+
+        key = read_local_key(self.url, path=self.config_home / "actlab" / "credentials.json")
+        assert key, "actlab serve stored no local key"
+        return httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {key}"})
+
+    def start(self) -> ManagedProcess:
+        self.starts += 1
+        self.process = ManagedProcess(
+            name="serve",
+            command=[sys.executable, "-m", "app.cli", "serve", f"--port={self.port}"],
+            log_path=self.directory / f"serve-{self.starts}.log",
+            environment=_bare_environment(self.config_home),
+            cwd=self.directory,
+        ).start()
+        process = self.process
+
+        def healthy() -> bool:
+            assert process.alive(), process.log()
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, timeout=90, what="`actlab serve` to answer /healthz")
+        return process
+
+    def worker_pid(self) -> int:
+        assert self.process is not None
+        found = wait_until(
+            lambda: re.search(r"worker process (\d+)", self.process.log() if self.process else ""),
+            timeout=30,
+            what="the worker's pid in the log",
+        )
+        return int(found.group(1))
+
+    def stop(self) -> int | None:
+        """SIGTERM, as a service manager would; returns the exit status."""
+        assert self.process is not None and self.process.process is not None
+        self.process.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.process.wait(timeout=90)
+        finally:
+            self.process.stop(timeout=5)
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[EmbeddedService]:
+    service = EmbeddedService(tmp_path)
+    try:
+        yield service
+    finally:
+        if service.process is not None:
+            service.process.stop(timeout=30)
+
+
+def test_serve_then_submit_and_wait_prints_the_results_table(embedded: EmbeddedService) -> None:
+    embedded.start()
+    worker_pid = embedded.worker_pid()
+    assert "created a local admin API key" in embedded.process.log() if embedded.process else False
+    spec_path = embedded.directory / "spec.json"
+    spec = spirals_spec(name="embedded", epochs=2, activations=["relu", "tanh"], seeds=[0, 1])
+    spec_path.write_text(json.dumps(spec))
+
+    submitted = subprocess.run(
+        [sys.executable, "-m", "app.cli", "submit", str(spec_path), "--wait", "--poll=0.5", f"--url={embedded.url}"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_bare_environment(embedded.config_home),
+        check=False,
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert "succeeded" in submitted.stdout
+    table = submitted.stdout[submitted.stdout.index("final test accuracy") :]
+    assert re.search(r"relu\s+2\s+\d+\.\d\d% ± \d+\.\d\d", table), submitted.stdout
+    assert re.search(r"tanh\s+2\s+\d+\.\d\d% ± \d+\.\d\d", table), submitted.stdout
+
+    experiment_id = re.search(r"experiment ([0-9a-f-]{36})", submitted.stdout)
+    assert experiment_id is not None
+    with embedded.client() as api:
+        rows = api.get(f"/v1/experiments/{experiment_id.group(1)}/metrics").json()
+    assert len(rows) == 8 and len({(row["run_id"], row["epoch"]) for row in rows}) == 8
+    assert (embedded.directory / "actlab.db").is_file()
+
+    assert embedded.stop() == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
+
+
+def test_a_run_interrupted_by_stopping_the_service_finishes_after_the_next_start(
+    embedded: EmbeddedService,
+) -> None:
+    embedded.start()
+    epochs = 16
+    spec = spirals_spec(name="interrupted", epochs=epochs, samples=12000, hidden=[64, 64])
+    with embedded.client() as api:
+        experiment_id = api.post("/v1/experiments", json=spec).json()["id"]
+        wait_until(
+            lambda: api.get(f"/v1/experiments/{experiment_id}").json()["runs"][0]["epochs_completed"] >= 2,
+            timeout=120,
+            interval=0.05,
+            what="the run to be past its second epoch",
+        )
+    assert embedded.stop() == 0
+
+    embedded.start()
+    with embedded.client() as api:
+        finished = wait_for_experiment(api, experiment_id, timeout=180)
+        assert finished["status"] == "succeeded", finished
+        run = finished["runs"][0]
+        assert run["attempt"] == 2 and run["epochs_completed"] == epochs
+        rows = api.get(f"/v1/experiments/{experiment_id}/metrics").json()
+    assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))

@@ -1,0 +1,112 @@
+"""Fixtures of the worker tests: a migrated SQLite database and experiments written straight into it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from app.db import make_engine, session_scope
+from app.migrate import upgrade_database
+from app.models import Experiment, Run
+from app.spec import ExperimentSpec
+
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny spirals",
+    "dataset": {"name": "spirals", "params": {"samples": 300}},
+    "model": {"kind": "mlp", "hidden": [8]},
+    "activations": ["relu", "tanh"],
+    "seeds": [0, 1],
+    "training": {"epochs": 3, "batch_size": 64, "lr": 0.01},
+    "device": "cpu",
+}
+
+
+POSTGRES_ADMIN_URL = os.environ.get("ACTLAB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A SQLite database built by the Alembic migrations, as in production."""
+    url = f"sqlite:///{tmp_path / 'worker.db'}"
+    upgrade_database(url)
+    database = make_engine(url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_worker_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for the worker tests, dropped at the end."""
+    import psycopg
+
+    name = f"actlab_worker_test_{uuid.uuid4().hex[:12]}"
+    admin_url = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    url = f"{admin_url.rpartition('/')[0].replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    try:
+        upgrade_database(url)
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The same migrated schema on SQLite and on the real PostgreSQL (emptied after each test)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'worker.db'}"
+        upgrade_database(url)
+    else:
+        url = request.getfixturevalue("postgres_worker_url")
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        if request.param == "postgresql":
+            with engine.begin() as connection:
+                connection.execute(
+                    text("TRUNCATE experiments, runs, epoch_metrics, layer_metrics, worker_nodes, api_keys CASCADE")
+                )
+        engine.dispose()
+
+
+def add_experiment(engine: Engine, spec: dict[str, Any] | None = None, *, queue: str = "cpu") -> list[uuid.UUID]:
+    """Store an experiment and its queued runs as the API would; returns the run ids in arm order."""
+    parsed = ExperimentSpec.model_validate(spec or TINY_SPEC)
+    experiment = Experiment(
+        id=uuid.uuid4(),
+        name=parsed.name,
+        status="queued",
+        spec=parsed.model_dump(mode="json"),
+        submitted_spec=spec or TINY_SPEC,
+        spec_hash=parsed.spec_hash(),
+        device=parsed.device,
+        queue=queue,
+        total_epochs=len(parsed.arms()) * parsed.training.epochs,
+    )
+    runs = [
+        Run(
+            id=uuid.uuid4(),
+            experiment_id=experiment.id,
+            activation_index=arm.activation_index,
+            activation_label=arm.label,
+            activation_name=parsed.activations[arm.activation_index].canonical_name,
+            seed=arm.seed,
+            status="queued",
+            queue=queue,
+        )
+        for arm in parsed.arms()
+    ]
+    with session_scope(engine) as session:
+        session.add(experiment)
+        session.add_all(runs)
+    return [run.id for run in runs]

@@ -1,0 +1,138 @@
+"""Claiming runs, fencing stale attempts, and the embedded service's requeue, on SQLite."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from app.db import session_scope
+from app.models import Run, RunStatus
+from app.models.types import utc_now
+from app.runs.state_repository import (
+    StaleAttemptError,
+    claim_run,
+    fail_unfinished_runs,
+    finish_run,
+    record_epoch_progress,
+    requeue_orphaned_runs,
+)
+from tests.worker.conftest import add_experiment
+
+FRESH = timedelta(minutes=10)
+
+
+@pytest.fixture
+def engine(database: Engine) -> Engine:
+    """These tests run on SQLite and on PostgreSQL."""
+    return database
+
+
+def _claim(engine: Engine, run_id, *, task_id: str = "task-1", stale_after: timedelta = FRESH, host: str = "w1"):
+    with session_scope(engine) as session:
+        return claim_run(session=session, run_id=run_id, worker_host=host, task_id=task_id, stale_after=stale_after)
+
+
+def _run(engine: Engine, run_id) -> Run:
+    with session_scope(engine) as session:
+        return session.execute(select(Run).where(Run.id == run_id)).scalar_one()
+
+
+def test_claiming_a_queued_run_starts_attempt_one(engine: Engine) -> None:
+    run_id = add_experiment(engine)[0]
+    claimed = _claim(engine, run_id, host="gpu-box-7")
+    assert claimed is not None
+    assert claimed.attempt == 1
+    assert claimed.spec["dataset"]["name"] == "spirals"
+    run = _run(engine, run_id)
+    assert (run.status, run.attempt, run.worker_host, run.task_id) == ("running", 1, "gpu-box-7", "task-1")
+    assert run.started_at is not None and run.heartbeat_at is not None
+
+
+def test_a_duplicate_delivery_of_a_run_running_elsewhere_is_not_claimed(engine: Engine) -> None:
+    run_id = add_experiment(engine)[0]
+    assert _claim(engine, run_id, task_id="task-1") is not None
+    assert _claim(engine, run_id, task_id="another-task") is None
+    assert _run(engine, run_id).attempt == 1
+
+
+def test_a_redelivery_of_the_same_task_takes_over_with_the_next_attempt(engine: Engine) -> None:
+    run_id = add_experiment(engine)[0]
+    _claim(engine, run_id, task_id="task-1", host="crashed")
+    claimed = _claim(engine, run_id, task_id="task-1", host="survivor")
+    assert claimed is not None and claimed.attempt == 2
+    run = _run(engine, run_id)
+    assert (run.attempt, run.worker_host) == (2, "survivor")
+
+
+def test_a_run_with_a_stale_heartbeat_is_taken_over_by_any_delivery(engine: Engine) -> None:
+    run_id = add_experiment(engine)[0]
+    _claim(engine, run_id, task_id="task-1")
+    claimed = _claim(engine, run_id, task_id="task-2", stale_after=timedelta(seconds=-1))
+    assert claimed is not None and claimed.attempt == 2
+
+
+@pytest.mark.parametrize("status", [RunStatus.succeeded, RunStatus.cancelled, RunStatus.failed])
+def test_a_finished_run_is_never_claimed_again(engine: Engine, status: RunStatus) -> None:
+    run_id = add_experiment(engine)[0]
+    claimed = _claim(engine, run_id)
+    assert claimed is not None
+    with session_scope(engine) as session:
+        finish_run(session=session, run_id=run_id, attempt=claimed.attempt, status=status, epochs_completed=3)
+    assert _claim(engine, run_id, task_id="task-1", stale_after=timedelta(seconds=-1)) is None
+    run = _run(engine, run_id)
+    assert (run.status, run.attempt, run.epochs_completed) == (status.value, 1, 3)
+    assert run.finished_at is not None
+
+
+def test_writes_of_a_stale_attempt_are_rejected(engine: Engine) -> None:
+    run_id = add_experiment(engine)[0]
+    first = _claim(engine, run_id, task_id="task-1")
+    second = _claim(engine, run_id, task_id="task-1")
+    assert first is not None and second is not None
+    with pytest.raises(StaleAttemptError), session_scope(engine) as session:
+        record_epoch_progress(session=session, run_id=run_id, attempt=first.attempt, epochs_completed=2)
+    with pytest.raises(StaleAttemptError), session_scope(engine) as session:
+        finish_run(session=session, run_id=run_id, attempt=first.attempt, status=RunStatus.succeeded)
+    with session_scope(engine) as session:
+        record_epoch_progress(session=session, run_id=run_id, attempt=second.attempt, epochs_completed=1)
+    run = _run(engine, run_id)
+    assert (run.status, run.epochs_completed) == ("running", 1)
+
+
+def test_finish_run_refuses_an_unfinished_status(engine: Engine) -> None:
+    run_id = add_experiment(engine)[0]
+    claimed = _claim(engine, run_id)
+    assert claimed is not None
+    with pytest.raises(ValueError, match="finished status"), session_scope(engine) as session:
+        finish_run(session=session, run_id=run_id, attempt=claimed.attempt, status=RunStatus.running)
+
+
+def test_requeue_orphaned_runs_puts_running_runs_back_and_lists_every_queued_run(engine: Engine) -> None:
+    first, second, third, fourth = add_experiment(engine)
+    _claim(engine, first)
+    done = _claim(engine, second)
+    assert done is not None
+    with session_scope(engine) as session:
+        finish_run(session=session, run_id=second, attempt=done.attempt, status=RunStatus.succeeded)
+    with session_scope(engine) as session:
+        pending = requeue_orphaned_runs(session=session)
+    assert {run_id for run_id, _, _ in pending} == {first, third, fourth}
+    assert {queue for _, _, queue in pending} == {"cpu"}
+    assert _run(engine, first).status == "queued"
+    assert _run(engine, second).status == "succeeded"
+
+
+def test_fail_unfinished_runs_leaves_finished_runs_alone(engine: Engine) -> None:
+    first, second, *_ = add_experiment(engine)
+    claimed = _claim(engine, second)
+    assert claimed is not None
+    with session_scope(engine) as session:
+        finish_run(session=session, run_id=second, attempt=claimed.attempt, status=RunStatus.succeeded)
+    with session_scope(engine) as session:
+        experiments = fail_unfinished_runs(session=session, run_ids=[first, second], error="gave up", now=utc_now())
+    assert len(experiments) == 1
+    assert (_run(engine, first).status, _run(engine, first).error) == ("failed", "gave up")
+    assert _run(engine, second).status == "succeeded"

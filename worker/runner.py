@@ -1,0 +1,411 @@
+"""Drive runs through the engine: claim, train, write every epoch, honour cancel, record the end.
+
+The database is the source of truth: a task carries run ids only and everything else is
+read here. Each epoch is one transaction (metrics upsert, progress, heartbeat, experiment
+status, cancel check) fenced by the attempt number of this worker's claim, so a worker
+whose run was taken over can never overwrite the newer attempt's rows.
+
+Importing this module does not import torch; the engine is imported when a run starts, in
+the process that trains it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from app.config import Settings, SpecLimits, get_settings
+from app.db import get_engine, session_scope
+from app.metrics.write_repository import upsert_epoch_metrics
+from app.models import RunStatus
+from app.runs.state_repository import (
+    ClaimedRun,
+    StaleAttemptError,
+    cancel_requested,
+    claim_run,
+    fence_run,
+    finish_run,
+    lock_experiment_of_run,
+    record_epoch_progress,
+    record_run_start,
+)
+from app.spec import ExperimentSpec
+
+if TYPE_CHECKING:
+    from worker.training.reports import ArmOutcome, EpochReport, RunInfo
+
+logger = logging.getLogger(__name__)
+
+# Longest error text stored on a run.
+_ERROR_LIMIT = 4000
+
+
+def is_transient_error(error: BaseException) -> bool:
+    """True for failures that may pass if tried again later: the database or broker unreachable or busy.
+
+    Everything else (bad data, a missing dataset, divergence, a bug) is deterministic: it is
+    recorded on the run and never retried.
+    """
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, OperationalError):
+        # SQLite reports schema and file errors as OperationalError too; only lock contention passes by itself.
+        original = str(error.orig).lower()
+        if type(error.orig).__module__.startswith("sqlite3"):
+            return "locked" in original or "busy" in original
+        return True
+    transient = (
+        InterfaceError,
+        DisconnectionError,
+        PoolTimeoutError,
+        RedisConnectionError,
+        RedisTimeoutError,
+        BrokerOperationalError,
+        ConnectionError,
+        TimeoutError,
+    )
+    return isinstance(error, transient)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How one delivery of a run ended: the status it recorded, or None when it did not own the run."""
+
+    run_id: uuid.UUID
+    status: RunStatus | None
+    attempt: int | None = None
+
+
+@dataclass
+class BatchOutcome:
+    """The outcomes of a task's runs, and the runs it had no time left to start."""
+
+    outcomes: list[RunOutcome] = field(default_factory=list)
+    not_started: list[uuid.UUID] = field(default_factory=list)
+
+
+def stored_spec_limits() -> SpecLimits:
+    """Limits that accept any stored spec: it was validated at submission, and a later, lower limit must not fail it."""
+    unbounded: dict[str, Any] = {}
+    for name, info in SpecLimits.model_fields.items():
+        unbounded[name] = float("inf") if info.annotation is float else 2**62
+    return SpecLimits.model_construct(**unbounded)
+
+
+def checkpoint_path(*, run_id: uuid.UUID, settings: Settings) -> Path:
+    """Where a run's resumable training state lives while it trains."""
+    return Path(settings.checkpoint_dir).expanduser() / f"{run_id}.pt"
+
+
+def training_device(*, spec_device: str, queue: str | None) -> str:
+    """The device a run asks the engine for: the spec's, except 'auto' on the cpu queue trains on the CPU."""
+    if spec_device == "auto" and queue == "cpu":
+        return "cpu"
+    return spec_device
+
+
+_torch_configured = False
+
+
+def configure_torch(settings: Settings) -> None:
+    """Apply the worker's torch settings once per process (threads: equal on every worker for equal timings)."""
+    global _torch_configured
+    if _torch_configured:
+        return
+    import torch
+
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    _torch_configured = True
+
+
+class RunHeartbeat:
+    """Refreshes a running run's heartbeat between epochs, so a long epoch does not look abandoned.
+
+    A background thread with its own sessions; when a newer attempt owns the run it sets
+    ``stale`` and the next epoch boundary stops the run.
+    """
+
+    def __init__(self, *, engine: Engine, run_id: uuid.UUID, attempt: int, interval: float) -> None:
+        self._engine = engine
+        self._run_id = run_id
+        self._attempt = attempt
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"run-heartbeat-{run_id}", daemon=True)
+        self.stale = False
+
+    def __enter__(self) -> RunHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                with session_scope(self._engine) as session:
+                    fence_run(session=session, run_id=self._run_id, attempt=self._attempt)
+            except StaleAttemptError:
+                self.stale = True
+                return
+            except Exception:
+                # The epoch writes will meet the same problem and decide; a missed heartbeat is harmless.
+                logger.warning("run %s: heartbeat failed", self._run_id, exc_info=True)
+
+
+def _refresh_experiment(session: Any, experiment_id: uuid.UUID) -> None:
+    from app.experiments.service import refresh_experiment_status
+
+    refresh_experiment_status(session=session, experiment_id=experiment_id)
+
+
+def _error_text(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= _ERROR_LIMIT else text[: _ERROR_LIMIT - 3] + "..."
+
+
+def _claim(
+    *, engine: Engine, run_id: uuid.UUID, worker_host: str, task_id: str | None, settings: Settings
+) -> tuple[ClaimedRun | None, bool]:
+    """Claim the run; end it at once when its experiment was cancelled or it ran out of attempts.
+
+    Returns the claim (None when the run is not ours) and whether the run already ended.
+    """
+    with session_scope(engine) as session:
+        claimed = claim_run(
+            session=session,
+            run_id=run_id,
+            worker_host=worker_host,
+            task_id=task_id,
+            stale_after=timedelta(seconds=settings.run_stale_seconds),
+        )
+        if claimed is None:
+            return None, False
+        ended = cancel_requested(session=session, experiment_id=claimed.experiment_id)
+        if ended:
+            finish_run(
+                session=session,
+                run_id=run_id,
+                attempt=claimed.attempt,
+                status=RunStatus.cancelled,
+                epochs_completed=claimed.epochs_completed,
+            )
+        elif claimed.attempt > max_attempts(settings):
+            # Each earlier attempt ended without recording an outcome (its worker or process was lost):
+            # a run that kills its worker every time must not be redelivered forever.
+            ended = True
+            finish_run(
+                session=session,
+                run_id=run_id,
+                attempt=claimed.attempt,
+                status=RunStatus.failed,
+                epochs_completed=claimed.epochs_completed,
+                error=f"gave up: started {claimed.attempt - 1} times without finishing (the worker or its process "
+                f"was lost each time; limit {max_attempts(settings)} attempts, setting ACTLAB_TASK_MAX_RETRIES)",
+            )
+        _refresh_experiment(session, claimed.experiment_id)
+        return claimed, ended
+
+
+def max_attempts(settings: Settings) -> int:
+    """How many times a run may be started, whatever ended the earlier attempts."""
+    return settings.task_max_retries + 1
+
+
+def _finish(
+    *,
+    engine: Engine,
+    claimed: ClaimedRun,
+    status: RunStatus,
+    epochs_completed: int | None = None,
+    diverged_epoch: int | None = None,
+    training_seconds: float | None = None,
+    error: str | None = None,
+) -> None:
+    with session_scope(engine) as session:
+        lock_experiment_of_run(session=session, run_id=claimed.run_id)
+        finish_run(
+            session=session,
+            run_id=claimed.run_id,
+            attempt=claimed.attempt,
+            status=status,
+            epochs_completed=epochs_completed,
+            diverged_epoch=diverged_epoch,
+            training_seconds=training_seconds,
+            error=error,
+        )
+        _refresh_experiment(session, claimed.experiment_id)
+
+
+class _EpochWriter:
+    """The engine's callbacks for one claimed run: record placement, write each epoch, answer 'keep going?'."""
+
+    def __init__(self, *, engine: Engine, claimed: ClaimedRun, heartbeat: RunHeartbeat) -> None:
+        self._engine = engine
+        self._claimed = claimed
+        self._heartbeat = heartbeat
+
+    def on_start(self, info: RunInfo) -> None:
+        with session_scope(self._engine) as session:
+            lock_experiment_of_run(session=session, run_id=self._claimed.run_id)
+            record_run_start(
+                session=session,
+                run_id=self._claimed.run_id,
+                attempt=self._claimed.attempt,
+                device=info.device,
+                init_scheme=info.init_scheme,
+                parameter_count=info.parameter_count,
+                activation_placement=info.activation_placement,
+                training_path=info.training_path,
+            )
+
+    def on_epoch(self, report: EpochReport) -> bool | None:
+        if self._heartbeat.stale:
+            raise StaleAttemptError(f"run {self._claimed.run_id}: attempt {self._claimed.attempt} was taken over")
+        with session_scope(self._engine) as session:
+            lock_experiment_of_run(session=session, run_id=self._claimed.run_id)
+            upsert_epoch_metrics(
+                session=session, run_id=self._claimed.run_id, attempt=self._claimed.attempt, report=report
+            )
+            record_epoch_progress(
+                session=session,
+                run_id=self._claimed.run_id,
+                attempt=self._claimed.attempt,
+                epochs_completed=report.epoch,
+            )
+            _refresh_experiment(session, self._claimed.experiment_id)
+            stop = cancel_requested(session=session, experiment_id=self._claimed.experiment_id)
+        return False if stop else None
+
+
+def _train(*, claimed: ClaimedRun, writer: _EpochWriter, settings: Settings, checkpoint: Path) -> ArmOutcome:
+    from worker.training.trainer import train_arm
+
+    configure_torch(settings)
+    spec = ExperimentSpec.model_validate(claimed.spec, context={"limits": stored_spec_limits()})
+    return train_arm(
+        spec,
+        activation_index=claimed.activation_index,
+        seed=claimed.seed,
+        device=training_device(spec_device=spec.device, queue=claimed.queue),
+        on_start=writer.on_start,
+        on_epoch=writer.on_epoch,
+        checkpoint_path=checkpoint,
+    )
+
+
+_OUTCOME_STATUS = {"succeeded": RunStatus.succeeded, "diverged": RunStatus.diverged, "cancelled": RunStatus.cancelled}
+
+
+def execute_run(
+    *,
+    run_id: uuid.UUID,
+    worker_host: str,
+    task_id: str | None = None,
+    engine: Engine | None = None,
+    settings: Settings | None = None,
+) -> RunOutcome:
+    """Claim and train one run to its end; transient errors propagate (the task retries), others are recorded.
+
+    Returns the status this delivery recorded, or None when the run was not ours (already
+    finished, running elsewhere, or taken over by a newer attempt while we trained).
+    """
+    settings = settings or get_settings()
+    engine = engine or get_engine()
+    claimed, ended = _claim(engine=engine, run_id=run_id, worker_host=worker_host, task_id=task_id, settings=settings)
+    if claimed is None:
+        logger.info("run %s: not claimed (finished, or running elsewhere)", run_id)
+        return RunOutcome(run_id, None)
+    checkpoint = checkpoint_path(run_id=run_id, settings=settings)
+    if ended:
+        checkpoint.unlink(missing_ok=True)
+        status = RunStatus.failed if claimed.attempt > max_attempts(settings) else RunStatus.cancelled
+        logger.info("run %s: attempt %d ended %s before training", run_id, claimed.attempt, status.value)
+        return RunOutcome(run_id, status, claimed.attempt)
+    logger.info("run %s: attempt %d started on %s", run_id, claimed.attempt, worker_host)
+    heartbeat = RunHeartbeat(
+        engine=engine, run_id=run_id, attempt=claimed.attempt, interval=settings.run_heartbeat_seconds
+    )
+    writer = _EpochWriter(engine=engine, claimed=claimed, heartbeat=heartbeat)
+    try:
+        with heartbeat:
+            outcome = _train(claimed=claimed, writer=writer, settings=settings, checkpoint=checkpoint)
+        status = _OUTCOME_STATUS[outcome.status]
+        _finish(
+            engine=engine,
+            claimed=claimed,
+            status=status,
+            epochs_completed=outcome.epochs_completed,
+            diverged_epoch=outcome.diverged_epoch,
+            training_seconds=outcome.training_seconds,
+        )
+    except StaleAttemptError:
+        # A newer attempt owns the run (and may resume from the checkpoint): leave everything to it.
+        logger.warning("run %s: attempt %d was taken over by a newer attempt; stopping", run_id, claimed.attempt)
+        return RunOutcome(run_id, None, claimed.attempt)
+    except SoftTimeLimitExceeded:
+        status = RunStatus.timed_out
+        message = (
+            f"stopped by the time limit of {settings.task_soft_time_limit} s (setting ACTLAB_TASK_SOFT_TIME_LIMIT); "
+            "the finished epochs are kept"
+        )
+        if not _finish_quietly(engine=engine, claimed=claimed, status=status, error=message):
+            return RunOutcome(run_id, None, claimed.attempt)
+    except Exception as error:
+        if is_transient_error(error):
+            # Keep the checkpoint: the retry resumes from it.
+            raise
+        logger.exception("run %s: attempt %d failed", run_id, claimed.attempt)
+        status = RunStatus.failed
+        if not _finish_quietly(engine=engine, claimed=claimed, status=status, error=_error_text(error)):
+            return RunOutcome(run_id, None, claimed.attempt)
+    checkpoint.unlink(missing_ok=True)
+    logger.info("run %s: attempt %d ended %s", run_id, claimed.attempt, status.value)
+    return RunOutcome(run_id, status, claimed.attempt)
+
+
+def _finish_quietly(*, engine: Engine, claimed: ClaimedRun, status: RunStatus, error: str) -> bool:
+    """Record a failure-like end; False when a newer attempt owns the run. Transient errors propagate."""
+    try:
+        _finish(engine=engine, claimed=claimed, status=status, error=error)
+    except StaleAttemptError:
+        return False
+    return True
+
+
+def execute_runs(
+    *,
+    run_ids: list[uuid.UUID],
+    worker_host: str,
+    task_id: str | None = None,
+    engine: Engine | None = None,
+    settings: Settings | None = None,
+) -> BatchOutcome:
+    """Execute a task's runs in order; after a time-out the rest are returned unstarted, for a new task."""
+    batch = BatchOutcome()
+    for index, run_id in enumerate(run_ids):
+        outcome = execute_run(run_id=run_id, worker_host=worker_host, task_id=task_id, engine=engine, settings=settings)
+        batch.outcomes.append(outcome)
+        if outcome.status == RunStatus.timed_out:
+            batch.not_started = list(run_ids[index + 1 :])
+            break
+    return batch
