@@ -1,0 +1,1 @@
+"""Server-rendered HTML: the dashboard of experiments and the report of one experiment."""

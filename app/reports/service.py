@@ -1,0 +1,306 @@
+"""View data of the HTML pages: the dashboard of experiments and one experiment's report."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import pandas as pd
+from sqlalchemy.orm import Session
+
+from app.experiments import service as experiments_service
+from app.experiments.service import FINISHED_EXPERIMENT_STATUSES
+from app.results import service as results_service
+from app.results.plots import PLOT_KINDS
+from app.results.statistics import METRIC_COLUMNS, SUMMARY_KINDS, ResultOptions, pair_matrix
+from app.schemas import as_utc
+
+FINISHED = frozenset(str(status) for status in FINISHED_EXPERIMENT_STATUSES)
+DASHBOARD_LIMIT = 100
+REFRESH_SECONDS = 5
+PLOT_CAPTIONS: dict[str, str] = {
+    "learning-curves": "Learning curves",
+    "final-metric": "Summary metric per activation",
+    "gradient-norms": "Gradient norm per layer",
+    "unit-health": "Dead and saturated units",
+    "learned-functions": "Learned activation functions",
+}
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    """A table cell: significant digits for floats, '' for missing values."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.2e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def format_time(value: Any) -> str:
+    """A timestamp as 'YYYY-MM-DD HH:MM:SS UTC', '' when missing."""
+    moment = as_utc(value) if value is not None and value is not pd.NaT else None
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else ""
+
+
+@dataclass
+class DashboardRow:
+    """One experiment on the dashboard."""
+
+    id: uuid.UUID
+    name: str
+    status: str
+    created_at: str
+    finished_at: str
+    progress_percent: int
+    runs: str
+
+
+def dashboard(*, session: Session, page_size_limit: int) -> tuple[list[DashboardRow], int, bool]:
+    """The newest experiments, how many exist, and whether any is still in progress."""
+    listing = experiments_service.list_experiments(
+        session=session,
+        statuses=[],
+        name_contains=None,
+        limit=min(DASHBOARD_LIMIT, page_size_limit),
+        offset=0,
+        page_size_limit=page_size_limit,
+    )
+    rows = []
+    for experiment in listing.experiments:
+        counts = listing.counts.get(experiment.id)
+        progress = (
+            experiments_service.progress_from_counts(counts=counts, total_epochs=experiment.total_epochs)
+            if counts is not None
+            else None
+        )
+        runs = (
+            ", ".join(f"{count} {status}" for status, count in sorted(counts.runs_by_status.items())) if counts else ""
+        )
+        rows.append(
+            DashboardRow(
+                id=experiment.id,
+                name=experiment.name,
+                status=str(experiment.status),
+                created_at=format_time(experiment.created_at),
+                finished_at=format_time(experiment.finished_at),
+                progress_percent=round(100 * progress.fraction) if progress is not None else 0,
+                runs=runs,
+            )
+        )
+    in_progress = any(row.status not in FINISHED for row in rows)
+    return rows, listing.total, in_progress
+
+
+@dataclass
+class ReportTable:
+    """A table ready for the template: header labels and formatted cells."""
+
+    columns: list[str]
+    rows: list[list[str]]
+    classes: list[list[str]] = field(default_factory=list)
+
+
+SUMMARY_COLUMNS: dict[str, str] = {
+    "rank": "rank",
+    "activation": "activation",
+    "n": "n",
+    "mean": "mean",
+    "std": "std",
+    "ci_low": "95% CI low",
+    "ci_high": "95% CI high",
+    "median": "median",
+    "best_epoch": "best epoch",
+    "epochs_to_threshold": "epochs to threshold",
+    "area_under_curve": "AUC (mean over epochs)",
+    "generalisation_gap": "train - test",
+    "mean_epoch_seconds": "s / epoch",
+    "diverged": "diverged",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "mean_difference": "difference vs baseline",
+    "test": "test",
+    "p_holm": "p (Holm)",
+    "verdict": "verdict",
+}
+DIAGNOSTIC_COLUMNS: dict[str, str] = {
+    "activation": "activation",
+    "gradient_ratio_first_epoch": "grad ratio, first epoch",
+    "gradient_ratio_last_epoch": "grad ratio, last epoch",
+    "vanishing": "vanishing",
+    "exploding": "exploding",
+    "dead_fraction": "dead fraction",
+    "saturated_fraction": "saturated fraction",
+    "learned_parameters": "learned parameters",
+}
+
+
+def _table(frame: pd.DataFrame, columns: dict[str, str], *, sort: str | None = None) -> ReportTable:
+    if frame.empty:
+        return ReportTable(list(columns.values()), [])
+    if sort is not None:
+        frame = frame.sort_values([sort, "activation_index"], kind="stable", na_position="last")
+    rows = []
+    classes = []
+    for record in frame.to_dict("records"):
+        cells = []
+        for column in columns:
+            value = record.get(column)
+            if isinstance(value, dict):
+                cells.append(", ".join(f"{name} = {format_number(item, 3)}" for name, item in value.items()))
+            else:
+                cells.append(format_number(value))
+        rows.append(cells)
+        classes.append([f"verdict-{record.get('verdict')}" if column == "verdict" else "" for column in columns])
+    return ReportTable(list(columns.values()), rows, classes)
+
+
+@dataclass
+class Report:
+    """Everything the report page shows."""
+
+    experiment_id: uuid.UUID
+    name: str
+    status: str
+    spec_hash: str
+    created_at: str
+    started_at: str
+    finished_at: str
+    error: str | None
+    description: list[tuple[str, str]]
+    progress_percent: int
+    progress_text: str
+    finished: bool
+    options: ResultOptions
+    baseline: str | None
+    summary: ReportTable
+    matrix: ReportTable
+    diagnostics: ReportTable
+    sentences: list[str]
+    tied_best: list[str]
+    plots: list[tuple[str, str, str]]
+    downloads: list[tuple[str, str]]
+    runs: ReportTable
+    metric_choices: tuple[str, ...] = METRIC_COLUMNS
+    summary_choices: tuple[str, ...] = SUMMARY_KINDS
+
+
+def _description(tables: results_service.ExperimentTables) -> list[tuple[str, str]]:
+    spec = tables.spec
+    if spec is None:
+        return []
+    model = spec.model
+    if model.kind == "mlp":
+        shape = f"MLP, hidden {model.hidden}, norm {model.norm}"
+    elif model.kind == "cnn":
+        shape = f"CNN, channels {model.channels}, kernel {model.kernel_size}, pooling {model.pooling}"
+    else:
+        shape = f"RNN ({model.cell}), hidden {model.hidden_size} x {model.layers}"
+    training = spec.training
+    return [
+        ("dataset", f"{spec.dataset.name} ({spec.dataset.classes} classes)"),
+        ("model", shape),
+        ("activations", ", ".join(activation.display_label for activation in spec.activations)),
+        ("seeds", ", ".join(str(seed) for seed in spec.seeds)),
+        (
+            "training",
+            f"{training.epochs} epochs, {training.optimizer} lr {training.lr:g}, batch {training.batch_size}, "
+            f"init {training.init}",
+        ),
+    ]
+
+
+def report(*, session: Session, experiment_id: uuid.UUID, options: ResultOptions) -> Report:
+    """The report of one experiment; NotFoundError when it does not exist."""
+    tables = results_service.load_tables(session=session, experiment_id=experiment_id)
+    experiment = tables.experiment
+    experiment_runs = experiments_service.counts_of_runs(experiment.runs)
+    progress = experiments_service.progress_from_counts(counts=experiment_runs, total_epochs=experiment.total_epochs)
+    summary = results_service.summary_table(tables=tables, options=options)
+    pairs = results_service.pairs_table(tables=tables, options=options)
+    diagnostics = results_service.diagnostics_table(tables=tables)
+    found = results_service.recommendation(
+        tables=tables, options=options, summary=summary, pairs=pairs, diagnostics=diagnostics
+    )
+    labels = [str(label) for label in summary["activation"]] if "activation" in summary.columns else []
+    matrix = pair_matrix(pairs, labels) if not pairs.empty else pd.DataFrame()
+    matrix_table = ReportTable(
+        ["", *labels],
+        [[label, *[str(matrix.loc[label, other]) or "-" for other in labels]] for label in labels]
+        if not matrix.empty
+        else [],
+    )
+    query = urlencode(
+        {"metric": options.metric, "summary": options.summary, "k": options.k}
+        | ({"include_diverged": "true"} if options.include_diverged else {})
+    )
+    base = f"/v1/experiments/{experiment_id}"
+    plots = [
+        (caption, f"{base}/plots/{kind}.svg?{query}", f"{base}/plots/{kind}.png?{query}")
+        for kind, caption in PLOT_CAPTIONS.items()
+        if kind in PLOT_KINDS
+    ]
+    results_query = urlencode(
+        {"metric": options.metric, "summary": options.summary, "k": options.k, "alpha": options.alpha}
+        | ({"baseline": options.baseline} if options.baseline else {})
+        | ({"threshold": options.threshold} if options.threshold is not None else {})
+    )
+    downloads = [
+        ("results (CSV)", f"{base}/results?format=csv&{results_query}"),
+        ("results (Parquet)", f"{base}/results?format=parquet&{results_query}"),
+        ("results (JSON)", f"{base}/results?format=json&{results_query}"),
+        ("pairs (CSV)", f"{base}/results?format=csv&view=pairs&{results_query}"),
+        ("diagnostics (CSV)", f"{base}/diagnostics?format=csv"),
+        ("metrics per epoch (CSV)", f"{base}/metrics?format=csv"),
+        ("layer metrics (CSV)", f"{base}/layer-metrics?format=csv"),
+        ("archive (zip)", f"{base}/export"),
+    ]
+    runs_frame = tables.runs.copy()
+    run_rows = [
+        [
+            str(record["activation"]),
+            str(record["seed"]),
+            str(record["status"]),
+            format_number(record["epochs_completed"]),
+            str(record["device"] or ""),
+            format_number(record["training_seconds"]),
+            str(record["error"] or ""),
+        ]
+        for record in runs_frame.to_dict("records")
+    ]
+    baseline = str(summary["baseline"].iloc[0]) if "baseline" in summary.columns and len(summary) else None
+    return Report(
+        experiment_id=experiment.id,
+        name=experiment.name,
+        status=str(experiment.status),
+        spec_hash=experiment.spec_hash,
+        created_at=format_time(experiment.created_at),
+        started_at=format_time(experiment.started_at),
+        finished_at=format_time(experiment.finished_at),
+        error=experiment.error,
+        description=_description(tables),
+        progress_percent=round(100 * progress.fraction),
+        progress_text=f"{progress.finished_epochs} of {progress.total_epochs} epochs, "
+        f"{progress.runs_finished} of {progress.runs_total} runs finished",
+        finished=str(experiment.status) in FINISHED,
+        options=options,
+        baseline=baseline,
+        summary=_table(summary, SUMMARY_COLUMNS, sort="rank") if "rank" in summary.columns else _table(summary, {}),
+        matrix=matrix_table,
+        diagnostics=_table(diagnostics, DIAGNOSTIC_COLUMNS),
+        sentences=found.sentences,
+        tied_best=found.tied_best,
+        plots=plots,
+        downloads=downloads,
+        runs=ReportTable(["activation", "seed", "status", "epochs", "device", "seconds", "error"], run_rows),
+    )

@@ -1,0 +1,1 @@
+"""Results: cross-seed statistics, diagnostics, plots, exports and their endpoints."""

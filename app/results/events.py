@@ -1,0 +1,139 @@
+"""Live progress as server-sent events, produced by polling the database.
+
+Each poll reads the experiment's status, its runs' statuses and each run's latest stored epoch;
+a run whose latest epoch moved on gets one ``epoch`` event per new epoch row (read per run in
+epoch order, so rows committed out of order across workers are never skipped), then a ``status``
+event when its status changed; an ``experiment`` status event follows. The stream sends a comment
+line as a heartbeat when nothing happened for a while, and ends with an ``end`` event once the
+experiment has finished. Every event's data is one JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from app.experiments.service import FINISHED_EXPERIMENT_STATUSES
+from app.results import repository
+from app.results.service import json_ready
+
+_FINISHED = frozenset(str(status) for status in FINISHED_EXPERIMENT_STATUSES)
+RECONNECT_MILLISECONDS = 3000
+
+
+def format_event(event: str, data: dict[str, Any]) -> str:
+    """One server-sent event: its name and a JSON data line."""
+    return f"event: {event}\ndata: {json.dumps(json_ready(data), separators=(',', ':'))}\n\n"
+
+
+class ExperimentEventPoller:
+    """Remembers what a stream already sent and turns one database poll into the new events."""
+
+    def __init__(self, *, session_factory: sessionmaker[Session], experiment_id: uuid.UUID) -> None:
+        self.session_factory = session_factory
+        self.experiment_id = experiment_id
+        self.emitted_epochs: dict[uuid.UUID, int] = {}
+        self.statuses: dict[str, str] = {}
+
+    def poll(self) -> tuple[list[str], bool]:
+        """The events since the last poll, and whether the stream is over."""
+        events: list[str] = []
+        with self.session_factory() as session:
+            state = repository.experiment_state(session=session, experiment_id=self.experiment_id)
+            if state is None:
+                return [
+                    format_event("end", {"experiment_id": self.experiment_id, "reason": "experiment not found"})
+                ], True
+            status, total_epochs, runs = state
+            latest = repository.latest_epochs(session=session, experiment_id=self.experiment_id)
+            for run_id, label, seed, run_status in runs:
+                if latest.get(run_id, 0) > self.emitted_epochs.get(run_id, 0):
+                    for row in repository.epochs_after(
+                        session=session, run_id=run_id, after_epoch=self.emitted_epochs.get(run_id, 0)
+                    ):
+                        self.emitted_epochs[run_id] = int(row["epoch"])
+                        row["epochs_finished"] = sum(self.emitted_epochs.values())
+                        row["epochs_total"] = total_epochs
+                        events.append(format_event("epoch", row))
+                key = str(run_id)
+                if self.statuses.get(key) != run_status:
+                    self.statuses[key] = run_status
+                    run_event = {
+                        "scope": "run",
+                        "run_id": run_id,
+                        "activation": label,
+                        "seed": seed,
+                        "status": run_status,
+                    }
+                    events.append(format_event("status", run_event))
+        if self.statuses.get("experiment") != status:
+            self.statuses["experiment"] = status
+            experiment_event = {
+                "scope": "experiment",
+                "experiment_id": self.experiment_id,
+                "status": status,
+                "epochs_finished": sum(self.emitted_epochs.values()),
+                "epochs_total": total_epochs,
+            }
+            events.append(format_event("status", experiment_event))
+        finished = status in _FINISHED
+        if finished:
+            events.append(format_event("end", {"experiment_id": self.experiment_id, "status": status}))
+        return events, finished
+
+
+def experiment_events(
+    *,
+    session_factory: sessionmaker[Session],
+    experiment_id: uuid.UUID,
+    poll_seconds: float = 1.0,
+    heartbeat_seconds: float = 15.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[str]:
+    """Server-sent event text for one experiment until it finishes (synchronous; the CLI and tests use it)."""
+    poller = ExperimentEventPoller(session_factory=session_factory, experiment_id=experiment_id)
+    yield f"retry: {RECONNECT_MILLISECONDS}\n\n"
+    last_sent = clock()
+    while True:
+        events, finished = poller.poll()
+        if events:
+            yield "".join(events)
+            last_sent = clock()
+        if finished:
+            return
+        if clock() - last_sent >= heartbeat_seconds:
+            yield ": heartbeat\n\n"
+            last_sent = clock()
+        sleep(poll_seconds)
+
+
+async def experiment_event_stream(
+    *,
+    session_factory: sessionmaker[Session],
+    experiment_id: uuid.UUID,
+    poll_seconds: float = 1.0,
+    heartbeat_seconds: float = 15.0,
+) -> AsyncIterator[str]:
+    """The same events for the HTTP endpoint: database polls in the thread pool, waits on the event loop."""
+    poller = ExperimentEventPoller(session_factory=session_factory, experiment_id=experiment_id)
+    yield f"retry: {RECONNECT_MILLISECONDS}\n\n"
+    last_sent = time.monotonic()
+    while True:
+        events, finished = await run_in_threadpool(poller.poll)
+        if events:
+            yield "".join(events)
+            last_sent = time.monotonic()
+        if finished:
+            return
+        if time.monotonic() - last_sent >= heartbeat_seconds:
+            yield ": heartbeat\n\n"
+            last_sent = time.monotonic()
+        await asyncio.sleep(poll_seconds)

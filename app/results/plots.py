@@ -1,0 +1,292 @@
+"""Server-side plots of an experiment as PNG or SVG bytes (matplotlib's object API, no pyplot state).
+
+Every figure is a standalone ``matplotlib.figure.Figure`` rendered by the Agg canvas (PNG) or the SVG
+backend, so concurrent requests share no global figure state. Each activation keeps its colour across
+plots (by its position in the spec). An empty experiment still gets a valid image with a note.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from app.results.functions import learned_shape, starting_shape
+from app.results.statistics import learning_curves
+from app.spec import ActivationSpec
+
+ImageFormat = Literal["png", "svg"]
+IMAGE_FORMATS: tuple[str, ...] = ("png", "svg")
+MEDIA_TYPES: dict[str, str] = {"png": "image/png", "svg": "image/svg+xml"}
+PLOT_KINDS: dict[str, str] = {
+    "learning-curves": "Loss and accuracy per epoch, train and test: cross-seed mean with a 95% bootstrap band.",
+    "gradient-norms": "Mean gradient norm of each layer per epoch (log scale), one panel per activation.",
+    "unit-health": "Dead and saturated unit fractions per epoch (mean over layers and seeds).",
+    "final-metric": "The summary value of the metric per activation: cross-seed mean with its 95% CI and each seed.",
+    "learned-functions": "Learnable activations: the learned function (mean over seeds) against its starting shape.",
+}
+DOTS_PER_INCH = 100
+CURVE_RANGE = (-4.0, 4.0)
+
+
+@dataclass
+class PlotData:
+    """Everything a plot may read: tables from the results service and the spec's activations by label."""
+
+    metrics: pd.DataFrame
+    layer_metrics: pd.DataFrame
+    summary: pd.DataFrame
+    activations: Mapping[str, ActivationSpec] = field(default_factory=dict)
+    learned_by_layer: pd.DataFrame | None = None
+    run_values: pd.DataFrame | None = None
+    title: str = ""
+
+
+def colour_for(index: int) -> tuple[float, float, float, float]:
+    """A stable colour for the activation at this position of the spec."""
+    palette = matplotlib.colormaps["tab10" if index < 10 else "tab20"]
+    return tuple(palette(index % palette.N))  # type: ignore[return-value]
+
+
+def render(figure: Figure, image_format: str) -> bytes:
+    """The figure as PNG or SVG bytes."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image format must be one of {', '.join(IMAGE_FORMATS)}; got {image_format!r}")
+    buffer = io.BytesIO()
+    if image_format == "png":
+        FigureCanvasAgg(figure)
+        figure.savefig(buffer, format="png", dpi=DOTS_PER_INCH, metadata={"Software": None})
+    else:
+        # A fixed hash salt and no date make the same data give byte-identical SVG.
+        with matplotlib.rc_context({"svg.hashsalt": "activation-lab", "svg.fonttype": "path"}):
+            figure.savefig(buffer, format="svg", metadata={"Date": None})
+    return buffer.getvalue()
+
+
+def _empty(axes: Axes, message: str) -> None:
+    axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes, color="0.4")
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def _new_figure(width: float, height: float, title: str) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=DOTS_PER_INCH, layout="constrained")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def learning_curves_figure(data: PlotData) -> Figure:
+    """2 x 2 panels (loss/accuracy x train/test): cross-seed mean per activation with a 95% band."""
+    figure = _new_figure(11, 7.5, data.title or "Learning curves")
+    panels = figure.subplots(2, 2, squeeze=False)
+    drawn = False
+    for row, family in enumerate(("loss", "accuracy")):
+        for column, split in enumerate(("train", "test")):
+            axes = panels[row][column]
+            metric = f"{split}_{family}"
+            curves = (
+                learning_curves(data.metrics, metric=metric, resamples=500)
+                if not data.metrics.empty and metric in data.metrics.columns
+                else pd.DataFrame()
+            )
+            if curves.empty:
+                _empty(axes, f"no {metric} yet")
+                continue
+            for (label, index), curve in curves.groupby(["activation", "activation_index"], sort=False):
+                colour = colour_for(int(index))
+                axes.plot(curve["epoch"], curve["mean"], color=colour, label=str(label), linewidth=1.6)
+                band = curve.dropna(subset=["ci_low", "ci_high"])
+                if not band.empty:
+                    axes.fill_between(band["epoch"], band["ci_low"], band["ci_high"], color=colour, alpha=0.2)
+            axes.set_title(metric.replace("_", " "))
+            axes.set_xlabel("epoch")
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.set_ylabel(family)
+            axes.grid(alpha=0.3)
+            drawn = True
+    if drawn:
+        handles, labels = panels[0][0].get_legend_handles_labels()
+        if not handles:
+            handles, labels = panels[1][1].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+    return figure
+
+
+def _activation_labels(frame: pd.DataFrame) -> list[tuple[str, int]]:
+    ordered = frame.sort_values("activation_index", kind="stable").drop_duplicates("activation")
+    return [
+        (str(label), int(index))
+        for label, index in zip(ordered["activation"], ordered["activation_index"], strict=True)
+    ]
+
+
+def _finished(layer_metrics: pd.DataFrame) -> pd.DataFrame:
+    if layer_metrics.empty or "status" not in layer_metrics.columns:
+        return layer_metrics
+    return layer_metrics[layer_metrics["status"].isin(("succeeded", "diverged", "running"))]
+
+
+def gradient_norms_figure(data: PlotData) -> Figure:
+    """One panel per activation: each layer's gradient norm per epoch (mean over seeds), log scale."""
+    layers = _finished(data.layer_metrics)
+    labels = _activation_labels(layers) if not layers.empty else []
+    columns = max(1, min(4, len(labels)))
+    rows = max(1, math.ceil(len(labels) / columns))
+    figure = _new_figure(3.6 * columns + 1.5, 2.8 * rows + 0.6, data.title or "Gradient norm per layer")
+    panels = figure.subplots(rows, columns, squeeze=False)
+    if not labels:
+        _empty(panels[0][0], "no layer metrics yet")
+        return figure
+    palette = matplotlib.colormaps["viridis"]
+    for position, (label, _index) in enumerate(labels):
+        axes = panels[position // columns][position % columns]
+        of_label = layers[(layers["activation"] == label) & (layers["grad_norm"] > 0)]
+        means = of_label.groupby(["layer", "epoch"])["grad_norm"].mean().reset_index()
+        layer_numbers = sorted(means["layer"].unique())
+        if not layer_numbers:
+            _empty(axes, f"{label}: no gradients")
+            continue
+        names = dict(zip(of_label["layer"], of_label.get("layer_name", of_label["layer"]), strict=False))
+        for layer_position, layer in enumerate(layer_numbers):
+            curve = means[means["layer"] == layer]
+            shade = palette(layer_position / max(1, len(layer_numbers) - 1))
+            axes.plot(curve["epoch"], curve["grad_norm"], color=shade, label=str(names.get(layer, layer)))
+        axes.set_yscale("log")
+        axes.set_title(label)
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel("gradient norm")
+        axes.grid(alpha=0.3, which="major")
+        axes.legend(fontsize="x-small")
+    for position in range(len(labels), rows * columns):
+        panels[position // columns][position % columns].set_axis_off()
+    return figure
+
+
+def unit_health_figure(data: PlotData) -> Figure:
+    """Dead and saturated unit fractions per epoch, per activation (mean over layers and seeds)."""
+    layers = _finished(data.layer_metrics)
+    figure = _new_figure(11, 4.2, data.title or "Dead and saturated units")
+    panels = figure.subplots(1, 2, squeeze=False)[0]
+    for axes, column, title in (
+        (panels[0], "dead_fraction", "dead units (never positive on the probe set)"),
+        (panels[1], "saturated_fraction", "saturated units"),
+    ):
+        measured = layers.dropna(subset=[column]) if not layers.empty and column in layers.columns else pd.DataFrame()
+        if measured.empty:
+            _empty(axes, f"{column.replace('_', ' ')}: not measured for these activations")
+            axes.set_title(title)
+            continue
+        for label, index in _activation_labels(measured):
+            curve = measured[measured["activation"] == label].groupby("epoch")[column].mean()
+            axes.plot(curve.index, curve.to_numpy(), color=colour_for(index), label=label, marker="o", markersize=3)
+        axes.set_ylim(-0.02, 1.02)
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel("fraction of units")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    return figure
+
+
+def final_metric_figure(data: PlotData) -> Figure:
+    """Per activation: each seed's value as a small dot, the cross-seed mean as a large dot with its 95% CI."""
+    summary = data.summary
+    figure = _new_figure(8, 1.0 + 0.45 * max(3, len(summary)), data.title or "Final metric")
+    axes = figure.subplots()
+    if summary.empty or summary["n"].fillna(0).sum() == 0:
+        _empty(axes, "no finished runs yet")
+        return figure
+    metric = str(summary["metric"].iloc[0])
+    kind = str(summary["summary"].iloc[0])
+    positions = np.arange(len(summary))[::-1]
+    run_values = data.run_values if data.run_values is not None else pd.DataFrame()
+    for position, row in zip(positions, summary.itertuples(index=False), strict=True):
+        colour = colour_for(int(row.activation_index))
+        if not (isinstance(row.mean, float) and math.isnan(row.mean)):
+            if not math.isnan(row.ci_low):
+                axes.plot([row.ci_low, row.ci_high], [position, position], color=colour, linewidth=2.5)
+            axes.plot([row.mean], [position], "o", color=colour, markersize=9)
+        seed_values = _seed_values(run_values, str(row.activation))
+        if seed_values:
+            axes.plot(seed_values, [position] * len(seed_values), "|", color="0.2", markersize=10)
+    axes.set_yticks(positions, [str(label) for label in summary["activation"]])
+    axes.set_xlabel(f"{metric} ({kind}); bar: 95% bootstrap CI; ticks: seeds")
+    axes.grid(alpha=0.3, axis="x")
+    return figure
+
+
+def _seed_values(run_values: pd.DataFrame, label: str) -> list[float]:
+    """The per-run values that entered the statistics of one activation."""
+    if run_values.empty:
+        return []
+    chosen = run_values[(run_values["activation"] == label) & run_values["included"]]["value"].dropna()
+    return [float(value) for value in chosen]
+
+
+def learned_functions_figure(data: PlotData) -> Figure:
+    """One panel per learnable activation: the starting shape (dashed) and the learned function per layer."""
+    learnable = {
+        label: spec for label, spec in data.activations.items() if starting_shape(spec, np.zeros(1)) is not None
+    }
+    columns = max(1, min(3, len(learnable)))
+    rows = max(1, math.ceil(len(learnable) / columns))
+    figure = _new_figure(4.2 * columns + 0.5, 3.4 * rows + 0.6, data.title or "Learned activation functions")
+    panels = figure.subplots(rows, columns, squeeze=False)
+    if not learnable:
+        _empty(panels[0][0], "no learnable activations in this experiment")
+        return figure
+    x = np.linspace(*CURVE_RANGE, 401)
+    learned = data.learned_by_layer if data.learned_by_layer is not None else pd.DataFrame()
+    palette = matplotlib.colormaps["viridis"]
+    for position, (label, spec) in enumerate(learnable.items()):
+        axes = panels[position // columns][position % columns]
+        start = starting_shape(spec, x)
+        if start is not None:
+            axes.plot(x, start, linestyle="--", color="0.3", label="start")
+        of_label = learned[learned["activation"] == label] if not learned.empty else learned
+        for layer_position, row in enumerate(of_label.itertuples(index=False)):
+            curve = learned_shape(spec, row.parameters, x)
+            if curve is None:
+                continue
+            shade = palette(layer_position / max(1, len(of_label) - 1))
+            axes.plot(x, curve, color=shade, label=f"learned, {row.layer_name}")
+        if of_label.empty:
+            axes.text(0.05, 0.9, "no learned values yet", transform=axes.transAxes, color="0.4")
+        axes.axhline(0, color="0.8", linewidth=0.8)
+        axes.axvline(0, color="0.8", linewidth=0.8)
+        axes.set_title(label)
+        axes.set_xlabel("x")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="x-small")
+    for position in range(len(learnable), rows * columns):
+        panels[position // columns][position % columns].set_axis_off()
+    return figure
+
+
+FIGURES: dict[str, Callable[[PlotData], Figure]] = {
+    "learning-curves": learning_curves_figure,
+    "gradient-norms": gradient_norms_figure,
+    "unit-health": unit_health_figure,
+    "final-metric": final_metric_figure,
+    "learned-functions": learned_functions_figure,
+}
+
+
+def plot(kind: str, *, data: PlotData, image_format: str) -> bytes:
+    """Draw one kind of plot and return its PNG or SVG bytes."""
+    if kind not in FIGURES:
+        raise ValueError(f"plot kind must be one of {', '.join(FIGURES)}; got {kind!r}")
+    return render(FIGURES[kind](data), image_format)

@@ -1,0 +1,681 @@
+"""Cross-seed statistics of an experiment: per-activation summaries, bootstrap intervals and paired tests.
+
+numpy, scipy and pandas only (no torch), so the API process can compute results from SQL rows.
+
+The input is a per-(run, epoch) metrics table with the columns ``run_id, activation, activation_index,
+seed, epoch, status`` and the metric columns (``train_loss``, ``test_accuracy``, ...), and optionally a
+per-run table (``run_id, activation, activation_index, seed, status``) so that runs without any
+finished epoch (failed or cancelled before the first epoch) are still counted.
+
+The choices made here, which the API documents as they are:
+
+- Which runs count: only ``succeeded`` runs enter the statistics of the metric. ``diverged`` runs are
+  counted in the column ``diverged`` and left out of the statistics unless ``include_diverged`` is set,
+  in which case their finite epochs count like any other run's. ``failed``, ``cancelled`` and
+  ``timed_out`` runs are never in the statistics but are counted in their own columns; queued and
+  running runs are counted as ``unfinished``.
+- Per-run value: ``final`` is the metric at the run's last epoch, ``best`` its best value over the epochs
+  (the maximum, or the minimum for lower-is-better metrics: losses and epoch seconds), ``mean_last_k``
+  the mean over its last ``k`` epochs (all epochs when it has fewer).
+- Confidence intervals are percentile bootstrap intervals of the mean: ``resamples`` resamples drawn
+  with a generator freshly seeded with ``random_seed`` for every interval, so the interval is a pure
+  function of the values (the same data always gives the same interval). No interval for n < 2.
+- Paired test rule: over the seeds both activations share, with d the differences. Fewer than 2 pairs:
+  no test, verdict ``insufficient``. All differences zero: p = 1 and ``tied``. At least 6 non-zero
+  differences: Wilcoxon signed-rank (two-sided; zero differences dropped), because below 6 its smallest
+  attainable two-sided p-value, 2 / 2**n, is above 0.05 so it could never find a difference. Otherwise
+  the paired t-test (two-sided). Differences are rounded to 12 decimals first so that floating-point
+  noise of equal metrics is not mistaken for a difference.
+- Holm's step-down correction across the family (the comparisons with the baseline, or all pairs);
+  the verdict ``better``/``worse``/``tied`` (``win``/``loss``/``tie`` for pairs) uses the Holm-adjusted p
+  against ``alpha`` and the sign of the mean difference in the metric's good direction.
+- ``area_under_curve``: the mean of the metric over all epochs of a run (the area under the epoch-wise
+  learning curve divided by the number of epochs, so it is on the metric's own scale: an accuracy of
+  1 from the first epoch gives 1), averaged over the runs.
+- ``generalisation_gap``: train minus test of the metric's family (accuracy or loss) at the summary
+  epoch (the last epoch for ``final``, the best epoch for ``best``, the mean over the last k epochs for
+  ``mean_last_k``), averaged over the runs; empty for metrics without a family (epoch_seconds).
+- ``best_epoch`` and ``epochs_to_threshold`` are read off the cross-seed mean learning curve: the epoch
+  at which it is best, and how many epochs it needs to first reach ``threshold`` (empty if never).
+- ``mean_epoch_seconds`` averages over every recorded epoch of the activation's runs, whatever their
+  status, since the cost of an epoch does not depend on how the run ended.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+SummaryKind = Literal["final", "best", "mean_last_k"]
+SUMMARY_KINDS: tuple[str, ...] = ("final", "best", "mean_last_k")
+METRIC_COLUMNS: tuple[str, ...] = (
+    "test_accuracy",
+    "test_loss",
+    "train_accuracy",
+    "train_loss",
+    "val_accuracy",
+    "val_loss",
+    "epoch_seconds",
+    "samples_per_second",
+)
+LOWER_IS_BETTER: frozenset[str] = frozenset({"train_loss", "test_loss", "val_loss", "epoch_seconds"})
+WILCOXON_MINIMUM_PAIRS = 6
+MINIMUM_RESAMPLES = 100
+MAXIMUM_RESAMPLES = 100_000
+COUNTED_STATUSES: tuple[str, ...] = ("succeeded", "diverged", "failed", "cancelled", "timed_out")
+DIFFERENCE_DECIMALS = 12
+
+
+class StatisticsError(ValueError):
+    """Bad options or input; the message names the field and the allowed values, ``field`` names the option."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ResultOptions:
+    """What to summarise and how; every field is a query parameter of the results endpoint."""
+
+    metric: str = "test_accuracy"
+    summary: str = "final"
+    k: int = 3
+    threshold: float | None = None
+    baseline: str | None = None
+    alpha: float = 0.05
+    confidence: float = 0.95
+    resamples: int = 2000
+    random_seed: int = 0
+    include_diverged: bool = False
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRIC_COLUMNS:
+            raise StatisticsError(
+                f"metric must be one of {', '.join(METRIC_COLUMNS)}; got {self.metric!r}", field="metric"
+            )
+        if self.summary not in SUMMARY_KINDS:
+            raise StatisticsError(
+                f"summary must be one of {', '.join(SUMMARY_KINDS)}; got {self.summary!r}", field="summary"
+            )
+        if self.k < 1:
+            raise StatisticsError(f"k must be at least 1; got {self.k}", field="k")
+        if not 0.0 < self.alpha < 1.0:
+            raise StatisticsError(f"alpha must be between 0 and 1 (exclusive); got {self.alpha}", field="alpha")
+        if not 0.0 < self.confidence < 1.0:
+            raise StatisticsError(
+                f"confidence must be between 0 and 1 (exclusive); got {self.confidence}", field="confidence"
+            )
+        if not MINIMUM_RESAMPLES <= self.resamples <= MAXIMUM_RESAMPLES:
+            raise StatisticsError(
+                f"resamples must be between {MINIMUM_RESAMPLES} and {MAXIMUM_RESAMPLES}; got {self.resamples}",
+                field="resamples",
+            )
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise StatisticsError(f"threshold must be a finite number; got {self.threshold}", field="threshold")
+
+    @property
+    def lower_is_better(self) -> bool:
+        """True when smaller values of the metric are better (losses, epoch seconds)."""
+        return is_lower_better(self.metric)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """The outcome of one paired test."""
+
+    test: str | None
+    statistic: float | None
+    p_value: float | None
+
+
+def is_lower_better(metric: str) -> bool:
+    """True for losses and times, where smaller is better."""
+    return metric in LOWER_IS_BETTER
+
+
+def metric_family(metric: str) -> str | None:
+    """``accuracy`` or ``loss`` for split-prefixed metrics (test_accuracy -> accuracy), else None."""
+    for prefix in ("train_", "test_", "val_"):
+        if metric.startswith(prefix):
+            return metric[len(prefix) :]
+    return None
+
+
+def bootstrap_mean_interval(
+    values: Sequence[float] | np.ndarray, *, confidence: float = 0.95, resamples: int = 2000, random_seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean; None for fewer than two values."""
+    data = np.asarray(values, dtype=float)
+    data = data[np.isfinite(data)]
+    if data.size < 2:
+        return None
+    generator = np.random.default_rng(random_seed)
+    indices = generator.integers(0, data.size, size=(resamples, data.size))
+    means = data[indices].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def holm_adjust(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values in the input order; None entries stay None and are not in the family."""
+    indexed = [(value, position) for position, value in enumerate(p_values) if value is not None]
+    family = len(indexed)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running_maximum = 0.0
+    for step, (value, position) in enumerate(sorted(indexed)):
+        # Monotone step-down: an adjusted p never falls below the one before it.
+        running_maximum = max(running_maximum, min(1.0, (family - step) * float(value)))
+        adjusted[position] = running_maximum
+    return adjusted
+
+
+def paired_test(differences: Sequence[float] | np.ndarray) -> PairedTest:
+    """Two-sided paired test of zero mean difference, chosen by the rule in the module docstring."""
+    data = np.round(np.asarray(differences, dtype=float), DIFFERENCE_DECIMALS)
+    data = data[np.isfinite(data)]
+    if data.size < 2:
+        return PairedTest(None, None, None)
+    non_zero = int(np.count_nonzero(data))
+    test = "wilcoxon" if non_zero >= WILCOXON_MINIMUM_PAIRS else "paired_t"
+    if non_zero == 0:
+        return PairedTest(test, 0.0, 1.0)
+    with warnings.catch_warnings():
+        # Constant differences make scipy warn about precision; its limit (t = inf, p = 0) is what we report.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if test == "wilcoxon":
+            result = stats.wilcoxon(data, zero_method="wilcox", alternative="two-sided")
+        else:
+            result = stats.ttest_rel(data, np.zeros_like(data), alternative="two-sided")
+    statistic = float(result.statistic)
+    p_value = float(result.pvalue)
+    if not math.isfinite(p_value):
+        p_value = 1.0
+    return PairedTest(test, statistic if math.isfinite(statistic) else None, p_value)
+
+
+def _clean_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+    required = {"run_id", "activation", "activation_index", "seed", "epoch", "status"}
+    missing = required - set(metrics.columns)
+    if missing:
+        raise StatisticsError(f"the metrics table lacks the columns {', '.join(sorted(missing))}")
+    table = metrics.copy()
+    for column in METRIC_COLUMNS:
+        if column not in table.columns:
+            table[column] = np.nan
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
+    table["run_id"] = table["run_id"].astype(str)
+    return table.sort_values(["activation_index", "seed", "epoch"], kind="stable")
+
+
+def _runs_table(metrics: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:
+    columns = ["run_id", "activation", "activation_index", "seed", "status"]
+    if runs is None:
+        table = metrics[columns].drop_duplicates("run_id")
+    else:
+        missing = set(columns) - set(runs.columns)
+        if missing:
+            raise StatisticsError(f"the runs table lacks the columns {', '.join(sorted(missing))}")
+        table = runs[columns].copy()
+        table["run_id"] = table["run_id"].astype(str)
+    return table.sort_values(["activation_index", "seed"], kind="stable").reset_index(drop=True)
+
+
+def _best_position(values: np.ndarray, lower_is_better: bool) -> int:
+    return int(np.nanargmin(values) if lower_is_better else np.nanargmax(values))
+
+
+def _reaches(value: float, threshold: float, lower_is_better: bool) -> bool:
+    return value <= threshold if lower_is_better else value >= threshold
+
+
+def _run_summary(group: pd.DataFrame, options: ResultOptions) -> dict[str, Any]:
+    """The per-run numbers: summary value, its epoch, threshold, AUC, generalisation gap."""
+    values = group[options.metric].to_numpy(dtype=float)
+    epochs = group["epoch"].to_numpy()
+    finite = np.isfinite(values)
+    row: dict[str, Any] = {
+        "value": math.nan,
+        "summary_epoch": None,
+        "best_epoch": None,
+        "epochs_to_threshold": None,
+        "area_under_curve": math.nan,
+        "generalisation_gap": math.nan,
+        "epochs": len(group),
+    }
+    if not finite.any():
+        return row
+    kept = group[finite]
+    kept_values = values[finite]
+    kept_epochs = epochs[finite]
+    best = _best_position(kept_values, options.lower_is_better)
+    row["best_epoch"] = int(kept_epochs[best])
+    row["area_under_curve"] = float(kept_values.mean())
+    if options.threshold is not None:
+        reached = [_reaches(float(value), options.threshold, options.lower_is_better) for value in kept_values]
+        if any(reached):
+            row["epochs_to_threshold"] = int(reached.index(True)) + 1
+    family = metric_family(options.metric)
+    gaps = np.full(len(kept), math.nan)
+    if family is not None and f"train_{family}" in kept.columns and f"test_{family}" in kept.columns:
+        gaps = kept[f"train_{family}"].to_numpy(dtype=float) - kept[f"test_{family}"].to_numpy(dtype=float)
+    if options.summary == "final":
+        row["value"] = float(kept_values[-1])
+        row["summary_epoch"] = int(kept_epochs[-1])
+        row["generalisation_gap"] = float(gaps[-1])
+    elif options.summary == "best":
+        row["value"] = float(kept_values[best])
+        row["summary_epoch"] = int(kept_epochs[best])
+        row["generalisation_gap"] = float(gaps[best])
+    else:
+        row["value"] = float(kept_values[-options.k :].mean())
+        row["summary_epoch"] = int(kept_epochs[-1])
+        last_gaps = gaps[-options.k :]
+        row["generalisation_gap"] = float(np.mean(last_gaps)) if np.isfinite(last_gaps).all() else math.nan
+    return row
+
+
+def included_statuses(options: ResultOptions) -> tuple[str, ...]:
+    """Run statuses whose metrics enter the statistics."""
+    return ("succeeded", "diverged") if options.include_diverged else ("succeeded",)
+
+
+def run_summaries(metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run: its status, whether it counts, and its summary value of the metric."""
+    table = _clean_metrics(metrics)
+    run_table = _runs_table(table, runs)
+    by_run = {str(run_id): group for run_id, group in table.groupby("run_id", sort=False)}
+    counted = set(included_statuses(options))
+    rows = []
+    for run in run_table.itertuples(index=False):
+        group = by_run.get(str(run.run_id))
+        summary = _run_summary(group, options) if group is not None else _run_summary(table.iloc[0:0], options)
+        included = run.status in counted and math.isfinite(summary["value"])
+        rows.append(
+            {
+                "run_id": str(run.run_id),
+                "activation": run.activation,
+                "activation_index": int(run.activation_index),
+                "seed": int(run.seed),
+                "status": run.status,
+                "included": included,
+                **summary,
+            }
+        )
+    columns = [
+        "run_id",
+        "activation",
+        "activation_index",
+        "seed",
+        "status",
+        "included",
+        "value",
+        "summary_epoch",
+        "best_epoch",
+        "epochs_to_threshold",
+        "area_under_curve",
+        "generalisation_gap",
+        "epochs",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def learning_curves(
+    metrics: pd.DataFrame,
+    *,
+    metric: str,
+    include_diverged: bool = False,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    random_seed: int = 0,
+) -> pd.DataFrame:
+    """Per (activation, epoch): n, cross-seed mean and percentile-bootstrap interval of one metric."""
+    table = _clean_metrics(metrics)
+    if metric not in table.columns:
+        raise StatisticsError(f"metric must be one of {', '.join(METRIC_COLUMNS)}; got {metric!r}", field="metric")
+    statuses = ("succeeded", "diverged") if include_diverged else ("succeeded",)
+    table = table[table["status"].isin(statuses) & np.isfinite(table[metric])]
+    rows = []
+    for (activation_index, epoch), group in table.groupby(["activation_index", "epoch"], sort=True):
+        values = group[metric].to_numpy(dtype=float)
+        interval = bootstrap_mean_interval(values, confidence=confidence, resamples=resamples, random_seed=random_seed)
+        rows.append(
+            {
+                "activation": group["activation"].iloc[0],
+                "activation_index": int(activation_index),
+                "epoch": int(epoch),
+                "n": int(values.size),
+                "mean": float(values.mean()),
+                "ci_low": interval[0] if interval else math.nan,
+                "ci_high": interval[1] if interval else math.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=["activation", "activation_index", "epoch", "n", "mean", "ci_low", "ci_high"])
+
+
+def _mean_curve(runs: pd.DataFrame, table: pd.DataFrame, metric: str) -> pd.Series:
+    selected = table[table["run_id"].isin(runs["run_id"])]
+    return selected.groupby("epoch")[metric].mean().dropna()
+
+
+def _optional_float(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _compare(
+    first: dict[int, float], second: dict[int, float], options: ResultOptions
+) -> tuple[list[int], float | None, tuple[float, float] | None, PairedTest]:
+    """Paired comparison of first minus second over the seeds both have."""
+    shared = sorted(set(first) & set(second))
+    differences = np.array([first[seed] - second[seed] for seed in shared], dtype=float)
+    if not shared:
+        return shared, None, None, PairedTest(None, None, None)
+    mean_difference = float(differences.mean())
+    interval = bootstrap_mean_interval(
+        differences, confidence=options.confidence, resamples=options.resamples, random_seed=options.random_seed
+    )
+    return shared, mean_difference, interval, paired_test(differences)
+
+
+def _outcome(mean_difference: float | None, adjusted: float | None, options: ResultOptions) -> str:
+    """``better``, ``worse``, ``tied`` or ``insufficient`` for first versus second."""
+    if adjusted is None or mean_difference is None:
+        return "insufficient"
+    if adjusted >= options.alpha or mean_difference == 0.0:
+        return "tied"
+    improves = mean_difference < 0.0 if options.lower_is_better else mean_difference > 0.0
+    return "better" if improves else "worse"
+
+
+def _values_by_activation(per_run: pd.DataFrame) -> dict[str, dict[int, float]]:
+    counted = per_run[per_run["included"]]
+    return {
+        str(activation): dict(zip(group["seed"].astype(int), group["value"].astype(float), strict=True))
+        for activation, group in counted.groupby("activation", sort=False)
+    }
+
+
+def activation_order(runs: pd.DataFrame) -> list[str]:
+    """Activation labels in the spec's order."""
+    ordered = runs.sort_values("activation_index", kind="stable").drop_duplicates("activation")
+    return [str(label) for label in ordered["activation"]]
+
+
+def choose_baseline(labels: Sequence[str], requested: str | None) -> str:
+    """The requested baseline, else relu when present, else the first activation."""
+    if not labels:
+        raise StatisticsError("the experiment has no activations to compare")
+    if requested is not None:
+        if requested not in labels:
+            raise StatisticsError(f"baseline must be one of {', '.join(labels)}; got {requested!r}", field="baseline")
+        return requested
+    return "relu" if "relu" in labels else labels[0]
+
+
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "activation",
+    "activation_index",
+    "metric",
+    "summary",
+    "lower_is_better",
+    "n",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "min",
+    "median",
+    "max",
+    "rank",
+    "best_epoch",
+    "threshold",
+    "epochs_to_threshold",
+    "seeds_reaching_threshold",
+    "area_under_curve",
+    "generalisation_gap",
+    "mean_epoch_seconds",
+    "runs",
+    "succeeded",
+    "diverged",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "unfinished",
+    "baseline",
+    "paired_n",
+    "mean_difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "test",
+    "p_value",
+    "p_holm",
+    "verdict",
+    "seeds",
+    "run_ids",
+)
+
+
+def summarise_activations(
+    metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per activation: cross-seed statistics, rank and the comparison with the baseline."""
+    table = _clean_metrics(metrics)
+    run_table = _runs_table(table, runs)
+    per_run = run_summaries(table, options=options, runs=run_table)
+    labels = activation_order(run_table)
+    baseline = choose_baseline(labels, options.baseline)
+    values = _values_by_activation(per_run)
+    rows: list[dict[str, Any]] = []
+    for label in labels:
+        runs_of = per_run[per_run["activation"] == label]
+        counted = runs_of[runs_of["included"]]
+        numbers = counted["value"].to_numpy(dtype=float)
+        n = int(numbers.size)
+        interval = bootstrap_mean_interval(
+            numbers, confidence=options.confidence, resamples=options.resamples, random_seed=options.random_seed
+        )
+        curve = _mean_curve(counted, table, options.metric)
+        best_epoch = None
+        epochs_to_threshold = None
+        if not curve.empty:
+            curve_values = curve.to_numpy(dtype=float)
+            best_epoch = int(curve.index[_best_position(curve_values, options.lower_is_better)])
+            if options.threshold is not None:
+                reached = [_reaches(float(value), options.threshold, options.lower_is_better) for value in curve_values]
+                if any(reached):
+                    epochs_to_threshold = reached.index(True) + 1
+        seconds = table.loc[table["activation"] == label, "epoch_seconds"].to_numpy(dtype=float)
+        seconds = seconds[np.isfinite(seconds)]
+        statuses = runs_of["status"].value_counts()
+        row: dict[str, Any] = {
+            "activation": label,
+            "activation_index": int(runs_of["activation_index"].iloc[0]),
+            "metric": options.metric,
+            "summary": options.summary if options.summary != "mean_last_k" else f"mean_last_{options.k}",
+            "lower_is_better": options.lower_is_better,
+            "n": n,
+            "mean": float(numbers.mean()) if n else math.nan,
+            "std": float(numbers.std(ddof=1)) if n >= 2 else math.nan,
+            "ci_low": interval[0] if interval else math.nan,
+            "ci_high": interval[1] if interval else math.nan,
+            "min": float(numbers.min()) if n else math.nan,
+            "median": float(np.median(numbers)) if n else math.nan,
+            "max": float(numbers.max()) if n else math.nan,
+            "rank": math.nan,
+            "best_epoch": best_epoch,
+            "threshold": options.threshold,
+            "epochs_to_threshold": epochs_to_threshold,
+            "seeds_reaching_threshold": (
+                int(counted["epochs_to_threshold"].notna().sum()) if options.threshold is not None else None
+            ),
+            "area_under_curve": float(counted["area_under_curve"].mean()) if n else math.nan,
+            "generalisation_gap": _optional_float(float(counted["generalisation_gap"].mean())) if n else None,
+            "mean_epoch_seconds": float(seconds.mean()) if seconds.size else math.nan,
+            "runs": len(runs_of),
+            **{status: int(statuses.get(status, 0)) for status in COUNTED_STATUSES},
+            "unfinished": int((~runs_of["status"].isin(COUNTED_STATUSES)).sum()),
+            "baseline": baseline,
+            "seeds": ";".join(str(seed) for seed in counted["seed"]),
+            "run_ids": ";".join(counted["run_id"]),
+        }
+        rows.append(row)
+    _add_ranks(rows, options)
+    _add_baseline_comparisons(rows, values, baseline, options)
+    frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    for column in ("best_epoch", "epochs_to_threshold", "seeds_reaching_threshold", "paired_n"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("threshold", "generalisation_gap", "mean_difference", "difference_ci_low", "difference_ci_high"):
+        frame[column] = frame[column].astype(float)
+    for column in ("p_value", "p_holm", "rank"):
+        frame[column] = frame[column].astype(float)
+    return frame
+
+
+def _add_ranks(rows: list[dict[str, Any]], options: ResultOptions) -> None:
+    ranked = [row for row in rows if row["n"] > 0]
+    if not ranked:
+        return
+    means = np.array([row["mean"] for row in ranked], dtype=float)
+    scores = means if options.lower_is_better else -means
+    for row, rank in zip(ranked, stats.rankdata(scores, method="average"), strict=True):
+        row["rank"] = float(rank)
+
+
+def _add_baseline_comparisons(
+    rows: list[dict[str, Any]], values: dict[str, dict[int, float]], baseline: str, options: ResultOptions
+) -> None:
+    baseline_values = values.get(baseline, {})
+    tests: list[PairedTest] = []
+    for row in rows:
+        if row["activation"] == baseline:
+            row.update(
+                paired_n=None,
+                mean_difference=None,
+                difference_ci_low=None,
+                difference_ci_high=None,
+                test=None,
+                p_value=None,
+            )
+            tests.append(PairedTest(None, None, None))
+            continue
+        shared, mean_difference, interval, test = _compare(values.get(row["activation"], {}), baseline_values, options)
+        row.update(
+            paired_n=len(shared),
+            mean_difference=mean_difference,
+            difference_ci_low=interval[0] if interval else None,
+            difference_ci_high=interval[1] if interval else None,
+            test=test.test,
+            p_value=test.p_value,
+        )
+        tests.append(test)
+    adjusted = holm_adjust([test.p_value for test in tests])
+    for row, p_holm in zip(rows, adjusted, strict=True):
+        row["p_holm"] = p_holm
+        row["verdict"] = (
+            "baseline" if row["activation"] == baseline else _outcome(row["mean_difference"], p_holm, options)
+        )
+
+
+PAIR_COLUMNS: tuple[str, ...] = (
+    "activation",
+    "opponent",
+    "activation_index",
+    "opponent_index",
+    "metric",
+    "summary",
+    "paired_n",
+    "seeds",
+    "mean_difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "test",
+    "p_value",
+    "p_holm",
+    "outcome",
+)
+PAIR_OUTCOMES = {"better": "win", "worse": "loss", "tied": "tie", "insufficient": "insufficient"}
+
+
+def compare_pairs(metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every ordered pair of activations: paired difference, test, Holm over all unordered pairs, win/tie/loss."""
+    table = _clean_metrics(metrics)
+    run_table = _runs_table(table, runs)
+    per_run = run_summaries(table, options=options, runs=run_table)
+    labels = activation_order(run_table)
+    indices = dict(zip(run_table["activation"], run_table["activation_index"].astype(int), strict=False))
+    values = _values_by_activation(per_run)
+    unordered: list[dict[str, Any]] = []
+    for position, first in enumerate(labels):
+        for second in labels[position + 1 :]:
+            shared, mean_difference, interval, test = _compare(values.get(first, {}), values.get(second, {}), options)
+            unordered.append(
+                {
+                    "activation": first,
+                    "opponent": second,
+                    "paired_n": len(shared),
+                    "seeds": ";".join(str(seed) for seed in shared),
+                    "mean_difference": mean_difference,
+                    "difference_ci_low": interval[0] if interval else None,
+                    "difference_ci_high": interval[1] if interval else None,
+                    "test": test.test,
+                    "p_value": test.p_value,
+                }
+            )
+    adjusted = holm_adjust([row["p_value"] for row in unordered])
+    rows: list[dict[str, Any]] = []
+    summary = options.summary if options.summary != "mean_last_k" else f"mean_last_{options.k}"
+    for row, p_holm in zip(unordered, adjusted, strict=True):
+        outcome = PAIR_OUTCOMES[_outcome(row["mean_difference"], p_holm, options)]
+        forward = {**row, "p_holm": p_holm, "outcome": outcome}
+        mirrored_interval = (
+            (-row["difference_ci_high"], -row["difference_ci_low"]) if row["difference_ci_low"] is not None else None
+        )
+        backward = {
+            **row,
+            "activation": row["opponent"],
+            "opponent": row["activation"],
+            "mean_difference": -row["mean_difference"] if row["mean_difference"] is not None else None,
+            "difference_ci_low": mirrored_interval[0] if mirrored_interval else None,
+            "difference_ci_high": mirrored_interval[1] if mirrored_interval else None,
+            "p_holm": p_holm,
+            "outcome": {"win": "loss", "loss": "win"}.get(outcome, outcome),
+        }
+        rows.extend([forward, backward])
+    for row in rows:
+        row["activation_index"] = indices[row["activation"]]
+        row["opponent_index"] = indices[row["opponent"]]
+        row["metric"] = options.metric
+        row["summary"] = summary
+    frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+    frame["paired_n"] = frame["paired_n"].astype("Int64")
+    for column in ("mean_difference", "difference_ci_low", "difference_ci_high", "p_value", "p_holm"):
+        frame[column] = frame[column].astype(float)
+    return frame.sort_values(["activation_index", "opponent_index"], kind="stable").reset_index(drop=True)
+
+
+def pair_matrix(pairs: pd.DataFrame, labels: Sequence[str] | None = None) -> pd.DataFrame:
+    """The win/tie/loss matrix: rows are activations, columns opponents, cells the row's outcome."""
+    order = list(labels) if labels is not None else list(dict.fromkeys(pairs["activation"]))
+    matrix = pd.DataFrame("", index=pd.Index(order, name="activation"), columns=order, dtype=object)
+    for row in pairs.itertuples(index=False):
+        if row.activation in matrix.index and row.opponent in matrix.columns:
+            matrix.loc[row.activation, row.opponent] = row.outcome
+    return matrix
+
+
+def win_tie_loss_counts(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per activation: how many pairwise comparisons it wins, ties, loses or cannot decide."""
+    outcomes = ("win", "tie", "loss", "insufficient")
+    counts = pairs.groupby("activation", sort=False)["outcome"].value_counts().unstack(fill_value=0)
+    for outcome in outcomes:
+        if outcome not in counts.columns:
+            counts[outcome] = 0
+    return counts[list(outcomes)].reset_index()

@@ -1,0 +1,355 @@
+"""The results endpoints over HTTP on SQLite, against a fake finished experiment stored through the ORM."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import uuid
+import xml.etree.ElementTree as ElementTree
+import zipfile
+from typing import Any
+
+import matplotlib.image
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.models import EpochMetric, Experiment, LayerMetric, Run
+from app.results.plots import PLOT_KINDS
+from tests.results.conftest import FAKE_SPEC
+
+
+def _read(content: bytes, output_format: str) -> pd.DataFrame:
+    if output_format == "json":
+        return pd.DataFrame(json.loads(content))
+    if output_format == "csv":
+        return pd.read_csv(io.BytesIO(content))
+    return pd.read_parquet(io.BytesIO(content))
+
+
+def _results(client: TestClient, experiment_id: uuid.UUID, **params: Any) -> pd.DataFrame:
+    output_format = params.pop("format", "json")
+    response = client.get(f"/v1/experiments/{experiment_id}/results", params={"format": output_format, **params})
+    assert response.status_code == 200, response.text
+    return _read(response.content, output_format)
+
+
+def _row(frame: pd.DataFrame, label: str) -> pd.Series:
+    return frame[frame["activation"] == label].iloc[0]
+
+
+def test_results_summarise_each_activation_and_count_unsuccessful_runs(
+    client: TestClient, finished_experiment: uuid.UUID, db: Session
+) -> None:
+    frame = _results(client, finished_experiment)
+    assert list(frame["activation"]) == ["relu", "sigmoid", "prelu", "swish_b"]
+    sigmoid = _row(frame, "sigmoid")
+    assert (sigmoid["runs"], sigmoid["succeeded"], sigmoid["diverged"], sigmoid["failed"], sigmoid["cancelled"]) == (
+        6,
+        3,
+        1,
+        1,
+        1,
+    )
+    assert sigmoid["n"] == 3
+    assert sigmoid["seeds"] == "3;4;5"
+    assert sigmoid["verdict"] == "worse"
+    assert set(frame["baseline"]) == {"relu"}
+    assert _row(frame, "relu")["verdict"] == "baseline"
+    assert _row(frame, "relu")["n"] == 6
+    assert sigmoid["rank"] == 4.0
+    stored = db.scalars(
+        select(EpochMetric.test_accuracy)
+        .join(Run, EpochMetric.run_id == Run.id)
+        .where(Run.experiment_id == finished_experiment, Run.activation_label == "relu", EpochMetric.epoch == 4)
+    ).all()
+    assert _row(frame, "relu")["mean"] == pytest.approx(sum(stored) / len(stored))
+
+
+def test_every_row_traces_back_to_its_runs(client: TestClient, finished_experiment: uuid.UUID, db: Session) -> None:
+    frame = _results(client, finished_experiment)
+    experiment = db.get(Experiment, finished_experiment)
+    assert experiment is not None
+    assert set(frame["experiment_id"]) == {str(finished_experiment)}
+    assert set(frame["spec_hash"]) == {experiment.spec_hash}
+    assert frame["experiment_created_at"].notna().all() and frame["runs_finished_at"].notna().all()
+    runs = {str(run.id): run for run in db.scalars(select(Run).where(Run.experiment_id == finished_experiment))}
+    for row in frame.itertuples(index=False):
+        run_ids = str(row.run_ids).split(";")
+        assert len(run_ids) == row.n
+        assert {runs[run_id].activation_label for run_id in run_ids} == {row.activation}
+        assert sorted(runs[run_id].seed for run_id in run_ids) == [int(seed) for seed in str(row.seeds).split(";")]
+
+
+@pytest.mark.parametrize("view", ["summary", "pairs", "runs"])
+def test_every_format_round_trips_through_pandas(client: TestClient, finished_experiment: uuid.UUID, view: str) -> None:
+    tables = {
+        name: _results(client, finished_experiment, format=name, view=view) for name in ("json", "csv", "parquet")
+    }
+    reference = tables["json"]
+    for name in ("csv", "parquet"):
+        other = tables[name]
+        assert list(other.columns) == list(reference.columns), name
+        assert len(other) == len(reference)
+        for column in reference.columns:
+            expected = reference[column]
+            got = other[column]
+            if pd.api.types.is_numeric_dtype(expected) and pd.api.types.is_numeric_dtype(got):
+                assert got.to_numpy(dtype=float) == pytest.approx(expected.to_numpy(dtype=float), nan_ok=True), column
+            elif column.endswith("_at"):
+                assert list(pd.to_datetime(got, utc=True)) == list(pd.to_datetime(expected, utc=True)), column
+            else:
+                assert [None if pd.isna(value) else str(value) for value in got] == [
+                    None if pd.isna(value) else str(value) for value in expected
+                ], column
+
+
+def test_pairs_view_gives_the_win_tie_loss_matrix(client: TestClient, finished_experiment: uuid.UUID) -> None:
+    pairs = _results(client, finished_experiment, view="pairs")
+    assert len(pairs) == 12
+    outcomes = pairs.set_index(["activation", "opponent"])["outcome"]
+    assert outcomes[("relu", "sigmoid")] == "win"
+    assert outcomes[("sigmoid", "relu")] == "loss"
+    assert set(outcomes) <= {"win", "tie", "loss", "insufficient"}
+
+
+def test_options_change_the_statistics(client: TestClient, finished_experiment: uuid.UUID) -> None:
+    best = _results(client, finished_experiment, summary="best", metric="test_loss", baseline="prelu", threshold=0.5)
+    assert set(best["metric"]) == {"test_loss"}
+    assert bool(best["lower_is_better"].iloc[0])
+    assert set(best["baseline"]) == {"prelu"}
+    assert _row(best, "prelu")["verdict"] == "baseline"
+    assert _row(best, "relu")["epochs_to_threshold"] >= 1
+    with_diverged = _results(client, finished_experiment, include_diverged="true")
+    assert _row(with_diverged, "sigmoid")["n"] == 4
+
+
+@pytest.mark.parametrize(
+    ("params", "location", "fragment"),
+    [
+        ({"metric": "accuracy"}, "query.metric", "metric must be one of test_accuracy"),
+        ({"baseline": "elu"}, "query.baseline", "baseline must be one of relu, sigmoid, prelu, swish_b"),
+        ({"format": "xlsx"}, "query.format", "json"),
+        ({"summary": "last"}, "query.summary", "final"),
+        ({"alpha": "2"}, "query.alpha", "less than 1"),
+    ],
+)
+def test_bad_options_get_422_naming_the_parameter(
+    client: TestClient, finished_experiment: uuid.UUID, params: dict[str, str], location: str, fragment: str
+) -> None:
+    response = client.get(f"/v1/experiments/{finished_experiment}/results", params=params)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail[0]["loc"] == location
+    assert fragment in detail[0]["msg"]
+
+
+def test_unknown_experiment_is_404(client: TestClient) -> None:
+    missing = uuid.uuid4()
+    for path in ("results", "diagnostics", "recommendation", "plots/final-metric.png", "export", "events"):
+        assert client.get(f"/v1/experiments/{missing}/{path}").status_code == 404, path
+    assert client.get(f"/experiments/{missing}").status_code == 404
+
+
+def test_diagnostics_flag_vanishing_gradients_and_report_learned_values(
+    client: TestClient, finished_experiment: uuid.UUID
+) -> None:
+    response = client.get(f"/v1/experiments/{finished_experiment}/diagnostics")
+    assert response.status_code == 200
+    frame = pd.DataFrame(response.json())
+    sigmoid = _row(frame, "sigmoid")
+    assert bool(sigmoid["vanishing"])
+    assert sigmoid["gradient_ratio_last_epoch"] == pytest.approx(2e-5)
+    assert sigmoid["saturated_fraction"] == pytest.approx(0.9)
+    assert _row(frame, "prelu")["learned_parameters"] == {"slope": pytest.approx(0.12)}
+    assert _row(frame, "relu")["dead_fraction"] == pytest.approx(0.2)
+    csv = pd.read_csv(io.BytesIO(client.get(f"/v1/experiments/{finished_experiment}/diagnostics?format=csv").content))
+    assert json.loads(_row(csv, "swish_b")["learned_parameters"]) == {"beta": pytest.approx(1.6)}
+
+
+def test_recommendation_explains_the_failed_activation(client: TestClient, finished_experiment: uuid.UUID) -> None:
+    response = client.get(f"/v1/experiments/{finished_experiment}/recommendation")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["tied_best"][0] in ("prelu", "swish_b", "relu")
+    failure = next(sentence for sentence in body["sentences"] if sentence.startswith("sigmoid failed to train"))
+    assert "diverged in 1 of 6 runs" in failure and "vanishing gradients" in failure
+    assert any(sentence.startswith("Cost per epoch") for sentence in body["sentences"])
+
+
+@pytest.mark.parametrize("kind", sorted(PLOT_KINDS))
+def test_plots_are_valid_images(client: TestClient, finished_experiment: uuid.UUID, kind: str) -> None:
+    png = client.get(f"/v1/experiments/{finished_experiment}/plots/{kind}.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert matplotlib.image.imread(io.BytesIO(png.content), format="png").shape[0] > 100
+    svg = client.get(f"/v1/experiments/{finished_experiment}/plots/{kind}.svg")
+    assert svg.headers["content-type"].startswith("image/svg+xml")
+    assert ElementTree.fromstring(svg.content).tag == "{http://www.w3.org/2000/svg}svg"
+
+
+def test_unknown_plot_kind_or_format_is_422(client: TestClient, finished_experiment: uuid.UUID) -> None:
+    response = client.get(f"/v1/experiments/{finished_experiment}/plots/histogram.gif")
+    assert response.status_code == 422
+    messages = " ".join(item["msg"] for item in response.json()["detail"])
+    assert "learning-curves" in messages and "png, svg" in messages
+
+
+def _export(client: TestClient, experiment_id: uuid.UUID) -> bytes:
+    response = client.get(f"/v1/experiments/{experiment_id}/export")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/zip"
+    return response.content
+
+
+def _table_counts(db: Session) -> dict[str, int]:
+    db.expire_all()
+    return {
+        model.__tablename__: int(db.scalar(select(func.count()).select_from(model)) or 0)
+        for model in (Experiment, Run, EpochMetric, LayerMetric)
+    }
+
+
+def test_export_then_import_recreates_the_experiment(
+    client: TestClient, finished_experiment: uuid.UUID, db: Session
+) -> None:
+    archive = _export(client, finished_experiment)
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        names = set(opened.namelist())
+        assert {"spec.json", "runs.csv", "metrics.csv", "layer_metrics.csv", "results.csv"} <= names
+        assert json.loads(opened.read("spec.json"))["name"] == FAKE_SPEC["name"]
+        metrics = pd.read_csv(opened.open("metrics.csv"))
+        assert {"run_id", "activation", "seed", "epoch", "spec_hash", "recorded_at"} <= set(metrics.columns)
+    before = _table_counts(db)
+    response = client.post("/v1/experiments/import", content=archive, headers={"Content-Type": "application/zip"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["imported_from"] == str(finished_experiment)
+    assert body["status"] == "partial"
+    after = _table_counts(db)
+    assert {table: after[table] - before[table] for table in after} == {
+        "experiments": 1,
+        "runs": 24,
+        "epoch_metrics": before["epoch_metrics"],
+        "layer_metrics": before["layer_metrics"],
+    }
+    imported = uuid.UUID(body["id"])
+    statuses = sorted(db.scalars(select(Run.status).where(Run.experiment_id == imported)))
+    original = sorted(db.scalars(select(Run.status).where(Run.experiment_id == finished_experiment)))
+    assert statuses == original
+    first = _results(client, finished_experiment)
+    second = _results(client, imported)
+    for column in ("n", "mean", "ci_low", "ci_high", "p_holm", "verdict", "seeds", "diverged", "failed"):
+        left, right = first[column].tolist(), second[column].tolist()
+        assert [str(value) for value in left] == [str(value) for value in right], column
+    assert set(second["spec_hash"]) == set(first["spec_hash"])
+
+
+def test_import_accepts_a_multipart_upload(client: TestClient, finished_experiment: uuid.UUID) -> None:
+    archive = _export(client, finished_experiment)
+    response = client.post("/v1/experiments/import", files={"file": ("archive.zip", archive, "application/zip")})
+    assert response.status_code == 201, response.text
+
+
+def _rewrite(archive: bytes, replacements: dict[str, bytes | None]) -> bytes:
+    buffer = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(archive)) as source,
+        zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as target,
+    ):
+        for name in source.namelist():
+            if name in replacements:
+                content = replacements[name]
+                if content is not None:
+                    target.writestr(name, content)
+            else:
+                target.writestr(name, source.read(name))
+    return buffer.getvalue()
+
+
+def test_bad_archives_are_rejected_and_store_nothing(
+    client: TestClient, finished_experiment: uuid.UUID, db: Session
+) -> None:
+    archive = _export(client, finished_experiment)
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        spec = json.loads(opened.read("spec.json"))
+        runs = opened.read("runs.csv").decode()
+        metrics = opened.read("metrics.csv").decode()
+    bad_spec = {**spec, "activations": [*spec["activations"][:-1], {"name": "relu2"}]}
+    cases: list[tuple[bytes, str]] = [
+        (b"not a zip at all", "archive.zip"),
+        (_rewrite(archive, {"runs.csv": None}), "archive.zip"),
+        (_rewrite(archive, {"spec.json": json.dumps(bad_spec).encode()}), "archive.spec.json.activations.3.name"),
+        (_rewrite(archive, {"spec.json": b"{"}), "archive.spec.json"),
+        (_rewrite(archive, {"runs.csv": runs.replace(",sigmoid,", ",tanh,", 1).encode()}), "archive.runs.csv.row"),
+        (_rewrite(archive, {"runs.csv": runs.replace("succeeded", "great", 1).encode()}), "archive.runs.csv.row"),
+        (
+            _rewrite(archive, {"metrics.csv": metrics + metrics.splitlines()[1] + "\n"}),
+            "archive.metrics.csv",
+        ),
+    ]
+    before = _table_counts(db)
+    for content, location in cases:
+        response = client.post("/v1/experiments/import", content=content, headers={"Content-Type": "application/zip"})
+        assert response.status_code == 422, (location, response.text)
+        assert response.json()["detail"][0]["loc"].startswith(location), response.json()
+    assert client.post("/v1/experiments/import", content=b"").status_code == 422
+    assert _table_counts(db) == before
+
+
+def test_the_dashboard_lists_experiments_and_links_their_reports(
+    client: TestClient, finished_experiment: uuid.UUID
+) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert f'href="/experiments/{finished_experiment}"' in response.text
+    assert "fake finished grid" in response.text
+    assert 'http-equiv="refresh"' not in response.text
+
+
+def test_the_report_holds_table_verdicts_recommendation_and_loadable_plots(
+    client: TestClient, finished_experiment: uuid.UUID
+) -> None:
+    response = client.get(f"/experiments/{finished_experiment}")
+    assert response.status_code == 200
+    page = response.text
+    assert 'id="results-table"' in page and "<td" in page
+    assert "sigmoid failed to train" in page
+    assert "worse" in page and "baseline" in page
+    assert 'http-equiv="refresh"' not in page
+    sources = [part.split('"', 1)[0] for part in page.split('<img src="')[1:]]
+    assert len(sources) == len(PLOT_KINDS)
+    for source in sources:
+        image = client.get(source.replace("&amp;", "&"))
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png", source
+
+
+def test_the_report_refreshes_while_runs_progress(client: TestClient, db: Session) -> None:
+    from tests.results.conftest import insert_experiment
+
+    running = insert_experiment(db, status="running")
+    assert 'http-equiv="refresh"' in client.get(f"/experiments/{running}").text
+    assert 'http-equiv="refresh"' in client.get("/").text
+
+
+def test_report_options_are_validated(client: TestClient, finished_experiment: uuid.UUID) -> None:
+    assert client.get(f"/experiments/{finished_experiment}?metric=test_loss&summary=best&threshold=").status_code == 200
+    response = client.get(f"/experiments/{finished_experiment}?threshold=high")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == "query.threshold"
+
+
+def test_import_accepts_an_archive_larger_than_the_spec_body_limit(
+    client: TestClient, finished_experiment: uuid.UUID
+) -> None:
+    archive = _export(client, finished_experiment)
+    # Incompressible padding pushes the upload past max_body_bytes (64 KiB) but not max_import_bytes.
+    buffer = io.BytesIO(archive)
+    with zipfile.ZipFile(buffer, "a", compression=zipfile.ZIP_STORED) as opened:
+        opened.writestr("padding.bin", random.Random(0).randbytes(200_000))
+    padded = buffer.getvalue()
+    assert len(padded) > client.app.state.settings.max_body_bytes  # type: ignore[attr-defined]
+    response = client.post("/v1/experiments/import", content=padded, headers={"Content-Type": "application/zip"})
+    assert response.status_code == 201, response.text

@@ -1,0 +1,67 @@
+"""The results endpoints on the real PostgreSQL: tables, report, events, export and import."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from app.config import Settings
+from app.main import create_app
+from app.migrate import upgrade_database
+from tests.results.conftest import insert_experiment
+
+pytestmark = pytest.mark.integration
+SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database of its own, dropped afterwards."""
+    name = f"actlab_results_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{SERVER_URL}/test", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:  # pragma: no cover - only without the server
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {error}")
+    url = f"{SERVER_URL}/{name}"
+    try:
+        upgrade_database(url)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_results_export_and_import_on_postgresql(postgres_url: str) -> None:
+    app = create_app(Settings(DATABASE_URL=postgres_url, BROKER_URL="filesystem://", auth_required=False))
+    with TestClient(app) as client:
+        with app.state.session_factory() as session:
+            experiment_id = insert_experiment(session)
+        first = pd.read_csv(io.BytesIO(client.get(f"/v1/experiments/{experiment_id}/results?format=csv").content))
+        assert list(first["activation"]) == ["relu", "sigmoid", "prelu", "swish_b"]
+        assert first.loc[first["activation"] == "sigmoid", "verdict"].item() == "worse"
+        parquet = client.get(f"/v1/experiments/{experiment_id}/results?format=parquet")
+        assert pd.read_parquet(io.BytesIO(parquet.content))["n"].tolist() == first["n"].tolist()
+        assert client.get(f"/experiments/{experiment_id}").status_code == 200
+        with client.stream("GET", f"/v1/experiments/{experiment_id}/events") as stream:
+            assert "event: end" in "".join(stream.iter_text())
+        archive = client.get(f"/v1/experiments/{experiment_id}/export").content
+        imported = client.post("/v1/experiments/import", content=archive, headers={"Content-Type": "application/zip"})
+        assert imported.status_code == 201, imported.text
+        second = pd.read_csv(
+            io.BytesIO(client.get(f"/v1/experiments/{imported.json()['id']}/results?format=csv").content)
+        )
+        for column in ("n", "mean", "ci_low", "p_holm", "verdict", "seeds"):
+            assert [str(value) for value in first[column]] == [str(value) for value in second[column]], column
+        diagnostics = client.get(f"/v1/experiments/{imported.json()['id']}/diagnostics").json()
+        prelu = next(row for row in diagnostics if row["activation"] == "prelu")
+        assert prelu["learned_parameters"] == {"slope": pytest.approx(0.12)}

@@ -1,0 +1,142 @@
+"""The report of a finished experiment in a real headless Chromium, served by a real uvicorn.
+
+Chromium comes from the Debian package (``apt-get install -y chromium``); without it the test is
+skipped with that hint. The page must work without JavaScript, so the checks are JavaScript-free:
+the DOM Chromium renders holds the results table and one <img> per plot, the server's access log
+shows Chromium fetching every image successfully, and the screenshot is not blank.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import matplotlib.image
+import pytest
+from sqlalchemy.orm import Session
+
+from app.db import make_engine, session_factory
+from app.migrate import upgrade_database
+from app.results.plots import PLOT_KINDS
+from tests.results.conftest import insert_experiment
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install -y chromium")
+BROWSER_SECONDS = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def served_report(tmp_path: Path) -> Iterator[tuple[str, uuid.UUID, Path]]:
+    """A uvicorn process serving a SQLite database with one finished experiment; yields (url, id, access log)."""
+    database_url = f"sqlite:///{tmp_path / 'browser.db'}"
+    upgrade_database(database_url)
+    engine = make_engine(database_url)
+    with session_factory(engine)() as session:
+        assert isinstance(session, Session)
+        experiment_id = insert_experiment(session)
+    engine.dispose()
+    port = _free_port()
+    log_path = tmp_path / "uvicorn.log"
+    # The server listens on 127.0.0.1 only; the browser opens the report as the local admin.
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "BROKER_URL": "filesystem://",
+        "ACTLAB_AUTH_REQUIRED": "false",
+    }
+    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"uvicorn did not start:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield url, experiment_id, log_path
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _chromium(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    profile = tmp_path / f"profile-{uuid.uuid4().hex}"
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        *arguments,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=BROWSER_SECONDS, check=False)
+
+
+def test_report_renders_in_chromium_with_table_and_loaded_images(
+    served_report: tuple[str, uuid.UUID, Path], tmp_path: Path
+) -> None:
+    url, experiment_id, log_path = served_report
+    page = f"{url}/experiments/{experiment_id}"
+    dumped = _chromium(tmp_path, "--virtual-time-budget=30000", "--dump-dom", page)
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    dom = dumped.stdout
+    table = re.search(r'<table id="results-table">(.*?)</table>', dom, re.DOTALL)
+    assert table is not None, dom[:2000]
+    rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.DOTALL)
+    assert len(rows) == 1 + 4
+    assert any("sigmoid" in row and "worse" in row for row in rows)
+    images = re.findall(r'<img src="([^"]+)"', dom)
+    assert len(images) == len(PLOT_KINDS)
+    assert "sigmoid failed to train" in dom
+
+    screenshot = tmp_path / "report.png"
+    shot = _chromium(tmp_path, "--window-size=1280,5000", f"--screenshot={screenshot}", page)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    pixels = matplotlib.image.imread(io.BytesIO(screenshot.read_bytes()), format="png")
+    assert pixels.shape[0] >= 1000 and float(pixels[..., :3].std()) > 0.02
+
+    access_log = log_path.read_text()
+    for source in images:
+        path = source.replace("&amp;", "&")
+        fetched = [line for line in access_log.splitlines() if f'"GET {path} HTTP/1.1" 200' in line]
+        assert fetched, f"Chromium never loaded {path}:\n{access_log[-3000:]}"
