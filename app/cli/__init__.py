@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "app.cli.train",
     "app.cli.service",
     "app.cli.client",
+    "app.cli.results",
+    "app.cli.keys",
 )
 
 

@@ -1,0 +1,1 @@
+"""API keys: who a request comes from, and which experiments it may see."""

@@ -1,0 +1,1 @@
+"""Per-owner quotas on submissions: active arms and submissions per minute."""
