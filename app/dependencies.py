@@ -26,6 +26,20 @@ from app.service_errors import InvalidInputError, UnauthorizedError, Unavailable
 
 # Bearer for programs; Basic (any user name, the key as password) lets a browser open the HTML reports.
 AUTHENTICATE_CHALLENGE = 'Bearer realm="Activation Lab", Basic realm="Activation Lab"'
+INVALID_KEY_CHALLENGE = 'Bearer realm="Activation Lab", error="invalid_token", Basic realm="Activation Lab"'
+
+
+def split_challenges(value: str) -> list[str]:
+    """Split a WWW-Authenticate value holding several challenges into one challenge each."""
+    challenges: list[str] = []
+    for part in value.split(", "):
+        scheme = part.split(" ", 1)[0]
+        if challenges and ("=" in scheme or scheme.lower() not in ("bearer", "basic")):
+            challenges[-1] += ", " + part
+        else:
+            challenges.append(part)
+    return challenges
+
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -147,7 +161,7 @@ async def get_current_principal(
         if found is None:
             raise UnauthorizedError(
                 "the API key is unknown or has been revoked",
-                headers={"WWW-Authenticate": AUTHENTICATE_CHALLENGE + ', error="invalid_token"'},
+                headers={"WWW-Authenticate": INVALID_KEY_CHALLENGE},
             )
         principal = found
     request.state.principal = principal

@@ -20,7 +20,7 @@ from app.allowed_methods import AllowedMethodsMiddleware
 from app.auth.router import router as auth_router
 from app.config import Settings, get_settings
 from app.db import make_engine, session_factory
-from app.dependencies import CeleryDispatcher, authorize_path_resources, check_query_parameters
+from app.dependencies import CeleryDispatcher, authorize_path_resources, check_query_parameters, split_challenges
 from app.experiments.router import router as experiments_router
 from app.meta.router import router as meta_router
 from app.metrics.router import router as metrics_router
@@ -101,7 +101,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, error: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+        headers = dict(error.headers or {})
+        challenges = headers.pop("WWW-Authenticate", None)
+        response = JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=headers)
+        if challenges:
+            # One challenge per header line: browsers (Chromium) read only the first challenge of a line,
+            # and need the Basic one to ask for the key (as the password) on the HTML report pages.
+            for challenge in split_challenges(challenges):
+                response.headers.append("WWW-Authenticate", challenge)
+        return response
 
 
 def _document_error_bodies(schema: dict[str, Any]) -> None:

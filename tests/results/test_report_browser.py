@@ -25,6 +25,7 @@ import matplotlib.image
 import pytest
 from sqlalchemy.orm import Session
 
+from app.auth.service import create_api_key
 from app.db import make_engine, session_factory
 from app.migrate import upgrade_database
 from app.results.plots import PLOT_KINDS
@@ -41,15 +42,21 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def served_report(tmp_path: Path) -> Iterator[tuple[str, uuid.UUID, Path]]:
-    """A uvicorn process serving a SQLite database with one finished experiment; yields (url, id, access log)."""
+@pytest.fixture(params=["auth-off", "api-key"])
+def served_report(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, uuid.UUID, Path]]:
+    """A uvicorn process serving a SQLite database with one finished experiment; yields (page url base, id, log).
+
+    With "api-key" the server requires keys, and the browser sends one as the Basic password in the URL,
+    answering the server's Basic challenge the way a person would in the browser's login prompt.
+    """
+    with_key = request.param == "api-key"
     database_url = f"sqlite:///{tmp_path / 'browser.db'}"
     upgrade_database(database_url)
     engine = make_engine(database_url)
     with session_factory(engine)() as session:
         assert isinstance(session, Session)
         experiment_id = insert_experiment(session)
+        key = create_api_key(session=session, name="browser", is_admin=True).key if with_key else None
     engine.dispose()
     port = _free_port()
     log_path = tmp_path / "uvicorn.log"
@@ -58,7 +65,7 @@ def served_report(tmp_path: Path) -> Iterator[tuple[str, uuid.UUID, Path]]:
         **os.environ,
         "DATABASE_URL": database_url,
         "BROKER_URL": "filesystem://",
-        "ACTLAB_AUTH_REQUIRED": "false",
+        "ACTLAB_AUTH_REQUIRED": "true" if with_key else "false",
     }
     command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -82,7 +89,11 @@ def served_report(tmp_path: Path) -> Iterator[tuple[str, uuid.UUID, Path]]:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"uvicorn did not start:\n{log_path.read_text()}")
             time.sleep(0.2)
-        yield url, experiment_id, log_path
+        if with_key:
+            assert httpx.get(f"{url}/experiments/{experiment_id}").status_code == 401
+            yield f"http://reader:{key}@127.0.0.1:{port}", experiment_id, log_path
+        else:
+            yield url, experiment_id, log_path
     finally:
         server.terminate()
         try:
