@@ -1,0 +1,1 @@
+"""Benchmarks that print wall-time ratios (not tests)."""
