@@ -280,6 +280,10 @@ def outcomes_against_best(summary: pd.DataFrame, pairs: pd.DataFrame | None) -> 
     return best, outcomes
 
 
+# Below this many seeds a tie says little (Wilcoxon needs 6 non-zero differences to reach p < 0.05).
+FEW_SEEDS = 5
+
+
 def tied_best(summary: pd.DataFrame, pairs: pd.DataFrame | None) -> list[str]:
     """The top-ranked activation followed by those statistically tied with it."""
     best, outcomes = outcomes_against_best(summary, pairs)
@@ -329,6 +333,11 @@ def _best_sentences(inputs: RecommendationInputs) -> list[str]:
     largest_n = int(summary["n"].max()) if not summary.empty else 0
     if largest_n < 2:
         sentences.append("With at most one seed per activation no significance test is possible; add seeds.")
+    elif tied and largest_n < FEW_SEEDS:
+        sentences.append(
+            f"With only {largest_n} seeds per activation the paired test has little power: a tie here means "
+            "the difference is not established, not that it is absent; more seeds would sharpen the comparison."
+        )
     return sentences
 
 

@@ -104,6 +104,20 @@ def test_recommendation_names_the_best_and_the_activations_tied_with_it() -> Non
     assert not any("failed to train" in sentence for sentence in sentences)
 
 
+@pytest.mark.parametrize(("seeds", "warned"), [(4, True), (8, False)])
+def test_a_tie_over_few_seeds_is_called_weak_evidence(seeds: int, warned: bool) -> None:
+    inputs = _inputs(
+        [SyntheticArm("gelu", "gelu", 0.90, noise=0.02), SyntheticArm("silu", "silu", 0.90, noise=0.02)],
+        seeds=range(seeds),
+    )
+    sentences = recommend(inputs)
+    assert any("statistically tied with" in sentence for sentence in sentences)
+    caveat = [sentence for sentence in sentences if "has little power" in sentence]
+    assert bool(caveat) is warned
+    if warned:
+        assert caveat[0].startswith(f"With only {seeds} seeds per activation")
+
+
 def test_recommendation_explains_a_failure_with_the_measured_diagnostic() -> None:
     inputs = _inputs(
         [
