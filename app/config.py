@@ -14,6 +14,22 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# More worker processes than this by default would mostly multiply the memory of in-memory datasets.
+_MAX_DEFAULT_WORKER_PROCESSES = 8
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the platform has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def default_worker_concurrency() -> int:
+    """Worker processes by default: one per available core, at most 8 (bench/RESULTS.md: processes beat threads)."""
+    return min(available_cores(), _MAX_DEFAULT_WORKER_PROCESSES)
+
 
 def default_credentials_file() -> Path:
     """The CLI's credentials file: $XDG_CONFIG_HOME/actlab/credentials.json (default ~/.config)."""
@@ -73,7 +89,12 @@ class Settings(SpecLimits):
     task_soft_time_limit: int = Field(6 * 3600, ge=1, description="Seconds a run may train before it is stopped.")
     task_max_retries: int = Field(5, ge=0, description="Retries of a run after transient failures.")
     gpu_worker_probe_seconds: float = Field(1.0, gt=0, description="How long to wait for GPU workers to answer.")
-    torch_threads: int = Field(0, ge=0, description="torch.set_num_threads in workers; 0 leaves torch's default.")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="torch.set_num_threads in each worker process; 0: the available cores shared out among the "
+        "worker's processes (1 each when there are as many processes as cores), torch's default for one process.",
+    )
     # Queue and worker reliability (worker/celery_app.py applies them; see the comments there).
     task_time_limit_grace: int = Field(
         300, ge=1, description="Seconds after the soft time limit before a stuck run's process is killed."
@@ -90,7 +111,42 @@ class Settings(SpecLimits):
     broker_key_prefix: str = Field("", description="Redis: prefix of every broker key, to share one Redis safely.")
     task_retry_backoff: int = Field(2, ge=1, description="Seconds before the first retry after a transient error.")
     task_retry_backoff_max: int = Field(300, ge=1, description="Longest wait between retries after transient errors.")
-    worker_concurrency: int = Field(1, ge=1, description="Runs one worker trains at the same time (processes).")
+    worker_concurrency: int = Field(
+        default_factory=default_worker_concurrency,
+        ge=1,
+        description="Processes of one worker, each training its own runs (default: one per available CPU core, at most "
+        "8; GPU workers: 1).",
+    )
+    # Stacked training of an experiment's runs (worker/stacked_runner.py; bench/RESULTS.md).
+    stack_runs: bool = Field(
+        True,
+        description="Train runs of one experiment together as one stacked model where the engine recommends it "
+        "(small MLPs on a CPU, mlp and cnn models on a GPU); off: one run at a time.",
+    )
+    stack_chunk_runs: int = Field(
+        0,
+        ge=0,
+        description="Most runs one worker process trains as one stack; 0: on a GPU every unfinished run of the "
+        "experiment, on a CPU those runs divided among stack_worker_processes (rounded up).",
+    )
+    stack_worker_processes: int = Field(
+        0,
+        ge=0,
+        description="Worker processes (on all machines) expected to share an experiment's runs on CPUs, for the "
+        "default chunk size; 0: this worker's processes.",
+    )
+    stack_memory_budget_mb: int = Field(
+        0,
+        ge=0,
+        description="Memory one stack may use, in MiB; 0: 80% of the GPU's free memory, or on a CPU half the "
+        "machine's memory shared out among the worker's processes.",
+    )
+    broker_polling_interval: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="Embedded (folder) broker: seconds between a worker's looks for new tasks when it has none.",
+    )
     worker_heartbeat_seconds: float = Field(30.0, gt=0, description="Seconds between a worker's liveness records.")
     worker_fresh_seconds: float = Field(
         120.0, gt=0, description="A worker seen within this many seconds counts as alive (device 'auto' routing)."
@@ -101,6 +157,25 @@ class Settings(SpecLimits):
     )
     worker_soft_shutdown_timeout: float = Field(
         20.0, ge=0, description="On a cold shutdown, seconds a worker lets its runs go on before requeueing them."
+    )
+    # Self-healing (worker/maintenance.py, worker/db_retry.py; docs/reliability.md).
+    maintenance_interval_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds between a worker's maintenance passes (requeue runs with a stale heartbeat, re-enqueue "
+        "queued runs the broker lost); 0 turns them off (`actlab maintain` still runs one).",
+    )
+    queued_grace_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A queued run whose task the broker does not hold, or that was never enqueued, is sent again "
+        "once it has waited this long.",
+    )
+    database_retry_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How long a worker keeps retrying a metric or status write while the database is unreachable "
+        "before the task's retry (and checkpoint resume) takes over; 0 leaves it to the task.",
     )
     # Authentication, quotas and operations (app/auth, app/quotas, app/monitoring, app/logging_config.py).
     auth_required: bool = Field(
@@ -138,6 +213,12 @@ class Settings(SpecLimits):
             raise ValueError(
                 f"broker_visibility_timeout ({self.broker_visibility_timeout} s) must exceed the hard time limit "
                 f"task_soft_time_limit + task_time_limit_grace ({self.task_time_limit} s)"
+            )
+        # A stale limit within one heartbeat interval would make the reaper requeue healthy runs.
+        if self.run_stale_seconds <= self.run_heartbeat_seconds:
+            raise ValueError(
+                f"run_stale_seconds ({self.run_stale_seconds} s) must exceed run_heartbeat_seconds "
+                f"({self.run_heartbeat_seconds} s)"
             )
         return self
 

@@ -13,9 +13,12 @@ shapes, since timing does not need real images) it times, in one process on one 
   (b) the grid as sequential ordinary runs,
   (c) the grid stacked (``train_stacked``), and an all-ReLU stacked grid of the same size,
 
-and prints the ratios to (a). Then (d): the same MNIST-1D grid submitted to ``actlab serve`` (embedded:
-SQLite, folder broker, one worker) and run by its worker, against the engine called in this process,
-plus a single-arm experiment through the service. Every figure is the minimum over ``--repeat`` runs
+and prints the ratios to (a). Then (d): a 25-arm MNIST-1D grid submitted to ``actlab serve`` (embedded:
+SQLite, folder broker, its worker with the default settings) and run by its worker, against the engine
+called directly (in this process, and in as many processes as the worker has, each training its share
+stacked, as the worker does), plus a single-arm experiment through the service. ``--service-variants``
+adds services with other settings (the 0.5 s broker polling of before, or the worker as it was before it
+trained stacked) measured in the same run. Every figure is the minimum over ``--repeat`` runs
 after a warm-up, which filters out load from other processes. Benchmarks print ratios, never bare times
 alone: only ratios measured side by side compare across machines.
 """
@@ -117,10 +120,26 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class EmbeddedService:
-    """``actlab serve`` (SQLite, folder broker, one worker) in a temporary directory."""
+# Settings of the services compared in (d): name -> (environment, description).
+SERVICE_VARIANTS: dict[str, tuple[dict[str, str], str]] = {
+    "default": ({}, "defaults"),
+    "poll-0.5": ({"ACTLAB_BROKER_POLLING_INTERVAL": "0.5"}, "defaults, but the broker polled every 0.5 s"),
+    "before": (
+        {
+            "ACTLAB_STACK_RUNS": "false",
+            "ACTLAB_WORKER_CONCURRENCY": "1",
+            "ACTLAB_TORCH_THREADS": "1",
+            "ACTLAB_BROKER_POLLING_INTERVAL": "0.5",
+        },
+        "as before stacked workers: 1 process x 1 thread, one run per task, polling 0.5 s",
+    ),
+}
 
-    def __init__(self, directory: Path, *, threads: int) -> None:
+
+class EmbeddedService:
+    """``actlab serve`` (SQLite, folder broker, its worker) in a temporary directory, with extra settings."""
+
+    def __init__(self, directory: Path, *, settings: dict[str, str]) -> None:
         self.directory = directory
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -129,11 +148,10 @@ class EmbeddedService:
             for key, value in os.environ.items()
             if not key.startswith("ACTLAB_") and key not in ("DATABASE_URL", "BROKER_URL")
         }
-        # The worker trains with as many threads as the engine run it is compared with.
         environment.update(
             {
                 "PYTHONUNBUFFERED": "1",
-                "ACTLAB_TORCH_THREADS": str(threads),
+                **settings,
                 # A loopback-only service of this benchmark: no API key needed, and none written to the home folder.
                 "ACTLAB_AUTH_REQUIRED": "false",
                 "ACTLAB_CREDENTIALS_FILE": str(directory / "credentials.json"),
@@ -209,8 +227,18 @@ def service_spec(*, activations: list[Any], seeds: list[int], epochs: int, name:
     }
 
 
-def service_ratios(*, arms: int, epochs: int, repeat: int) -> dict[str, float]:
+def parallel_stacked_seconds(grid: dict[str, Any], *, processes: int, repeat: int) -> float:
+    """The engine's grid as the service's worker trains it: ``processes`` processes x 1 thread, each a share stacked."""
+    from bench.cpu_study import Strategy, run_strategy
+
+    strategy = Strategy(f"stacked, {processes} processes x 1 thread", processes, 1, True)
+    return min(run_strategy(strategy, grid) for _ in range(repeat))
+
+
+def service_ratios(*, arms: int, epochs: int, repeat: int, variants: list[str]) -> dict[str, float]:
     """Seconds of single-arm and grid experiments through the service and through the engine directly."""
+    from app.config import default_worker_concurrency
+
     activations = MIXED_ACTIVATIONS[: min(arms, len(MIXED_ACTIVATIONS))]
     seeds = list(range(math.ceil(arms / len(activations))))
     grid = service_spec(activations=activations, seeds=seeds, epochs=epochs, name="bench grid")
@@ -231,41 +259,58 @@ def service_ratios(*, arms: int, epochs: int, repeat: int) -> dict[str, float]:
     def engine_stacked() -> None:
         train_stacked(spec, members=members, device=device, data=data)
 
+    processes = default_worker_concurrency()
     results = {
         "engine_single": timed(engine_single, device=device, repeat=repeat),
         "engine_sequential": timed(engine_sequential, device=device, repeat=repeat),
         "engine_stacked": timed(engine_stacked, device=device, repeat=repeat),
+        "worker_processes": float(processes),
     }
-    with tempfile.TemporaryDirectory(prefix="actlab-bench-") as folder:
-        service = EmbeddedService(Path(folder), threads=torch.get_num_threads())
-        try:
+    with contextlib.ExitStack() as stack:
+        services: dict[str, EmbeddedService] = {}
+        for variant in variants:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="actlab-bench-")))
+            services[variant] = EmbeddedService(folder, settings=SERVICE_VARIANTS[variant][0])
+            stack.callback(services[variant].stop)
+        # Warm-up: the worker processes import torch and cache the dataset once, as long-lived workers would;
+        # a grid warms every process up.
+        warm = {**grid, "name": "bench warm-up", "training": {**grid["training"], "epochs": 1}}
+        for service in services.values():
             service.wait_healthy()
-            # Warm-up: the worker imports torch and caches the dataset once, as a long-lived worker would.
-            service.run_experiment({**single, "name": "bench warm-up", "training": {**single["training"], "epochs": 1}})
-            results["service_single"] = min(service.run_experiment(single) for _ in range(repeat))
-            results["service_grid"] = min(service.run_experiment(grid) for _ in range(repeat))
-        finally:
-            service.stop()
+            service.run_experiment(warm)
+        # Round by round, the engine's parallel grid and every service in turn (only one of them busy at a
+        # time): load from other programs that comes and goes hits all of them alike.
+        rounds: dict[str, list[float]] = {"engine_parallel": []}
+        for _ in range(repeat):
+            rounds["engine_parallel"].append(parallel_stacked_seconds(grid, processes=processes, repeat=1))
+            for variant, service in services.items():
+                rounds.setdefault(f"service_{variant}_single", []).append(service.run_experiment(single))
+                rounds.setdefault(f"service_{variant}_grid", []).append(service.run_experiment(grid))
+        results.update({name: min(values) for name, values in rounds.items()})
     return results
 
 
-def print_service(seconds: dict[str, float], *, arms: int, epochs: int) -> None:
+def print_service(seconds: dict[str, float], *, arms: int, epochs: int, variants: list[str]) -> None:
     """The service's overhead over the engine, and the grid against one single-arm experiment."""
     single = seconds["engine_single"]
+    processes = int(seconds["worker_processes"])
     print(f"\n(d) service: MNIST-1D MLP 128-128, {epochs} epoch(s), {arms} arms; ratios to one engine run")
     print(f"  engine, one run                           1.00x   ({single:.2f} s)")
     print(f"  engine, grid sequential              {seconds['engine_sequential'] / single:9.2f}x")
     print(f"  engine, grid stacked                 {seconds['engine_stacked'] / single:9.2f}x")
-    print(f"  service, single-arm experiment       {seconds['service_single'] / single:9.2f}x")
-    print(f"  service, grid experiment             {seconds['service_grid'] / single:9.2f}x")
     print(
-        f"  grid through the service / single-arm experiment through it: "
-        f"{seconds['service_grid'] / seconds['service_single']:.2f}x"
+        f"  engine, grid stacked in {processes} processes x 1 thread (as the default worker) "
+        f"{seconds['engine_parallel'] / single:9.2f}x   ({seconds['engine_parallel']:.2f} s)"
     )
-    for path in ("sequential", "stacked"):
-        engine = seconds[f"engine_{path}"]
-        overhead = (seconds["service_grid"] - engine) / engine
-        print(f"  service overhead over the engine's {path} grid: {overhead * 100:+.1f}%")
+    for variant in variants:
+        service_single, service_grid = seconds[f"service_{variant}_single"], seconds[f"service_{variant}_grid"]
+        print(f"  service [{variant}: {SERVICE_VARIANTS[variant][1]}]")
+        print(f"    single-arm experiment              {service_single / single:9.2f}x   ({service_single:.2f} s)")
+        print(f"    grid experiment                    {service_grid / single:9.2f}x   ({service_grid:.2f} s)")
+        print(f"    grid / single-arm experiment through the service: {service_grid / service_single:.2f}x")
+        for path, label in (("sequential", "sequential grid"), ("parallel", f"{processes}-process stacked grid")):
+            engine = seconds[f"engine_{path}"]
+            print(f"    service overhead over the engine's {label}: {(service_grid - engine) / engine * 100:+.1f}%")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cuda-graphs", action="store_true", help="stacked training without CUDA graphs")
     parser.add_argument("--skip-service", action="store_true", help="skip (d), the service against the engine")
     parser.add_argument("--service-epochs", type=int, default=2, help="epochs of the (d) experiments (default 2)")
+    parser.add_argument(
+        "--service-variants",
+        default="default",
+        help=f"comma-separated services to measure in (d): {', '.join(SERVICE_VARIANTS)} (default: default)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the raw seconds to this file")
     args = parser.parse_args(argv)
     for name in ("epochs", "arms", "repeat", "service_epochs"):
@@ -319,9 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print_engine(workload, seconds, arms=args.arms, epochs=args.epochs, examples=examples)
         raw[name] = seconds
+    variants = [name.strip() for name in args.service_variants.split(",") if name.strip()]
+    unknown_variants = [name for name in variants if name not in SERVICE_VARIANTS]
+    if unknown_variants or not variants:
+        parser.error(f"unknown service variant {', '.join(unknown_variants)}; allowed: {', '.join(SERVICE_VARIANTS)}")
     if not args.skip_service:
-        seconds = service_ratios(arms=args.arms, epochs=args.service_epochs, repeat=args.repeat)
-        print_service(seconds, arms=args.arms, epochs=args.service_epochs)
+        seconds = service_ratios(arms=args.arms, epochs=args.service_epochs, repeat=args.repeat, variants=variants)
+        print_service(seconds, arms=args.arms, epochs=args.service_epochs, variants=variants)
         raw["service"] = seconds
     if args.json is not None:
         args.json.write_text(json.dumps(raw, indent=2))

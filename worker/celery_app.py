@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.signals import setup_logging
 from kombu import Exchange, Queue
 
 from app.config import Settings, get_settings
@@ -46,8 +47,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folders["control"]),
             "processed_folder": str(folders["processed"]),
             "store_processed": False,
-            # Seconds between looks into the folder: the delay before an idle worker sees a new run.
-            "polling_interval": 0.5,
+            # Seconds between looks into the folder: the delay before an idle worker (or a worker process that
+            # just finished a task) sees the next one. A look is one directory listing, cheap even every 0.1 s.
+            "polling_interval": settings.broker_polling_interval,
         }
     options: dict[str, Any] = {
         # An unacknowledged task goes back to the queue after this long. It must exceed the hard
@@ -102,6 +104,10 @@ def configure(app: Celery, settings: Settings) -> None:
         # Cold shutdown (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT): let runs go on this long,
         # then requeue them; a redelivered run resumes from its last checkpoint.
         worker_soft_shutdown_timeout=settings.worker_soft_shutdown_timeout,
+        # A broker connection lost and regained (a Redis restart) leaves the running runs alone: they
+        # write to the database, not the broker, and finish; queued runs the broker lost are sent again
+        # by the reconciler (worker/maintenance.py).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_concurrency=settings.worker_concurrency,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -111,5 +117,20 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
-celery_app = Celery("actlab", include=["worker.tasks"])
+@setup_logging.connect
+def _configure_worker_logging(loglevel: Any = None, **_: Any) -> None:
+    """Worker logs in the service's format (text or JSON lines with run ids), at the level the worker was given."""
+    import logging
+
+    from app.logging_config import configure_logging
+
+    settings = get_settings()
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else str(loglevel or "").upper()
+    if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        settings = settings.model_copy(update={"log_level": level})
+    configure_logging(settings)
+
+
+# worker.maintenance runs the reaper and reconciler in each worker's main process.
+celery_app = Celery("actlab", include=["worker.tasks", "worker.maintenance"])
 configure(celery_app, get_settings())

@@ -30,6 +30,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app.config import Settings, SpecLimits, get_settings
 from app.db import get_engine, session_scope
+from app.logging_config import log_context
 from app.metrics.write_repository import upsert_epoch_metrics
 from app.models import RunStatus
 from app.runs.state_repository import (
@@ -44,6 +45,7 @@ from app.runs.state_repository import (
     record_run_start,
 )
 from app.spec import ExperimentSpec
+from worker.db_retry import retry_transient
 
 if TYPE_CHECKING:
     from worker.training.reports import ArmOutcome, EpochReport, RunInfo
@@ -79,6 +81,24 @@ def is_transient_error(error: BaseException) -> bool:
         TimeoutError,
     )
     return isinstance(error, transient)
+
+
+def shutdown_behind(error: BaseException) -> BaseException | None:
+    """The SystemExit or KeyboardInterrupt that ``error`` masks, if any.
+
+    A worker's pool process stops by raising SystemExit wherever it happens to be (billiard's
+    signal handler); inside torch or a ``with`` block whose exit fails, that exit comes back
+    as another error with the SystemExit as its context. Such an error says nothing about the
+    run: the process is stopping, and the run must go back to the queue, not fail.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SystemExit | KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -128,8 +148,11 @@ def configure_torch(settings: Settings) -> None:
         return
     import torch
 
-    if settings.torch_threads > 0:
-        torch.set_num_threads(settings.torch_threads)
+    from worker.pool import torch_threads_in_force
+
+    threads = torch_threads_in_force(settings)
+    if threads > 0:
+        torch.set_num_threads(threads)
     _torch_configured = True
 
 
@@ -240,31 +263,53 @@ def _finish(
     diverged_epoch: int | None = None,
     training_seconds: float | None = None,
     error: str | None = None,
+    retry_seconds: float,
 ) -> None:
-    with session_scope(engine) as session:
-        lock_experiment_of_run(session=session, run_id=claimed.run_id)
-        finish_run(
-            session=session,
-            run_id=claimed.run_id,
-            attempt=claimed.attempt,
-            status=status,
-            epochs_completed=epochs_completed,
-            diverged_epoch=diverged_epoch,
-            training_seconds=training_seconds,
-            error=error,
-        )
-        _refresh_experiment(session, claimed.experiment_id)
+    def write() -> None:
+        with session_scope(engine) as session:
+            lock_experiment_of_run(session=session, run_id=claimed.run_id)
+            finish_run(
+                session=session,
+                run_id=claimed.run_id,
+                attempt=claimed.attempt,
+                status=status,
+                epochs_completed=epochs_completed,
+                diverged_epoch=diverged_epoch,
+                training_seconds=training_seconds,
+                error=error,
+            )
+            _refresh_experiment(session, claimed.experiment_id)
+
+    _with_database_retry(write, what=f"run {claimed.run_id}: recording its end ({status.value})", seconds=retry_seconds)
+
+
+def _with_database_retry(operation: Any, *, what: str, seconds: float) -> Any:
+    """Repeat a fenced, idempotent write through a database outage of up to ``seconds``."""
+    return retry_transient(
+        operation,
+        what=what,
+        patience_seconds=seconds,
+        is_transient=lambda error: is_transient_error(error) and shutdown_behind(error) is None,
+    )
 
 
 class _EpochWriter:
     """The engine's callbacks for one claimed run: record placement, write each epoch, answer 'keep going?'."""
 
-    def __init__(self, *, engine: Engine, claimed: ClaimedRun, heartbeat: RunHeartbeat) -> None:
+    def __init__(self, *, engine: Engine, claimed: ClaimedRun, heartbeat: RunHeartbeat, retry_seconds: float) -> None:
         self._engine = engine
         self._claimed = claimed
         self._heartbeat = heartbeat
+        self._retry_seconds = retry_seconds
 
     def on_start(self, info: RunInfo) -> None:
+        _with_database_retry(
+            lambda: self._write_start(info),
+            what=f"run {self._claimed.run_id}: recording its start",
+            seconds=self._retry_seconds,
+        )
+
+    def _write_start(self, info: RunInfo) -> None:
         with session_scope(self._engine) as session:
             lock_experiment_of_run(session=session, run_id=self._claimed.run_id)
             record_run_start(
@@ -281,6 +326,13 @@ class _EpochWriter:
     def on_epoch(self, report: EpochReport) -> bool | None:
         if self._heartbeat.stale:
             raise StaleAttemptError(f"run {self._claimed.run_id}: attempt {self._claimed.attempt} was taken over")
+        return _with_database_retry(
+            lambda: self._write_epoch(report),
+            what=f"run {self._claimed.run_id}: writing epoch {report.epoch}",
+            seconds=self._retry_seconds,
+        )
+
+    def _write_epoch(self, report: EpochReport) -> bool | None:
         with session_scope(self._engine) as session:
             lock_experiment_of_run(session=session, run_id=self._claimed.run_id)
             upsert_epoch_metrics(
@@ -331,10 +383,26 @@ def execute_run(
     """
     settings = settings or get_settings()
     engine = engine or get_engine()
-    claimed, ended = _claim(engine=engine, run_id=run_id, worker_host=worker_host, task_id=task_id, settings=settings)
-    if claimed is None:
-        logger.info("run %s: not claimed (finished, or running elsewhere)", run_id)
-        return RunOutcome(run_id, None)
+    with log_context(run_id=run_id):
+        claimed, ended = _claim(
+            engine=engine, run_id=run_id, worker_host=worker_host, task_id=task_id, settings=settings
+        )
+        if claimed is None:
+            logger.info("run %s: not claimed (finished, or running elsewhere)", run_id)
+            return RunOutcome(run_id, None)
+        # Every line logged while the run trains carries its ids (JSON logs: fields; text: a suffix).
+        with log_context(experiment_id=claimed.experiment_id):
+            return _execute_claimed(
+                claimed=claimed, ended=ended, worker_host=worker_host, engine=engine, settings=settings
+            )
+
+
+def _execute_claimed(
+    *, claimed: ClaimedRun, ended: bool, worker_host: str, engine: Engine, settings: Settings
+) -> RunOutcome:
+    """Train a claimed run to its end and record how it ended (see execute_run)."""
+    run_id = claimed.run_id
+    retry_seconds = settings.database_retry_seconds
     checkpoint = checkpoint_path(run_id=run_id, settings=settings)
     if ended:
         checkpoint.unlink(missing_ok=True)
@@ -345,7 +413,7 @@ def execute_run(
     heartbeat = RunHeartbeat(
         engine=engine, run_id=run_id, attempt=claimed.attempt, interval=settings.run_heartbeat_seconds
     )
-    writer = _EpochWriter(engine=engine, claimed=claimed, heartbeat=heartbeat)
+    writer = _EpochWriter(engine=engine, claimed=claimed, heartbeat=heartbeat, retry_seconds=retry_seconds)
     try:
         with heartbeat:
             outcome = _train(claimed=claimed, writer=writer, settings=settings, checkpoint=checkpoint)
@@ -357,6 +425,7 @@ def execute_run(
             epochs_completed=outcome.epochs_completed,
             diverged_epoch=outcome.diverged_epoch,
             training_seconds=outcome.training_seconds,
+            retry_seconds=retry_seconds,
         )
     except StaleAttemptError:
         # A newer attempt owns the run (and may resume from the checkpoint): leave everything to it.
@@ -368,25 +437,36 @@ def execute_run(
             f"stopped by the time limit of {settings.task_soft_time_limit} s (setting ACTLAB_TASK_SOFT_TIME_LIMIT); "
             "the finished epochs are kept"
         )
-        if not _finish_quietly(engine=engine, claimed=claimed, status=status, error=message):
+        if not _finish_quietly(
+            engine=engine, claimed=claimed, status=status, error=message, retry_seconds=retry_seconds
+        ):
             return RunOutcome(run_id, None, claimed.attempt)
     except Exception as error:
+        shutdown = shutdown_behind(error)
+        if shutdown is not None:
+            # The process is being stopped: let it stop; the broker redelivers the run, which resumes.
+            logger.warning("run %s: attempt %d interrupted by the worker's shutdown", run_id, claimed.attempt)
+            raise shutdown from error
         if is_transient_error(error):
             # Keep the checkpoint: the retry resumes from it.
             raise
         logger.exception("run %s: attempt %d failed", run_id, claimed.attempt)
         status = RunStatus.failed
-        if not _finish_quietly(engine=engine, claimed=claimed, status=status, error=_error_text(error)):
+        if not _finish_quietly(
+            engine=engine, claimed=claimed, status=status, error=_error_text(error), retry_seconds=retry_seconds
+        ):
             return RunOutcome(run_id, None, claimed.attempt)
     checkpoint.unlink(missing_ok=True)
     logger.info("run %s: attempt %d ended %s", run_id, claimed.attempt, status.value)
     return RunOutcome(run_id, status, claimed.attempt)
 
 
-def _finish_quietly(*, engine: Engine, claimed: ClaimedRun, status: RunStatus, error: str) -> bool:
+def _finish_quietly(
+    *, engine: Engine, claimed: ClaimedRun, status: RunStatus, error: str, retry_seconds: float
+) -> bool:
     """Record a failure-like end; False when a newer attempt owns the run. Transient errors propagate."""
     try:
-        _finish(engine=engine, claimed=claimed, status=status, error=error)
+        _finish(engine=engine, claimed=claimed, status=status, error=error, retry_seconds=retry_seconds)
     except StaleAttemptError:
         return False
     return True

@@ -12,13 +12,17 @@ import uuid
 from typing import Any
 
 from celery import Task
+from celery.exceptions import TimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 import worker.heartbeat  # noqa: F401  (connects the worker-liveness signal handlers)
 from app.config import get_settings
 from app.db import session_scope
 from worker.celery_app import TRAIN_RUNS_TASK, celery_app
-from worker.runner import execute_runs, is_transient_error
+from worker.runner import is_transient_error
+
+# One run per task, trained with the queued runs of its experiment it stacks with (worker/stacked_runner.py).
+from worker.stacked_runner import execute_runs
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +38,32 @@ class TrainRunsTask(Task):  # type: ignore[misc]
     def on_failure(
         self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
     ) -> None:
-        """Mark the task's unfinished runs failed with the reason (best effort: the database may be the reason)."""
+        """Mark the task's unfinished runs failed (timed_out after the hard time limit) with the reason, best effort."""
         from app.experiments.service import refresh_experiment_status
+        from app.models import RunStatus
+        from app.runs.stack_repository import unfinished_runs_of_task
         from app.runs.state_repository import fail_unfinished_runs
 
         run_ids = [uuid.UUID(str(run_id)) for run_id in kwargs.get("run_ids", [])]
+        status = RunStatus.failed
         retries = self.request.retries
         reason = f"gave up after {retries} retries: {type(exc).__name__}: {exc}"[:4000]
+        if isinstance(exc, TimeLimitExceeded):
+            # Celery calls this in the worker's main process after it killed the pool child.
+            settings = get_settings()
+            status = RunStatus.timed_out
+            reason = (
+                f"killed by the hard time limit of {settings.task_time_limit} s: it did not stop at the soft limit "
+                f"of {settings.task_soft_time_limit} s (settings ACTLAB_TASK_SOFT_TIME_LIMIT, "
+                "ACTLAB_TASK_TIME_LIMIT_GRACE); the finished epochs are kept"
+            )
         try:
             with session_scope() as session:
-                for experiment_id in fail_unfinished_runs(session=session, run_ids=run_ids, error=reason):
+                # A stacked task also holds the runs it claimed beside its own (same task id).
+                run_ids += unfinished_runs_of_task(session=session, task_id=task_id, run_ids=run_ids)
+                for experiment_id in fail_unfinished_runs(
+                    session=session, run_ids=run_ids, error=reason, status=status
+                ):
                     refresh_experiment_status(session=session, experiment_id=experiment_id)
         except Exception:
             logger.exception("could not record the failure of runs %s", run_ids)

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "app.cli.client",
     "app.cli.results",
     "app.cli.keys",
+    "app.cli.maintain",
 )
 
 

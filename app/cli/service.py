@@ -64,7 +64,9 @@ def register(subparsers: Any) -> None:
         help="seconds running runs may go on after SIGTERM before they are requeued "
         "(default: ACTLAB_WORKER_SOFT_SHUTDOWN_TIMEOUT)",
     )
-    worker_parser.add_argument("--loglevel", default="info", choices=("debug", "info", "warning", "error"))
+    worker_parser.add_argument(
+        "--loglevel", default=None, choices=("debug", "info", "warning", "error"), help="default: ACTLAB_LOG_LEVEL"
+    )
     worker_parser.set_defaults(handler=run_worker)
 
     migrate_parser = subparsers.add_parser("migrate", help="create or upgrade the database schema")
@@ -121,7 +123,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
         "worker",
         f"--queues={','.join(queues)}",
         f"--concurrency={concurrency}",
-        f"--loglevel={arguments.loglevel.upper()}",
+        f"--loglevel={(arguments.loglevel or settings.log_level).upper()}",
         f"--hostname={hostname}",
         "--pool=prefork",
         # Neither is needed (no revokes to sync, no peers to watch) and both slow the start down.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table
@@ -85,4 +86,27 @@ def upsert_epoch_metrics(*, session: Session, run_id: uuid.UUID, attempt: int, r
             row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "layer": layer.layer, "attempt": attempt}
             row.update({name: _finite_or_none(getattr(layer, name)) for name in _LAYER_FIELDS})
             layer_rows.append(row)
+        _upsert(session, LayerMetric.__table__, layer_rows, ("run_id", "epoch", "layer"))  # type: ignore[arg-type]
+
+
+def upsert_epoch_metrics_of_runs(*, session: Session, writes: Sequence[tuple[uuid.UUID, int, EpochReport]]) -> None:
+    """Write one epoch's rows of several runs, (run id, attempt, report) each, in two statements (a stacked epoch).
+
+    Unfenced: fence every run first in the same transaction (``fence_run`` or ``record_epoch_progress``
+    with its attempt), which locks its row until the commit; a run whose fence failed is left out.
+    """
+    if not writes:
+        return
+    epoch_rows: list[dict[str, Any]] = []
+    layer_rows: list[dict[str, Any]] = []
+    for run_id, attempt, report in writes:
+        epoch_row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "attempt": attempt}
+        epoch_row.update({name: _finite_or_none(getattr(report, name)) for name in _EPOCH_FIELDS})
+        epoch_rows.append(epoch_row)
+        for layer in report.layers:
+            row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "layer": layer.layer, "attempt": attempt}
+            row.update({name: _finite_or_none(getattr(layer, name)) for name in _LAYER_FIELDS})
+            layer_rows.append(row)
+    _upsert(session, EpochMetric.__table__, epoch_rows, ("run_id", "epoch"))  # type: ignore[arg-type]
+    if layer_rows:
         _upsert(session, LayerMetric.__table__, layer_rows, ("run_id", "epoch", "layer"))  # type: ignore[arg-type]

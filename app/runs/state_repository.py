@@ -238,12 +238,20 @@ def cancel_requested(*, session: Session, experiment_id: uuid.UUID) -> bool:
 
 
 def fail_unfinished_runs(
-    *, session: Session, run_ids: list[uuid.UUID], error: str, now: datetime | None = None
+    *,
+    session: Session,
+    run_ids: list[uuid.UUID],
+    error: str,
+    now: datetime | None = None,
+    status: RunStatus = RunStatus.failed,
 ) -> list[uuid.UUID]:
-    """Mark the runs among ``run_ids`` that have not finished as failed; returns their experiments' ids.
+    """Mark the runs among ``run_ids`` that have not finished as failed (or ``status``); returns their experiments' ids.
 
-    Used when a task gives up (retries exhausted): whatever attempt held the run is over.
+    Used when a task gives up (retries exhausted, or killed by the hard time limit): whatever
+    attempt held the run is over.
     """
+    if status not in FINISHED_RUN_STATUSES:
+        raise ValueError(f"fail_unfinished_runs needs a finished status, got {status!r}")
     if not run_ids:
         return []
     now = now or utc_now()
@@ -252,7 +260,7 @@ def fail_unfinished_runs(
         session.execute(
             update(Run)
             .where(Run.id.in_(run_ids), Run.status.in_(unfinished))
-            .values(status=RunStatus.failed.value, error=error, finished_at=now)
+            .values(status=status.value, error=error, finished_at=now)
             .returning(Run.experiment_id)
             .execution_options(synchronize_session=False)
         )

@@ -119,9 +119,10 @@ def test_serve_then_submit_and_wait_prints_the_results_table(embedded: EmbeddedS
     )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     assert "succeeded" in submitted.stdout
-    table = submitted.stdout[submitted.stdout.index("final test accuracy") :]
-    assert re.search(r"relu\s+2\s+\d+\.\d\d% ± \d+\.\d\d", table), submitted.stdout
-    assert re.search(r"tanh\s+2\s+\d+\.\d\d% ± \d+\.\d\d", table), submitted.stdout
+    # The per-activation results table: rank, activation, n seeds, mean of the final test accuracy, ...
+    table = submitted.stdout[submitted.stdout.index("rank  activation") :]
+    assert re.search(r"^\d\s+relu\s+2\s+0\.\d+\s", table, re.MULTILINE), submitted.stdout
+    assert re.search(r"^\d\s+tanh\s+2\s+0\.\d+\s", table, re.MULTILINE), submitted.stdout
 
     experiment_id = re.search(r"experiment ([0-9a-f-]{36})", submitted.stdout)
     assert experiment_id is not None

@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     wait_for_experiment,
     wait_until,
 )
+from tests.integration.lanes import stored_metrics, uninterrupted_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +53,8 @@ def test_a_run_survives_its_worker_being_killed_mid_run(
     assert run["attempt"] >= 2
     rows = api.get(f"/v1/experiments/{experiment_id}/metrics").json()
     assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))
+    # The same numbers as the arm trained without interruption.
+    assert stored_metrics(rows) == uninterrupted_metrics(spec)
 
     # It resumed from its checkpoint: the epochs before the kill keep the first attempt's rows.
     engine = make_engine(stack.database_url)

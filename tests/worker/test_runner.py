@@ -25,7 +25,14 @@ from worker.runner import execute_run, execute_runs, is_transient_error
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(checkpoint_dir=tmp_path / "checkpoints", data_dir=tmp_path / "no-data", run_heartbeat_seconds=60)
+    # No write retries: a simulated database error goes straight to the task's retry (tests/worker/test_db_retry.py
+    # covers the write retries).
+    return Settings(
+        checkpoint_dir=tmp_path / "checkpoints",
+        data_dir=tmp_path / "no-data",
+        run_heartbeat_seconds=60,
+        database_retry_seconds=0,
+    )
 
 
 def _run(engine: Engine, run_id: uuid.UUID) -> Run:

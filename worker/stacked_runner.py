@@ -1,0 +1,652 @@
+"""Train an experiment's runs stacked: a worker process claims a chunk of them and trains the chunk as one model.
+
+The API still sends one task per run. When a worker process executes the task of a run whose
+experiment the engine recommends stacking for (``worker.training.fused.stacking_recommended``),
+it claims that run and other queued runs of the same experiment, up to a chunk size, each with
+the ordinary fenced claim (``claim_run``: one attempt more, this task's id, its own heartbeat),
+and trains them with ``train_stacked``. The tasks of the runs claimed this way are delivered
+later and find their run running under this task (or finished): ``claim_run`` returns None and
+they end at once.
+
+Why claim at execution time rather than send chunks of run ids at dispatch time: the API never
+imports torch, so it cannot tell whether a spec stacks or how many members fit a device's memory,
+and it does not know how many worker processes will share the experiment; a worker knows all
+three. Every reliability rule of one run per task stays as it was:
+
+- redelivery: runs are claimed under the claiming task's id, and a delivery of a task takes back
+  the runs an earlier delivery of the same task left running (``runs_left_by_task``), so a task
+  redelivered after a SIGKILL, or retried after a transient error, resumes its whole chunk from the
+  per-run checkpoints; a task that is never delivered again leaves runs whose heartbeat goes
+  stale, which the reaper requeues (worker/maintenance.py);
+- fencing: every write is fenced by each run's own attempt; a member taken over by a newer attempt
+  stops (its answer to the engine is False) while the others go on;
+- cancel: checked once per epoch for the experiment; every member stops at the epoch boundary and
+  keeps its finished epochs.
+
+Each epoch is one transaction: every live member's metric rows, progress and heartbeat, a diverged
+member's end, the experiment's status once, and the cancel check. A member that diverges is
+finished as diverged in that transaction; the engine drops it from the stack and the others go on.
+
+Specs the engine does not recommend stacking for (conv nets and larger MLPs on a CPU, RNNs,
+dropout), and chunks of one run, train through the ordinary path (``worker.runner``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.engine import Engine
+
+from app.config import Settings, get_settings
+from app.db import get_engine, session_scope
+from app.logging_config import log_context
+from app.metrics.write_repository import upsert_epoch_metrics_of_runs
+from app.models import RunStatus
+from app.runs.stack_repository import (
+    experiment_of_run,
+    queued_runs_to_stack,
+    recorded_training_seconds,
+    run_count,
+    runs_left_by_task,
+)
+from app.runs.state_repository import (
+    ClaimedRun,
+    StaleAttemptError,
+    cancel_requested,
+    claim_run,
+    fence_run,
+    finish_run,
+    lock_experiment_of_run,
+    record_epoch_progress,
+    record_run_start,
+)
+from app.spec import ExperimentSpec
+from worker import runner
+from worker.pool import worker_processes
+from worker.runner import BatchOutcome, RunOutcome
+
+if TYPE_CHECKING:
+    from worker.training.reports import ArmOutcome, EpochReport, RunInfo
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Share of a GPU's free memory one stack may fill by default; the rest covers the allocator's slack.
+_GPU_MEMORY_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """How a claimed run's experiment trains here: its spec, the device asked for, and the members that fit memory."""
+
+    spec: ExperimentSpec
+    device: str
+    on_gpu: bool
+    members_in_memory: int
+
+    def chunk_size(self, *, settings: Settings, experiment_runs: int) -> int:
+        """Runs one process trains as one stack: the setting, else all on a GPU or a process's share on a CPU."""
+        if settings.stack_chunk_runs > 0:
+            chunk = settings.stack_chunk_runs
+        elif self.on_gpu:
+            # One stack fills a GPU that one small model leaves idle; splitting it would only add stacks.
+            chunk = experiment_runs
+        else:
+            processes = settings.stack_worker_processes or worker_processes(settings)
+            # The experiment is split into one stack per process, so that they all finish about together.
+            chunk = math.ceil(experiment_runs / max(processes, 1))
+        return max(1, min(chunk, self.members_in_memory))
+
+
+def memory_budget_bytes(*, settings: Settings, device: Any) -> int:
+    """Memory one stack may use: the setting, else a share of the GPU's free memory or of the machine's memory."""
+    if settings.stack_memory_budget_mb > 0:
+        return settings.stack_memory_budget_mb * 2**20
+    if device.type == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * _GPU_MEMORY_SHARE)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(physical // (2 * max(worker_processes(settings), 1)))
+
+
+def plan_stack(*, claimed: ClaimedRun, settings: Settings) -> StackPlan | None:
+    """The stack plan for a claimed run's experiment, or None when its runs train one at a time.
+
+    Deterministic problems (a spec that no longer parses, CUDA asked for where there is none) give
+    None: the ordinary path meets them again and records them on the run.
+    """
+    if not settings.stack_runs:
+        return None
+    try:
+        from worker.training.fused import member_memory_bytes, stacking_recommended
+        from worker.training.trainer import resolve_device
+
+        spec = ExperimentSpec.model_validate(claimed.spec, context={"limits": runner.stored_spec_limits()})
+        device = runner.training_device(spec_device=spec.device, queue=claimed.queue)
+        recommended, reason = stacking_recommended(spec, device=device)
+        if not recommended:
+            logger.info("run %s: trained alone: %s", claimed.run_id, reason)
+            return None
+        target = resolve_device(device)
+        # The engine's own estimate (the one group_members splits a grid by) of what one member needs.
+        budget = memory_budget_bytes(settings=settings, device=target)
+        fit = max(1, budget // max(member_memory_bytes(spec), 1))
+        return StackPlan(spec=spec, device=device, on_gpu=target.type == "cuda", members_in_memory=fit)
+    except Exception as error:
+        if runner.is_transient_error(error) or runner.shutdown_behind(error) is not None:
+            raise
+        logger.warning("run %s: cannot plan a stack (%s); training it alone", claimed.run_id, error)
+        return None
+
+
+@dataclass
+class _Member:
+    """One claimed run in a stack and what this attempt learned about it while training."""
+
+    claimed: ClaimedRun
+    checkpoint: Path
+    # A newer attempt owns the run: write nothing more for it.
+    stale: bool = False
+    # The end already recorded while the others trained (diverged).
+    recorded: RunStatus | None = None
+
+    @property
+    def live(self) -> bool:
+        return not self.stale and self.recorded is None
+
+
+class _StackHeartbeat:
+    """Refreshes every live member's heartbeat between epochs, one short transaction per run (one row lock each)."""
+
+    def __init__(self, *, engine: Engine, members: list[_Member], interval: float) -> None:
+        self._engine = engine
+        self._members = members
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="stack-heartbeat", daemon=True)
+
+    def __enter__(self) -> _StackHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            for member in self._members:
+                if not member.live or self._stop.is_set():
+                    continue
+                try:
+                    with session_scope(self._engine) as session:
+                        fence_run(session=session, run_id=member.claimed.run_id, attempt=member.claimed.attempt)
+                except StaleAttemptError:
+                    if member.recorded is None:
+                        member.stale = True
+                except Exception:
+                    # The epoch writes meet the same problem and decide; a missed heartbeat is harmless.
+                    logger.warning("run %s: heartbeat failed", member.claimed.run_id, exc_info=True)
+
+
+class _StackWriter:
+    """The engine's callbacks for a stack: record each member's placement, write each epoch, answer 'keep going?'."""
+
+    def __init__(self, *, engine: Engine, members: list[_Member], retry_seconds: float) -> None:
+        self._engine = engine
+        self._members = members
+        self._retry_seconds = retry_seconds
+        self._experiment_id = members[0].claimed.experiment_id
+        self._starts: dict[int, RunInfo] = {}
+
+    def _retry(self, operation: Callable[[], T], what: str) -> T:
+        result: T = runner._with_database_retry(operation, what=what, seconds=self._retry_seconds)
+        return result
+
+    def _lock(self, session: Any) -> None:
+        """The experiment's lock (PostgreSQL) or the write lock (SQLite), first in every transaction."""
+        anchor = next((member for member in self._members if member.live), self._members[0])
+        lock_experiment_of_run(session=session, run_id=anchor.claimed.run_id)
+
+    def on_start(self, position: int, info: RunInfo) -> None:
+        """Keep the member's placement; the engine announces every member before training, written together."""
+        self._starts[position] = info
+        if len(self._starts) == len(self._members):
+            self.flush_starts()
+
+    def flush_starts(self) -> None:
+        """Write the placements announced so far in one transaction."""
+        if not self._starts:
+            return
+        starts = dict(self._starts)
+        stale = self._retry(lambda: self._write_starts(starts), f"experiment {self._experiment_id}: recording starts")
+        self._starts.clear()
+        for position in stale:
+            self._members[position].stale = True
+
+    def _write_starts(self, starts: dict[int, RunInfo]) -> list[int]:
+        stale: list[int] = []
+        with session_scope(self._engine) as session:
+            self._lock(session)
+            for position, info in starts.items():
+                member = self._members[position]
+                if not member.live:
+                    continue
+                try:
+                    record_run_start(
+                        session=session,
+                        run_id=member.claimed.run_id,
+                        attempt=member.claimed.attempt,
+                        device=info.device,
+                        init_scheme=info.init_scheme,
+                        parameter_count=info.parameter_count,
+                        activation_placement=info.activation_placement,
+                        training_path=info.training_path,
+                    )
+                except StaleAttemptError:
+                    stale.append(position)
+        return stale
+
+    def on_epoch(self, reports: list[tuple[int, EpochReport]]) -> list[bool]:
+        """Write the epoch of every live member in one transaction; False for members that must stop."""
+        self.flush_starts()
+        live = [(position, report) for position, report in reports if self._members[position].live]
+        stale: list[int] = []
+        cancel = False
+        if live:
+            epoch = live[0][1].epoch
+            stale, cancel = self._retry(
+                lambda: self._write_epoch(live), f"experiment {self._experiment_id}: writing epoch {epoch} of a stack"
+            )
+        for position in stale:
+            self._members[position].stale = True
+            claimed = self._members[position].claimed
+            logger.warning(
+                "run %s: attempt %d was taken over by a newer attempt; stopping", claimed.run_id, claimed.attempt
+            )
+        for position, report in live:
+            if position not in stale and report.diverged:
+                self._members[position].recorded = RunStatus.diverged
+        return [self._members[position].live and not cancel for position, _ in reports]
+
+    def _write_epoch(self, live: list[tuple[int, EpochReport]]) -> tuple[list[int], bool]:
+        stale: list[int] = []
+        fenced: list[tuple[int, EpochReport]] = []
+        with session_scope(self._engine) as session:
+            self._lock(session)
+            # Each run's fence first (progress and heartbeat, with its own attempt): a member taken over writes
+            # nothing, and the others' rows stay locked for this transaction.
+            for position, report in live:
+                claimed = self._members[position].claimed
+                try:
+                    record_epoch_progress(
+                        session=session, run_id=claimed.run_id, attempt=claimed.attempt, epochs_completed=report.epoch
+                    )
+                except StaleAttemptError:
+                    stale.append(position)
+                else:
+                    fenced.append((position, report))
+            upsert_epoch_metrics_of_runs(
+                session=session,
+                writes=[
+                    (self._members[position].claimed.run_id, self._members[position].claimed.attempt, report)
+                    for position, report in fenced
+                ],
+            )
+            for position, report in fenced:
+                if report.diverged:
+                    claimed = self._members[position].claimed
+                    finish_run(
+                        session=session,
+                        run_id=claimed.run_id,
+                        attempt=claimed.attempt,
+                        status=RunStatus.diverged,
+                        epochs_completed=report.epoch,
+                        diverged_epoch=report.epoch,
+                        training_seconds=recorded_training_seconds(session=session, run_id=claimed.run_id),
+                    )
+            runner._refresh_experiment(session, self._experiment_id)
+            cancel = cancel_requested(session=session, experiment_id=self._experiment_id)
+        return stale, cancel
+
+    def finish(self, ends: dict[int, tuple[RunStatus, dict[str, Any]]]) -> list[int]:
+        """Record the ends of members (position -> status, finish_run fields) in one transaction; returns those stale."""
+        if not ends:
+            return []
+        statuses = sorted({status.value for status, _ in ends.values()})
+        return self._retry(
+            lambda: self._write_ends(ends), f"experiment {self._experiment_id}: recording ends ({', '.join(statuses)})"
+        )
+
+    def _write_ends(self, ends: dict[int, tuple[RunStatus, dict[str, Any]]]) -> list[int]:
+        stale: list[int] = []
+        with session_scope(self._engine) as session:
+            self._lock(session)
+            for position, (status, fields) in ends.items():
+                claimed = self._members[position].claimed
+                try:
+                    finish_run(session=session, run_id=claimed.run_id, attempt=claimed.attempt, status=status, **fields)
+                except StaleAttemptError:
+                    stale.append(position)
+            runner._refresh_experiment(session, self._experiment_id)
+        return stale
+
+
+def _claim_leftovers(
+    *, engine: Engine, run_id: uuid.UUID, task_id: str, worker_host: str, settings: Settings, exclude: set[uuid.UUID]
+) -> list[tuple[ClaimedRun, bool]]:
+    """Claim again the runs an earlier delivery of this task left running; (claim, ended) as ``runner._claim`` gives."""
+    with session_scope(engine) as session:
+        experiment_id = experiment_of_run(session=session, run_id=run_id)
+        if experiment_id is None:
+            return []
+        leftovers = runs_left_by_task(session=session, experiment_id=experiment_id, task_id=task_id, exclude=exclude)
+    claims: list[tuple[ClaimedRun, bool]] = []
+    for leftover in leftovers:
+        claimed, ended = runner._claim(
+            engine=engine, run_id=leftover, worker_host=worker_host, task_id=task_id, settings=settings
+        )
+        if claimed is not None:
+            claims.append((claimed, ended))
+    if claims:
+        logger.info("task %s: took back %d run(s) an earlier delivery of it left running", task_id, len(claims))
+    return claims
+
+
+def _claim_companions(
+    *,
+    engine: Engine,
+    group: list[ClaimedRun],
+    plan: StackPlan,
+    worker_host: str,
+    task_id: str | None,
+    settings: Settings,
+) -> list[ClaimedRun]:
+    """Claim queued runs of the group's experiment until the group has the chunk size; one transaction."""
+    first = group[0]
+    with session_scope(engine) as session:
+        lock_experiment_of_run(session=session, run_id=first.run_id)
+        if cancel_requested(session=session, experiment_id=first.experiment_id):
+            return []
+        runs = run_count(session=session, experiment_id=first.experiment_id)
+        wanted = plan.chunk_size(settings=settings, experiment_runs=runs) - len(group)
+        candidates = queued_runs_to_stack(
+            session=session,
+            experiment_id=first.experiment_id,
+            queue=first.queue,
+            attempt_limit=runner.max_attempts(settings),
+            limit=wanted,
+        )
+        claims: list[ClaimedRun] = []
+        for candidate in candidates:
+            claimed = claim_run(
+                session=session,
+                run_id=candidate,
+                worker_host=worker_host,
+                task_id=task_id,
+                stale_after=timedelta(seconds=settings.run_stale_seconds),
+            )
+            if claimed is not None:
+                claims.append(claimed)
+        if claims:
+            runner._refresh_experiment(session, first.experiment_id)
+    return claims
+
+
+def discard_tasks_of_runs(*, run_ids: set[uuid.UUID], settings: Settings) -> int:
+    """Embedded broker: delete the waiting tasks that name only runs of ``run_ids``; returns how many.
+
+    The folder broker hands a worker process a task only every ``broker_polling_interval`` seconds,
+    so the tasks of runs a stack claimed would each cost a look before the next experiment's tasks
+    are reached. Deleting them is safe: those runs are running under the claiming task, which takes
+    them back if it is delivered again, and a run that is put back to queued gets a new task from the
+    reconciler (worker/maintenance.py). Redis hands out tasks without polling: there they are simply
+    delivered and skipped.
+    """
+    from worker.celery_app import embedded_broker_folders, is_embedded_broker
+    from worker.maintenance import run_ids_in_message
+
+    if not run_ids or not is_embedded_broker(settings.broker_url):
+        return 0
+    removed = 0
+    for path in embedded_broker_folders(settings.broker_folder)["messages"].glob("*.msg"):
+        try:
+            named = run_ids_in_message(path.read_bytes())
+        except (OSError, ValueError):
+            # Taken by a consumer meanwhile, or still being written.
+            continue
+        if named and named <= run_ids:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def _train(*, members: list[_Member], plan: StackPlan, writer: _StackWriter, settings: Settings) -> list[ArmOutcome]:
+    from worker.training.fused import train_stacked
+
+    runner.configure_torch(settings)
+    return train_stacked(
+        plan.spec,
+        members=[(member.claimed.activation_index, member.claimed.seed) for member in members],
+        device=plan.device,
+        on_start=writer.on_start,
+        on_epoch=writer.on_epoch,
+        checkpoint_paths=[member.checkpoint for member in members],
+    )
+
+
+def _outcomes(members: list[_Member], ended: dict[int, RunStatus]) -> list[RunOutcome]:
+    """One outcome per member: the status this delivery recorded, None for a member taken over."""
+    outcomes = []
+    for position, member in enumerate(members):
+        claimed = member.claimed
+        status = member.recorded or ended.get(position)
+        if status is not None:
+            member.checkpoint.unlink(missing_ok=True)
+        outcomes.append(RunOutcome(claimed.run_id, status, claimed.attempt))
+    return outcomes
+
+
+def _end_live(*, members: list[_Member], writer: _StackWriter, status: RunStatus, error: str) -> list[RunOutcome]:
+    """Record a failure-like end on every member still training (time limit, a deterministic error)."""
+    positions = [position for position, member in enumerate(members) if member.live]
+    stale = set(writer.finish({position: (status, {"error": error}) for position in positions}))
+    ended = {position: status for position in positions if position not in stale}
+    return _outcomes(members, ended)
+
+
+def train_claimed_stack(
+    *, group: list[ClaimedRun], plan: StackPlan, engine: Engine, settings: Settings
+) -> list[RunOutcome]:
+    """Train claimed runs of one experiment as one stack and record how each ended."""
+    members = [
+        _Member(claimed=claimed, checkpoint=runner.checkpoint_path(run_id=claimed.run_id, settings=settings))
+        for claimed in group
+    ]
+    writer = _StackWriter(engine=engine, members=members, retry_seconds=settings.database_retry_seconds)
+    logger.info(
+        "experiment %s: training %d runs stacked (attempts %s)",
+        group[0].experiment_id,
+        len(group),
+        ", ".join(f"{claimed.run_id}#{claimed.attempt}" for claimed in group),
+    )
+    try:
+        with _StackHeartbeat(engine=engine, members=members, interval=settings.run_heartbeat_seconds):
+            results = _train(members=members, plan=plan, writer=writer, settings=settings)
+    except SoftTimeLimitExceeded:
+        message = (
+            f"stopped by the time limit of {settings.task_soft_time_limit} s (setting ACTLAB_TASK_SOFT_TIME_LIMIT); "
+            "the finished epochs are kept"
+        )
+        return _end_live(members=members, writer=writer, status=RunStatus.timed_out, error=message)
+    except Exception as error:
+        shutdown = runner.shutdown_behind(error)
+        if shutdown is not None:
+            # The process is stopping: the task is redelivered and takes its runs back from their checkpoints.
+            logger.warning(
+                "experiment %s: a stack of %d runs interrupted by the shutdown", group[0].experiment_id, len(group)
+            )
+            raise shutdown from error
+        if runner.is_transient_error(error):
+            # Keep the checkpoints: the task's retry (same task id) takes the runs back and resumes them.
+            raise
+        logger.exception("experiment %s: a stack of %d runs failed", group[0].experiment_id, len(group))
+        return _end_live(members=members, writer=writer, status=RunStatus.failed, error=runner._error_text(error))
+    ends: dict[int, tuple[RunStatus, dict[str, Any]]] = {}
+    for position, (member, result) in enumerate(zip(members, results, strict=True)):
+        if not member.live:
+            continue
+        ends[position] = (
+            runner._OUTCOME_STATUS[result.status],
+            {
+                "epochs_completed": result.epochs_completed,
+                "diverged_epoch": result.diverged_epoch,
+                "training_seconds": result.training_seconds,
+            },
+        )
+    stale = set(writer.finish(ends))
+    ended = {position: status for position, (status, _) in ends.items() if position not in stale}
+    outcomes = _outcomes(members, ended)
+    logger.info(
+        "experiment %s: stack of %d runs ended: %s",
+        group[0].experiment_id,
+        len(group),
+        ", ".join(outcome.status.value if outcome.status else "taken over" for outcome in outcomes),
+    )
+    return outcomes
+
+
+def _train_one_by_one(
+    *, group: list[ClaimedRun], worker_host: str, engine: Engine, settings: Settings
+) -> list[RunOutcome]:
+    """The ordinary path for each claimed run; after a time-out the rest end timed out too (their time is spent)."""
+    outcomes: list[RunOutcome] = []
+    for index, claimed in enumerate(group):
+        with log_context(run_id=claimed.run_id):
+            outcome = runner._execute_claimed(
+                claimed=claimed, ended=False, worker_host=worker_host, engine=engine, settings=settings
+            )
+        outcomes.append(outcome)
+        if outcome.status == RunStatus.timed_out and index + 1 < len(group):
+            members = [
+                _Member(claimed=rest, checkpoint=runner.checkpoint_path(run_id=rest.run_id, settings=settings))
+                for rest in group[index + 1 :]
+            ]
+            writer = _StackWriter(engine=engine, members=members, retry_seconds=settings.database_retry_seconds)
+            message = f"not started: the task ran out of time (setting ACTLAB_TASK_SOFT_TIME_LIMIT, {settings.task_soft_time_limit} s)"
+            outcomes.extend(_end_live(members=members, writer=writer, status=RunStatus.timed_out, error=message))
+            break
+    return outcomes
+
+
+def execute_run_stacked(
+    *,
+    run_id: uuid.UUID,
+    worker_host: str,
+    task_id: str | None = None,
+    engine: Engine | None = None,
+    settings: Settings | None = None,
+) -> list[RunOutcome]:
+    """Claim the run and, where its experiment stacks, a chunk of its queued siblings; train them; the outcomes.
+
+    The run's own outcome comes first (status None when it was not ours), then those of the other
+    runs this delivery claimed. Transient errors propagate (the task retries and takes its runs back).
+    """
+    settings = settings or get_settings()
+    engine = engine or get_engine()
+    outcomes: list[RunOutcome] = []
+    group: list[ClaimedRun] = []
+    with log_context(run_id=run_id):
+        claimed, ended = runner._claim(
+            engine=engine, run_id=run_id, worker_host=worker_host, task_id=task_id, settings=settings
+        )
+        claims: list[tuple[ClaimedRun, bool]] = [] if claimed is None else [(claimed, ended)]
+        if claimed is None:
+            outcomes.append(RunOutcome(run_id, None))
+        if task_id is not None:
+            claims += _claim_leftovers(
+                engine=engine,
+                run_id=run_id,
+                task_id=task_id,
+                worker_host=worker_host,
+                settings=settings,
+                exclude={run_id},
+            )
+        for claim, claim_ended in claims:
+            if claim_ended:
+                with log_context(run_id=claim.run_id, experiment_id=claim.experiment_id):
+                    outcomes.append(
+                        runner._execute_claimed(
+                            claimed=claim, ended=True, worker_host=worker_host, engine=engine, settings=settings
+                        )
+                    )
+            else:
+                group.append(claim)
+        if not group:
+            if claimed is None:
+                logger.info("run %s: not claimed (finished, or running elsewhere)", run_id)
+            return outcomes
+    with log_context(run_id=group[0].run_id, experiment_id=group[0].experiment_id):
+        plan = plan_stack(claimed=group[0], settings=settings)
+        if plan is not None and len(group) < plan.members_in_memory:
+            companions = _claim_companions(
+                engine=engine,
+                group=group,
+                plan=plan,
+                worker_host=worker_host,
+                task_id=task_id,
+                settings=settings,
+            )
+            group += companions
+            try:
+                discard_tasks_of_runs(run_ids={claim.run_id for claim in companions}, settings=settings)
+            except Exception:
+                # Only a shortcut: a task left behind is delivered and skipped.
+                logger.warning("could not discard the tasks of the runs stacked here", exc_info=True)
+        if plan is None or len(group) == 1:
+            return outcomes + _train_one_by_one(group=group, worker_host=worker_host, engine=engine, settings=settings)
+        return outcomes + train_claimed_stack(group=group, plan=plan, engine=engine, settings=settings)
+
+
+def execute_runs(
+    *,
+    run_ids: list[uuid.UUID],
+    worker_host: str,
+    task_id: str | None = None,
+    engine: Engine | None = None,
+    settings: Settings | None = None,
+) -> BatchOutcome:
+    """Execute a task's runs, each with the runs it stacks with; after a time-out the rest are returned unstarted."""
+    batch = BatchOutcome()
+    seen: set[uuid.UUID] = set()
+    for index, run_id in enumerate(run_ids):
+        if run_id in seen:
+            # Trained already, stacked with an earlier run of this task.
+            continue
+        outcomes = execute_run_stacked(
+            run_id=run_id, worker_host=worker_host, task_id=task_id, engine=engine, settings=settings
+        )
+        batch.outcomes.extend(outcome for outcome in outcomes if outcome.run_id not in seen)
+        seen.update(outcome.run_id for outcome in outcomes)
+        if any(outcome.status == RunStatus.timed_out for outcome in outcomes):
+            batch.not_started = [rest for rest in run_ids[index + 1 :] if rest not in seen]
+            break
+    return batch
