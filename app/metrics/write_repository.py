@@ -77,16 +77,7 @@ def upsert_epoch_metrics(*, session: Session, run_id: uuid.UUID, attempt: int, r
     concurrent claim waits for this transaction to end.
     """
     fence_run(session=session, run_id=run_id, attempt=attempt)
-    epoch_row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "attempt": attempt}
-    epoch_row.update({name: _finite_or_none(getattr(report, name)) for name in _EPOCH_FIELDS})
-    _upsert(session, EpochMetric.__table__, [epoch_row], ("run_id", "epoch"))  # type: ignore[arg-type]
-    if report.layers:
-        layer_rows = []
-        for layer in report.layers:
-            row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "layer": layer.layer, "attempt": attempt}
-            row.update({name: _finite_or_none(getattr(layer, name)) for name in _LAYER_FIELDS})
-            layer_rows.append(row)
-        _upsert(session, LayerMetric.__table__, layer_rows, ("run_id", "epoch", "layer"))  # type: ignore[arg-type]
+    upsert_epoch_metrics_of_runs(session=session, writes=[(run_id, attempt, report)])
 
 
 def upsert_epoch_metrics_of_runs(*, session: Session, writes: Sequence[tuple[uuid.UUID, int, EpochReport]]) -> None:
