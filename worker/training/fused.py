@@ -86,6 +86,7 @@ from worker.training.trainer import (
     batch_indices,
     build_optimizer,
     build_scheduler,
+    epoch_report,
     load_checkpoint,
     prepare_arm,
     resolve_device,
@@ -1217,28 +1218,18 @@ def _train_group(
         epoch_seconds = time.perf_counter() - started
         reports: list[EpochReport] = []
         for index, member in enumerate(run.members):
-            train_loss, train_accuracy = train_table[index]
-            values = evaluation_table[index]
-            test_loss, test_accuracy = values[0], values[1]
-            val_loss, val_accuracy = (values[2], values[3]) if has_validation else (None, None)
             layers, ratio, flag = diagnostics[index]
-            losses = [train_loss, test_loss] + ([val_loss] if val_loss is not None else [])
-            report = EpochReport(
+            report = epoch_report(
                 epoch=epoch,
-                train_loss=_finite(train_loss),
-                train_accuracy=train_accuracy,
-                test_loss=_finite(test_loss),
-                test_accuracy=test_accuracy,
+                train=(train_table[index][0], train_table[index][1]),
+                evaluation=list(evaluation_table[index]),
                 # The stack's wall time: every member trained for all of it.
                 epoch_seconds=epoch_seconds,
                 samples_per_second=data.train_x.shape[0] / train_seconds if train_seconds > 0 else 0.0,
                 lr=lr,
-                val_loss=_finite(val_loss) if val_loss is not None else None,
-                val_accuracy=val_accuracy,
-                grad_norm_ratio=ratio,
-                gradient_flag=flag,
-                diverged=not all(math.isfinite(loss) for loss in losses),
                 layers=layers,
+                ratio=ratio,
+                flag=flag,
             )
             reports.append(report)
             member.state.reports.append(report)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -224,12 +224,41 @@ def run_epoch(state: ArmState, data: DatasetSplits, *, epoch: int) -> EpochRepor
         assert data.val_x is not None and data.val_y is not None
         evaluations.append(evaluate(state.model, data.val_x, data.val_y))
     values = torch.cat(evaluations).tolist()
-    test_loss, test_accuracy = values[0], values[1]
-    val_loss, val_accuracy = (values[2], values[3]) if has_validation else (None, None)
     layers, ratio, flag = state.monitor.epoch_layers(state.model)
     if state.scheduler is not None:
         state.scheduler.step()
-    epoch_seconds = time.perf_counter() - started
+    return epoch_report(
+        epoch=epoch,
+        train=(train_loss, train_accuracy),
+        evaluation=values,
+        epoch_seconds=time.perf_counter() - started,
+        samples_per_second=data.train_x.shape[0] / train_seconds if train_seconds > 0 else 0.0,
+        lr=lr,
+        layers=layers,
+        ratio=ratio,
+        flag=flag,
+    )
+
+
+def epoch_report(
+    *,
+    epoch: int,
+    train: tuple[float, float],
+    evaluation: list[float],
+    epoch_seconds: float,
+    samples_per_second: float,
+    lr: float,
+    layers: list[LayerReport],
+    ratio: float | None,
+    flag: Literal["vanishing", "exploding"] | None,
+) -> EpochReport:
+    """One epoch's report from (train loss, accuracy) and [test loss, accuracy(, val loss, accuracy)].
+
+    The one place that decides divergence: any non-finite loss, train, test or validation.
+    """
+    train_loss, train_accuracy = train
+    test_loss, test_accuracy = evaluation[0], evaluation[1]
+    val_loss, val_accuracy = (evaluation[2], evaluation[3]) if len(evaluation) > 2 else (None, None)
     losses = [train_loss, test_loss] + ([val_loss] if val_loss is not None else [])
     return EpochReport(
         epoch=epoch,
@@ -238,7 +267,7 @@ def run_epoch(state: ArmState, data: DatasetSplits, *, epoch: int) -> EpochRepor
         test_loss=_finite(test_loss),
         test_accuracy=test_accuracy,
         epoch_seconds=epoch_seconds,
-        samples_per_second=data.train_x.shape[0] / train_seconds if train_seconds > 0 else 0.0,
+        samples_per_second=samples_per_second,
         lr=lr,
         val_loss=_finite(val_loss) if val_loss is not None else None,
         val_accuracy=val_accuracy,
