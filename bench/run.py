@@ -88,12 +88,20 @@ def engine_ratios(
     def stacked_relu() -> None:
         train_stacked(relu_spec, members=relu_members, device=device, data=data, cuda_graphs=cuda_graphs)
 
-    return {
+    def stacked_eager() -> None:
+        train_stacked(spec, members=members, device=device, data=data, cuda_graphs=False)
+
+    seconds = {
         "one": timed(one, device=device, repeat=repeat),
         "sequential": timed(sequential, device=device, repeat=repeat),
         "stacked": timed(stacked, device=device, repeat=repeat),
         "stacked_relu": timed(stacked_relu, device=device, repeat=repeat),
     }
+    if device.type == "cuda" and cuda_graphs:
+        # What the CUDA graph is worth: the same stacked grid with every step launched eagerly.
+        train_stacked(spec, members=members, device=device, data=warm, cuda_graphs=False)
+        seconds["stacked_eager"] = timed(stacked_eager, device=device, repeat=repeat)
+    return seconds
 
 
 def print_engine(workload: Workload, seconds: dict[str, float], *, arms: int, epochs: int, examples: int) -> None:
@@ -109,6 +117,9 @@ def print_engine(workload: Workload, seconds: dict[str, float], *, arms: int, ep
     print(f"      all-ReLU grid, stacked           {seconds['stacked_relu'] / one:9.2f}x")
     print(f"      stacked speed-up over sequential {seconds['sequential'] / seconds['stacked']:9.2f}x")
     print(f"      mixed / all-ReLU stacked grid    {seconds['stacked'] / seconds['stacked_relu']:9.2f}x")
+    if "stacked_eager" in seconds:
+        print(f"      grid stacked, no CUDA graphs     {seconds['stacked_eager'] / one:9.2f}x")
+        print(f"      CUDA-graph speed-up              {seconds['stacked_eager'] / seconds['stacked']:9.2f}x")
 
 
 # --- (d) the service against the engine --------------------------------------------------------------------

@@ -13,12 +13,19 @@ Not compared exactly on purpose: BatchNorm with Adam/RMSprop. The bias of a laye
 has a true gradient of zero, so its computed gradient is rounding noise, which Adam/RMSprop scale to full
 learning-rate steps; that bias, and with it BatchNorm's running mean and the eval-mode metrics, then
 follows the rounding noise in any implementation. BatchNorm is compared with SGD, where it matches.
+
+Device. The tests run on the CPU. ``ACTLAB_TEST_DEVICE=cuda`` runs the same tests on a GPU, stacked training
+with its CUDA-graph capture (``ACTLAB_TEST_CUDA_GRAPHS=0`` turns the capture off). There TF32 is turned off
+and cuDNN made deterministic for these tests: TF32 rounds convolution inputs to 10 bits of mantissa, so
+stacked (grouped) and unstacked convolutions would differ by about 1e-3, which says nothing about stacking.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,8 @@ from worker.training.models import ActivationNetwork, build_model
 from worker.training.reports import ArmOutcome, EpochReport, RunInfo
 from worker.training.trainer import train_arm
 
+DEVICE = os.environ.get("ACTLAB_TEST_DEVICE", "cpu")
+CUDA_GRAPHS = os.environ.get("ACTLAB_TEST_CUDA_GRAPHS", "1") != "0"
 RTOL = 1e-4
 ATOL = 1e-6
 FLOAT_FIELDS = ("train_loss", "test_loss", "val_loss", "grad_norm_ratio", "lr")
@@ -72,9 +81,32 @@ def make_spec(
             "activations": activations,
             "seeds": seeds,
             "training": {"epochs": 3, "batch_size": 64, **training},
-            "device": "cpu",
+            "device": DEVICE,
         }
     )
+
+
+@pytest.fixture(autouse=True)
+def exact_cuda_arithmetic() -> Iterator[None]:
+    """Full float32 convolutions and deterministic cuDNN kernels while a test runs on a GPU."""
+    if DEVICE != "cuda":
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = (
+        False,
+        True,
+        False,
+    )
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+def stacked_training(spec: ExperimentSpec, **options: Any) -> list[ArmOutcome]:
+    """train_stacked on the test device, with or without CUDA graphs as the environment says."""
+    return train_stacked(spec, cuda_graphs=CUDA_GRAPHS, **options)
 
 
 def all_members(spec: ExperimentSpec) -> list[tuple[int, int]]:
@@ -142,7 +174,7 @@ def assert_outcomes_match(stacked: list[ArmOutcome], plain: list[ArmOutcome], *,
 def check_equivalence(spec: ExperimentSpec, members: list[tuple[int, int]] | None = None) -> list[ArmOutcome]:
     data = load_dataset(spec.dataset, validation_fraction=spec.training.validation_fraction)
     chosen = members or all_members(spec)
-    stacked = train_stacked(spec, members=chosen, data=data)
+    stacked = stacked_training(spec, members=chosen, data=data)
     assert_outcomes_match(stacked, unstacked(spec, chosen, data), examples=data.train_x.shape[0])
     return stacked
 
@@ -235,7 +267,7 @@ def test_stacked_training_is_deterministic() -> None:
             )
         return rows
 
-    assert numbers(train_stacked(spec, data=data)) == numbers(train_stacked(spec, data=data))
+    assert numbers(stacked_training(spec, data=data)) == numbers(stacked_training(spec, data=data))
 
 
 def test_a_diverging_member_leaves_the_stack_without_disturbing_the_others() -> None:
@@ -267,7 +299,7 @@ def test_on_epoch_can_cancel_one_member_and_the_others_go_on_unchanged() -> None
         seen.append([member for member, _ in reports])
         return [not (member == 1 and report.epoch == 1) for member, report in reports]
 
-    outcomes = train_stacked(
+    outcomes = stacked_training(
         spec,
         members=members,
         data=data,
@@ -285,7 +317,7 @@ def test_on_epoch_can_cancel_one_member_and_the_others_go_on_unchanged() -> None
 
 def test_on_epoch_returning_false_cancels_every_member() -> None:
     spec = make_spec(model={"kind": "mlp", "hidden": [8]}, activations=["relu", "tanh"], seeds=[0])
-    outcomes = train_stacked(spec, on_epoch=lambda reports: False)
+    outcomes = stacked_training(spec, on_epoch=lambda reports: False)
     assert [(outcome.status, outcome.epochs_completed) for outcome in outcomes] == [("cancelled", 1)] * 2
 
 
@@ -315,7 +347,7 @@ def test_unstackable_models_fall_back_to_unstacked_training_with_the_same_result
     def on_epoch(reports: list[tuple[int, EpochReport]]) -> None:
         seen.append([member for member, _ in reports])
 
-    outcomes = train_stacked(spec, data=data, on_epoch=on_epoch)
+    outcomes = stacked_training(spec, data=data, on_epoch=on_epoch)
     plain = unstacked(spec, all_members(spec), data)
     assert seen == [[0], [0], [1], [1]]
     for outcome, expected in zip(outcomes, plain, strict=True):
@@ -374,9 +406,9 @@ def test_group_members_splits_into_even_activation_major_chunks_within_the_budge
 def test_bad_members_are_rejected_with_the_field_named() -> None:
     spec = make_spec(model={"kind": "mlp", "hidden": [8]}, activations=["relu"], seeds=[0])
     with pytest.raises(ValueError, match=r"members\[1\]: activation_index must be in 0\.\.0"):
-        train_stacked(spec, members=[(0, 0), (3, 0)])
+        stacked_training(spec, members=[(0, 0), (3, 0)])
     with pytest.raises(ValueError, match="only once"):
-        train_stacked(spec, members=[(0, 0), (0, 0)])
+        stacked_training(spec, members=[(0, 0), (0, 0)])
 
 
 def without_timing(outcome: ArmOutcome) -> list[dict[str, Any]]:
@@ -407,11 +439,11 @@ def test_a_stopped_stacked_run_resumes_from_its_checkpoints_as_if_never_stopped(
     data = load_dataset(spec.dataset)
     members = all_members(spec)
     paths: list[Path | None] = [tmp_path / f"member{position}.pt" for position in range(len(members))]
-    uninterrupted = train_stacked(spec, members=members, data=data)
-    stopped = train_stacked(spec, members=members, data=data, checkpoint_paths=paths, on_epoch=lambda reports: False)
+    uninterrupted = stacked_training(spec, members=members, data=data)
+    stopped = stacked_training(spec, members=members, data=data, checkpoint_paths=paths, on_epoch=lambda reports: False)
     assert all(outcome.status == "cancelled" and outcome.epochs_completed == 1 for outcome in stopped)
     seen: list[int] = []
-    resumed = train_stacked(
+    resumed = stacked_training(
         spec,
         members=members,
         data=data,
@@ -423,7 +455,7 @@ def test_a_stopped_stacked_run_resumes_from_its_checkpoints_as_if_never_stopped(
         assert after.status == "succeeded" and after.epochs_completed == 3
         assert without_timing(after) == without_timing(before)
     # Finished members come back from their checkpoints without training again.
-    again = train_stacked(
+    again = stacked_training(
         spec, members=members, data=data, checkpoint_paths=paths, on_epoch=lambda reports: seen.append(0)
     )
     assert seen == [2, 3]
@@ -437,7 +469,7 @@ def test_stacked_and_unstacked_checkpoints_resume_each_other(tmp_path: Path) -> 
     plain = unstacked(spec, members, data)
     paths: list[Path | None] = [tmp_path / f"member{position}.pt" for position in range(len(members))]
     # Stacked for one epoch, then every member finishes unstacked.
-    train_stacked(spec, members=members, data=data, checkpoint_paths=paths, on_epoch=lambda reports: False)
+    stacked_training(spec, members=members, data=data, checkpoint_paths=paths, on_epoch=lambda reports: False)
     finished_unstacked = [
         train_arm(spec, activation_index=index, seed=seed, data=data, checkpoint_path=path)
         for (index, seed), path in zip(members, paths, strict=True)
@@ -456,7 +488,7 @@ def test_stacked_and_unstacked_checkpoints_resume_each_other(tmp_path: Path) -> 
         checkpoint_path=other[0],
         on_epoch=lambda report: False,
     )
-    finished_stacked = train_stacked(spec, members=members, data=data, checkpoint_paths=list(other))
+    finished_stacked = stacked_training(spec, members=members, data=data, checkpoint_paths=list(other))
     assert_outcomes_match(finished_stacked[1:], plain[1:], examples=data.train_x.shape[0])
     for resumed_report, expected_report in zip(finished_stacked[0].reports, plain[0].reports, strict=True):
         assert_reports_match(resumed_report, expected_report, examples=data.train_x.shape[0], what="stacked")

@@ -46,9 +46,10 @@ schedule state), so a stopped stacked run resumes stacked or unstacked, and the 
 On CUDA the whole training step (gather, forward, backward, diagnostics, clipping, optimizer step) is
 captured in a CUDA graph and replayed for every full batch (the last, smaller batch runs eagerly); the
 graph is captured again when the learning rate changes or a member leaves. On CPU, grouped convolutions
-run in the channels-last layout, where oneDNN is several times faster than on NCHW. The CUDA path
-(graph capture included) was written without a GPU at hand and has not run yet: ``bench/run.py --device
-cuda`` exercises it, and ``cuda_graphs=False`` turns the capture off.
+run in the channels-last layout, where oneDNN is several times faster than on NCHW. The CUDA path, graph
+capture included, passes the equivalence tests on an H100 (``ACTLAB_TEST_DEVICE=cuda pytest
+tests/training/test_fused.py``); there the graph made a 25-arm MLP grid 3x faster than eager stacked steps
+(bench/RESULTS.md). ``cuda_graphs=False`` turns the capture off.
 """
 
 from __future__ import annotations
