@@ -81,6 +81,13 @@ class Settings(SpecLimits):
     data_dir: Path = Field(Path("data"), description="Where torchvision datasets live (mnist, fashion_mnist, cifar10).")
     allow_download: bool = Field(False, description="Let torchvision download missing datasets into data_dir.")
     checkpoint_dir: Path = Field(Path(".actlab/checkpoints"), description="Per-run checkpoints for resuming.")
+    checkpoint_interval_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Least seconds between a run's checkpoints (written after an epoch once this much time has "
+        "passed, and always when a run ends or stops); a crash loses at most this much training. 0: after every "
+        "epoch.",
+    )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest accepted request body.")
     max_import_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest accepted archive upload (POST /v1/experiments/import)."

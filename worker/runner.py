@@ -362,6 +362,7 @@ def _train(*, claimed: ClaimedRun, writer: _EpochWriter, settings: Settings, che
         on_start=writer.on_start,
         on_epoch=writer.on_epoch,
         checkpoint_path=checkpoint,
+        checkpoint_interval=settings.checkpoint_interval_seconds,
     )
 
 

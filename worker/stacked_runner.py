@@ -69,7 +69,7 @@ from app.runs.state_repository import (
     fence_run,
     finish_run,
     lock_experiment_of_run,
-    record_epoch_progress,
+    record_epoch_progress_of_runs,
     record_run_start,
 )
 from app.spec import ExperimentSpec
@@ -291,15 +291,20 @@ class _StackWriter:
         fenced: list[tuple[int, EpochReport]] = []
         with session_scope(self._engine) as session:
             self._lock(session)
-            # Each run's fence first (progress and heartbeat, with its own attempt): a member taken over writes
-            # nothing, and the others' rows stay locked for this transaction.
+            # The runs' fence first (progress and heartbeat, each with its own attempt, in one statement): a member
+            # taken over writes nothing, and the others' rows stay locked for this transaction.
+            taken_over = set(
+                record_epoch_progress_of_runs(
+                    session=session,
+                    runs=[
+                        (self._members[position].claimed.run_id, self._members[position].claimed.attempt)
+                        for position, _ in live
+                    ],
+                    epochs_completed=live[0][1].epoch,
+                )
+            )
             for position, report in live:
-                claimed = self._members[position].claimed
-                try:
-                    record_epoch_progress(
-                        session=session, run_id=claimed.run_id, attempt=claimed.attempt, epochs_completed=report.epoch
-                    )
-                except StaleAttemptError:
+                if self._members[position].claimed.run_id in taken_over:
                     stale.append(position)
                 else:
                     fenced.append((position, report))
@@ -322,7 +327,9 @@ class _StackWriter:
                         diverged_epoch=report.epoch,
                         training_seconds=recorded_training_seconds(session=session, run_id=claimed.run_id),
                     )
-            runner._refresh_experiment(session, self._experiment_id)
+            if any(report.diverged for _, report in fenced):
+                # A run ended; otherwise every run is still running and the experiment's status stands.
+                runner._refresh_experiment(session, self._experiment_id)
             cancel = cancel_requested(session=session, experiment_id=self._experiment_id)
         return stale, cancel
 
@@ -450,6 +457,7 @@ def _train(*, members: list[_Member], plan: StackPlan, writer: _StackWriter, set
         on_start=writer.on_start,
         on_epoch=writer.on_epoch,
         checkpoint_paths=[member.checkpoint for member in members],
+        checkpoint_interval=settings.checkpoint_interval_seconds,
     )
 
 

@@ -9,11 +9,12 @@ taken over by a newer delivery (a stale writer) has its writes rejected with
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.models import Experiment, Run, RunStatus
@@ -187,6 +188,29 @@ def record_run_start(
             "heartbeat_at": utc_now(),
         },
     )
+
+
+def record_epoch_progress_of_runs(
+    *, session: Session, runs: Sequence[tuple[uuid.UUID, int]], epochs_completed: int
+) -> list[uuid.UUID]:
+    """``record_epoch_progress`` of several (run id, attempt) at the same epoch in one statement.
+
+    The runs their attempts still own are updated (and locked for this transaction); the others are
+    returned, in the given order, for the caller to stop, as StaleAttemptError would have told it.
+    """
+    if not runs:
+        return []
+    owned_by_attempt = (tuple_(Run.id, Run.attempt).in_(list(runs)), Run.status == RunStatus.running.value)
+    result = session.execute(
+        update(Run)
+        .where(*owned_by_attempt)
+        .values(epochs_completed=epochs_completed, heartbeat_at=utc_now())
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(result) == len(runs):
+        return []
+    owned = set(session.execute(select(Run.id).where(*owned_by_attempt)).scalars())
+    return [run_id for run_id, _ in runs if run_id not in owned]
 
 
 def record_epoch_progress(*, session: Session, run_id: uuid.UUID, attempt: int, epochs_completed: int) -> None:

@@ -233,6 +233,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_cli
         "ACTLAB_BROKER_RESTORE_INTERVAL": "1",
         "ACTLAB_WORKER_SOFT_SHUTDOWN_TIMEOUT": "0",
         "ACTLAB_CHECKPOINT_DIR": str(workdir / "checkpoints"),
+        # A checkpoint after every epoch, so that a run killed mid-way resumes from a known epoch.
+        "ACTLAB_CHECKPOINT_INTERVAL_SECONDS": "0",
         "ACTLAB_DATA_DIR": str(workdir / "data"),
         "ACTLAB_TORCH_THREADS": "1",
         "PYTHONUNBUFFERED": "1",

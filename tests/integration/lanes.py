@@ -185,6 +185,8 @@ class Lane:
             "BROKER_URL": self.broker_url,
             "ACTLAB_BROKER_KEY_PREFIX": self.key_prefix,
             "ACTLAB_CHECKPOINT_DIR": str(self.folder / "checkpoints"),
+            # A checkpoint after every epoch, so that a run killed mid-way resumes from a known epoch.
+            "ACTLAB_CHECKPOINT_INTERVAL_SECONDS": "0",
             **self.settings,
             **overrides,
         }

@@ -33,6 +33,7 @@ import pytest
 import torch
 
 from app.spec import ExperimentSpec
+from worker.training import fused, trainer
 from worker.training.datasets import DatasetSplits, load_dataset
 from worker.training.fused import (
     build_stacked_model,
@@ -460,6 +461,56 @@ def test_a_stopped_stacked_run_resumes_from_its_checkpoints_as_if_never_stopped(
     )
     assert seen == [2, 3]
     assert [without_timing(outcome) for outcome in again] == [without_timing(outcome) for outcome in resumed]
+
+
+def test_stacked_checkpoints_follow_the_interval_and_a_crash_resumes_from_the_last_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec(**{**CHECKPOINT_SPEC, "epochs": 5})
+    data = load_dataset(spec.dataset)
+    members = all_members(spec)
+    uninterrupted = stacked_training(spec, members=members, data=data)
+    now = [0.0]
+    monkeypatch.setattr(trainer.CheckpointClock, "now", staticmethod(lambda: now[0]))
+    saved: list[int] = []
+    real_save = fused.save_checkpoint
+
+    def recording_save(path: Path, state: Any, *, status: str, **options: Any) -> None:
+        saved.append(state.epochs_completed)
+        real_save(path, state, status=status, **options)
+
+    monkeypatch.setattr(fused, "save_checkpoint", recording_save)
+
+    def crash_in_epoch_four(reports: list[tuple[int, EpochReport]]) -> None:
+        now[0] += 6.0
+        if reports[0][1].epoch == 4:
+            raise RuntimeError("the process dies")
+
+    paths: list[Path | None] = [tmp_path / f"member{position}.pt" for position in range(len(members))]
+    with pytest.raises(RuntimeError, match="dies"):
+        stacked_training(
+            spec,
+            members=members,
+            data=data,
+            checkpoint_paths=paths,
+            checkpoint_interval=10.0,
+            on_epoch=crash_in_epoch_four,
+        )
+    # 6 s epochs, 10 s interval: every member saved after epoch 2 only.
+    assert saved == [2] * len(members)
+    retrained: list[int] = []
+    resumed = stacked_training(
+        spec,
+        members=members,
+        data=data,
+        checkpoint_paths=paths,
+        checkpoint_interval=10.0,
+        on_epoch=lambda reports: retrained.append(reports[0][1].epoch),
+    )
+    assert retrained == [3, 4, 5]
+    assert [without_timing(outcome) for outcome in resumed] == [without_timing(outcome) for outcome in uninterrupted]
+    # The end always saves, whatever the interval.
+    assert saved[len(members) :] == [5] * len(members)
 
 
 def test_stacked_and_unstacked_checkpoints_resume_each_other(tmp_path: Path) -> None:

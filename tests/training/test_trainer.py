@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,103 @@ def test_a_resumed_arm_finishes_exactly_like_an_uninterrupted_one(tmp_path: Path
         spec, activation_index=0, seed=1, on_epoch=lambda report: again.append(report.epoch), checkpoint_path=checkpoint
     )
     assert again == [] and finished.status == "succeeded"
+
+
+class FakeClock:
+    """time.monotonic for the trainer, advanced by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_checkpoints_are_written_at_most_every_interval_and_always_when_the_run_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec(epochs=6)
+    clock = FakeClock()
+    monkeypatch.setattr(trainer.CheckpointClock, "now", clock)
+    saved: list[tuple[int, str]] = []
+    real_save = trainer.save_checkpoint
+
+    def recording_save(path: Path, state: Any, *, status: str, **options: Any) -> None:
+        saved.append((state.epochs_completed, status))
+        real_save(path, state, status=status, **options)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", recording_save)
+
+    def epoch_of_seconds(seconds: float) -> Callable[[EpochReport], None]:
+        def advance(report: EpochReport) -> None:
+            clock.now += seconds
+
+        return advance
+
+    # 4 s epochs, 10 s interval: saved after epoch 3 (12 s) and 6 (24 s, the end, which always saves).
+    train_arm(
+        spec,
+        activation_index=0,
+        seed=0,
+        on_epoch=epoch_of_seconds(4.0),
+        checkpoint_path=tmp_path / "a.pt",
+        checkpoint_interval=10.0,
+    )
+    assert saved == [(3, "running"), (6, "succeeded")]
+
+    # Interval 0: after every epoch. A cancelled run saves where it stopped, whatever the interval.
+    saved.clear()
+    train_arm(spec, activation_index=0, seed=0, checkpoint_path=tmp_path / "b.pt", checkpoint_interval=0)
+    assert [epoch for epoch, _ in saved] == [1, 2, 3, 4, 5, 6]
+    saved.clear()
+    stopped = train_arm(
+        spec,
+        activation_index=0,
+        seed=0,
+        on_epoch=lambda report: report.epoch < 2,
+        checkpoint_path=tmp_path / "c.pt",
+        checkpoint_interval=3600,
+    )
+    assert stopped.status == "cancelled" and saved == [(2, "running")]
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        train_arm(spec, activation_index=0, seed=0, checkpoint_path=tmp_path / "d.pt", checkpoint_interval=-1)
+
+
+def test_a_run_that_crashes_between_checkpoints_resumes_from_the_last_one_to_the_same_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec(epochs=5)
+    uninterrupted = train_arm(spec, activation_index=0, seed=2)
+    clock = FakeClock()
+    monkeypatch.setattr(trainer.CheckpointClock, "now", clock)
+    checkpoint = tmp_path / "arm.pt"
+
+    def crash_in_epoch_four(report: EpochReport) -> None:
+        clock.now += 6.0
+        if report.epoch == 4:
+            raise RuntimeError("the process dies")
+
+    with pytest.raises(RuntimeError, match="dies"):
+        train_arm(
+            spec,
+            activation_index=0,
+            seed=2,
+            on_epoch=crash_in_epoch_four,
+            checkpoint_path=checkpoint,
+            checkpoint_interval=10.0,
+        )
+    # The last checkpoint is epoch 2's (12 s): epochs 3 and 4 train again, to the same numbers.
+    retrained: list[int] = []
+    resumed = train_arm(
+        spec,
+        activation_index=0,
+        seed=2,
+        on_epoch=lambda report: retrained.append(report.epoch),
+        checkpoint_path=checkpoint,
+        checkpoint_interval=10.0,
+    )
+    assert retrained == [3, 4, 5]
+    assert comparable(resumed.reports) == comparable(uninterrupted.reports)
 
 
 def test_a_checkpoint_of_another_arm_is_refused(tmp_path: Path) -> None:

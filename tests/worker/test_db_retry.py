@@ -139,7 +139,13 @@ def test_the_retry_of_a_write_is_bounded_by_the_setting(engine: Engine, tmp_path
 def test_a_write_interrupted_by_the_worker_stopping_leaves_the_run_for_redelivery_instead_of_failing_it(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(checkpoint_dir=tmp_path / "checkpoints", run_heartbeat_seconds=60, database_retry_seconds=30)
+    # A checkpoint after every epoch: epoch 1's must survive the interruption for the redelivery to resume from.
+    settings = Settings(
+        checkpoint_dir=tmp_path / "checkpoints",
+        checkpoint_interval_seconds=0,
+        run_heartbeat_seconds=60,
+        database_retry_seconds=30,
+    )
     run_id = add_experiment(engine)[0]
     real_upsert = runner.upsert_epoch_metrics
 

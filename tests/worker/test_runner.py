@@ -140,6 +140,8 @@ def test_a_missing_dataset_fails_the_run_with_the_reason_and_is_not_retried(engi
 def test_a_transient_error_keeps_the_checkpoint_and_the_retry_resumes_to_the_same_numbers(
     engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A checkpoint after every epoch, so the retry resumes from epoch 2's.
+    settings = settings.model_copy(update={"checkpoint_interval_seconds": 0})
     spec = {**TINY_SPEC, "activations": ["tanh"], "seeds": [3], "training": {**TINY_SPEC["training"], "epochs": 4}}
     reference_id = add_experiment(engine, spec)[0]
     execute_run(run_id=reference_id, worker_host="w1", task_id="reference", engine=engine, settings=settings)

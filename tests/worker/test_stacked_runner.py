@@ -229,6 +229,8 @@ def test_a_member_taken_over_by_a_newer_attempt_stops_and_the_others_go_on(
 def test_a_redelivered_task_takes_its_whole_stack_back_and_resumes_from_the_checkpoints(
     engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A checkpoint after every epoch, so the redelivery resumes from epoch 2's.
+    settings = settings.model_copy(update={"checkpoint_interval_seconds": 0})
     spec = {**GRID_SPEC, "training": {**GRID_SPEC["training"], "epochs": 4}}
     reference_ids = add_experiment(engine, spec)
     execute_runs(run_ids=reference_ids[:1], worker_host="w1", task_id="reference", engine=engine, settings=settings)

@@ -17,6 +17,7 @@ from app.runs.state_repository import (
     fail_unfinished_runs,
     finish_run,
     record_epoch_progress,
+    record_epoch_progress_of_runs,
     requeue_orphaned_runs,
 )
 from tests.worker.conftest import add_experiment
@@ -100,6 +101,33 @@ def test_writes_of_a_stale_attempt_are_rejected(engine: Engine) -> None:
         record_epoch_progress(session=session, run_id=run_id, attempt=second.attempt, epochs_completed=1)
     run = _run(engine, run_id)
     assert (run.status, run.epochs_completed) == ("running", 1)
+
+
+def test_the_progress_of_a_stack_is_written_in_one_statement_and_names_the_runs_taken_over(engine: Engine) -> None:
+    run_ids = add_experiment(engine)
+    claims = [_claim(engine, run_id) for run_id in run_ids[:3]]
+    assert all(claim is not None for claim in claims)
+    # The second run is taken over by a newer attempt; the third is cancelled (no longer running).
+    newer = _claim(engine, run_ids[1], task_id="task-2", stale_after=timedelta(seconds=-1))
+    assert newer is not None and newer.attempt == 2
+    with session_scope(engine) as session:
+        finish_run(session=session, run_id=run_ids[2], attempt=1, status=RunStatus.cancelled, epochs_completed=1)
+    before = _run(engine, run_ids[0]).heartbeat_at
+    with session_scope(engine) as session:
+        stale = record_epoch_progress_of_runs(
+            session=session, runs=[(run_id, 1) for run_id in run_ids[:3]], epochs_completed=2
+        )
+    assert stale == [run_ids[1], run_ids[2]]
+    first = _run(engine, run_ids[0])
+    assert (first.status, first.epochs_completed) == ("running", 2)
+    assert before is None or first.heartbeat_at >= before
+    # The others keep what their owners wrote.
+    assert (_run(engine, run_ids[1]).attempt, _run(engine, run_ids[1]).epochs_completed) == (2, 0)
+    assert (_run(engine, run_ids[2]).status, _run(engine, run_ids[2]).epochs_completed) == ("cancelled", 1)
+    with session_scope(engine) as session:
+        assert record_epoch_progress_of_runs(session=session, runs=[(run_ids[1], 2)], epochs_completed=1) == []
+        assert record_epoch_progress_of_runs(session=session, runs=[], epochs_completed=1) == []
+    assert _run(engine, run_ids[1]).epochs_completed == 1
 
 
 def test_finish_run_refuses_an_unfinished_status(engine: Engine) -> None:

@@ -84,6 +84,7 @@ from worker.training.reports import ArmOutcome, ArmStatus, EpochReport, LayerRep
 from worker.training.trainer import (
     EVALUATION_BATCH_SIZE,
     ArmState,
+    CheckpointClock,
     batch_indices,
     build_optimizer,
     build_scheduler,
@@ -1148,6 +1149,7 @@ def _train_unstacked(
     on_start: OnStart | None,
     on_epoch: OnEpoch | None,
     checkpoint_paths: list[Path | None],
+    checkpoint_interval: float,
 ) -> list[ArmOutcome]:
     outcomes = []
     for position, (activation_index, seed) in enumerate(members):
@@ -1171,6 +1173,7 @@ def _train_unstacked(
                 on_start=started,
                 on_epoch=finished,
                 checkpoint_path=checkpoint_paths[position],
+                checkpoint_interval=checkpoint_interval,
             )
         )
     return outcomes
@@ -1196,6 +1199,7 @@ def _train_group(
     device: torch.device,
     on_epoch: OnEpoch | None,
     cuda_graphs: bool,
+    checkpoints: CheckpointClock,
 ) -> None:
     """Train members that have completed the same epochs as one stack; sets each member's status."""
     run = _StackedRun(spec, members, data, device, cuda_graphs=cuda_graphs)
@@ -1249,13 +1253,17 @@ def _train_group(
             )
             for index, answer in zip(by_position, answered, strict=True):
                 answers[index] = answer
+        due = checkpoints.due()
         for index, member in enumerate(run.members):
-            if member.checkpoint_path is not None:
+            stopping = member.status is not None or not answers[index]
+            if member.checkpoint_path is not None and (due or stopping):
                 run.export_member(index)
                 # A cancelled member's checkpoint stays "running": a later attempt may resume it.
                 save_checkpoint(member.checkpoint_path, member.state, status=member.status or "running")
             if member.status is None and not answers[index]:
                 member.status = "cancelled"
+        if due:
+            checkpoints.saved()
         keep = [index for index, member in enumerate(run.members) if member.status is None]
         if len(keep) < len(run.members):
             # The leaving members' final tensors go back to their templates before the stack shrinks.
@@ -1279,6 +1287,7 @@ def train_stacked(
     on_start: OnStart | None = None,
     on_epoch: OnEpoch | None = None,
     checkpoint_paths: Sequence[Path | None] | None = None,
+    checkpoint_interval: float = 0.0,
     cuda_graphs: bool = True,
 ) -> list[ArmOutcome]:
     """Train members (activation_index, seed) as one stacked model, or one after another where ``can_stack`` says no.
@@ -1287,7 +1296,9 @@ def train_stacked(
     ``members``); ``on_epoch`` runs once per epoch with every live member's (member, report) and may return
     False (all) or a list of booleans (one per report) to cancel members. ``checkpoint_paths`` (one per
     member, or None) are read and written in ``train_arm``'s format, so a run resumes stacked or unstacked
-    alike. Outcomes come back in ``members`` order; ``members`` defaults to every arm of the spec.
+    alike; they are written as ``train_arm`` writes them, at most every ``checkpoint_interval`` seconds (0:
+    every epoch) and always for a member that ends or is cancelled. Outcomes come back in ``members`` order;
+    ``members`` defaults to every arm of the spec.
     """
     chosen = _check_members(
         spec, members if members is not None else [(arm.activation_index, arm.seed) for arm in spec.arms()]
@@ -1304,7 +1315,14 @@ def train_stacked(
         data = data.to(target)
     if not can_stack(spec)[0]:
         return _train_unstacked(
-            spec, chosen, device=target, data=data, on_start=on_start, on_epoch=on_epoch, checkpoint_paths=paths
+            spec,
+            chosen,
+            device=target,
+            data=data,
+            on_start=on_start,
+            on_epoch=on_epoch,
+            checkpoint_paths=paths,
+            checkpoint_interval=checkpoint_interval,
         )
     # Members of one activation sit next to each other so parameter-free activations run once per group.
     order = sorted(range(len(chosen)), key=lambda position: (chosen[position][0], position))
@@ -1333,6 +1351,14 @@ def train_stacked(
             for member in group:
                 member.status = "succeeded"
             continue
-        _train_group(spec, group, data=data, device=target, on_epoch=on_epoch, cuda_graphs=cuda_graphs)
+        _train_group(
+            spec,
+            group,
+            data=data,
+            device=target,
+            on_epoch=on_epoch,
+            cuda_graphs=cuda_graphs,
+            checkpoints=CheckpointClock(checkpoint_interval),
+        )
     outcomes = {member.position: _outcome(member, member.status or "succeeded") for member in run_members}
     return [outcomes[position] for position in range(len(chosen))]

@@ -290,6 +290,29 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     return state
 
 
+class CheckpointClock:
+    """When to write a checkpoint: every ``interval`` seconds at most (0: every time), and always at the end."""
+
+    def __init__(self, interval: float) -> None:
+        if interval < 0:
+            raise ValueError(f"checkpoint_interval must be at least 0 seconds, got {interval}")
+        self.interval = interval
+        self.last = self.now()
+
+    @staticmethod
+    def now() -> float:
+        """Seconds on a monotonic clock."""
+        return time.monotonic()
+
+    def due(self, *, final: bool = False) -> bool:
+        """Whether to save now; ``final`` when the run ends or stops, which always saves."""
+        return final or self.interval == 0 or self.now() - self.last >= self.interval
+
+    def saved(self) -> None:
+        """Start the next interval."""
+        self.last = self.now()
+
+
 def save_checkpoint(
     path: Path, state: ArmState, *, status: str, rng_state: dict[str, torch.Tensor] | None = None
 ) -> None:
@@ -369,8 +392,13 @@ def train_arm(
     on_start: Callable[[RunInfo], None] | None = None,
     on_epoch: Callable[[EpochReport], bool | None] | None = None,
     checkpoint_path: Path | None = None,
+    checkpoint_interval: float = 0.0,
 ) -> ArmOutcome:
-    """Train one (activation, seed) arm; on_epoch returning False cancels; a checkpoint file is resumed from."""
+    """Train one (activation, seed) arm; on_epoch returning False cancels; a checkpoint file is resumed from.
+
+    With a ``checkpoint_path`` the arm's state is saved after an epoch once ``checkpoint_interval`` seconds
+    have passed since the last save (0: after every epoch), and always when it ends or is cancelled.
+    """
     target = resolve_device(device if device is not None else spec.device)
     if data is None:
         data = load_dataset(spec.dataset, validation_fraction=spec.training.validation_fraction, device=target)
@@ -385,6 +413,7 @@ def train_arm(
     if status in ("succeeded", "diverged"):
         return _outcome(state, "succeeded" if status == "succeeded" else "diverged")
     epochs = spec.training.epochs
+    checkpoints = CheckpointClock(checkpoint_interval)
     for epoch in range(state.epochs_completed + 1, epochs + 1):
         report = run_epoch(state, data, epoch=epoch)
         state.reports.append(report)
@@ -398,8 +427,9 @@ def train_arm(
         # The callback must not shift the random stream a resumed run continues from.
         rng_state = _rng_state(state.device)
         keep_going = on_epoch(report) if on_epoch is not None else None
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and checkpoints.due(final=status != "running" or keep_going is False):
             save_checkpoint(checkpoint_path, state, status=status, rng_state=rng_state)
+            checkpoints.saved()
         if status == "diverged":
             return _outcome(state, "diverged")
         if status == "succeeded":
