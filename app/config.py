@@ -85,8 +85,8 @@ class Settings(SpecLimits):
         10.0,
         ge=0,
         description="Least seconds between a run's checkpoints (written after an epoch once this much time has "
-        "passed, and always when a run ends or stops); a crash loses at most this much training. 0: after every "
-        "epoch.",
+        "passed, and always when a run is cancelled before its end); a crash loses at most this much training. 0: after "
+        "every epoch.",
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest accepted request body.")
     max_import_bytes: int = Field(

@@ -499,18 +499,23 @@ def test_stacked_checkpoints_follow_the_interval_and_a_crash_resumes_from_the_la
     # 6 s epochs, 10 s interval: every member saved after epoch 2 only.
     assert saved == [2] * len(members)
     retrained: list[int] = []
+
+    def six_second_epochs(reports: list[tuple[int, EpochReport]]) -> None:
+        now[0] += 6.0
+        retrained.append(reports[0][1].epoch)
+
     resumed = stacked_training(
         spec,
         members=members,
         data=data,
         checkpoint_paths=paths,
         checkpoint_interval=10.0,
-        on_epoch=lambda reports: retrained.append(reports[0][1].epoch),
+        on_epoch=six_second_epochs,
     )
     assert retrained == [3, 4, 5]
     assert [without_timing(outcome) for outcome in resumed] == [without_timing(outcome) for outcome in uninterrupted]
-    # The end always saves, whatever the interval.
-    assert saved[len(members) :] == [5] * len(members)
+    # Saved again when due (epoch 4, 12 s after the start); the end (epoch 5) is not due and is the caller's to record.
+    assert saved[len(members) :] == [4] * len(members)
 
 
 def test_stacked_and_unstacked_checkpoints_resume_each_other(tmp_path: Path) -> None:

@@ -1253,14 +1253,17 @@ def _train_group(
             )
             for index, answer in zip(by_position, answered, strict=True):
                 answers[index] = answer
+        # As train_arm: when due, and always for a member cancelled before its end (a later attempt may resume
+        # it; its checkpoint stays "running"). A member's end is recorded by on_epoch, so it is saved only when due.
         due = checkpoints.due()
+        exported: set[int] = set()
         for index, member in enumerate(run.members):
-            stopping = member.status is not None or not answers[index]
-            if member.checkpoint_path is not None and (due or stopping):
+            cancelled = member.status is None and not answers[index]
+            if member.checkpoint_path is not None and (due or cancelled):
                 run.export_member(index)
-                # A cancelled member's checkpoint stays "running": a later attempt may resume it.
+                exported.add(index)
                 save_checkpoint(member.checkpoint_path, member.state, status=member.status or "running")
-            if member.status is None and not answers[index]:
+            if cancelled:
                 member.status = "cancelled"
         if due:
             checkpoints.saved()
@@ -1268,7 +1271,7 @@ def _train_group(
         if len(keep) < len(run.members):
             # The leaving members' final tensors go back to their templates before the stack shrinks.
             for index, member in enumerate(run.members):
-                if member.status is not None and member.checkpoint_path is None:
+                if member.status is not None and index not in exported:
                     run.export_member(index)
             if not keep:
                 return
@@ -1297,7 +1300,7 @@ def train_stacked(
     False (all) or a list of booleans (one per report) to cancel members. ``checkpoint_paths`` (one per
     member, or None) are read and written in ``train_arm``'s format, so a run resumes stacked or unstacked
     alike; they are written as ``train_arm`` writes them, at most every ``checkpoint_interval`` seconds (0:
-    every epoch) and always for a member that ends or is cancelled. Outcomes come back in ``members`` order;
+    every epoch) and always for a member that is cancelled. Outcomes come back in ``members`` order;
     ``members`` defaults to every arm of the spec.
     """
     chosen = _check_members(

@@ -291,7 +291,7 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
 
 
 class CheckpointClock:
-    """When to write a checkpoint: every ``interval`` seconds at most (0: every time), and always at the end."""
+    """When to write a checkpoint: every ``interval`` seconds at most (0: every time), and always when stopping."""
 
     def __init__(self, interval: float) -> None:
         if interval < 0:
@@ -305,7 +305,7 @@ class CheckpointClock:
         return time.monotonic()
 
     def due(self, *, final: bool = False) -> bool:
-        """Whether to save now; ``final`` when the run ends or stops, which always saves."""
+        """Whether to save now; ``final`` (a run stopping early) always saves."""
         return final or self.interval == 0 or self.now() - self.last >= self.interval
 
     def saved(self) -> None:
@@ -397,7 +397,8 @@ def train_arm(
     """Train one (activation, seed) arm; on_epoch returning False cancels; a checkpoint file is resumed from.
 
     With a ``checkpoint_path`` the arm's state is saved after an epoch once ``checkpoint_interval`` seconds
-    have passed since the last save (0: after every epoch), and always when it ends or is cancelled.
+    have passed since the last save (0: after every epoch, the last included), and always when it is
+    cancelled. A crash loses at most the interval's worth of training.
     """
     target = resolve_device(device if device is not None else spec.device)
     if data is None:
@@ -427,7 +428,9 @@ def train_arm(
         # The callback must not shift the random stream a resumed run continues from.
         rng_state = _rng_state(state.device)
         keep_going = on_epoch(report) if on_epoch is not None else None
-        if checkpoint_path is not None and checkpoints.due(final=status != "running" or keep_going is False):
+        # A run that stops early is always saved, to be resumed; the end of a run is recorded by the caller
+        # (on_epoch has its last report), so it is saved only when due like any other epoch.
+        if checkpoint_path is not None and checkpoints.due(final=keep_going is False and status == "running"):
             save_checkpoint(checkpoint_path, state, status=status, rng_state=rng_state)
             checkpoints.saved()
         if status == "diverged":
