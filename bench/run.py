@@ -54,10 +54,11 @@ from bench.common import (
     grid_spec,
     machine_description,
     random_splits,
+    synchronise,
     timed,
 )
 from worker.training.datasets import DatasetSplits, load_dataset
-from worker.training.fused import train_stacked
+from worker.training.fused import member_memory_bytes, train_stacked
 from worker.training.trainer import resolve_device, train_arm
 
 
@@ -101,6 +102,15 @@ def engine_ratios(
         # What the CUDA graph is worth: the same stacked grid with every step launched eagerly.
         train_stacked(spec, members=members, device=device, data=warm, cuda_graphs=False)
         seconds["stacked_eager"] = timed(stacked_eager, device=device, repeat=repeat)
+    if device.type == "cuda":
+        # The stack's peak device memory beside the estimate the worker plans its chunks with.
+        synchronise(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        stacked()
+        synchronise(device)
+        seconds["stacked_peak_mib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        seconds["estimate_mib"] = member_memory_bytes(spec) * len(members) / 2**20
     return seconds
 
 
@@ -120,6 +130,11 @@ def print_engine(workload: Workload, seconds: dict[str, float], *, arms: int, ep
     if "stacked_eager" in seconds:
         print(f"      grid stacked, no CUDA graphs     {seconds['stacked_eager'] / one:9.2f}x")
         print(f"      CUDA-graph speed-up              {seconds['stacked_eager'] / seconds['stacked']:9.2f}x")
+    if "stacked_peak_mib" in seconds:
+        print(
+            f"      peak GPU memory of the stacked grid {seconds['stacked_peak_mib']:.0f} MiB "
+            f"(the worker plans chunks with an estimate of {seconds['estimate_mib']:.0f} MiB)"
+        )
 
 
 # --- (d) the service against the engine --------------------------------------------------------------------
@@ -225,7 +240,9 @@ class EmbeddedService:
         self.log.close()
 
 
-def service_spec(*, activations: list[Any], seeds: list[int], epochs: int, name: str) -> dict[str, Any]:
+def service_spec(
+    *, activations: list[Any], seeds: list[int], epochs: int, name: str, batch_size: int = 128
+) -> dict[str, Any]:
     """The MNIST-1D MLP spec of the CPU target, as JSON."""
     return {
         "name": name,
@@ -233,7 +250,7 @@ def service_spec(*, activations: list[Any], seeds: list[int], epochs: int, name:
         "model": {"kind": "mlp", "hidden": [128, 128]},
         "activations": activations,
         "seeds": seeds,
-        "training": {"epochs": epochs, "batch_size": 128, "optimizer": "adam", "lr": 0.001},
+        "training": {"epochs": epochs, "batch_size": batch_size, "optimizer": "adam", "lr": 0.001},
         "device": "cpu",
     }
 
@@ -246,14 +263,18 @@ def parallel_stacked_seconds(grid: dict[str, Any], *, processes: int, repeat: in
     return min(run_strategy(strategy, grid) for _ in range(repeat))
 
 
-def service_ratios(*, arms: int, epochs: int, repeat: int, variants: list[str]) -> dict[str, float]:
+def service_ratios(
+    *, arms: int, epochs: int, repeat: int, variants: list[str], batch_size: int = 128
+) -> dict[str, float]:
     """Seconds of single-arm and grid experiments through the service and through the engine directly."""
     from app.config import default_worker_concurrency
 
     activations = MIXED_ACTIVATIONS[: min(arms, len(MIXED_ACTIVATIONS))]
     seeds = list(range(math.ceil(arms / len(activations))))
-    grid = service_spec(activations=activations, seeds=seeds, epochs=epochs, name="bench grid")
-    single = service_spec(activations=activations[:1], seeds=[0], epochs=epochs, name="bench single")
+    grid = service_spec(activations=activations, seeds=seeds, epochs=epochs, name="bench grid", batch_size=batch_size)
+    single = service_spec(
+        activations=activations[:1], seeds=[0], epochs=epochs, name="bench single", batch_size=batch_size
+    )
     spec = ExperimentSpec.model_validate(grid)
     members = [(arm.activation_index, arm.seed) for arm in spec.arms()]
     device = torch.device("cpu")
@@ -301,11 +322,16 @@ def service_ratios(*, arms: int, epochs: int, repeat: int, variants: list[str]) 
     return results
 
 
-def print_service(seconds: dict[str, float], *, arms: int, epochs: int, variants: list[str]) -> None:
+def print_service(
+    seconds: dict[str, float], *, arms: int, epochs: int, variants: list[str], batch_size: int = 128
+) -> None:
     """The service's overhead over the engine, and the grid against one single-arm experiment."""
     single = seconds["engine_single"]
     processes = int(seconds["worker_processes"])
-    print(f"\n(d) service: MNIST-1D MLP 128-128, {epochs} epoch(s), {arms} arms; ratios to one engine run")
+    print(
+        f"\n(d) service: MNIST-1D MLP 128-128, {epochs} epoch(s), batch {batch_size}, {arms} arms; "
+        "ratios to one engine run"
+    )
     print(f"  engine, one run                           1.00x   ({single:.2f} s)")
     print(f"  engine, grid sequential              {seconds['engine_sequential'] / single:9.2f}x")
     print(f"  engine, grid stacked                 {seconds['engine_stacked'] / single:9.2f}x")
@@ -342,13 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-service", action="store_true", help="skip (d), the service against the engine")
     parser.add_argument("--service-epochs", type=int, default=2, help="epochs of the (d) experiments (default 2)")
     parser.add_argument(
+        "--service-batch-size", type=int, default=128, help="batch size of the (d) experiments (default 128)"
+    )
+    parser.add_argument(
         "--service-variants",
         default="default",
         help=f"comma-separated services to measure in (d): {', '.join(SERVICE_VARIANTS)} (default: default)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the raw seconds to this file")
     args = parser.parse_args(argv)
-    for name in ("epochs", "arms", "repeat", "service_epochs"):
+    for name in ("epochs", "arms", "repeat", "service_epochs", "service_batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     names = [name.strip() for name in args.workloads.split(",") if name.strip() and name.strip() != "none"]
@@ -385,8 +414,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown_variants or not variants:
         parser.error(f"unknown service variant {', '.join(unknown_variants)}; allowed: {', '.join(SERVICE_VARIANTS)}")
     if not args.skip_service:
-        seconds = service_ratios(arms=args.arms, epochs=args.service_epochs, repeat=args.repeat, variants=variants)
-        print_service(seconds, arms=args.arms, epochs=args.service_epochs, variants=variants)
+        seconds = service_ratios(
+            arms=args.arms,
+            epochs=args.service_epochs,
+            repeat=args.repeat,
+            variants=variants,
+            batch_size=args.service_batch_size,
+        )
+        print_service(
+            seconds, arms=args.arms, epochs=args.service_epochs, variants=variants, batch_size=args.service_batch_size
+        )
         raw["service"] = seconds
     if args.json is not None:
         args.json.write_text(json.dumps(raw, indent=2))

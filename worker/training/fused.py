@@ -912,6 +912,9 @@ class _StackedRun:
     def _eager_step(self, indices: Tensor) -> None:
         # After a capture the gradients live in the graph's memory: zero them there instead of dropping them.
         self.optimizer.zero_grad(set_to_none=self.graph is None)
+        if not self.use_graphs:
+            self._step(indices)
+            return
         with warnings.catch_warnings():
             # Capturable optimizers warn when they step outside a graph; warm-up and last batches do so on purpose.
             warnings.filterwarnings("ignore", message=".*capturable=True.*")
