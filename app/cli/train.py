@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from pydantic import ValidationError
 
 from app.errors import format_validation_errors
+from app.models.epoch_metric import EPOCH_VALUE_FIELDS
+from app.models.layer_metric import LAYER_VALUE_FIELDS
 from app.spec import ExperimentSpec
 
 if TYPE_CHECKING:
@@ -33,17 +35,7 @@ EPOCH_COLUMNS = (
     "seed",
     "epoch",
     "status",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "epoch_seconds",
-    "samples_per_second",
-    "lr",
-    "grad_norm_ratio",
-    "gradient_flag",
+    *EPOCH_VALUE_FIELDS,
     "diverged",
 )
 LAYER_COLUMNS = (
@@ -53,13 +45,7 @@ LAYER_COLUMNS = (
     "epoch",
     "layer",
     "layer_name",
-    "grad_norm",
-    "weight_norm",
-    "activation_mean",
-    "activation_std",
-    "dead_fraction",
-    "saturated_fraction",
-    "activation_parameters",
+    *LAYER_VALUE_FIELDS,
 )
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130

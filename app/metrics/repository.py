@@ -11,6 +11,8 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from app.models import EpochMetric, LayerMetric, Run
+from app.models.epoch_metric import EPOCH_VALUE_FIELDS
+from app.models.layer_metric import LAYER_VALUE_FIELDS
 
 # Rows fetched from the database per round trip while streaming.
 FETCH_BATCH_ROWS = 1000
@@ -33,17 +35,7 @@ _EPOCH_COLUMNS: dict[str, Any] = {
     "activation": Run.activation_label,
     "seed": Run.seed,
     "epoch": EpochMetric.epoch,
-    "train_loss": EpochMetric.train_loss,
-    "train_accuracy": EpochMetric.train_accuracy,
-    "test_loss": EpochMetric.test_loss,
-    "test_accuracy": EpochMetric.test_accuracy,
-    "val_loss": EpochMetric.val_loss,
-    "val_accuracy": EpochMetric.val_accuracy,
-    "epoch_seconds": EpochMetric.epoch_seconds,
-    "samples_per_second": EpochMetric.samples_per_second,
-    "lr": EpochMetric.lr,
-    "grad_norm_ratio": EpochMetric.grad_norm_ratio,
-    "gradient_flag": EpochMetric.gradient_flag,
+    **{name: getattr(EpochMetric, name) for name in EPOCH_VALUE_FIELDS},
 }
 
 _LAYER_COLUMNS: dict[str, Any] = {
@@ -53,13 +45,7 @@ _LAYER_COLUMNS: dict[str, Any] = {
     "epoch": LayerMetric.epoch,
     "layer": LayerMetric.layer,
     "layer_name": LayerMetric.layer_name,
-    "grad_norm": LayerMetric.grad_norm,
-    "weight_norm": LayerMetric.weight_norm,
-    "activation_mean": LayerMetric.activation_mean,
-    "activation_std": LayerMetric.activation_std,
-    "dead_fraction": LayerMetric.dead_fraction,
-    "saturated_fraction": LayerMetric.saturated_fraction,
-    "activation_parameters": LayerMetric.activation_parameters,
+    **{name: getattr(LayerMetric, name) for name in LAYER_VALUE_FIELDS},
 }
 
 EPOCH_METRIC_COLUMNS: tuple[str, ...] = tuple(_EPOCH_COLUMNS)

@@ -16,34 +16,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.models import EpochMetric, LayerMetric
+from app.models.epoch_metric import EPOCH_VALUE_FIELDS
+from app.models.layer_metric import LAYER_VALUE_FIELDS
 from app.runs.state_repository import fence_run
 
 if TYPE_CHECKING:
     from worker.training.reports import EpochReport
 
-_EPOCH_FIELDS = (
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "epoch_seconds",
-    "samples_per_second",
-    "lr",
-    "grad_norm_ratio",
-    "gradient_flag",
-)
-_LAYER_FIELDS = (
-    "layer_name",
-    "grad_norm",
-    "weight_norm",
-    "activation_mean",
-    "activation_std",
-    "dead_fraction",
-    "saturated_fraction",
-    "activation_parameters",
-)
+_LAYER_FIELDS = ("layer_name", *LAYER_VALUE_FIELDS)
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -92,7 +72,7 @@ def upsert_epoch_metrics_of_runs(*, session: Session, writes: Sequence[tuple[uui
     layer_rows: list[dict[str, Any]] = []
     for run_id, attempt, report in writes:
         epoch_row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "attempt": attempt}
-        epoch_row.update({name: _finite_or_none(getattr(report, name)) for name in _EPOCH_FIELDS})
+        epoch_row.update({name: _finite_or_none(getattr(report, name)) for name in EPOCH_VALUE_FIELDS})
         epoch_rows.append(epoch_row)
         for layer in report.layers:
             row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "layer": layer.layer, "attempt": attempt}

@@ -11,6 +11,21 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db import Base
 from app.models.types import utc_now
 
+# The per-epoch values of a run, in the order every table and export shows them: the numbers, then the flag.
+EPOCH_NUMBER_FIELDS = (
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "epoch_seconds",
+    "samples_per_second",
+    "lr",
+    "grad_norm_ratio",
+)
+EPOCH_VALUE_FIELDS = (*EPOCH_NUMBER_FIELDS, "gradient_flag")
+
 
 class EpochMetric(Base):
     """Loss, accuracy, timing and gradient-flow summary of one epoch of one run."""

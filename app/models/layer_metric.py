@@ -11,6 +11,18 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db import Base
 from app.models.types import JsonColumn
 
+# The per-layer values of an epoch, in the order every table and export shows them: the numbers, then the
+# learnable activation parameters.
+LAYER_NUMBER_FIELDS = (
+    "grad_norm",
+    "weight_norm",
+    "activation_mean",
+    "activation_std",
+    "dead_fraction",
+    "saturated_fraction",
+)
+LAYER_VALUE_FIELDS = (*LAYER_NUMBER_FIELDS, "activation_parameters")
+
 
 class LayerMetric(Base):
     """Gradient-flow diagnostics of one layer in one epoch of one run."""

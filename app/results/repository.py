@@ -11,6 +11,8 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from app.models import EpochMetric, Experiment, LayerMetric, Run
+from app.models.epoch_metric import EPOCH_VALUE_FIELDS
+from app.models.layer_metric import LAYER_VALUE_FIELDS
 
 RUN_COLUMNS: dict[str, Any] = {
     "run_id": Run.id,
@@ -53,17 +55,7 @@ EPOCH_COLUMNS: dict[str, Any] = {
     **_RUN_KEYS,
     "epoch": EpochMetric.epoch,
     "attempt": EpochMetric.attempt,
-    "train_loss": EpochMetric.train_loss,
-    "train_accuracy": EpochMetric.train_accuracy,
-    "test_loss": EpochMetric.test_loss,
-    "test_accuracy": EpochMetric.test_accuracy,
-    "val_loss": EpochMetric.val_loss,
-    "val_accuracy": EpochMetric.val_accuracy,
-    "epoch_seconds": EpochMetric.epoch_seconds,
-    "samples_per_second": EpochMetric.samples_per_second,
-    "lr": EpochMetric.lr,
-    "grad_norm_ratio": EpochMetric.grad_norm_ratio,
-    "gradient_flag": EpochMetric.gradient_flag,
+    **{name: getattr(EpochMetric, name) for name in EPOCH_VALUE_FIELDS},
     "recorded_at": EpochMetric.created_at,
 }
 
@@ -73,13 +65,7 @@ LAYER_COLUMNS: dict[str, Any] = {
     "layer": LayerMetric.layer,
     "layer_name": LayerMetric.layer_name,
     "attempt": LayerMetric.attempt,
-    "grad_norm": LayerMetric.grad_norm,
-    "weight_norm": LayerMetric.weight_norm,
-    "activation_mean": LayerMetric.activation_mean,
-    "activation_std": LayerMetric.activation_std,
-    "dead_fraction": LayerMetric.dead_fraction,
-    "saturated_fraction": LayerMetric.saturated_fraction,
-    "activation_parameters": LayerMetric.activation_parameters,
+    **{name: getattr(LayerMetric, name) for name in LAYER_VALUE_FIELDS},
 }
 
 

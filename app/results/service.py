@@ -26,6 +26,8 @@ from app.config import SpecLimits
 from app.errors import validation_error_details
 from app.experiments import service as experiments_service
 from app.models import Experiment, Run, RunStatus
+from app.models.epoch_metric import EPOCH_NUMBER_FIELDS
+from app.models.layer_metric import LAYER_NUMBER_FIELDS
 from app.models.status import FINISHED_RUN_STATUSES
 from app.models.types import utc_now
 from app.results import repository
@@ -535,26 +537,6 @@ def _integers(frame: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
 
 _RUN_STATUSES = frozenset(str(status) for status in RunStatus)
 _FINISHED = frozenset(str(status) for status in FINISHED_RUN_STATUSES)
-_EPOCH_VALUE_COLUMNS = (
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "epoch_seconds",
-    "samples_per_second",
-    "lr",
-    "grad_norm_ratio",
-)
-_LAYER_VALUE_COLUMNS = (
-    "grad_norm",
-    "weight_norm",
-    "activation_mean",
-    "activation_std",
-    "dead_fraction",
-    "saturated_fraction",
-)
 
 
 @dataclass(frozen=True)
@@ -705,7 +687,7 @@ def import_archive(
         name="metrics.csv",
         mapping=mapping,
         keys=("epoch",),
-        values=_EPOCH_VALUE_COLUMNS,
+        values=EPOCH_NUMBER_FIELDS,
         maximum_epoch=epochs,
     )
     for row, flag in zip(
@@ -725,7 +707,7 @@ def import_archive(
         name="layer_metrics.csv",
         mapping=mapping,
         keys=("epoch", "layer"),
-        values=_LAYER_VALUE_COLUMNS,
+        values=LAYER_NUMBER_FIELDS,
         maximum_epoch=epochs,
     )
     parameters = layer_frame.get("activation_parameters", pd.Series([None] * len(layer_frame)))
