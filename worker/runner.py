@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerOperationalError
@@ -156,23 +156,20 @@ def configure_torch(settings: Settings) -> None:
     _torch_configured = True
 
 
-class RunHeartbeat:
-    """Refreshes a running run's heartbeat between epochs, so a long epoch does not look abandoned.
+class PeriodicHeartbeat:
+    """A background thread, running while the context is entered, that calls ``beat`` every ``interval`` seconds.
 
-    A background thread with its own sessions; when a newer attempt owns the run it sets
-    ``stale`` and the next epoch boundary stops the run.
+    ``beat`` refreshes heartbeats in sessions of its own, so a long epoch does not look abandoned; it
+    returns False to end the thread.
     """
 
-    def __init__(self, *, engine: Engine, run_id: uuid.UUID, attempt: int, interval: float) -> None:
+    def __init__(self, *, engine: Engine, interval: float, name: str) -> None:
         self._engine = engine
-        self._run_id = run_id
-        self._attempt = attempt
         self._interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"run-heartbeat-{run_id}", daemon=True)
-        self.stale = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
-    def __enter__(self) -> RunHeartbeat:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -182,17 +179,48 @@ class RunHeartbeat:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the context has been left (a beat in progress may end early)."""
+        return self._stop.is_set()
+
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                with session_scope(self._engine) as session:
-                    fence_run(session=session, run_id=self._run_id, attempt=self._attempt)
-            except StaleAttemptError:
-                self.stale = True
+            if not self.beat():
                 return
-            except Exception:
-                # The epoch writes will meet the same problem and decide; a missed heartbeat is harmless.
-                logger.warning("run %s: heartbeat failed", self._run_id, exc_info=True)
+
+    def fence(self, run_id: uuid.UUID, attempt: int) -> bool:
+        """Refresh one run's heartbeat; False when a newer attempt owns it. A failed write only logs a warning."""
+        try:
+            with session_scope(self._engine) as session:
+                fence_run(session=session, run_id=run_id, attempt=attempt)
+        except StaleAttemptError:
+            return False
+        except Exception:
+            # The epoch writes will meet the same problem and decide; a missed heartbeat is harmless.
+            logger.warning("run %s: heartbeat failed", run_id, exc_info=True)
+        return True
+
+    def beat(self) -> bool:
+        """One round of heartbeats; False ends the thread."""
+        raise NotImplementedError
+
+
+class RunHeartbeat(PeriodicHeartbeat):
+    """The heartbeat of one running run; when a newer attempt owns the run it sets ``stale`` and the next
+    epoch boundary stops the run."""
+
+    def __init__(self, *, engine: Engine, run_id: uuid.UUID, attempt: int, interval: float) -> None:
+        super().__init__(engine=engine, interval=interval, name=f"run-heartbeat-{run_id}")
+        self._run_id = run_id
+        self._attempt = attempt
+        self.stale = False
+
+    def beat(self) -> bool:
+        if self.fence(self._run_id, self._attempt):
+            return True
+        self.stale = True
+        return False
 
 
 def _refresh_experiment(session: Any, experiment_id: uuid.UUID) -> None:

@@ -37,13 +37,11 @@ import contextlib
 import logging
 import math
 import os
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -66,7 +64,6 @@ from app.runs.state_repository import (
     StaleAttemptError,
     cancel_requested,
     claim_run,
-    fence_run,
     finish_run,
     lock_experiment_of_run,
     record_epoch_progress_of_runs,
@@ -170,40 +167,20 @@ class _Member:
         return not self.stale and self.recorded is None
 
 
-class _StackHeartbeat:
+class _StackHeartbeat(runner.PeriodicHeartbeat):
     """Refreshes every live member's heartbeat between epochs, one short transaction per run (one row lock each)."""
 
     def __init__(self, *, engine: Engine, members: list[_Member], interval: float) -> None:
-        self._engine = engine
+        super().__init__(engine=engine, interval=interval, name="stack-heartbeat")
         self._members = members
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="stack-heartbeat", daemon=True)
 
-    def __enter__(self) -> _StackHeartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            for member in self._members:
-                if not member.live or self._stop.is_set():
-                    continue
-                try:
-                    with session_scope(self._engine) as session:
-                        fence_run(session=session, run_id=member.claimed.run_id, attempt=member.claimed.attempt)
-                except StaleAttemptError:
-                    if member.recorded is None:
-                        member.stale = True
-                except Exception:
-                    # The epoch writes meet the same problem and decide; a missed heartbeat is harmless.
-                    logger.warning("run %s: heartbeat failed", member.claimed.run_id, exc_info=True)
+    def beat(self) -> bool:
+        for member in self._members:
+            if not member.live or self.stopping:
+                continue
+            if not self.fence(member.claimed.run_id, member.claimed.attempt) and member.recorded is None:
+                member.stale = True
+        return True
 
 
 class _StackWriter:
