@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -46,6 +47,19 @@ class StrictModel(BaseModel):
     """Input model: unknown fields are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def _not_boolean(value: Any) -> Any:
+    # JSON true is not 1: pydantic's lax mode would train "seeds": [true] as seed 1.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not a boolean (got {str(value).lower()})")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_not_boolean)]
+"""The spec's integer type: every integer field of an input model uses it (a guard test checks)."""
+Number = Annotated[float, BeforeValidator(_not_boolean)]
+"""The spec's real-number type: every float field of an input model uses it."""
 
 
 ParameterValue = float | int | str | bool
@@ -286,7 +300,7 @@ def _check_depth(values: list[int], info: ValidationInfo, what: str) -> list[int
     return values
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
+PositiveInt = Annotated[Integer, Field(ge=1)]
 
 
 class MlpSpec(StrictModel):
@@ -295,7 +309,7 @@ class MlpSpec(StrictModel):
     kind: Literal["mlp"] = "mlp"
     hidden: list[PositiveInt] = Field(default_factory=lambda: [128, 128], description="Hidden layer widths.")
     norm: Literal["none", "batch", "layer"] = "none"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: Number = Field(0.0, ge=0.0, lt=1.0)
     residual: bool = Field(False, description="Add skip connections between hidden layers of equal width.")
 
     @field_validator("hidden")
@@ -311,10 +325,10 @@ class CnnSpec(StrictModel):
     channels: list[PositiveInt] = Field(
         default_factory=lambda: [16, 32], min_length=1, description="Channels per conv block."
     )
-    kernel_size: int = Field(3, ge=1, le=11)
+    kernel_size: Integer = Field(3, ge=1, le=11)
     pooling: Literal["max", "avg", "none"] = "max"
     norm: Literal["none", "batch", "layer"] = "none"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: Number = Field(0.0, ge=0.0, lt=1.0)
     hidden: list[PositiveInt] = Field(
         default_factory=list, description="Widths of fully connected layers before the output."
     )
@@ -338,9 +352,11 @@ class RnnSpec(StrictModel):
         "rnn",
         description="rnn: the activation is the recurrence's nonlinearity; gru/lstm: gates kept, activation in the head.",
     )
-    hidden_size: int = Field(64, ge=1)
-    layers: int = Field(1, ge=1)
-    head_hidden: int = Field(64, ge=1, description="Width of the head layer that applies the activation (gru/lstm).")
+    hidden_size: Integer = Field(64, ge=1)
+    layers: Integer = Field(1, ge=1)
+    head_hidden: Integer = Field(
+        64, ge=1, description="Width of the head layer that applies the activation (gru/lstm)."
+    )
 
     @field_validator("hidden_size", "head_hidden")
     @classmethod
@@ -362,17 +378,17 @@ ModelSpec = Annotated[MlpSpec | CnnSpec | RnnSpec, Field(discriminator="kind")]
 class TrainingSpec(StrictModel):
     """Hyperparameters shared by every arm."""
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: Integer = Field(10, ge=1)
+    batch_size: Integer = Field(128, ge=1)
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    lr: float = Field(0.001, gt=0.0, le=10.0, description="Learning rate.")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum of sgd and rmsprop (rmsprop default use: 0).")
+    lr: Number = Field(0.001, gt=0.0, le=10.0, description="Learning rate.")
+    momentum: Number = Field(0.9, ge=0.0, lt=1.0, description="Momentum of sgd and rmsprop (rmsprop default use: 0).")
     nesterov: bool = Field(False, description="Nesterov momentum (sgd).")
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
-    grad_clip: float | None = Field(None, gt=0.0, le=1e6, description="Clip the global gradient norm to this value.")
+    weight_decay: Number = Field(0.0, ge=0.0, le=1.0)
+    grad_clip: Number | None = Field(None, gt=0.0, le=1e6, description="Clip the global gradient norm to this value.")
     schedule: Literal["none", "step", "cosine"] = "none"
-    step_size: int = Field(10, ge=1, description="Epochs between decays (schedule step).")
-    gamma: float = Field(0.1, gt=0.0, le=1.0, description="Decay factor (schedule step).")
+    step_size: Integer = Field(10, ge=1, description="Epochs between decays (schedule step).")
+    gamma: Number = Field(0.1, gt=0.0, le=1.0, description="Decay factor (schedule step).")
     init: Literal[
         "auto",
         "default",
@@ -383,7 +399,7 @@ class TrainingSpec(StrictModel):
         "lecun_normal",
         "orthogonal",
     ] = "auto"
-    validation_fraction: float = Field(0.0, ge=0.0, le=0.5, description="Share of train held out for validation.")
+    validation_fraction: Number = Field(0.0, ge=0.0, le=0.5, description="Share of train held out for validation.")
 
     @field_validator("epochs")
     @classmethod
@@ -455,7 +471,7 @@ class ExperimentSpec(StrictModel):
     dataset: DatasetSpec
     model: ModelSpec
     activations: list[ActivationSpec] = Field(min_length=1)
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    seeds: list[Annotated[Integer, Field(ge=0)]] = Field(min_length=1)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -624,3 +640,4 @@ def estimate_cost(spec: ExperimentSpec) -> float:
     """Arms x epochs x training examples x parameters: a machine-independent work estimate."""
     arms = len(spec.activations) * len(spec.seeds)
     return float(arms) * spec.training.epochs * spec.dataset.train_size * estimate_parameters(spec)
+

@@ -100,6 +100,60 @@ def test_bad_spec_is_rejected_naming_the_field_and_nothing_is_stored(
     assert dispatcher.enqueued == []
 
 
+def _number_fields() -> list[Any]:
+    """Every number field of the spec's input models (found by introspection, so new fields are covered), each as
+    the overrides that put a JSON true there and the location the 422 must name."""
+    from typing import Annotated, get_args, get_origin
+
+    from app.spec import CnnSpec, ExperimentSpec, MlpSpec, RnnSpec, TrainingSpec
+
+    def numeric(annotation: Any) -> bool:
+        if get_origin(annotation) is Annotated:
+            return numeric(get_args(annotation)[0])
+        return annotation in (int, float) or any(numeric(argument) for argument in get_args(annotation))
+
+    cases = []
+    sections: list[tuple[Any, str, dict[str, Any]]] = [
+        (ExperimentSpec, "", {}),
+        (TrainingSpec, "training", {}),
+        (MlpSpec, "model", {"kind": "mlp"}),
+        (CnnSpec, "model", {"kind": "cnn"}),
+        (RnnSpec, "model", {"kind": "rnn"}),
+    ]
+    for model, section, base in sections:
+        for name, field in model.model_fields.items():
+            if not numeric(field.annotation):
+                continue
+            is_list = get_origin(field.annotation) is list
+            value: Any = [True] if is_list else True
+            location = ".".join(part for part in (section, name, "0" if is_list else "") if part)
+            overrides = {section: {**base, name: value}} if section else {name: value}
+            cases.append(pytest.param(overrides, location, id=location))
+    return cases
+
+
+@pytest.mark.parametrize(("overrides", "location"), _number_fields())
+def test_a_boolean_is_never_taken_for_a_number_anywhere_in_the_spec(
+    client: TestClient, db: Session, dispatcher: RecordingDispatcher, overrides: dict[str, Any], location: str
+) -> None:
+    response = client.post("/v1/experiments", json=small_spec(**overrides), headers={"Idempotency-Key": "b"})
+
+    assert response.status_code == 422, response.text
+    errors = _errors(response)
+    assert location in errors, errors
+    assert "not a boolean" in errors[location]
+    assert row_counts(db) == NOTHING
+    assert dispatcher.enqueued == []
+
+
+def test_seeds_true_is_rejected_rather_than_trained_as_seed_one(client: TestClient, db: Session) -> None:
+    response = client.post("/v1/experiments", json=small_spec(seeds=[0, True]), headers={"Idempotency-Key": "s"})
+
+    assert response.status_code == 422
+    assert _errors(response) == {"seeds.1": "must be a number, not a boolean (got true)"}
+    assert row_counts(db) == NOTHING
+
+
 def test_cost_and_grid_limits_follow_the_app_settings(client: TestClient, db: Session) -> None:
     too_many_arms = small_spec(
         activations=["relu", "tanh", "elu", "selu"], seeds=list(range(32)), training={"epochs": 1}
