@@ -641,3 +641,15 @@ def estimate_cost(spec: ExperimentSpec) -> float:
     arms = len(spec.activations) * len(spec.seeds)
     return float(arms) * spec.training.epochs * spec.dataset.train_size * estimate_parameters(spec)
 
+
+def stored_spec_limits() -> SpecLimits:
+    """Limits that accept any stored spec: it was validated at submission, and a later, lower limit must not fail it."""
+    unbounded: dict[str, Any] = {}
+    for name, info in SpecLimits.model_fields.items():
+        unbounded[name] = math.inf if info.annotation is float else 2**62
+    return SpecLimits.model_construct(**unbounded)
+
+
+def load_stored_spec(spec: dict[str, Any]) -> ExperimentSpec:
+    """A spec as the service stored it, read back under ``stored_spec_limits`` (ValidationError if it no longer parses)."""
+    return ExperimentSpec.model_validate(spec, context={"limits": stored_spec_limits()})

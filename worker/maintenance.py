@@ -46,7 +46,7 @@ from app.runs.maintenance_repository import (
     try_lock_maintenance,
     unlock_maintenance,
 )
-from app.runs.state_repository import as_utc
+from app.schemas import as_utc
 from worker.celery_app import QUEUES, TRAIN_RUNS_TASK, embedded_broker_folders, is_embedded_broker
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app.config import Settings, SpecLimits, get_settings
+from app.config import Settings, get_settings
 from app.db import get_engine, session_scope
 from app.logging_config import log_context
 from app.metrics.write_repository import upsert_epoch_metrics
@@ -44,7 +44,7 @@ from app.runs.state_repository import (
     record_epoch_progress,
     record_run_start,
 )
-from app.spec import ExperimentSpec
+from app.spec import load_stored_spec
 from worker.db_retry import retry_transient
 
 if TYPE_CHECKING:
@@ -116,14 +116,6 @@ class BatchOutcome:
 
     outcomes: list[RunOutcome] = field(default_factory=list)
     not_started: list[uuid.UUID] = field(default_factory=list)
-
-
-def stored_spec_limits() -> SpecLimits:
-    """Limits that accept any stored spec: it was validated at submission, and a later, lower limit must not fail it."""
-    unbounded: dict[str, Any] = {}
-    for name, info in SpecLimits.model_fields.items():
-        unbounded[name] = float("inf") if info.annotation is float else 2**62
-    return SpecLimits.model_construct(**unbounded)
 
 
 def checkpoint_path(*, run_id: uuid.UUID, settings: Settings) -> Path:
@@ -381,7 +373,7 @@ def _train(*, claimed: ClaimedRun, writer: _EpochWriter, settings: Settings, che
     from worker.training.trainer import train_arm
 
     configure_torch(settings)
-    spec = ExperimentSpec.model_validate(claimed.spec, context={"limits": stored_spec_limits()})
+    spec = load_stored_spec(claimed.spec)
     return train_arm(
         spec,
         activation_index=claimed.activation_index,

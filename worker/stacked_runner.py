@@ -69,7 +69,7 @@ from app.runs.state_repository import (
     record_epoch_progress_of_runs,
     record_run_start,
 )
-from app.spec import ExperimentSpec
+from app.spec import ExperimentSpec, load_stored_spec
 from worker import runner
 from worker.pool import worker_processes
 from worker.runner import BatchOutcome, RunOutcome
@@ -133,7 +133,7 @@ def plan_stack(*, claimed: ClaimedRun, settings: Settings) -> StackPlan | None:
         from worker.training.fused import member_memory_bytes, stacking_recommended
         from worker.training.trainer import resolve_device
 
-        spec = ExperimentSpec.model_validate(claimed.spec, context={"limits": runner.stored_spec_limits()})
+        spec = load_stored_spec(claimed.spec)
         device = runner.training_device(spec_device=spec.device, queue=claimed.queue)
         recommended, reason = stacking_recommended(spec, device=device)
         if not recommended:

@@ -6,7 +6,6 @@ A redelivered run writes its epochs again; the upsert on (run_id, epoch) and
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,23 +17,13 @@ from sqlalchemy.orm import Session
 from app.models import EpochMetric, LayerMetric
 from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
+from app.numbers import finite_tree
 from app.runs.state_repository import fence_run
 
 if TYPE_CHECKING:
     from worker.training.reports import EpochReport
 
 _LAYER_FIELDS = ("layer_name", *LAYER_VALUE_FIELDS)
-
-
-def _finite_or_none(value: Any) -> Any:
-    # NaN and infinity are not JSON: a diverged value is stored as NULL (the run keeps diverged_epoch).
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_none(item) for item in value]
-    return value
 
 
 def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
@@ -72,11 +61,11 @@ def upsert_epoch_metrics_of_runs(*, session: Session, writes: Sequence[tuple[uui
     layer_rows: list[dict[str, Any]] = []
     for run_id, attempt, report in writes:
         epoch_row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "attempt": attempt}
-        epoch_row.update({name: _finite_or_none(getattr(report, name)) for name in EPOCH_VALUE_FIELDS})
+        epoch_row.update({name: finite_tree(getattr(report, name)) for name in EPOCH_VALUE_FIELDS})
         epoch_rows.append(epoch_row)
         for layer in report.layers:
             row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "layer": layer.layer, "attempt": attempt}
-            row.update({name: _finite_or_none(getattr(layer, name)) for name in _LAYER_FIELDS})
+            row.update({name: finite_tree(getattr(layer, name)) for name in _LAYER_FIELDS})
             layer_rows.append(row)
     _upsert(session, EpochMetric.__table__, epoch_rows, ("run_id", "epoch"))  # type: ignore[arg-type]
     if layer_rows:

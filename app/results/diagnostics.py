@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from app.catalog import ACTIVATIONS, EXPLODING_RATIO, VANISHING_RATIO, canonical_activation_name
+from app.numbers import finite_or_none
 
 DIAGNOSED_STATUSES: tuple[str, ...] = ("succeeded", "diverged")
 # A dead or saturated share this large in the mean layer is enough to stop most of a layer learning.
@@ -300,7 +301,9 @@ def _best_sentences(inputs: RecommendationInputs) -> list[str]:
     row = summary[summary["activation"] == best].iloc[0]
     metric = str(row["metric"])
     interval = (
-        f", 95% CI {_number(row['ci_low'])} to {_number(row['ci_high'])}" if _finite(row["ci_low"]) is not None else ""
+        f", 95% CI {_number(row['ci_low'])} to {_number(row['ci_high'])}"
+        if finite_or_none(row["ci_low"]) is not None
+        else ""
     )
     sentences = [
         f"{best} ranks first on {metric} ({row['summary']}): mean {_number(row['mean'])}{interval}, "
@@ -353,17 +356,6 @@ def _near_chance(inputs: RecommendationInputs) -> dict[str, float]:
     }
 
 
-def _finite(value: Any) -> float | None:
-    """The value as a float when it is a finite number, else None (None, NaN and pandas NA included)."""
-    if value is None or value is pd.NA or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _explanations(diagnostic: Mapping[str, Any] | None) -> list[str]:
     """Measured causes of poor training for one activation, each with its number."""
     if diagnostic is None:
@@ -372,8 +364,8 @@ def _explanations(diagnostic: Mapping[str, Any] | None) -> list[str]:
     ratios = [
         ratio
         for ratio in (
-            _finite(diagnostic.get("gradient_ratio_first_epoch")),
-            _finite(diagnostic.get("gradient_ratio_last_epoch")),
+            finite_or_none(diagnostic.get("gradient_ratio_first_epoch")),
+            finite_or_none(diagnostic.get("gradient_ratio_last_epoch")),
         )
         if ratio is not None
     ]
@@ -389,10 +381,10 @@ def _explanations(diagnostic: Mapping[str, Any] | None) -> list[str]:
             f"exploding gradients (first-to-last layer gradient-norm ratio {_number(max(exploding))}, "
             f"above {EXPLODING_RATIO:g})"
         )
-    dead = _finite(diagnostic.get("dead_fraction"))
+    dead = finite_or_none(diagnostic.get("dead_fraction"))
     if dead is not None and dead >= NOTABLE_DEAD_FRACTION:
         reasons.append(f"dead units (on average {dead:.0%} of a layer's units never activate at the last epoch)")
-    saturated = _finite(diagnostic.get("saturated_fraction"))
+    saturated = finite_or_none(diagnostic.get("saturated_fraction"))
     if saturated is not None and saturated >= NOTABLE_SATURATED_FRACTION:
         reasons.append(f"saturation (on average {saturated:.0%} of a layer's units saturated at the last epoch)")
     return reasons

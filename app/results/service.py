@@ -49,7 +49,7 @@ from app.results.statistics import (
 )
 from app.schemas import as_utc
 from app.service_errors import InvalidInputError
-from app.spec import ActivationSpec, ExperimentSpec
+from app.spec import ActivationSpec, ExperimentSpec, load_stored_spec
 
 TableFormat = Literal["json", "csv", "parquet"]
 TABLE_FORMATS: tuple[str, ...] = ("json", "csv", "parquet")
@@ -97,16 +97,10 @@ class ExperimentTables:
         return self.spec.dataset.classes if self.spec is not None else None
 
 
-def _unbounded_limits() -> SpecLimits:
-    """Limits that accept any stored spec: a spec accepted once stays readable when an operator lowers a limit."""
-    values: dict[str, Any] = {name: (math.inf if name == "max_cost" else 2**62) for name in SpecLimits.model_fields}
-    return SpecLimits.model_construct(None, **values)
-
-
 def stored_spec(experiment: Experiment) -> ExperimentSpec | None:
     """The experiment's canonical spec as a model, or None when it no longer parses."""
     try:
-        return ExperimentSpec.model_validate(experiment.spec, context={"limits": _unbounded_limits()})
+        return load_stored_spec(experiment.spec)
     except ValidationError:
         return None
 

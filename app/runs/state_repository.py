@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, tuple_, update
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.models import Experiment, Run, RunStatus
 from app.models.status import FINISHED_RUN_STATUSES
 from app.models.types import utc_now
+from app.schemas import as_utc
 
 
 class StaleAttemptError(RuntimeError):
@@ -38,13 +39,6 @@ class ClaimedRun:
     queue: str | None
     spec: dict[str, Any]
     epochs_completed: int
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """A timezone-aware UTC datetime; SQLite hands back naive ones, which were written in UTC."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def claim_run(

@@ -27,6 +27,7 @@ from app.catalog import (
     TANH_SATURATION_LEVEL,
     VANISHING_RATIO,
 )
+from app.numbers import finite_or_none, finite_tree
 from app.spec import ActivationSpec
 from worker.training.models import DiagnosticLayer
 from worker.training.reports import LayerReport
@@ -175,21 +176,6 @@ class ActivationStatistics:
         return torch.stack([mean, variance.sqrt(), dead, saturated])
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _finite_values(values: Any) -> Any:
-    """Activation parameter values with NaN and infinities (a diverged arm's) replaced by None."""
-    if isinstance(values, float):
-        return _finite_or_none(values)
-    if isinstance(values, dict):
-        return {key: _finite_values(value) for key, value in values.items()}
-    if isinstance(values, list | tuple):
-        return [_finite_values(value) for value in values]
-    return values
-
-
 class GradientFlowMonitor:
     """Everything the diagnostics need for one model: gradient tracking during the epoch, a probe after it."""
 
@@ -269,15 +255,15 @@ class GradientFlowMonitor:
                 LayerReport(
                     layer=index + 1,
                     layer_name=layer.name,
-                    grad_norm=_finite_or_none(grad_norm),
-                    weight_norm=_finite_or_none(weight_norm),
-                    activation_mean=_finite_or_none(mean),
-                    activation_std=_finite_or_none(std),
-                    dead_fraction=_finite_or_none(dead) if collected is not None and collected.can_die else None,
+                    grad_norm=finite_or_none(grad_norm),
+                    weight_norm=finite_or_none(weight_norm),
+                    activation_mean=finite_or_none(mean),
+                    activation_std=finite_or_none(std),
+                    dead_fraction=finite_or_none(dead) if collected is not None and collected.can_die else None,
                     saturated_fraction=(
-                        _finite_or_none(saturated) if collected is not None and collected.rule is not None else None
+                        finite_or_none(saturated) if collected is not None and collected.rule is not None else None
                     ),
-                    activation_parameters=_finite_values(parameter_values()) if callable(parameter_values) else None,
+                    activation_parameters=finite_tree(parameter_values()) if callable(parameter_values) else None,
                 )
             )
         ratio = gradient_norm_ratio([report.grad_norm for report in reports])

@@ -68,6 +68,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from app.catalog import PROBE_EXAMPLES
+from app.numbers import finite_or_none
 from app.spec import CnnSpec, ExperimentSpec, MlpSpec, estimate_parameters
 from worker.training.activations import ActivationModule
 from worker.training.datasets import DatasetSplits, load_dataset
@@ -1067,13 +1068,13 @@ class _StackedRun:
                     LayerReport(
                         layer=index + 1,
                         layer_name=layer.name,
-                        grad_norm=_finite(grad_norm),
-                        weight_norm=_finite(weight_norm),
-                        activation_mean=_finite(mean),
-                        activation_std=_finite(std),
-                        dead_fraction=_finite(dead) if collected is not None and collected.can_die else None,
+                        grad_norm=finite_or_none(grad_norm),
+                        weight_norm=finite_or_none(weight_norm),
+                        activation_mean=finite_or_none(mean),
+                        activation_std=finite_or_none(std),
+                        dead_fraction=finite_or_none(dead) if collected is not None and collected.can_die else None,
                         saturated_fraction=(
-                            _finite(saturated) if collected is not None and collected.rule is not None else None
+                            finite_or_none(saturated) if collected is not None and collected.rule is not None else None
                         ),
                         activation_parameters=owner.parameter_values() if owner is not None else None,
                     )
@@ -1111,10 +1112,6 @@ class _StackedRun:
         self.layers = self.model.diagnostic_layers()
         self._allocate_accumulators()
         self._invalidate_graph()
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def _check_members(spec: ExperimentSpec, members: Sequence[Member]) -> list[Member]:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from app.numbers import finite_or_none
 from app.spec import ActivationSpec, Arm, ExperimentSpec, TrainingSpec
 from worker.training.datasets import DatasetSplits, load_dataset
 from worker.training.diagnostics import GradientFlowMonitor, probe_inputs
@@ -208,10 +209,6 @@ def evaluate(
     return torch.stack([loss_sum / examples, correct.double() / examples])
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def run_epoch(state: ArmState, data: DatasetSplits, *, epoch: int) -> EpochReport:
     """Train one epoch, evaluate, diagnose and step the schedule; the report marks a non-finite loss as diverged."""
     started = time.perf_counter()
@@ -262,14 +259,14 @@ def epoch_report(
     losses = [train_loss, test_loss] + ([val_loss] if val_loss is not None else [])
     return EpochReport(
         epoch=epoch,
-        train_loss=_finite(train_loss),
+        train_loss=finite_or_none(train_loss),
         train_accuracy=train_accuracy,
-        test_loss=_finite(test_loss),
+        test_loss=finite_or_none(test_loss),
         test_accuracy=test_accuracy,
         epoch_seconds=epoch_seconds,
         samples_per_second=samples_per_second,
         lr=lr,
-        val_loss=_finite(val_loss) if val_loss is not None else None,
+        val_loss=finite_or_none(val_loss) if val_loss is not None else None,
         val_accuracy=val_accuracy,
         grad_norm_ratio=ratio,
         gradient_flag=flag,
