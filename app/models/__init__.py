@@ -5,7 +5,18 @@ from app.models.epoch_metric import EpochMetric
 from app.models.experiment import Experiment
 from app.models.layer_metric import LayerMetric
 from app.models.run import Run
+from app.models.seed_extension import SeedExtension
 from app.models.status import ExperimentStatus, RunStatus
 from app.models.worker_node import WorkerNode
 
-__all__ = ["ApiKey", "EpochMetric", "Experiment", "ExperimentStatus", "LayerMetric", "Run", "RunStatus", "WorkerNode"]
+__all__ = [
+    "ApiKey",
+    "EpochMetric",
+    "Experiment",
+    "ExperimentStatus",
+    "LayerMetric",
+    "Run",
+    "RunStatus",
+    "SeedExtension",
+    "WorkerNode",
+]

@@ -52,5 +52,8 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The seed_extensions row of the request that added this run's seed; NULL: the submission itself.
+    # No foreign-key constraint: SQLite could add one only by copying the runs table (migration 0002).
+    seed_extension_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
