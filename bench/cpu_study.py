@@ -87,7 +87,7 @@ def _worker(
     torch.set_num_threads(threads)
     from app.spec import ExperimentSpec
     from worker.training.datasets import load_dataset
-    from worker.training.fused import train_stacked
+    from worker.training.stacked import train_stacked
     from worker.training.trainer import train_arm
 
     spec = ExperimentSpec.model_validate(spec_json)

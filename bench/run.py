@@ -58,7 +58,7 @@ from bench.common import (
     timed,
 )
 from worker.training.datasets import DatasetSplits, load_dataset
-from worker.training.fused import member_memory_bytes, train_stacked
+from worker.training.stacked import member_memory_bytes, train_stacked
 from worker.training.trainer import resolve_device, train_arm
 
 

@@ -67,7 +67,7 @@ def test_a_grid_is_trained_stacked_with_the_numbers_of_ordinary_runs(
     for run in runs:
         reference = train_arm(parsed, activation_index=run["activation_index"], seed=run["seed"], device="cpu")
         for row, report in zip(rows[run["id"]], reference.reports, strict=True):
-            # The engine's stated tolerance between stacked and ordinary training (tests/training/test_fused.py).
+            # The engine's stated tolerance between stacked and ordinary training (tests/training/test_stacked.py).
             assert row["train_loss"] == pytest.approx(report.train_loss, rel=1e-4, abs=1e-6)
             assert row["test_loss"] == pytest.approx(report.test_loss, rel=1e-4, abs=1e-6)
             assert row["test_accuracy"] == pytest.approx(report.test_accuracy, abs=1e-6)

@@ -17,8 +17,7 @@ from app.models import EpochMetric, Run, RunStatus
 from tests.worker.conftest import TINY_SPEC, add_experiment
 from worker import db_retry, runner
 from worker.db_retry import retry_transient
-from worker.lifecycle import is_transient_error
-from worker.runner import execute_run
+from worker.runner import execute_run, is_transient_error
 
 REFUSED = OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
 

@@ -33,6 +33,8 @@ from worker.training.models import DiagnosticLayer
 from worker.training.reports import LayerReport
 
 GradientFlag = Literal["vanishing", "exploding"]
+LayerDiagnostics = tuple[list[LayerReport], float | None, GradientFlag | None]
+"""One model's (or one stacked member's) layer reports, first/last gradient-norm ratio and flag for an epoch."""
 # The probe runs in chunks so a wide conv net on 1000 images stays within memory.
 PROBE_BATCH_SIZE = 250
 
@@ -199,17 +201,11 @@ class GradientFlowMonitor:
 
     def probe_statistics(self, model: nn.Module) -> list[ActivationStatistics | None]:
         """Run the probe set through the model in eval mode, collecting each activation's outputs."""
-        statistics: list[ActivationStatistics | None] = []
+        statistics = [activation_statistics(layer.activation, self.activation) for layer in self.layers]
         handles = []
-        for layer in self.layers:
-            if layer.activation is None:
-                statistics.append(None)
+        for layer, collector in zip(self.layers, statistics, strict=True):
+            if layer.activation is None or collector is None:
                 continue
-            collector = ActivationStatistics(
-                can_die=bool(getattr(layer.activation, "can_die", False)),
-                rule=saturation_rule(layer.activation, self.activation),
-            )
-            statistics.append(collector)
 
             def hook(_module: nn.Module, _inputs: Any, outputs: torch.Tensor, collector=collector) -> None:
                 collector.add(outputs)
@@ -227,7 +223,7 @@ class GradientFlowMonitor:
             model.train(was_training)
         return statistics
 
-    def epoch_layers(self, model: nn.Module) -> tuple[list[LayerReport], float | None, GradientFlag | None]:
+    def epoch_layers(self, model: nn.Module) -> LayerDiagnostics:
         """This epoch's layer reports, grad-norm ratio and flag; resets the gradient sums."""
         statistics = self.probe_statistics(model)
         device = self.probe.device
@@ -237,34 +233,63 @@ class GradientFlowMonitor:
                 weight_norm = torch.linalg.vector_norm(
                     torch.stack([torch.linalg.vector_norm(weight.detach().double()) for weight in layer.weights])
                 )
-            summary = (
-                collected.summary()
-                if collected is not None
-                else torch.full((4,), math.nan, dtype=torch.float64, device=device)
-            )
-            rows.append(torch.cat([weight_norm.reshape(1).to(device), summary.to(device)]))
+            rows.append(torch.cat([weight_norm.reshape(1).to(device), summary_row(collected, device)]))
         gradient_means = self.gradients.epoch_means().double()
         # One host transfer for the whole epoch's diagnostics.
         table = torch.cat([torch.stack(rows), gradient_means.reshape(-1, 1)], dim=1).tolist()
         self.gradients.reset()
-        reports = []
-        for index, (layer, row, collected) in enumerate(zip(self.layers, table, statistics, strict=True)):
-            weight_norm, mean, std, dead, saturated, grad_norm = row
-            parameter_values = getattr(layer.activation, "parameter_values", None)
-            reports.append(
-                LayerReport(
-                    layer=index + 1,
-                    layer_name=layer.name,
-                    grad_norm=finite_or_none(grad_norm),
-                    weight_norm=finite_or_none(weight_norm),
-                    activation_mean=finite_or_none(mean),
-                    activation_std=finite_or_none(std),
-                    dead_fraction=finite_or_none(dead) if collected is not None and collected.can_die else None,
-                    saturated_fraction=(
-                        finite_or_none(saturated) if collected is not None and collected.rule is not None else None
-                    ),
-                    activation_parameters=finite_tree(parameter_values()) if callable(parameter_values) else None,
-                )
+        return layer_diagnostics(
+            [layer.name for layer in self.layers], table, statistics, [layer.activation for layer in self.layers]
+        )
+
+
+def activation_statistics(module: nn.Module | None, activation: ActivationSpec) -> ActivationStatistics | None:
+    """A collector for one activation module's probe outputs; None for a layer without an activation."""
+    if module is None:
+        return None
+    return ActivationStatistics(
+        can_die=bool(getattr(module, "can_die", False)), rule=saturation_rule(module, activation)
+    )
+
+
+def summary_row(collected: ActivationStatistics | None, device: torch.device) -> torch.Tensor:
+    """A layer's [mean, std, dead_fraction, saturated_fraction] on the device; NaN for a layer without one."""
+    if collected is None:
+        return torch.full((4,), math.nan, dtype=torch.float64, device=device)
+    return collected.summary().to(device)
+
+
+def layer_diagnostics(
+    names: Sequence[str],
+    table: Sequence[Sequence[float]],
+    statistics: Sequence[ActivationStatistics | None],
+    activations: Sequence[nn.Module | None],
+) -> LayerDiagnostics:
+    """One model's layer reports, gradient-norm ratio and flag from its epoch table.
+
+    Row ``i`` of ``table`` is layer ``i``'s [weight_norm, mean, std, dead, saturated, grad_norm];
+    ``statistics`` and ``activations`` are the layer's probe collector and activation module (None
+    where the layer has none). Non-finite numbers become None; a dead or saturated fraction is
+    reported only where the activation defines one.
+    """
+    reports = []
+    for index, (name, row, collected, activation) in enumerate(zip(names, table, statistics, activations, strict=True)):
+        weight_norm, mean, std, dead, saturated, grad_norm = row
+        parameter_values = getattr(activation, "parameter_values", None)
+        reports.append(
+            LayerReport(
+                layer=index + 1,
+                layer_name=name,
+                grad_norm=finite_or_none(grad_norm),
+                weight_norm=finite_or_none(weight_norm),
+                activation_mean=finite_or_none(mean),
+                activation_std=finite_or_none(std),
+                dead_fraction=finite_or_none(dead) if collected is not None and collected.can_die else None,
+                saturated_fraction=(
+                    finite_or_none(saturated) if collected is not None and collected.rule is not None else None
+                ),
+                activation_parameters=finite_tree(parameter_values()) if callable(parameter_values) else None,
             )
-        ratio = gradient_norm_ratio([report.grad_norm for report in reports])
-        return reports, ratio, gradient_flag(ratio)
+        )
+    ratio = gradient_norm_ratio([report.grad_norm for report in reports])
+    return reports, ratio, gradient_flag(ratio)

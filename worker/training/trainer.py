@@ -7,30 +7,31 @@ the same batches in the same order whatever their activation, and a resumed arm 
 order it would have had. Batches are index slices of a permutation of tensors already on
 the device; metrics are summed on the device and read once per epoch.
 
-The steps are separate functions (``prepare_arm``, ``train_epoch``, ``evaluate``,
-``run_epoch`` and the monitor's diagnostics) so that a stacked trainer can reuse them.
+The steps are separate functions so that the stacked trainer (``worker.training.stacked``)
+shares them: ``prepare_arm`` builds each member, the epoch body is ``worker.training.epochs.run_epoch``
+(here over ``ArmEpoch``, a stack of one), ``record_epoch`` is the one outcome rule (diverged,
+succeeded) and the checkpoints are one format for both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional
 
-from app.numbers import finite_or_none
 from app.spec import ActivationSpec, Arm, ExperimentSpec, TrainingSpec
 from worker.training.datasets import DatasetSplits, load_dataset
-from worker.training.diagnostics import GradientFlowMonitor, probe_inputs
+from worker.training.diagnostics import GradientFlowMonitor, LayerDiagnostics, probe_inputs
+from worker.training.epochs import run_epoch
 from worker.training.init import initialise
 from worker.training.models import ActivationNetwork, build_model
 from worker.training.reports import ArmOutcome, ArmStatus, EpochReport, LayerReport, RunInfo
@@ -209,69 +210,71 @@ def evaluate(
     return torch.stack([loss_sum / examples, correct.double() / examples])
 
 
-def run_epoch(state: ArmState, data: DatasetSplits, *, epoch: int) -> EpochReport:
-    """Train one epoch, evaluate, diagnose and step the schedule; the report marks a non-finite loss as diverged."""
-    started = time.perf_counter()
-    lr = float(state.optimizer.param_groups[0]["lr"])
-    train_loss, train_accuracy = train_epoch(state, data.train_x, data.train_y, epoch=epoch).tolist()
-    train_seconds = time.perf_counter() - started
-    evaluations = [evaluate(state.model, data.test_x, data.test_y)]
-    has_validation = data.val_x is not None and data.val_y is not None and data.val_x.shape[0] > 0
-    if has_validation:
-        assert data.val_x is not None and data.val_y is not None
-        evaluations.append(evaluate(state.model, data.val_x, data.val_y))
-    values = torch.cat(evaluations).tolist()
-    layers, ratio, flag = state.monitor.epoch_layers(state.model)
-    if state.scheduler is not None:
-        state.scheduler.step()
-    return epoch_report(
-        epoch=epoch,
-        train=(train_loss, train_accuracy),
-        evaluation=values,
-        epoch_seconds=time.perf_counter() - started,
-        samples_per_second=data.train_x.shape[0] / train_seconds if train_seconds > 0 else 0.0,
-        lr=lr,
-        layers=layers,
-        ratio=ratio,
-        flag=flag,
-    )
+@dataclass
+class ArmEpoch:
+    """The ``EpochSteps`` of one arm: a stack of one member."""
+
+    state: ArmState
+    data: DatasetSplits
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The arm's optimizer."""
+        return self.state.optimizer
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        """The arm's learning-rate schedule."""
+        return self.state.scheduler
+
+    def train_epoch(self, epoch: int) -> torch.Tensor:
+        """[[mean loss, accuracy]] of one pass over the training set."""
+        return train_epoch(self.state, self.data.train_x, self.data.train_y, epoch=epoch).unsqueeze(0)
+
+    def evaluate(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[[mean cross-entropy, accuracy]] over a full split."""
+        return evaluate(self.state.model, inputs, labels).unsqueeze(0)
+
+    def diagnose(self) -> list[LayerDiagnostics]:
+        """The arm's layer diagnostics for this epoch."""
+        return [self.state.monitor.epoch_layers(self.state.model)]
 
 
-def epoch_report(
-    *,
-    epoch: int,
-    train: tuple[float, float],
-    evaluation: list[float],
-    epoch_seconds: float,
-    samples_per_second: float,
-    lr: float,
-    layers: list[LayerReport],
-    ratio: float | None,
-    flag: Literal["vanishing", "exploding"] | None,
-) -> EpochReport:
-    """One epoch's report from (train loss, accuracy) and [test loss, accuracy(, val loss, accuracy)].
+def record_epoch(state: ArmState, report: EpochReport) -> ArmStatus | None:
+    """Add an epoch's report to the arm's progress; how the arm ends when this epoch ends it, else None.
 
-    The one place that decides divergence: any non-finite loss, train, test or validation.
+    The one outcome rule of both trainers: a diverged epoch ends the arm as diverged, the last
+    epoch of the spec as succeeded.
     """
-    train_loss, train_accuracy = train
-    test_loss, test_accuracy = evaluation[0], evaluation[1]
-    val_loss, val_accuracy = (evaluation[2], evaluation[3]) if len(evaluation) > 2 else (None, None)
-    losses = [train_loss, test_loss] + ([val_loss] if val_loss is not None else [])
-    return EpochReport(
-        epoch=epoch,
-        train_loss=finite_or_none(train_loss),
-        train_accuracy=train_accuracy,
-        test_loss=finite_or_none(test_loss),
-        test_accuracy=test_accuracy,
-        epoch_seconds=epoch_seconds,
-        samples_per_second=samples_per_second,
-        lr=lr,
-        val_loss=finite_or_none(val_loss) if val_loss is not None else None,
-        val_accuracy=val_accuracy,
-        grad_norm_ratio=ratio,
-        gradient_flag=flag,
-        diverged=not all(math.isfinite(loss) for loss in losses),
-        layers=layers,
+    state.reports.append(report)
+    state.epochs_completed = report.epoch
+    state.training_seconds += report.epoch_seconds
+    if report.diverged:
+        state.diverged_epoch = report.epoch
+        return "diverged"
+    if report.epoch == state.spec.training.epochs:
+        return "succeeded"
+    return None
+
+
+def finished_status(saved: str) -> ArmStatus | None:
+    """The end a checkpoint's saved status records (succeeded or diverged); None for an arm still running."""
+    if saved == "succeeded":
+        return "succeeded"
+    if saved == "diverged":
+        return "diverged"
+    return None
+
+
+def arm_outcome(state: ArmState, status: ArmStatus) -> ArmOutcome:
+    """How the arm ended, with its progress so far."""
+    return ArmOutcome(
+        status=status,
+        epochs_completed=state.epochs_completed,
+        diverged_epoch=state.diverged_epoch,
+        info=state.info,
+        training_seconds=state.training_seconds,
+        reports=list(state.reports),
     )
 
 
@@ -368,17 +371,6 @@ def load_checkpoint(path: Path, state: ArmState) -> str:
     return str(payload["status"])
 
 
-def _outcome(state: ArmState, status: ArmStatus) -> ArmOutcome:
-    return ArmOutcome(
-        status=status,
-        epochs_completed=state.epochs_completed,
-        diverged_epoch=state.diverged_epoch,
-        info=state.info,
-        training_seconds=state.training_seconds,
-        reports=list(state.reports),
-    )
-
-
 def train_arm(
     spec: ExperimentSpec,
     *,
@@ -403,40 +395,32 @@ def train_arm(
     else:
         data = data.to(target)
     state = prepare_arm(spec, activation_index=activation_index, seed=seed, data=data, device=target)
-    status = "running"
+    saved = "running"
     if checkpoint_path is not None and checkpoint_path.exists():
-        status = load_checkpoint(checkpoint_path, state)
+        saved = load_checkpoint(checkpoint_path, state)
     if on_start is not None:
         on_start(state.info)
-    if status in ("succeeded", "diverged"):
-        return _outcome(state, "succeeded" if status == "succeeded" else "diverged")
-    epochs = spec.training.epochs
+    finished = finished_status(saved)
+    if finished is not None:
+        return arm_outcome(state, finished)
     checkpoints = CheckpointClock(checkpoint_interval)
-    for epoch in range(state.epochs_completed + 1, epochs + 1):
-        report = run_epoch(state, data, epoch=epoch)
-        state.reports.append(report)
-        state.epochs_completed = epoch
-        state.training_seconds += report.epoch_seconds
-        if report.diverged:
-            state.diverged_epoch = epoch
-            status = "diverged"
-        elif epoch == epochs:
-            status = "succeeded"
+    steps = ArmEpoch(state, data)
+    for epoch in range(state.epochs_completed + 1, spec.training.epochs + 1):
+        (report,) = run_epoch(steps, data, epoch=epoch)
+        ended = record_epoch(state, report)
         # The callback must not shift the random stream a resumed run continues from.
         rng_state = _rng_state(state.device)
         keep_going = on_epoch(report) if on_epoch is not None else None
         # A run that stops early is always saved, to be resumed; the end of a run is recorded by the caller
         # (on_epoch has its last report), so it is saved only when due like any other epoch.
-        if checkpoint_path is not None and checkpoints.due(final=keep_going is False and status == "running"):
-            save_checkpoint(checkpoint_path, state, status=status, rng_state=rng_state)
+        if checkpoint_path is not None and checkpoints.due(final=keep_going is False and ended is None):
+            save_checkpoint(checkpoint_path, state, status=ended or "running", rng_state=rng_state)
             checkpoints.saved()
-        if status == "diverged":
-            return _outcome(state, "diverged")
-        if status == "succeeded":
-            break
+        if ended is not None:
+            return arm_outcome(state, ended)
         if keep_going is False:
-            return _outcome(state, "cancelled")
-    return _outcome(state, "succeeded")
+            return arm_outcome(state, "cancelled")
+    return arm_outcome(state, "succeeded")
 
 
 @dataclass

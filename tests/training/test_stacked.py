@@ -33,9 +33,11 @@ import pytest
 import torch
 
 from app.spec import ExperimentSpec
-from worker.training import fused, trainer
+from worker.training import trainer
 from worker.training.datasets import DatasetSplits, load_dataset
-from worker.training.fused import (
+from worker.training.models import ActivationNetwork, build_model
+from worker.training.reports import ArmOutcome, EpochReport, RunInfo
+from worker.training.stacked import (
     build_stacked_model,
     can_stack,
     copy_member_into,
@@ -44,8 +46,7 @@ from worker.training.fused import (
     stacking_recommended,
     train_stacked,
 )
-from worker.training.models import ActivationNetwork, build_model
-from worker.training.reports import ArmOutcome, EpochReport, RunInfo
+from worker.training.stacked import trainer as stacked_trainer
 from worker.training.trainer import train_arm
 
 DEVICE = os.environ.get("ACTLAB_TEST_DEVICE", "cpu")
@@ -473,13 +474,13 @@ def test_stacked_checkpoints_follow_the_interval_and_a_crash_resumes_from_the_la
     now = [0.0]
     monkeypatch.setattr(trainer.CheckpointClock, "now", staticmethod(lambda: now[0]))
     saved: list[int] = []
-    real_save = fused.save_checkpoint
+    real_save = stacked_trainer.save_checkpoint
 
     def recording_save(path: Path, state: Any, *, status: str, **options: Any) -> None:
         saved.append(state.epochs_completed)
         real_save(path, state, status=status, **options)
 
-    monkeypatch.setattr(fused, "save_checkpoint", recording_save)
+    monkeypatch.setattr(stacked_trainer, "save_checkpoint", recording_save)
 
     def crash_in_epoch_four(reports: list[tuple[int, EpochReport]]) -> None:
         now[0] += 6.0

@@ -1,0 +1,118 @@
+"""One epoch of training: the same body for one arm and for a stack of members.
+
+Both trainers hand ``run_epoch`` their steps (``EpochSteps``): one training pass, the evaluation
+of a split and the layer diagnostics, each with one row per member (an ordinary arm is a stack of
+one). What happens around them is written here once: the order (train, test, validation when the
+split has one, diagnostics, schedule step), the timing, and each member's report with the one
+divergence rule (``epoch_report``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Protocol
+
+import torch
+
+from app.numbers import finite_or_none
+from worker.training.datasets import DatasetSplits
+from worker.training.diagnostics import GradientFlag, LayerDiagnostics
+from worker.training.reports import EpochReport, LayerReport
+
+
+class EpochSteps(Protocol):
+    """The steps of one epoch of one or several members, each answering one row per member."""
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer; its first group's learning rate is the epoch's."""
+        ...
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The learning-rate schedule, stepped once after the epoch; None for a constant rate."""
+        ...
+
+    def train_epoch(self, epoch: int) -> torch.Tensor:
+        """One pass over the training set: [mean loss, accuracy] per member, a (members, 2) device tensor."""
+        ...
+
+    def evaluate(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[mean cross-entropy, accuracy] per member over a full split, a (members, 2) device tensor."""
+        ...
+
+    def diagnose(self) -> list[LayerDiagnostics]:
+        """Every member's layer diagnostics for this epoch."""
+        ...
+
+
+def run_epoch(steps: EpochSteps, data: DatasetSplits, *, epoch: int) -> list[EpochReport]:
+    """Train one epoch, evaluate, diagnose and step the schedule; one report per member, in member order."""
+    started = time.perf_counter()
+    lr = float(steps.optimizer.param_groups[0]["lr"])
+    # Read here so the time below is the training time alone.
+    train_table = steps.train_epoch(epoch).tolist()
+    train_seconds = time.perf_counter() - started
+    evaluations = [steps.evaluate(data.test_x, data.test_y)]
+    if data.val_x is not None and data.val_y is not None and data.val_x.shape[0] > 0:
+        evaluations.append(steps.evaluate(data.val_x, data.val_y))
+    evaluation_table = torch.cat(evaluations, dim=1).tolist()
+    diagnostics = steps.diagnose()
+    if steps.scheduler is not None:
+        steps.scheduler.step()
+    # The whole epoch's wall time: in a stack every member trained for all of it.
+    epoch_seconds = time.perf_counter() - started
+    samples_per_second = data.train_x.shape[0] / train_seconds if train_seconds > 0 else 0.0
+    return [
+        epoch_report(
+            epoch=epoch,
+            train=(train[0], train[1]),
+            evaluation=list(evaluation),
+            epoch_seconds=epoch_seconds,
+            samples_per_second=samples_per_second,
+            lr=lr,
+            layers=layers,
+            ratio=ratio,
+            flag=flag,
+        )
+        for train, evaluation, (layers, ratio, flag) in zip(train_table, evaluation_table, diagnostics, strict=True)
+    ]
+
+
+def epoch_report(
+    *,
+    epoch: int,
+    train: tuple[float, float],
+    evaluation: list[float],
+    epoch_seconds: float,
+    samples_per_second: float,
+    lr: float,
+    layers: list[LayerReport],
+    ratio: float | None,
+    flag: GradientFlag | None,
+) -> EpochReport:
+    """One epoch's report from (train loss, accuracy) and [test loss, accuracy(, val loss, accuracy)].
+
+    The one place that decides divergence: any non-finite loss, train, test or validation.
+    """
+    train_loss, train_accuracy = train
+    test_loss, test_accuracy = evaluation[0], evaluation[1]
+    val_loss, val_accuracy = (evaluation[2], evaluation[3]) if len(evaluation) > 2 else (None, None)
+    losses = [train_loss, test_loss] + ([val_loss] if val_loss is not None else [])
+    return EpochReport(
+        epoch=epoch,
+        train_loss=finite_or_none(train_loss),
+        train_accuracy=train_accuracy,
+        test_loss=finite_or_none(test_loss),
+        test_accuracy=test_accuracy,
+        epoch_seconds=epoch_seconds,
+        samples_per_second=samples_per_second,
+        lr=lr,
+        val_loss=finite_or_none(val_loss) if val_loss is not None else None,
+        val_accuracy=val_accuracy,
+        grad_norm_ratio=ratio,
+        gradient_flag=flag,
+        diverged=not all(math.isfinite(loss) for loss in losses),
+        layers=layers,
+    )
