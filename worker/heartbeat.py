@@ -1,5 +1,8 @@
 """Worker liveness: a worker_nodes row refreshed from the moment a worker is ready until it stops.
 
+This says that a worker is alive; it is not a run's heartbeat (``runs.heartbeat_at``, refreshed
+while the run trains by the run heartbeats of worker/lifecycle.py and read by the reaper).
+
 The API routes device 'auto' to the gpu queue while a GPU worker's row is fresh. The row is
 written from the worker's main process, which must never initialise CUDA (its pool
 children are forked from it), so the GPU is detected with ``nvidia-smi`` in a subprocess
@@ -52,8 +55,8 @@ def detect_device() -> str:
     return f"cuda:{names[0]}"[:_DEVICE_LENGTH]
 
 
-def record_heartbeat(*, hostname: str, queues: list[str], device: str, starting: bool = False) -> None:
-    """Upsert this worker's row on a short-lived engine of its own, so no pooled connection outlives the call."""
+def record_worker_alive(*, hostname: str, queues: list[str], device: str, starting: bool = False) -> None:
+    """Upsert this worker's liveness row on a short-lived engine of its own, so no pooled connection outlives it."""
     engine = make_engine()
     try:
         with session_scope(engine) as session:
@@ -62,8 +65,8 @@ def record_heartbeat(*, hostname: str, queues: list[str], device: str, starting:
         engine.dispose()
 
 
-class WorkerHeartbeat:
-    """A daemon thread in the worker's main process that records the worker's row periodically."""
+class WorkerLiveness:
+    """A daemon thread in the worker's main process that records the worker's liveness row periodically."""
 
     def __init__(self, *, hostname: str, queues: list[str], device: str, interval: float) -> None:
         self.hostname = hostname
@@ -71,32 +74,32 @@ class WorkerHeartbeat:
         self.device = device
         self._interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="worker-heartbeat", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="worker-liveness", daemon=True)
 
     def start(self) -> None:
-        """Record the start now, then keep beating in the background."""
-        self._beat(starting=True)
+        """Record the start now, then keep recording in the background."""
+        self._record(starting=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop beating (the row simply goes stale)."""
+        """Stop recording (the row simply goes stale)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
-    def _beat(self, *, starting: bool = False) -> None:
+    def _record(self, *, starting: bool = False) -> None:
         try:
-            record_heartbeat(hostname=self.hostname, queues=self.queues, device=self.device, starting=starting)
+            record_worker_alive(hostname=self.hostname, queues=self.queues, device=self.device, starting=starting)
         except Exception:
-            # The database may be briefly unreachable; the next beat tries again.
-            logger.warning("worker heartbeat of %s failed", self.hostname, exc_info=True)
+            # The database may be briefly unreachable; the next record tries again.
+            logger.warning("worker liveness record of %s failed", self.hostname, exc_info=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
-            self._beat()
+            self._record()
 
 
-_heartbeat: WorkerHeartbeat | None = None
+_liveness: WorkerLiveness | None = None
 
 
 def _consumed_queues(sender: Any) -> list[str]:
@@ -107,28 +110,28 @@ def _consumed_queues(sender: Any) -> list[str]:
 
 
 @worker_ready.connect
-def _start_heartbeat(sender: Any = None, **_: Any) -> None:
-    global _heartbeat
+def _start_liveness(sender: Any = None, **_: Any) -> None:
+    global _liveness
     if sender is None:
         return
-    _heartbeat = WorkerHeartbeat(
+    _liveness = WorkerLiveness(
         hostname=str(sender.hostname),
         queues=_consumed_queues(sender),
         device=detect_device(),
         interval=get_settings().worker_heartbeat_seconds,
     )
-    logger.info("worker %s ready: queues %s, device %s", _heartbeat.hostname, _heartbeat.queues, _heartbeat.device)
-    _heartbeat.start()
+    logger.info("worker %s ready: queues %s, device %s", _liveness.hostname, _liveness.queues, _liveness.device)
+    _liveness.start()
 
 
 @worker_shutdown.connect
-def _stop_heartbeat(**_: Any) -> None:
-    if _heartbeat is not None:
-        _heartbeat.stop()
+def _stop_liveness(**_: Any) -> None:
+    if _liveness is not None:
+        _liveness.stop()
 
 
 @worker_process_init.connect
 def _forget_parent_threads(**_: Any) -> None:
     # A forked pool child inherits the module state but not the thread: it must not try to stop it.
-    global _heartbeat
-    _heartbeat = None
+    global _liveness
+    _liveness = None

@@ -7,6 +7,9 @@
   died between its commit and the enqueue, or the broker refused it), put back by the
   reaper, or enqueued but no longer held by the broker (a Redis restart without persistence).
 
+Both read the broker's tasks here (``broker_run_ids``); the stacked runner deletes the embedded
+broker's tasks of runs a stack took through ``discard_tasks_of_runs``.
+
 A pass runs in every worker's main process every ``maintenance_interval_seconds`` (a
 PostgreSQL advisory lock lets one run at a time) and once per ``actlab maintain``. Both
 halves are idempotent; a duplicate task is harmless because claims are fenced.
@@ -48,6 +51,7 @@ from app.runs.maintenance_repository import (
 )
 from app.schemas import as_utc
 from worker.celery_app import QUEUES, TRAIN_RUNS_TASK, embedded_broker_folders, is_embedded_broker
+from worker.lifecycle import max_attempts
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +94,6 @@ class MaintenanceReport:
             f"{len(self.requeued_stale)} stale run(s) requeued, {len(self.failed_stale)} stale run(s) failed after "
             f"their last attempt, {len(self.enqueued)} queued run(s) sent to the broker"
         )
-
-
-def max_attempts(settings: Settings) -> int:
-    """How many times a run may be started (the runner's limit, shared here)."""
-    from worker.runner import max_attempts as runner_max_attempts
-
-    return runner_max_attempts(settings)
 
 
 def _describe(run: StaleRun) -> str:
@@ -256,6 +253,32 @@ def broker_run_ids(settings: Settings) -> frozenset[uuid.UUID] | None:
     except Exception as error:
         logger.warning("could not list the tasks held by the broker: %s", error)
     return None
+
+
+def discard_tasks_of_runs(*, run_ids: set[uuid.UUID], settings: Settings) -> int:
+    """Embedded broker: delete the waiting tasks that name only runs of ``run_ids``; returns how many.
+
+    The folder broker hands a worker process a task only every ``broker_polling_interval`` seconds,
+    so the tasks of runs a stack claimed would each cost a look before the next experiment's tasks
+    are reached. Deleting them is safe: those runs are running under the claiming task, which takes
+    them back if it is delivered again, and a run that is put back to queued gets a new task from the
+    reconciler. Redis hands out tasks without polling: there they are simply
+    delivered and skipped.
+    """
+    if not run_ids or not is_embedded_broker(settings.broker_url):
+        return 0
+    removed = 0
+    for path in embedded_broker_folders(settings.broker_folder)["messages"].glob("*.msg"):
+        try:
+            named = run_ids_in_message(path.read_bytes())
+        except (OSError, ValueError):
+            # Taken by a consumer meanwhile, or still being written.
+            continue
+        if named and named <= run_ids:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
 
 
 @contextlib.contextmanager

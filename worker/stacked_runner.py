@@ -28,27 +28,26 @@ member's end, the experiment's status once, and the cancel check. A member that 
 finished as diverged in that transaction; the engine drops it from the stack and the others go on.
 
 Specs the engine does not recommend stacking for (conv nets and larger MLPs on a CPU, RNNs,
-dropout), and chunks of one run, train through the ordinary path (``worker.runner``).
+dropout), and chunks of one run, train through the ordinary path (``worker.runner``). The steps
+both paths share (claim, heartbeat thread, database retry, the error ladder, the time-limit texts)
+live in worker/lifecycle.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.engine import Engine
 
 from app.config import Settings, get_settings
 from app.db import get_engine, session_scope
+from app.experiments.service import refresh_experiment_status
 from app.logging_config import log_context
 from app.metrics.write_repository import upsert_epoch_metrics_of_runs
 from app.models import RunStatus
@@ -70,19 +69,30 @@ from app.runs.state_repository import (
     record_run_start,
 )
 from app.spec import ExperimentSpec, load_stored_spec
-from worker import runner
-from worker.pool import worker_processes
-from worker.runner import BatchOutcome, RunOutcome
+from worker.lifecycle import (
+    BatchOutcome,
+    PeriodicRunHeartbeat,
+    RunOutcome,
+    checkpoint_path,
+    claim_or_end,
+    configure_torch,
+    end_after_error,
+    end_before_training,
+    is_transient_error,
+    max_attempts,
+    not_started_message,
+    shutdown_behind,
+    status_of_outcome,
+    training_device,
+    with_database_retry,
+)
+from worker.pool import stack_memory_budget_bytes, worker_processes
+from worker.runner import execute_claimed
 
 if TYPE_CHECKING:
     from worker.training.reports import ArmOutcome, EpochReport, RunInfo
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-# Share of a GPU's free memory one stack may fill by default; the rest covers the allocator's slack.
-_GPU_MEMORY_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -108,19 +118,6 @@ class StackPlan:
         return max(1, min(chunk, self.members_in_memory))
 
 
-def memory_budget_bytes(*, settings: Settings, device: Any) -> int:
-    """Memory one stack may use: the setting, else a share of the GPU's free memory or of the machine's memory."""
-    if settings.stack_memory_budget_mb > 0:
-        return settings.stack_memory_budget_mb * 2**20
-    if device.type == "cuda":
-        import torch
-
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free * _GPU_MEMORY_SHARE)
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(physical // (2 * max(worker_processes(settings), 1)))
-
-
 def plan_stack(*, claimed: ClaimedRun, settings: Settings) -> StackPlan | None:
     """The stack plan for a claimed run's experiment, or None when its runs train one at a time.
 
@@ -134,18 +131,18 @@ def plan_stack(*, claimed: ClaimedRun, settings: Settings) -> StackPlan | None:
         from worker.training.trainer import resolve_device
 
         spec = load_stored_spec(claimed.spec)
-        device = runner.training_device(spec_device=spec.device, queue=claimed.queue)
+        device = training_device(spec_device=spec.device, queue=claimed.queue)
         recommended, reason = stacking_recommended(spec, device=device)
         if not recommended:
             logger.info("run %s: trained alone: %s", claimed.run_id, reason)
             return None
         target = resolve_device(device)
         # The engine's own estimate (the one group_members splits a grid by) of what one member needs.
-        budget = memory_budget_bytes(settings=settings, device=target)
+        budget = stack_memory_budget_bytes(settings=settings, device=target)
         fit = max(1, budget // max(member_memory_bytes(spec), 1))
         return StackPlan(spec=spec, device=device, on_gpu=target.type == "cuda", members_in_memory=fit)
     except Exception as error:
-        if runner.is_transient_error(error) or runner.shutdown_behind(error) is not None:
+        if is_transient_error(error) or shutdown_behind(error) is not None:
             raise
         logger.warning("run %s: cannot plan a stack (%s); training it alone", claimed.run_id, error)
         return None
@@ -167,8 +164,9 @@ class _Member:
         return not self.stale and self.recorded is None
 
 
-class _StackHeartbeat(runner.PeriodicHeartbeat):
-    """Refreshes every live member's heartbeat between epochs, one short transaction per run (one row lock each)."""
+class StackHeartbeat(PeriodicRunHeartbeat):
+    """The heartbeat of a stack's runs: refreshes every live member's heartbeat between epochs, one short
+    transaction per run (one row lock each)."""
 
     def __init__(self, *, engine: Engine, members: list[_Member], interval: float) -> None:
         super().__init__(engine=engine, interval=interval, name="stack-heartbeat")
@@ -193,10 +191,6 @@ class _StackWriter:
         self._experiment_id = members[0].claimed.experiment_id
         self._starts: dict[int, RunInfo] = {}
 
-    def _retry(self, operation: Callable[[], T], what: str) -> T:
-        result: T = runner._with_database_retry(operation, what=what, seconds=self._retry_seconds)
-        return result
-
     def _lock(self, session: Any) -> None:
         """The experiment's lock (PostgreSQL) or the write lock (SQLite), first in every transaction."""
         anchor = next((member for member in self._members if member.live), self._members[0])
@@ -213,7 +207,11 @@ class _StackWriter:
         if not self._starts:
             return
         starts = dict(self._starts)
-        stale = self._retry(lambda: self._write_starts(starts), f"experiment {self._experiment_id}: recording starts")
+        stale = with_database_retry(
+            lambda: self._write_starts(starts),
+            what=f"experiment {self._experiment_id}: recording starts",
+            seconds=self._retry_seconds,
+        )
         self._starts.clear()
         for position in stale:
             self._members[position].stale = True
@@ -249,8 +247,10 @@ class _StackWriter:
         cancel = False
         if live:
             epoch = live[0][1].epoch
-            stale, cancel = self._retry(
-                lambda: self._write_epoch(live), f"experiment {self._experiment_id}: writing epoch {epoch} of a stack"
+            stale, cancel = with_database_retry(
+                lambda: self._write_epoch(live),
+                what=f"experiment {self._experiment_id}: writing epoch {epoch} of a stack",
+                seconds=self._retry_seconds,
             )
         for position in stale:
             self._members[position].stale = True
@@ -306,7 +306,7 @@ class _StackWriter:
                     )
             if any(report.diverged for _, report in fenced):
                 # A run ended; otherwise every run is still running and the experiment's status stands.
-                runner._refresh_experiment(session, self._experiment_id)
+                refresh_experiment_status(session=session, experiment_id=self._experiment_id)
             cancel = cancel_requested(session=session, experiment_id=self._experiment_id)
         return stale, cancel
 
@@ -315,8 +315,10 @@ class _StackWriter:
         if not ends:
             return []
         statuses = sorted({status.value for status, _ in ends.values()})
-        return self._retry(
-            lambda: self._write_ends(ends), f"experiment {self._experiment_id}: recording ends ({', '.join(statuses)})"
+        return with_database_retry(
+            lambda: self._write_ends(ends),
+            what=f"experiment {self._experiment_id}: recording ends ({', '.join(statuses)})",
+            seconds=self._retry_seconds,
         )
 
     def _write_ends(self, ends: dict[int, tuple[RunStatus, dict[str, Any]]]) -> list[int]:
@@ -329,14 +331,14 @@ class _StackWriter:
                     finish_run(session=session, run_id=claimed.run_id, attempt=claimed.attempt, status=status, **fields)
                 except StaleAttemptError:
                     stale.append(position)
-            runner._refresh_experiment(session, self._experiment_id)
+            refresh_experiment_status(session=session, experiment_id=self._experiment_id)
         return stale
 
 
 def _claim_leftovers(
     *, engine: Engine, run_id: uuid.UUID, task_id: str, worker_host: str, settings: Settings, exclude: set[uuid.UUID]
 ) -> list[tuple[ClaimedRun, bool]]:
-    """Claim again the runs an earlier delivery of this task left running; (claim, ended) as ``runner._claim`` gives."""
+    """Claim again the runs an earlier delivery of this task left running; (claim, ended) as ``claim_or_end`` gives."""
     with session_scope(engine) as session:
         experiment_id = experiment_of_run(session=session, run_id=run_id)
         if experiment_id is None:
@@ -344,7 +346,7 @@ def _claim_leftovers(
         leftovers = runs_left_by_task(session=session, experiment_id=experiment_id, task_id=task_id, exclude=exclude)
     claims: list[tuple[ClaimedRun, bool]] = []
     for leftover in leftovers:
-        claimed, ended = runner._claim(
+        claimed, ended = claim_or_end(
             engine=engine, run_id=leftover, worker_host=worker_host, task_id=task_id, settings=settings
         )
         if claimed is not None:
@@ -375,7 +377,7 @@ def _claim_companions(
             session=session,
             experiment_id=first.experiment_id,
             queue=first.queue,
-            attempt_limit=runner.max_attempts(settings),
+            attempt_limit=max_attempts(settings),
             limit=wanted,
         )
         claims: list[ClaimedRun] = []
@@ -390,43 +392,14 @@ def _claim_companions(
             if claimed is not None:
                 claims.append(claimed)
         if claims:
-            runner._refresh_experiment(session, first.experiment_id)
+            refresh_experiment_status(session=session, experiment_id=first.experiment_id)
     return claims
-
-
-def discard_tasks_of_runs(*, run_ids: set[uuid.UUID], settings: Settings) -> int:
-    """Embedded broker: delete the waiting tasks that name only runs of ``run_ids``; returns how many.
-
-    The folder broker hands a worker process a task only every ``broker_polling_interval`` seconds,
-    so the tasks of runs a stack claimed would each cost a look before the next experiment's tasks
-    are reached. Deleting them is safe: those runs are running under the claiming task, which takes
-    them back if it is delivered again, and a run that is put back to queued gets a new task from the
-    reconciler (worker/maintenance.py). Redis hands out tasks without polling: there they are simply
-    delivered and skipped.
-    """
-    from worker.celery_app import embedded_broker_folders, is_embedded_broker
-    from worker.maintenance import run_ids_in_message
-
-    if not run_ids or not is_embedded_broker(settings.broker_url):
-        return 0
-    removed = 0
-    for path in embedded_broker_folders(settings.broker_folder)["messages"].glob("*.msg"):
-        try:
-            named = run_ids_in_message(path.read_bytes())
-        except (OSError, ValueError):
-            # Taken by a consumer meanwhile, or still being written.
-            continue
-        if named and named <= run_ids:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed += 1
-    return removed
 
 
 def _train(*, members: list[_Member], plan: StackPlan, writer: _StackWriter, settings: Settings) -> list[ArmOutcome]:
     from worker.training.stacked import train_stacked
 
-    runner.configure_torch(settings)
+    configure_torch(settings)
     return train_stacked(
         plan.spec,
         members=[(member.claimed.activation_index, member.claimed.seed) for member in members],
@@ -463,7 +436,7 @@ def train_claimed_stack(
 ) -> list[RunOutcome]:
     """Train claimed runs of one experiment as one stack and record how each ended."""
     members = [
-        _Member(claimed=claimed, checkpoint=runner.checkpoint_path(run_id=claimed.run_id, settings=settings))
+        _Member(claimed=claimed, checkpoint=checkpoint_path(run_id=claimed.run_id, settings=settings))
         for claimed in group
     ]
     writer = _StackWriter(engine=engine, members=members, retry_seconds=settings.database_retry_seconds)
@@ -474,33 +447,20 @@ def train_claimed_stack(
         ", ".join(f"{claimed.run_id}#{claimed.attempt}" for claimed in group),
     )
     try:
-        with _StackHeartbeat(engine=engine, members=members, interval=settings.run_heartbeat_seconds):
+        with StackHeartbeat(engine=engine, members=members, interval=settings.run_heartbeat_seconds):
             results = _train(members=members, plan=plan, writer=writer, settings=settings)
-    except SoftTimeLimitExceeded:
-        message = (
-            f"stopped by the time limit of {settings.task_soft_time_limit} s (setting ACTLAB_TASK_SOFT_TIME_LIMIT); "
-            "the finished epochs are kept"
-        )
-        return _end_live(members=members, writer=writer, status=RunStatus.timed_out, error=message)
     except Exception as error:
-        shutdown = runner.shutdown_behind(error)
-        if shutdown is not None:
-            # The process is stopping: the task is redelivered and takes its runs back from their checkpoints.
-            logger.warning(
-                "experiment %s: a stack of %d runs interrupted by the shutdown", group[0].experiment_id, len(group)
-            )
-            raise shutdown from error
-        if runner.is_transient_error(error):
-            # Keep the checkpoints: the task's retry (same task id) takes the runs back and resumes them.
-            raise
-        logger.exception("experiment %s: a stack of %d runs failed", group[0].experiment_id, len(group))
-        return _end_live(members=members, writer=writer, status=RunStatus.failed, error=runner._error_text(error))
+        # The time limit and deterministic errors end every live member; a shutdown or a transient error is raised,
+        # and the task, redelivered or retried under the same id, takes its runs back from their checkpoints.
+        subject = f"experiment {group[0].experiment_id}: a stack of {len(group)} runs"
+        status, message = end_after_error(error, settings=settings, subject=subject, log=logger)
+        return _end_live(members=members, writer=writer, status=status, error=message)
     ends: dict[int, tuple[RunStatus, dict[str, Any]]] = {}
     for position, (member, result) in enumerate(zip(members, results, strict=True)):
         if not member.live:
             continue
         ends[position] = (
-            runner._OUTCOME_STATUS[result.status],
+            status_of_outcome(result.status),
             {
                 "epochs_completed": result.epochs_completed,
                 "diverged_epoch": result.diverged_epoch,
@@ -526,17 +486,15 @@ def _train_one_by_one(
     outcomes: list[RunOutcome] = []
     for index, claimed in enumerate(group):
         with log_context(run_id=claimed.run_id):
-            outcome = runner._execute_claimed(
-                claimed=claimed, ended=False, worker_host=worker_host, engine=engine, settings=settings
-            )
+            outcome = execute_claimed(claimed=claimed, worker_host=worker_host, engine=engine, settings=settings)
         outcomes.append(outcome)
         if outcome.status == RunStatus.timed_out and index + 1 < len(group):
             members = [
-                _Member(claimed=rest, checkpoint=runner.checkpoint_path(run_id=rest.run_id, settings=settings))
+                _Member(claimed=rest, checkpoint=checkpoint_path(run_id=rest.run_id, settings=settings))
                 for rest in group[index + 1 :]
             ]
             writer = _StackWriter(engine=engine, members=members, retry_seconds=settings.database_retry_seconds)
-            message = f"not started: the task ran out of time (setting ACTLAB_TASK_SOFT_TIME_LIMIT, {settings.task_soft_time_limit} s)"
+            message = not_started_message(settings)
             outcomes.extend(_end_live(members=members, writer=writer, status=RunStatus.timed_out, error=message))
             break
     return outcomes
@@ -560,7 +518,7 @@ def execute_run_stacked(
     outcomes: list[RunOutcome] = []
     group: list[ClaimedRun] = []
     with log_context(run_id=run_id):
-        claimed, ended = runner._claim(
+        claimed, ended = claim_or_end(
             engine=engine, run_id=run_id, worker_host=worker_host, task_id=task_id, settings=settings
         )
         claims: list[tuple[ClaimedRun, bool]] = [] if claimed is None else [(claimed, ended)]
@@ -578,11 +536,7 @@ def execute_run_stacked(
         for claim, claim_ended in claims:
             if claim_ended:
                 with log_context(run_id=claim.run_id, experiment_id=claim.experiment_id):
-                    outcomes.append(
-                        runner._execute_claimed(
-                            claimed=claim, ended=True, worker_host=worker_host, engine=engine, settings=settings
-                        )
-                    )
+                    outcomes.append(end_before_training(claimed=claim, settings=settings, log=logger))
             else:
                 group.append(claim)
         if not group:
@@ -602,6 +556,9 @@ def execute_run_stacked(
             )
             group += companions
             try:
+                # Importing worker.maintenance builds the Celery app: only where a stack took runs.
+                from worker.maintenance import discard_tasks_of_runs
+
                 discard_tasks_of_runs(run_ids={claim.run_id for claim in companions}, settings=settings)
             except Exception:
                 # Only a shortcut: a task left behind is delivered and skipped.

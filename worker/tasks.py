@@ -19,7 +19,7 @@ import worker.heartbeat  # noqa: F401  (connects the worker-liveness signal hand
 from app.config import get_settings
 from app.db import session_scope
 from worker.celery_app import TRAIN_RUNS_TASK, celery_app
-from worker.runner import is_transient_error
+from worker.lifecycle import ERROR_TEXT_LIMIT, hard_time_limit_message, is_transient_error
 
 # One run per task, trained with the queued runs of its experiment it stacks with (worker/stacked_runner.py).
 from worker.stacked_runner import execute_runs
@@ -47,16 +47,11 @@ class TrainRunsTask(Task):  # type: ignore[misc]
         run_ids = [uuid.UUID(str(run_id)) for run_id in kwargs.get("run_ids", [])]
         status = RunStatus.failed
         retries = self.request.retries
-        reason = f"gave up after {retries} retries: {type(exc).__name__}: {exc}"[:4000]
+        reason = f"gave up after {retries} retries: {type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
         if isinstance(exc, TimeLimitExceeded):
             # Celery calls this in the worker's main process after it killed the pool child.
-            settings = get_settings()
             status = RunStatus.timed_out
-            reason = (
-                f"killed by the hard time limit of {settings.task_time_limit} s: it did not stop at the soft limit "
-                f"of {settings.task_soft_time_limit} s (settings ACTLAB_TASK_SOFT_TIME_LIMIT, "
-                "ACTLAB_TASK_TIME_LIMIT_GRACE); the finished epochs are kept"
-            )
+            reason = hard_time_limit_message(get_settings())
         try:
             with session_scope() as session:
                 # A stacked task also holds the runs it claimed beside its own (same task id).

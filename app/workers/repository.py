@@ -1,4 +1,7 @@
-"""SQL of the worker_nodes table: workers record a heartbeat, the API asks which are alive."""
+"""SQL of the worker_nodes table: workers record that they are alive, the API asks which are.
+
+Worker liveness (worker/heartbeat.py), not a run's heartbeat (``runs.heartbeat_at``, app/runs/state_repository.py).
+"""
 
 from __future__ import annotations
 
@@ -34,5 +37,5 @@ def upsert_worker_node(
 
 
 def workers_seen_since(*, session: Session, since: datetime) -> list[WorkerNode]:
-    """Workers whose last heartbeat is at or after ``since``."""
+    """Workers whose last liveness record is at or after ``since``."""
     return list(session.execute(select(WorkerNode).where(WorkerNode.last_seen_at >= since)).scalars().all())

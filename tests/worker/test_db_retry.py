@@ -17,7 +17,8 @@ from app.models import EpochMetric, Run, RunStatus
 from tests.worker.conftest import TINY_SPEC, add_experiment
 from worker import db_retry, runner
 from worker.db_retry import retry_transient
-from worker.runner import execute_run, is_transient_error
+from worker.lifecycle import is_transient_error
+from worker.runner import execute_run
 
 REFUSED = OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
 

@@ -20,18 +20,22 @@ from app.models.types import utc_now
 from app.runs.state_repository import claim_run
 from tests.worker.conftest import TINY_SPEC, add_experiment
 from worker import runner
-from worker.runner import execute_run, execute_runs, is_transient_error
+from worker.lifecycle import is_transient_error
+from worker.runner import execute_run
+from worker.stacked_runner import execute_runs
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     # No write retries: a simulated database error goes straight to the task's retry (tests/worker/test_db_retry.py
-    # covers the write retries).
+    # covers the write retries). No stacking: a task's runs (execute_runs, the tasks' path) train the ordinary way
+    # (tests/worker/test_stacked_runner.py covers stacks).
     return Settings(
         checkpoint_dir=tmp_path / "checkpoints",
         data_dir=tmp_path / "no-data",
         run_heartbeat_seconds=60,
         database_retry_seconds=0,
+        stack_runs=False,
     )
 
 

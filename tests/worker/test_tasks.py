@@ -15,7 +15,7 @@ from app.db import session_scope
 from app.models import Experiment, Run
 from tests.worker.conftest import add_experiment
 from worker import tasks
-from worker.runner import BatchOutcome, RunOutcome
+from worker.lifecycle import BatchOutcome, RunOutcome
 from worker.tasks import retry_countdown, train_runs
 
 

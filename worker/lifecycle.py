@@ -1,0 +1,320 @@
+"""The life of a run on a worker, one public home for the rules both runners follow.
+
+worker/runner.py trains one claimed run at a time, worker/stacked_runner.py trains claimed runs of
+one experiment as one stacked model; every step they share is written here once:
+
+- claim: the fenced claim of a delivery (one attempt more), ended at once when the experiment was
+  cancelled or the run used every attempt (``claim_or_end``, ``max_attempts``, ``end_before_training``);
+- run heartbeats: a thread that refreshes ``runs.heartbeat_at`` of the runs being trained, fenced by
+  their attempts (``PeriodicRunHeartbeat``); a worker's own liveness record is another thing
+  (worker/heartbeat.py);
+- writes: idempotent, fenced transactions repeated through a short database outage
+  (``with_database_retry``); a write that ends a run refreshes its experiment's status;
+- the end: the status an engine outcome records (``status_of_outcome``) and the one ladder for an
+  error that stops training (``end_after_error``: the time limit, the worker's shutdown, a transient
+  error, anything else), with the texts the time limits leave on a run;
+- where a run trains: its checkpoint file, its device, the process's torch threads.
+
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Self, TypeVar
+
+from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from app.config import Settings
+from app.db import session_scope
+from app.experiments.service import refresh_experiment_status
+from app.models import RunStatus
+from app.runs.state_repository import ClaimedRun, StaleAttemptError, cancel_requested, claim_run, fence_run, finish_run
+from worker.db_retry import retry_transient
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Longest error text stored on a run.
+ERROR_TEXT_LIMIT = 4000
+
+# The run status each end of the engine's training records.
+_OUTCOME_STATUS = {"succeeded": RunStatus.succeeded, "diverged": RunStatus.diverged, "cancelled": RunStatus.cancelled}
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How one delivery of a run ended: the status it recorded, or None when it did not own the run."""
+
+    run_id: uuid.UUID
+    status: RunStatus | None
+    attempt: int | None = None
+
+
+@dataclass
+class BatchOutcome:
+    """The outcomes of a task's runs, and the runs it had no time left to start."""
+
+    outcomes: list[RunOutcome] = field(default_factory=list)
+    not_started: list[uuid.UUID] = field(default_factory=list)
+
+
+def is_transient_error(error: BaseException) -> bool:
+    """True for failures that may pass if tried again later: the database or broker unreachable or busy.
+
+    Everything else (bad data, a missing dataset, divergence, a bug) is deterministic: it is
+    recorded on the run and never retried.
+    """
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, OperationalError):
+        # SQLite reports schema and file errors as OperationalError too; only lock contention passes by itself.
+        original = str(error.orig).lower()
+        if type(error.orig).__module__.startswith("sqlite3"):
+            return "locked" in original or "busy" in original
+        return True
+    transient = (
+        InterfaceError,
+        DisconnectionError,
+        PoolTimeoutError,
+        RedisConnectionError,
+        RedisTimeoutError,
+        BrokerOperationalError,
+        ConnectionError,
+        TimeoutError,
+    )
+    return isinstance(error, transient)
+
+
+def shutdown_behind(error: BaseException) -> BaseException | None:
+    """The SystemExit or KeyboardInterrupt that ``error`` masks, if any.
+
+    A worker's pool process stops by raising SystemExit wherever it happens to be (billiard's
+    signal handler); inside torch or a ``with`` block whose exit fails, that exit comes back
+    as another error with the SystemExit as its context. Such an error says nothing about the
+    run: the process is stopping, and the run must go back to the queue, not fail.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SystemExit | KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def error_text(error: BaseException) -> str:
+    """The text a failed run records: the error's type and message, cut to ERROR_TEXT_LIMIT characters."""
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= ERROR_TEXT_LIMIT else text[: ERROR_TEXT_LIMIT - 3] + "..."
+
+
+def time_limit_message(settings: Settings) -> str:
+    """The error of a run stopped by the task's soft time limit."""
+    return (
+        f"stopped by the time limit of {settings.task_soft_time_limit} s (setting ACTLAB_TASK_SOFT_TIME_LIMIT); "
+        "the finished epochs are kept"
+    )
+
+
+def not_started_message(settings: Settings) -> str:
+    """The error of a claimed run its task had no time left to start (an earlier run of the task timed out)."""
+    return f"not started: the task ran out of time (setting ACTLAB_TASK_SOFT_TIME_LIMIT, {settings.task_soft_time_limit} s)"
+
+
+def hard_time_limit_message(settings: Settings) -> str:
+    """The error of a run whose pool process was killed by the task's hard time limit."""
+    return (
+        f"killed by the hard time limit of {settings.task_time_limit} s: it did not stop at the soft limit "
+        f"of {settings.task_soft_time_limit} s (settings ACTLAB_TASK_SOFT_TIME_LIMIT, "
+        "ACTLAB_TASK_TIME_LIMIT_GRACE); the finished epochs are kept"
+    )
+
+
+def end_after_error(
+    error: Exception, *, settings: Settings, subject: str, log: logging.Logger
+) -> tuple[RunStatus, str]:
+    """The end that an error which stopped training records: (status, error text); raises when none must be.
+
+    The time limit ends the run timed_out with its finished epochs. The worker's shutdown behind
+    the error is raised: the process stops and the broker redelivers the task, which resumes from
+    the checkpoint. A transient error is raised: the task retries, keeping the checkpoint. Anything
+    else fails the run with the error's text. ``subject`` ("run ...: attempt ...") starts the log
+    lines, written to the runner's ``log``.
+    """
+    if isinstance(error, SoftTimeLimitExceeded):
+        return RunStatus.timed_out, time_limit_message(settings)
+    shutdown = shutdown_behind(error)
+    if shutdown is not None:
+        log.warning("%s interrupted by the worker's shutdown", subject)
+        raise shutdown from error
+    if is_transient_error(error):
+        raise error
+    log.error("%s failed", subject, exc_info=error)
+    return RunStatus.failed, error_text(error)
+
+
+def status_of_outcome(outcome_status: str) -> RunStatus:
+    """The run status an end of the engine's training (an ``ArmOutcome.status``) records."""
+    return _OUTCOME_STATUS[outcome_status]
+
+
+def max_attempts(settings: Settings) -> int:
+    """How many times a run may be started, whatever ended the earlier attempts."""
+    return settings.task_max_retries + 1
+
+
+def checkpoint_path(*, run_id: uuid.UUID, settings: Settings) -> Path:
+    """Where a run's resumable training state lives while it trains."""
+    return Path(settings.checkpoint_dir).expanduser() / f"{run_id}.pt"
+
+
+def training_device(*, spec_device: str, queue: str | None) -> str:
+    """The device a run asks the engine for: the spec's, except 'auto' on the cpu queue trains on the CPU."""
+    if spec_device == "auto" and queue == "cpu":
+        return "cpu"
+    return spec_device
+
+
+_torch_configured = False
+
+
+def configure_torch(settings: Settings) -> None:
+    """Apply the worker's torch settings once per process (threads: equal on every worker for equal timings)."""
+    global _torch_configured
+    if _torch_configured:
+        return
+    import torch
+
+    from worker.pool import torch_threads_in_force
+
+    threads = torch_threads_in_force(settings)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    _torch_configured = True
+
+
+def with_database_retry(operation: Callable[[], T], *, what: str, seconds: float) -> T:
+    """Repeat a fenced, idempotent write through a database outage of up to ``seconds``."""
+    return retry_transient(
+        operation,
+        what=what,
+        patience_seconds=seconds,
+        is_transient=lambda error: is_transient_error(error) and shutdown_behind(error) is None,
+    )
+
+
+def claim_or_end(
+    *, engine: Engine, run_id: uuid.UUID, worker_host: str, task_id: str | None, settings: Settings
+) -> tuple[ClaimedRun | None, bool]:
+    """Claim the run; end it at once when its experiment was cancelled or it ran out of attempts.
+
+    Returns the claim (None when the run is not ours) and whether the run already ended.
+    """
+    with session_scope(engine) as session:
+        claimed = claim_run(
+            session=session,
+            run_id=run_id,
+            worker_host=worker_host,
+            task_id=task_id,
+            stale_after=timedelta(seconds=settings.run_stale_seconds),
+        )
+        if claimed is None:
+            return None, False
+        ended = cancel_requested(session=session, experiment_id=claimed.experiment_id)
+        if ended:
+            finish_run(
+                session=session,
+                run_id=run_id,
+                attempt=claimed.attempt,
+                status=RunStatus.cancelled,
+                epochs_completed=claimed.epochs_completed,
+            )
+        elif claimed.attempt > max_attempts(settings):
+            # Each earlier attempt ended without recording an outcome (its worker or process was lost):
+            # a run that kills its worker every time must not be redelivered forever.
+            ended = True
+            finish_run(
+                session=session,
+                run_id=run_id,
+                attempt=claimed.attempt,
+                status=RunStatus.failed,
+                epochs_completed=claimed.epochs_completed,
+                error=f"gave up: started {claimed.attempt - 1} times without finishing (the worker or its process "
+                f"was lost each time; limit {max_attempts(settings)} attempts, setting ACTLAB_TASK_MAX_RETRIES)",
+            )
+        refresh_experiment_status(session=session, experiment_id=claimed.experiment_id)
+        return claimed, ended
+
+
+def end_before_training(*, claimed: ClaimedRun, settings: Settings, log: logging.Logger) -> RunOutcome:
+    """The outcome of a claim that ``claim_or_end`` ended at once; drops the run's checkpoint."""
+    checkpoint_path(run_id=claimed.run_id, settings=settings).unlink(missing_ok=True)
+    status = RunStatus.failed if claimed.attempt > max_attempts(settings) else RunStatus.cancelled
+    log.info("run %s: attempt %d ended %s before training", claimed.run_id, claimed.attempt, status.value)
+    return RunOutcome(claimed.run_id, status, claimed.attempt)
+
+
+class PeriodicRunHeartbeat:
+    """A background thread, running while the context is entered, that calls ``beat`` every ``interval`` seconds.
+
+    ``beat`` refreshes the heartbeats of the runs being trained (``runs.heartbeat_at``) in sessions of
+    its own, so a long epoch does not look abandoned to the reaper; it returns False to end the thread.
+    """
+
+    def __init__(self, *, engine: Engine, interval: float, name: str) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the context has been left (a beat in progress may end early)."""
+        return self._stop.is_set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            if not self.beat():
+                return
+
+    def fence(self, run_id: uuid.UUID, attempt: int) -> bool:
+        """Refresh one run's heartbeat; False when a newer attempt owns it. A failed write only logs a warning."""
+        try:
+            with session_scope(self._engine) as session:
+                fence_run(session=session, run_id=run_id, attempt=attempt)
+        except StaleAttemptError:
+            return False
+        except Exception:
+            # The epoch writes will meet the same problem and decide; a missed heartbeat is harmless.
+            logger.warning("run %s: heartbeat failed", run_id, exc_info=True)
+        return True
+
+    def beat(self) -> bool:
+        """One round of heartbeats; False ends the thread."""
+        raise NotImplementedError
