@@ -6,7 +6,6 @@ database; ``make_key`` creates more keys (owners) for tests of ownership.
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +21,8 @@ from app.auth.service import create_api_key
 from app.config import Settings
 from app.dependencies import get_dispatcher
 from app.main import create_app
-from app.migrate import upgrade_database
 from app.models import EpochMetric, Experiment, LayerMetric, Run
+from tests.fixtures import sqlite_copy
 
 
 class RecordingDispatcher:
@@ -55,19 +54,9 @@ class RecordingDispatcher:
         return [run_id for batch, _queue in self.enqueued for run_id in batch]
 
 
-@pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One SQLite file migrated to head; each test gets a copy (migrating once keeps the suite fast)."""
-    path = tmp_path_factory.mktemp("template") / "template.db"
-    upgrade_database(f"sqlite:///{path}")
-    return path
-
-
 @pytest.fixture
 def database_url(tmp_path: Path, migrated_template: Path) -> str:
-    path = tmp_path / "api.db"
-    shutil.copyfile(migrated_template, path)
-    return f"sqlite:///{path}"
+    return sqlite_copy(migrated_template, tmp_path / "api.db")
 
 
 @pytest.fixture

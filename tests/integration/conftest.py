@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-POSTGRES_ADMIN_URL = os.environ.get("ACTLAB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.fixtures import POSTGRES_ADMIN_URL as POSTGRES_ADMIN_URL  # lanes.py imports it from here
+from tests.fixtures import free_port, fresh_postgres_database, uvicorn_command, wait_until_healthy
+
 REDIS_URL = os.environ.get("ACTLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Seconds: soft limit < hard limit (soft + grace) < visibility timeout, as in production, but short,
 # so that a killed worker's task comes back within half a minute.
@@ -34,13 +35,6 @@ VISIBILITY_TIMEOUT = 25
 FINISHED = frozenset({"succeeded", "failed", "cancelled", "partial"})
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_until(condition: Callable[[], T | None], *, timeout: float, interval: float = 0.2, what: str) -> T:
@@ -185,18 +179,8 @@ def _create_admin_key(database_url: str) -> str:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
-    import psycopg
-
-    name = f"actlab_test_{uuid.uuid4().hex[:12]}"
-    admin_url = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = admin_url.rpartition("/")
-    try:
-        yield f"{base.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("actlab_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -261,30 +245,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_cli
 def api_url(stack: Stack) -> str:
     """The API served for real by uvicorn on a free port."""
     port = free_port()
-    server = stack.spawn(
-        "api",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "app.main:create_app",
-            "--host",
-            "127.0.0.1",
-            f"--port={port}",
-            "--log-level=warning",
-        ],
-    )
+    server = stack.spawn("api", uvicorn_command(port, "--log-level=warning"))
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert server.alive(), server.log()
-        try:
-            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(healthy, timeout=60, what="the API to answer /healthz")
+    wait_until_healthy(url, alive=server.alive, log=server.log)
     return url
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,9 +16,9 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.main import create_app
-from app.migrate import upgrade_database
 from app.models import EpochMetric, Experiment, LayerMetric, Run
 from app.spec import ExperimentSpec
+from tests.fixtures import sqlite_copy
 from tests.results.synthetic import SyntheticArm, synthetic_tables
 
 FAKE_SPEC: dict[str, Any] = {
@@ -54,21 +53,11 @@ FAKE_ARMS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One SQLite file migrated to head; each test gets a copy."""
-    path = tmp_path_factory.mktemp("results-template") / "template.db"
-    upgrade_database(f"sqlite:///{path}")
-    return path
-
-
 @pytest.fixture
 def settings(tmp_path: Path, migrated_template: Path) -> Settings:
-    path = tmp_path / "results.db"
-    shutil.copyfile(migrated_template, path)
     # Ownership is tested in tests/api/test_auth.py; these tests act as the local admin.
     return Settings(
-        DATABASE_URL=f"sqlite:///{path}",
+        DATABASE_URL=sqlite_copy(migrated_template, tmp_path / "results.db"),
         BROKER_URL="filesystem://",
         broker_folder=tmp_path / "broker",
         auth_required=False,

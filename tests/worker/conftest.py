@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from app.db import make_engine, session_scope
 from app.migrate import upgrade_database
 from app.models import Experiment, Run
 from app.spec import ExperimentSpec
+from tests.fixtures import fresh_postgres_database, sqlite_copy
 
 TINY_SPEC: dict[str, Any] = {
     "name": "tiny spirals",
@@ -28,15 +28,10 @@ TINY_SPEC: dict[str, Any] = {
 }
 
 
-POSTGRES_ADMIN_URL = os.environ.get("ACTLAB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
+def engine(tmp_path: Path, migrated_template: Path) -> Iterator[Engine]:
     """A SQLite database built by the Alembic migrations, as in production."""
-    url = f"sqlite:///{tmp_path / 'worker.db'}"
-    upgrade_database(url)
-    database = make_engine(url)
+    database = make_engine(sqlite_copy(migrated_template, tmp_path / "worker.db"))
     yield database
     database.dispose()
 
@@ -44,27 +39,16 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def postgres_worker_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for the worker tests, dropped at the end."""
-    import psycopg
-
-    name = f"actlab_worker_test_{uuid.uuid4().hex[:12]}"
-    admin_url = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url = f"{admin_url.rpartition('/')[0].replace('postgresql://', 'postgresql+psycopg://')}/{name}"
-    try:
+    with fresh_postgres_database("actlab_worker_test") as url:
         upgrade_database(url)
         yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+def database(request: pytest.FixtureRequest, tmp_path: Path, migrated_template: Path) -> Iterator[Engine]:
     """The same migrated schema on SQLite and on the real PostgreSQL (emptied after each test)."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'worker.db'}"
-        upgrade_database(url)
+        url = sqlite_copy(migrated_template, tmp_path / "worker.db")
     else:
         url = request.getfixturevalue("postgres_worker_url")
     engine = make_engine(url)
