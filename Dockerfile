@@ -20,6 +20,7 @@ WORKDIR /opt/actlab
 RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}" "${TORCHVISION_SPEC}"
 
 COPY pyproject.toml README.md ./
+COPY actlab ./actlab
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations

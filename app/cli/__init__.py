@@ -15,7 +15,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "app.cli.train",
     "app.cli.service",
-    "app.cli.client",
+    "app.cli.experiments",
     "app.cli.results",
     "app.cli.keys",
     "app.cli.maintain",

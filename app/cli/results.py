@@ -11,12 +11,12 @@ import argparse
 import json
 import math
 import sys
-import uuid
 from typing import Any, TextIO
 
 import httpx
 
-from app.cli.client import EXIT_BAD_INPUT, ClientError, _add_connection_arguments, _request, make_client
+from actlab.http import ClientError
+from app.cli.connection import add_connection_arguments, make_client, parse_experiment_id
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 
@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     parser.add_argument("--threshold", type=float, default=None, help="report epochs needed to reach this value")
     parser.add_argument("--view", choices=("summary", "pairs", "runs"), default="summary")
-    _add_connection_arguments(parser)
+    add_connection_arguments(parser)
     parser.set_defaults(handler=results)
 
 
@@ -98,28 +98,21 @@ def print_results(
     arguments: argparse.Namespace, *, output: TextIO, transport: httpx.BaseTransport | None = None
 ) -> None:
     """Fetch the results and write them to ``output`` in the requested format."""
-    try:
-        experiment_id = str(uuid.UUID(arguments.experiment_id))
-    except ValueError as error:
-        raise ClientError(
-            f"{arguments.experiment_id!r} is not an experiment id (a UUID)", exit_status=EXIT_BAD_INPUT
-        ) from error
+    experiment_id = parse_experiment_id(arguments.experiment_id)
     path = f"/v1/experiments/{experiment_id}/results"
     with make_client(arguments, transport=transport) as client:
         if arguments.output_format == "csv":
-            output.write(_request(client, "GET", path, params=_parameters(arguments, "csv")).text)
+            output.write(client.request("GET", path, params=_parameters(arguments, "csv")).text)
             return
-        rows = _request(client, "GET", path, params=_parameters(arguments, "json")).json()
+        rows = client.get_json(path, params=_parameters(arguments, "json"))
         if arguments.output_format == "json" or arguments.view != "summary":
             if arguments.output_format == "json":
                 output.write(json.dumps(rows, indent=2) + "\n")
             else:
-                output.write(_request(client, "GET", path, params=_parameters(arguments, "csv")).text)
+                output.write(client.request("GET", path, params=_parameters(arguments, "csv")).text)
             return
         output.write(format_summary(rows) + "\n")
-        found = _request(
-            client,
-            "GET",
+        found = client.get_json(
             f"/v1/experiments/{experiment_id}/recommendation",
             params={
                 "metric": arguments.metric,
@@ -127,7 +120,7 @@ def print_results(
                 "k": arguments.k,
                 "alpha": arguments.alpha,
             },
-        ).json()
+        )
         output.write("\n" + "\n".join(f"- {sentence}" for sentence in found["sentences"]) + "\n")
 
 

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,26 +27,23 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from actlab.events import ServerSentEvent, ServerSentEventParser
+from actlab.http import ServiceClient
 from app.auth.service import create_api_key
-from app.cli import build_parser
-from app.cli import client as client_module
-from app.cli.client import (
+from app.cli import build_parser, connection
+from app.cli.experiments import (
     EXIT_TIMED_OUT,
-    ServerSentEvent,
-    ServerSentEventParser,
     format_results_table,
     status,
     submit,
     summarise_final_accuracy,
-    wait_for_experiment,
 )
+from app.cli.progress import wait_for_experiment
 from app.cli.service import parse_queues
 from app.db import make_engine, session_factory
 from app.experiments.service import refresh_experiment_status
-from app.migrate import upgrade_database
 from app.models import EpochMetric, Experiment, Run
-
-REPOSITORY = Path(__file__).resolve().parents[2]
+from tests.fixtures import REPOSITORY, sqlite_copy, uvicorn_server
 
 EXPERIMENT_ID = str(uuid.uuid4())
 
@@ -57,7 +53,7 @@ def no_stored_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the user's own credentials file out of these tests."""
     monkeypatch.delenv("ACTLAB_API_KEY", raising=False)
     monkeypatch.delenv("ACTLAB_URL", raising=False)
-    monkeypatch.setattr(client_module, "_stored_key", lambda url: None)
+    monkeypatch.setattr(connection, "stored_key", lambda url: None)
 
 
 def _experiment(status_text: str, finished: int, total: int = 4) -> dict[str, Any]:
@@ -206,7 +202,7 @@ def test_the_cli_offers_serve_worker_migrate_submit_and_status() -> None:
 def test_the_key_that_serve_stored_for_the_url_is_sent_unless_another_is_given(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(client_module, "_stored_key", lambda url: "stored-key" if url == "http://x:1" else None)
+    monkeypatch.setattr(connection, "stored_key", lambda url: "stored-key" if url == "http://x:1" else None)
     sent: list[str | None] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -324,7 +320,7 @@ def _summary_rows() -> list[dict[str, Any]]:
 def _wait(service: ScriptedService, **options: Any) -> tuple[dict[str, Any], list[float], str]:
     sleeps: list[float] = []
     output = io.StringIO()
-    with httpx.Client(base_url="http://x", transport=httpx.MockTransport(service.handler)) as client:
+    with ServiceClient("http://x", transport=httpx.MockTransport(service.handler)) as client:
         experiment = wait_for_experiment(
             client, EXPERIMENT_ID, poll_seconds=0.0, output=output, sleep=sleeps.append, **options
         )
@@ -371,7 +367,7 @@ def test_a_service_without_the_events_endpoint_is_polled_at_once() -> None:
     service.states = [_experiment("running", 1), _experiment("running", 3), _experiment("succeeded", 4)]
     sleeps: list[float] = []
     output = io.StringIO()
-    with httpx.Client(base_url="http://x", transport=httpx.MockTransport(service.handler)) as client:
+    with ServiceClient("http://x", transport=httpx.MockTransport(service.handler)) as client:
         experiment = wait_for_experiment(client, EXPERIMENT_ID, poll_seconds=0.25, output=output, sleep=sleeps.append)
     assert service.paths() == ["", "/events", "", "", ""]
     assert sleeps == [0.25, 0.25]
@@ -474,21 +470,13 @@ class Served:
         return self.log_path.read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory, migrated_template: Path) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("served-client")
-    database_url = f"sqlite:///{folder / 'client.db'}"
-    upgrade_database(database_url)
+    database_url = sqlite_copy(migrated_template, folder / "client.db")
     engine = make_engine(database_url)
     with session_factory(engine)() as session:
         key = create_api_key(session=session, name="client-test").key
-    port = _free_port()
     log_path = folder / "uvicorn.log"
     environment = {name: value for name, value in os.environ.items() if not name.startswith("ACTLAB_")}
     environment |= {
@@ -499,30 +487,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "ACTLAB_CREDENTIALS_FILE": str(folder / "credentials.json"),
         "ACTLAB_AUTH_REQUIRED": "true",
     }
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1"]
-    command += ["--port", str(port)]
-    with log_path.open("w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=REPOSITORY)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"uvicorn did not start:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield Served(url=url, key=key, engine=engine, log_path=log_path)
+        with uvicorn_server(environment=environment, log_path=log_path) as url:
+            yield Served(url=url, key=key, engine=engine, log_path=log_path)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
         engine.dispose()
 
 

@@ -16,17 +16,16 @@ from app import dispatch
 from app.cli import main
 from app.config import get_settings
 from app.db import make_engine, session_scope
-from app.migrate import upgrade_database
 from app.models import Run
+from tests.fixtures import sqlite_copy
 from tests.worker.conftest import add_experiment
 from worker.celery_app import TRAIN_RUNS_TASK, configure
 
 
 @pytest.fixture
-def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+def configured(tmp_path: Path, migrated_template: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
     """The CLI's settings point at a fresh SQLite database and a folder broker under tmp_path."""
-    url = f"sqlite:///{tmp_path / 'maintain.db'}"
-    upgrade_database(url)
+    url = sqlite_copy(migrated_template, tmp_path / "maintain.db")
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("BROKER_URL", "filesystem://")
     monkeypatch.setenv("ACTLAB_BROKER_FOLDER", str(tmp_path / "broker"))

@@ -1,0 +1,263 @@
+"""``actlab submit SPEC.json [--wait]`` and ``actlab status ID``: the experiment commands of the client.
+
+The server validates the spec; a rejection is printed field by field. ``--wait`` follows the
+experiment with ``actlab.events`` (server-sent events of GET /v1/experiments/ID/events, reconnects
+with backoff, status polling only when the events endpoint is missing or stays unreachable) drawn as
+a progress bar of finished epochs, and ends with the per-activation table of
+GET /v1/experiments/ID/results (the one ``actlab results`` prints). ``--timeout`` bounds the
+wait; Ctrl-C stops waiting (the experiment goes on) and names the experiment to come back to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from actlab.events import WaitTimeoutError
+from actlab.http import EXIT_BAD_INPUT, EXIT_FAILED, ClientError, ServiceClient
+from app.cli.connection import add_connection_arguments, make_client, parse_experiment_id
+from app.cli.progress import wait_for_experiment
+from app.cli.results import format_summary
+
+EXIT_TIMED_OUT = 124
+EXIT_INTERRUPTED = 130
+
+
+def register(subparsers: Any) -> None:
+    """Add the submit and status subcommands."""
+    submit_parser = subparsers.add_parser(
+        "submit", help="send an experiment spec to the service", description="POST SPEC.json to /v1/experiments."
+    )
+    submit_parser.add_argument("spec", type=Path, metavar="SPEC.json", help="experiment spec (see examples/)")
+    submit_parser.add_argument("--wait", action="store_true", help="follow progress, then print the results table")
+    submit_parser.add_argument(
+        "--idempotency-key", default=None, help="makes a retried submit return the same experiment"
+    )
+    submit_parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help=f"with --wait, stop waiting after this many seconds (exit status {EXIT_TIMED_OUT}); default: no limit",
+    )
+    submit_parser.add_argument(
+        "--poll",
+        type=float,
+        default=1.0,
+        help="with --wait, seconds between status checks when the event stream is unavailable (default 1)",
+    )
+    add_connection_arguments(submit_parser)
+    submit_parser.set_defaults(handler=submit)
+
+    status_parser = subparsers.add_parser("status", help="show an experiment's status and runs")
+    status_parser.add_argument("experiment_id", metavar="ID", help="experiment id")
+    add_connection_arguments(status_parser)
+    status_parser.set_defaults(handler=status)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def read_spec(path: Path) -> Any:
+    """The JSON document in ``path``; unreadable or malformed files are a ClientError naming the problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ClientError(f"cannot read {path}: {error.strerror or error}", exit_status=EXIT_BAD_INPUT) from error
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ClientError(
+            f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}",
+            exit_status=EXIT_BAD_INPUT,
+        ) from error
+
+
+@dataclass(frozen=True)
+class ActivationResult:
+    """Final test accuracy of one activation over its seeds."""
+
+    activation: str
+    runs: int
+    mean: float | None
+    std: float | None
+
+
+def summarise_final_accuracy(rows: Iterable[dict[str, Any]]) -> list[ActivationResult]:
+    """Per activation (in first-seen order): mean and sample std of each run's last-epoch test accuracy."""
+    last_rows: dict[str, dict[str, Any]] = {}
+    order: dict[str, None] = {}
+    for row in rows:
+        run_id = str(row["run_id"])
+        order.setdefault(str(row["activation"]), None)
+        if run_id not in last_rows or row["epoch"] > last_rows[run_id]["epoch"]:
+            last_rows[run_id] = row
+    results = []
+    for activation in order:
+        values = [
+            float(row["test_accuracy"])
+            for row in last_rows.values()
+            if row["activation"] == activation and row.get("test_accuracy") is not None
+        ]
+        values = [value for value in values if math.isfinite(value)]
+        runs = sum(1 for row in last_rows.values() if row["activation"] == activation)
+        mean = statistics.fmean(values) if values else None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        results.append(ActivationResult(activation, runs, mean, std))
+    return results
+
+
+def format_results_table(results: list[ActivationResult]) -> str:
+    """A plain-text table: activation, runs, final test accuracy as mean ± std (in percent)."""
+    header = ("activation", "runs", "final test accuracy")
+    cells = []
+    for result in results:
+        if result.mean is None:
+            accuracy = "n/a"
+        elif result.std is None:
+            accuracy = f"{100 * result.mean:.2f}%"
+        else:
+            accuracy = f"{100 * result.mean:.2f}% ± {100 * result.std:.2f}"
+        cells.append((result.activation, str(result.runs), accuracy))
+    widths = [max(len(row[index]) for row in [header, *cells]) for index in range(3)]
+    lines = [
+        f"{header[0]:<{widths[0]}}  {header[1]:>{widths[1]}}  {header[2]:<{widths[2]}}",
+        f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * widths[2]}",
+    ]
+    lines += [f"{name:<{widths[0]}}  {runs:>{widths[1]}}  {accuracy}" for name, runs, accuracy in cells]
+    return "\n".join(lines)
+
+
+def format_experiment(experiment: dict[str, Any]) -> str:
+    """A few lines about an experiment and each of its runs."""
+    progress = experiment.get("progress") or {}
+    lines = [
+        f"experiment {experiment['id']}  {experiment.get('name', '')}",
+        f"status: {experiment['status']}   epochs: {progress.get('finished_epochs', 0)}/"
+        f"{progress.get('total_epochs', 0)}   queue: {experiment.get('queue')}",
+    ]
+    if experiment.get("error"):
+        lines.append(f"error: {experiment['error']}")
+    runs = experiment.get("runs") or []
+    if runs:
+        lines.append("runs:")
+        width = max(len(str(run.get("activation", ""))) for run in runs)
+        for run in runs:
+            line = (
+                f"  {run['activation']:<{width}}  seed {run['seed']:<6}  {run['status']:<10}  "
+                f"epochs {run.get('epochs_completed', 0)}  attempt {run.get('attempt', 0)}"
+            )
+            if run.get("error"):
+                line += f"  error: {run['error']}"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _print_metrics_summary(client: ServiceClient, experiment_id: str, output: TextIO) -> None:
+    """The final test accuracy per activation from the raw metrics (services without the results endpoint)."""
+    rows = client.get_json(f"/v1/experiments/{experiment_id}/metrics", params={"format": "json"})
+    if rows:
+        print(format_results_table(summarise_final_accuracy(rows)), file=output)
+    else:
+        print("no epoch finished, so there are no metrics", file=output)
+
+
+def print_final_results(client: ServiceClient, experiment: dict[str, Any], output: TextIO) -> None:
+    """The experiment's final status and its per-activation results table, as `actlab results` prints it."""
+    experiment_id = str(experiment["id"])
+    print(f"\nexperiment {experiment_id} {experiment['status']}", file=output)
+    if experiment.get("error"):
+        print(f"error: {experiment['error']}", file=output)
+    try:
+        rows = client.get_json(f"/v1/experiments/{experiment_id}/results", params={"format": "json"})
+    except ClientError as error:
+        if error.http_status != 404:
+            raise
+        _print_metrics_summary(client, experiment_id, output)
+        return
+    if any(row.get("n") for row in rows):
+        print(format_summary(rows), file=output)
+    else:
+        print("no run succeeded, so there is nothing to compare", file=output)
+    print(f"verdicts, recommendation, CSV/JSON: actlab results {experiment_id}", file=output)
+
+
+def submit(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> int:
+    """POST the spec; with --wait, follow it to the end and print the results table."""
+    output = sys.stdout
+    experiment_id: str | None = None
+    try:
+        spec = read_spec(arguments.spec)
+        headers = {}
+        if arguments.idempotency_key:
+            headers["Idempotency-Key"] = arguments.idempotency_key
+        with make_client(arguments, transport=transport) as client:
+            response = client.request("POST", "/v1/experiments", json=spec, headers=headers)
+            experiment = response.json()
+            experiment_id = str(experiment["id"])
+            verb = "submitted" if response.status_code == 202 else "already submitted (same Idempotency-Key)"
+            runs = experiment.get("runs") or []
+            print(
+                f"experiment {experiment_id} {verb}: {len(runs)} run(s) on queue {experiment.get('queue')}",
+                file=output,
+            )
+            output.flush()
+            if not arguments.wait:
+                print(f"follow it with: actlab status {experiment_id}", file=output)
+                return 0
+            experiment = wait_for_experiment(
+                client,
+                experiment_id,
+                poll_seconds=arguments.poll,
+                output=sys.stderr,
+                timeout_seconds=arguments.timeout,
+            )
+            print_final_results(client, experiment, output)
+            return 0 if experiment["status"] == "succeeded" else EXIT_FAILED
+    except WaitTimeoutError:
+        print(
+            f"\nstopped waiting after {arguments.timeout:g} s (--timeout); the experiment goes on: "
+            f"actlab status {experiment_id}",
+            file=sys.stderr,
+        )
+        return EXIT_TIMED_OUT
+    except KeyboardInterrupt:
+        if experiment_id is None:
+            print("\ninterrupted before the service answered", file=sys.stderr)
+        else:
+            print(f"\nstopped waiting; the experiment goes on: actlab status {experiment_id}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ClientError as error:
+        print(f"actlab submit: {error}", file=sys.stderr)
+        if experiment_id is not None and arguments.wait:
+            print(f"check on the experiment with: actlab status {experiment_id}", file=sys.stderr)
+        return error.exit_status
+
+
+def status(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Print an experiment's status and its runs."""
+    try:
+        experiment_id = parse_experiment_id(arguments.experiment_id)
+        with make_client(arguments, transport=transport) as client:
+            experiment = client.get_json(f"/v1/experiments/{experiment_id}")
+        print(format_experiment(experiment))
+        return 0
+    except ClientError as error:
+        print(f"actlab status: {error}", file=sys.stderr)
+        return error.exit_status

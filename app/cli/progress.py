@@ -1,0 +1,77 @@
+"""``--wait``'s progress bar: an ``actlab.events.ExperimentFollower`` drawn as a bar of finished epochs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from actlab.events import (
+    EVENTS_STALL_SECONDS,
+    RECONNECT_ATTEMPTS,
+    ExperimentFollower,
+    ExperimentProgress,
+    deadline_after,
+    request_timeout,
+)
+from actlab.http import REQUEST_TIMEOUT_SECONDS, ServiceClient
+
+
+def draw_progress(bar: Any) -> Callable[[ExperimentProgress], None]:
+    """A callback that redraws ``bar`` (tqdm) from the progress: finished epochs, status, runs, the latest epoch."""
+
+    def draw(progress: ExperimentProgress) -> None:
+        bar.total = progress.total_epochs
+        bar.n = (
+            min(progress.finished_epochs, progress.total_epochs) if progress.total_epochs else progress.finished_epochs
+        )
+        postfix = f"{progress.status}, runs {progress.runs_finished}/{progress.runs_total}"
+        if progress.latest:
+            postfix += f", {progress.latest}"
+        bar.set_postfix_str(postfix, refresh=False)
+        bar.refresh()
+
+    return draw
+
+
+def wait_for_experiment(
+    client: ServiceClient,
+    experiment_id: str,
+    *,
+    poll_seconds: float,
+    output: TextIO,
+    timeout_seconds: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    reconnect_attempts: int = RECONNECT_ATTEMPTS,
+    reconnect_delay_seconds: float | None = None,
+    stall_seconds: float = EVENTS_STALL_SECONDS,
+) -> dict[str, Any]:
+    """Follow the experiment with a progress bar until it ends; returns its final state.
+
+    Raises WaitTimeoutError when ``timeout_seconds`` ran out first; the experiment goes on.
+    """
+    from tqdm import tqdm
+
+    deadline = deadline_after(timeout_seconds)
+    path = f"/v1/experiments/{experiment_id}"
+    experiment: dict[str, Any] = client.get_json(path, timeout=request_timeout(deadline))
+    total = int((experiment.get("progress") or {}).get("total_epochs") or 0)
+    with tqdm(total=total, unit="epoch", file=output, dynamic_ncols=True, leave=True) as bar:
+        progress = ExperimentProgress(experiment, on_update=draw_progress(bar))
+        follower = ExperimentFollower(
+            client=client,
+            experiment_id=experiment_id,
+            progress=progress,
+            poll_seconds=poll_seconds,
+            deadline=deadline,
+            sleep=sleep,
+            reconnect_attempts=reconnect_attempts,
+            reconnect_delay_seconds=reconnect_delay_seconds,
+            stall_seconds=stall_seconds,
+        )
+        follower.follow()
+        # The end event carries the status only; the error summary comes with the experiment. The wait is
+        # over, so this request is not cut by --timeout.
+        experiment = client.get_json(path, timeout=REQUEST_TIMEOUT_SECONDS)
+        progress.apply_experiment(experiment)
+        return experiment
