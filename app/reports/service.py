@@ -15,7 +15,8 @@ from app.experiments import service as experiments_service
 from app.experiments.service import FINISHED_EXPERIMENT_STATUSES
 from app.results import service as results_service
 from app.results.plots import PLOT_KINDS
-from app.results.statistics import METRIC_COLUMNS, SUMMARY_KINDS, ResultOptions, pair_matrix
+from app.results.statistics import METRIC_COLUMNS, SUMMARY_KINDS, ResultOptions
+from app.results.verdicts import pair_matrix
 from app.schemas import as_utc
 
 FINISHED = frozenset(str(status) for status in FINISHED_EXPERIMENT_STATUSES)

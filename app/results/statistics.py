@@ -20,15 +20,14 @@ The choices made here, which the API documents as they are:
 - Confidence intervals are percentile bootstrap intervals of the mean: ``resamples`` resamples drawn
   with a generator freshly seeded with ``random_seed`` for every interval, so the interval is a pure
   function of the values (the same data always gives the same interval). No interval for n < 2.
-- Paired test rule: over the seeds both activations share, with d the differences. Fewer than 2 pairs:
-  no test, verdict ``insufficient``. All differences zero: p = 1 and ``tied``. At least 6 non-zero
-  differences: Wilcoxon signed-rank (two-sided; zero differences dropped), because below 6 its smallest
-  attainable two-sided p-value, 2 / 2**n, is above 0.05 so it could never find a difference. Otherwise
-  the paired t-test (two-sided). Differences are rounded to 12 decimals first so that floating-point
-  noise of equal metrics is not mistaken for a difference.
-- Holm's step-down correction across the family (the comparisons with the baseline, or all pairs);
-  the verdict ``better``/``worse``/``tied`` (``win``/``loss``/``tie`` for pairs) uses the Holm-adjusted p
-  against ``alpha`` and the sign of the mean difference in the metric's good direction.
+- Comparisons (app/results/verdicts.py has the rules, app/results/power.py the seeds needed): each
+  activation against the baseline (one family, Holm over its comparisons) and every pair (one family,
+  Holm over all pairs), paired over the seeds both share: the mean difference with its bootstrap
+  interval (a description, not a decision rule), the SD of the differences, the probability of
+  outperforming on a shared seed, the difference test, the TOST within ``equivalence_margin`` (default
+  ``default_equivalence_margin`` for accuracy metrics, none for others unless given), the verdict
+  ``better``/``worse``/``equivalent``/``inconclusive``/``insufficient`` (``win``/``loss``/... for pairs), the
+  ``correction`` that produced it, and the seeds needed for 80% power (``power``).
 - ``area_under_curve``: the mean of the metric over all epochs of a run (the area under the epoch-wise
   learning curve divided by the number of epochs, so it is on the metric's own scale: an accuracy of
   1 from the first epoch gives 1), averaged over the runs.
@@ -44,7 +43,6 @@ The choices made here, which the API documents as they are:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -52,6 +50,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from app.results import comparisons, verdicts
+from app.results.power import DEFAULT_POWER
 
 SummaryKind = Literal["final", "best", "mean_last_k"]
 SUMMARY_KINDS: tuple[str, ...] = ("final", "best", "mean_last_k")
@@ -66,11 +67,9 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "samples_per_second",
 )
 LOWER_IS_BETTER: frozenset[str] = frozenset({"train_loss", "test_loss", "val_loss", "epoch_seconds"})
-WILCOXON_MINIMUM_PAIRS = 6
 MINIMUM_RESAMPLES = 100
 MAXIMUM_RESAMPLES = 100_000
 COUNTED_STATUSES: tuple[str, ...] = ("succeeded", "diverged", "failed", "cancelled", "timed_out")
-DIFFERENCE_DECIMALS = 12
 
 
 class StatisticsError(ValueError):
@@ -95,6 +94,10 @@ class ResultOptions:
     resamples: int = 2000
     random_seed: int = 0
     include_diverged: bool = False
+    # None: default_equivalence_margin for accuracy metrics, no equivalence test for the others.
+    equivalence_margin: float | None = None
+    default_equivalence_margin: float = 0.01
+    power: float = DEFAULT_POWER
 
     def __post_init__(self) -> None:
         if self.metric not in METRIC_COLUMNS:
@@ -120,20 +123,29 @@ class ResultOptions:
             )
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise StatisticsError(f"threshold must be a finite number; got {self.threshold}", field="threshold")
+        for name in ("equivalence_margin", "default_equivalence_margin"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0.0):
+                raise StatisticsError(f"{name} must be a positive number; got {value}", field=name)
+        if not 0.0 < self.power < 1.0:
+            raise StatisticsError(f"power must be between 0 and 1 (exclusive); got {self.power}", field="power")
 
     @property
     def lower_is_better(self) -> bool:
         """True when smaller values of the metric are better (losses, epoch seconds)."""
         return is_lower_better(self.metric)
 
+    @property
+    def margin(self) -> float | None:
+        """The equivalence margin in force: the given one, else the default for accuracy metrics, else None."""
+        if self.equivalence_margin is not None:
+            return self.equivalence_margin
+        return self.default_equivalence_margin if metric_family(self.metric) == "accuracy" else None
 
-@dataclass(frozen=True)
-class PairedTest:
-    """The outcome of one paired test."""
-
-    test: str | None
-    statistic: float | None
-    p_value: float | None
+    @property
+    def summary_label(self) -> str:
+        """The per-run summary as every view states it: final, best or mean_last_K."""
+        return self.summary if self.summary != "mean_last_k" else f"mean_last_{self.k}"
 
 
 def is_lower_better(metric: str) -> bool:
@@ -163,43 +175,6 @@ def bootstrap_mean_interval(
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(low), float(high)
-
-
-def holm_adjust(p_values: Sequence[float | None]) -> list[float | None]:
-    """Holm's step-down adjusted p-values in the input order; None entries stay None and are not in the family."""
-    indexed = [(value, position) for position, value in enumerate(p_values) if value is not None]
-    family = len(indexed)
-    adjusted: list[float | None] = [None] * len(p_values)
-    running_maximum = 0.0
-    for step, (value, position) in enumerate(sorted(indexed)):
-        # Monotone step-down: an adjusted p never falls below the one before it.
-        running_maximum = max(running_maximum, min(1.0, (family - step) * float(value)))
-        adjusted[position] = running_maximum
-    return adjusted
-
-
-def paired_test(differences: Sequence[float] | np.ndarray) -> PairedTest:
-    """Two-sided paired test of zero mean difference, chosen by the rule in the module docstring."""
-    data = np.round(np.asarray(differences, dtype=float), DIFFERENCE_DECIMALS)
-    data = data[np.isfinite(data)]
-    if data.size < 2:
-        return PairedTest(None, None, None)
-    non_zero = int(np.count_nonzero(data))
-    test = "wilcoxon" if non_zero >= WILCOXON_MINIMUM_PAIRS else "paired_t"
-    if non_zero == 0:
-        return PairedTest(test, 0.0, 1.0)
-    with warnings.catch_warnings():
-        # Constant differences make scipy warn about precision; its limit (t = inf, p = 0) is what we report.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if test == "wilcoxon":
-            result = stats.wilcoxon(data, zero_method="wilcox", alternative="two-sided")
-        else:
-            result = stats.ttest_rel(data, np.zeros_like(data), alternative="two-sided")
-    statistic = float(result.statistic)
-    p_value = float(result.pvalue)
-    if not math.isfinite(p_value):
-        p_value = 1.0
-    return PairedTest(test, statistic if math.isfinite(statistic) else None, p_value)
 
 
 def _clean_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -307,6 +282,8 @@ def run_summaries(metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.Dat
                 "seed": int(run.seed),
                 "status": run.status,
                 "included": included,
+                "metric": options.metric,
+                "summary": options.summary_label,
                 **summary,
             }
         )
@@ -317,6 +294,8 @@ def run_summaries(metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.Dat
         "seed",
         "status",
         "included",
+        "metric",
+        "summary",
         "value",
         "summary_epoch",
         "best_epoch",
@@ -370,29 +349,14 @@ def _optional_float(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _compare(
-    first: dict[int, float], second: dict[int, float], options: ResultOptions
-) -> tuple[list[int], float | None, tuple[float, float] | None, PairedTest]:
-    """Paired comparison of first minus second over the seeds both have."""
+def _compare(first: dict[int, float], second: dict[int, float], options: ResultOptions) -> dict[str, Any]:
+    """Paired comparison of first minus second over the seeds both have: every comparison column but Holm's."""
     shared = sorted(set(first) & set(second))
     differences = np.array([first[seed] - second[seed] for seed in shared], dtype=float)
-    if not shared:
-        return shared, None, None, PairedTest(None, None, None)
-    mean_difference = float(differences.mean())
     interval = bootstrap_mean_interval(
         differences, confidence=options.confidence, resamples=options.resamples, random_seed=options.random_seed
     )
-    return shared, mean_difference, interval, paired_test(differences)
-
-
-def _outcome(mean_difference: float | None, adjusted: float | None, options: ResultOptions) -> str:
-    """``better``, ``worse``, ``tied`` or ``insufficient`` for first versus second."""
-    if adjusted is None or mean_difference is None:
-        return "insufficient"
-    if adjusted >= options.alpha or mean_difference == 0.0:
-        return "tied"
-    improves = mean_difference < 0.0 if options.lower_is_better else mean_difference > 0.0
-    return "better" if improves else "worse"
+    return {"seeds": ";".join(str(seed) for seed in shared), **comparisons.describe(differences, interval, options)}
 
 
 def _values_by_activation(per_run: pd.DataFrame) -> dict[str, dict[int, float]]:
@@ -450,13 +414,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "timed_out",
     "unfinished",
     "baseline",
-    "paired_n",
-    "mean_difference",
-    "difference_ci_low",
-    "difference_ci_high",
-    "test",
-    "p_value",
-    "p_holm",
+    *comparisons.COMPARISON_COLUMNS,
     "verdict",
     "seeds",
     "run_ids",
@@ -499,7 +457,7 @@ def summarise_activations(
             "activation": label,
             "activation_index": int(runs_of["activation_index"].iloc[0]),
             "metric": options.metric,
-            "summary": options.summary if options.summary != "mean_last_k" else f"mean_last_{options.k}",
+            "summary": options.summary_label,
             "lower_is_better": options.lower_is_better,
             "n": n,
             "mean": float(numbers.mean()) if n else math.nan,
@@ -530,11 +488,9 @@ def summarise_activations(
     _add_ranks(rows, options)
     _add_baseline_comparisons(rows, values, baseline, options)
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    for column in ("best_epoch", "epochs_to_threshold", "seeds_reaching_threshold", "paired_n"):
+    for column in ("best_epoch", "epochs_to_threshold", "seeds_reaching_threshold", *comparisons.INTEGER_COLUMNS):
         frame[column] = frame[column].astype("Int64")
-    for column in ("threshold", "generalisation_gap", "mean_difference", "difference_ci_low", "difference_ci_high"):
-        frame[column] = frame[column].astype(float)
-    for column in ("p_value", "p_holm", "rank"):
+    for column in ("threshold", "generalisation_gap", "rank", *comparisons.FLOAT_COLUMNS):
         frame[column] = frame[column].astype(float)
     return frame
 
@@ -553,35 +509,18 @@ def _add_baseline_comparisons(
     rows: list[dict[str, Any]], values: dict[str, dict[int, float]], baseline: str, options: ResultOptions
 ) -> None:
     baseline_values = values.get(baseline, {})
-    tests: list[PairedTest] = []
+    compared = [row for row in rows if row["activation"] != baseline]
+    for row in compared:
+        columns = _compare(values.get(row["activation"], {}), baseline_values, options)
+        columns.pop("seeds")
+        row.update(columns)
+    family = sum(1 for row in compared if row["p_value"] is not None)
+    decided = comparisons.decide_family(compared, options, verdicts.baseline_family(family, baseline))
+    for row, verdict in zip(compared, decided, strict=True):
+        row["verdict"] = verdict
     for row in rows:
         if row["activation"] == baseline:
-            row.update(
-                paired_n=None,
-                mean_difference=None,
-                difference_ci_low=None,
-                difference_ci_high=None,
-                test=None,
-                p_value=None,
-            )
-            tests.append(PairedTest(None, None, None))
-            continue
-        shared, mean_difference, interval, test = _compare(values.get(row["activation"], {}), baseline_values, options)
-        row.update(
-            paired_n=len(shared),
-            mean_difference=mean_difference,
-            difference_ci_low=interval[0] if interval else None,
-            difference_ci_high=interval[1] if interval else None,
-            test=test.test,
-            p_value=test.p_value,
-        )
-        tests.append(test)
-    adjusted = holm_adjust([test.p_value for test in tests])
-    for row, p_holm in zip(rows, adjusted, strict=True):
-        row["p_holm"] = p_holm
-        row["verdict"] = (
-            "baseline" if row["activation"] == baseline else _outcome(row["mean_difference"], p_holm, options)
-        )
+            row.update(dict.fromkeys(comparisons.COMPARISON_COLUMNS), verdict="baseline")
 
 
 PAIR_COLUMNS: tuple[str, ...] = (
@@ -591,21 +530,14 @@ PAIR_COLUMNS: tuple[str, ...] = (
     "opponent_index",
     "metric",
     "summary",
-    "paired_n",
     "seeds",
-    "mean_difference",
-    "difference_ci_low",
-    "difference_ci_high",
-    "test",
-    "p_value",
-    "p_holm",
+    *comparisons.COMPARISON_COLUMNS,
     "outcome",
 )
-PAIR_OUTCOMES = {"better": "win", "worse": "loss", "tied": "tie", "insufficient": "insufficient"}
 
 
 def compare_pairs(metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every ordered pair of activations: paired difference, test, Holm over all unordered pairs, win/tie/loss."""
+    """Every ordered pair of activations: paired effect sizes and tests, Holm over all unordered pairs, outcome."""
     table = _clean_metrics(metrics)
     run_table = _runs_table(table, runs)
     per_run = run_summaries(table, options=options, runs=run_table)
@@ -615,67 +547,22 @@ def compare_pairs(metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.Dat
     unordered: list[dict[str, Any]] = []
     for position, first in enumerate(labels):
         for second in labels[position + 1 :]:
-            shared, mean_difference, interval, test = _compare(values.get(first, {}), values.get(second, {}), options)
-            unordered.append(
-                {
-                    "activation": first,
-                    "opponent": second,
-                    "paired_n": len(shared),
-                    "seeds": ";".join(str(seed) for seed in shared),
-                    "mean_difference": mean_difference,
-                    "difference_ci_low": interval[0] if interval else None,
-                    "difference_ci_high": interval[1] if interval else None,
-                    "test": test.test,
-                    "p_value": test.p_value,
-                }
-            )
-    adjusted = holm_adjust([row["p_value"] for row in unordered])
+            columns = _compare(values.get(first, {}), values.get(second, {}), options)
+            unordered.append({"activation": first, "opponent": second, **columns})
+    family = sum(1 for row in unordered if row["p_value"] is not None)
+    decided = comparisons.decide_family(unordered, options, verdicts.pairwise_family(family))
     rows: list[dict[str, Any]] = []
-    summary = options.summary if options.summary != "mean_last_k" else f"mean_last_{options.k}"
-    for row, p_holm in zip(unordered, adjusted, strict=True):
-        outcome = PAIR_OUTCOMES[_outcome(row["mean_difference"], p_holm, options)]
-        forward = {**row, "p_holm": p_holm, "outcome": outcome}
-        mirrored_interval = (
-            (-row["difference_ci_high"], -row["difference_ci_low"]) if row["difference_ci_low"] is not None else None
-        )
-        backward = {
-            **row,
-            "activation": row["opponent"],
-            "opponent": row["activation"],
-            "mean_difference": -row["mean_difference"] if row["mean_difference"] is not None else None,
-            "difference_ci_low": mirrored_interval[0] if mirrored_interval else None,
-            "difference_ci_high": mirrored_interval[1] if mirrored_interval else None,
-            "p_holm": p_holm,
-            "outcome": {"win": "loss", "loss": "win"}.get(outcome, outcome),
-        }
-        rows.extend([forward, backward])
+    for row, verdict in zip(unordered, decided, strict=True):
+        row["outcome"] = verdicts.PAIR_OUTCOMES[verdict]
+        rows.extend([row, comparisons.mirrored(row)])
     for row in rows:
         row["activation_index"] = indices[row["activation"]]
         row["opponent_index"] = indices[row["opponent"]]
         row["metric"] = options.metric
-        row["summary"] = summary
+        row["summary"] = options.summary_label
     frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
-    frame["paired_n"] = frame["paired_n"].astype("Int64")
-    for column in ("mean_difference", "difference_ci_low", "difference_ci_high", "p_value", "p_holm"):
+    for column in comparisons.INTEGER_COLUMNS:
+        frame[column] = frame[column].astype("Int64")
+    for column in comparisons.FLOAT_COLUMNS:
         frame[column] = frame[column].astype(float)
     return frame.sort_values(["activation_index", "opponent_index"], kind="stable").reset_index(drop=True)
-
-
-def pair_matrix(pairs: pd.DataFrame, labels: Sequence[str] | None = None) -> pd.DataFrame:
-    """The win/tie/loss matrix: rows are activations, columns opponents, cells the row's outcome."""
-    order = list(labels) if labels is not None else list(dict.fromkeys(pairs["activation"]))
-    matrix = pd.DataFrame("", index=pd.Index(order, name="activation"), columns=order, dtype=object)
-    for row in pairs.itertuples(index=False):
-        if row.activation in matrix.index and row.opponent in matrix.columns:
-            matrix.loc[row.activation, row.opponent] = row.outcome
-    return matrix
-
-
-def win_tie_loss_counts(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Per activation: how many pairwise comparisons it wins, ties, loses or cannot decide."""
-    outcomes = ("win", "tie", "loss", "insufficient")
-    counts = pairs.groupby("activation", sort=False)["outcome"].value_counts().unstack(fill_value=0)
-    for outcome in outcomes:
-        if outcome not in counts.columns:
-            counts[outcome] = 0
-    return counts[list(outcomes)].reset_index()

@@ -113,7 +113,7 @@ def test_pairs_view_gives_the_win_tie_loss_matrix(client: TestClient, finished_e
     outcomes = pairs.set_index(["activation", "opponent"])["outcome"]
     assert outcomes[("relu", "sigmoid")] == "win"
     assert outcomes[("sigmoid", "relu")] == "loss"
-    assert set(outcomes) <= {"win", "tie", "loss", "insufficient"}
+    assert set(outcomes) <= {"win", "loss", "equivalent", "inconclusive", "insufficient"}
 
 
 def test_options_change_the_statistics(client: TestClient, finished_experiment: uuid.UUID) -> None:

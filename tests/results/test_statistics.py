@@ -14,13 +14,10 @@ from app.results.statistics import (
     StatisticsError,
     bootstrap_mean_interval,
     compare_pairs,
-    holm_adjust,
-    pair_matrix,
-    paired_test,
     run_summaries,
     summarise_activations,
-    win_tie_loss_counts,
 )
+from app.results.verdicts import holm_adjust, outcome_counts, pair_matrix, paired_test
 from tests.results.synthetic import SyntheticArm, synthetic_tables
 
 
@@ -153,13 +150,13 @@ def test_one_seed_gives_no_spread_no_interval_and_an_insufficient_verdict() -> N
     assert gelu["rank"] == 1.0
 
 
-def test_identical_results_tie_in_rank_and_in_the_test() -> None:
+def test_identical_results_share_a_rank_and_are_shown_equivalent() -> None:
     curves = [[0.5, 0.8], [0.6, 0.82], [0.55, 0.79]]
     frame = summarise_activations(_table({"relu": curves, "gelu": curves}), options=ResultOptions())
     assert list(frame["rank"]) == [1.5, 1.5]
     gelu = _row(frame, "gelu")
     assert gelu["p_value"] == 1.0
-    assert gelu["verdict"] == "tied"
+    assert gelu["verdict"] == "equivalent"
     assert gelu["mean_difference"] == 0.0
 
 
@@ -234,6 +231,8 @@ def test_bad_options_name_the_field_and_allowed_values() -> None:
         ResultOptions(alpha=1.5)
     with pytest.raises(StatisticsError, match="k must be at least 1"):
         ResultOptions(k=0)
+    with pytest.raises(StatisticsError, match="equivalence_margin must be a positive number"):
+        ResultOptions(equivalence_margin=0.0)
 
 
 def test_pairs_are_mirrored_and_holm_corrected_over_all_pairs() -> None:
@@ -258,5 +257,5 @@ def test_pairs_are_mirrored_and_holm_corrected_over_all_pairs() -> None:
     assert matrix.loc["gelu", "elu"] == "win"
     assert matrix.loc["elu", "gelu"] == "loss"
     assert matrix.loc["relu", "relu"] == ""
-    counts = win_tie_loss_counts(pairs).set_index("activation")
+    counts = outcome_counts(pairs).set_index("activation")
     assert counts.loc["gelu", "win"] == 2

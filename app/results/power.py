@@ -1,0 +1,98 @@
+"""Seeds needed: how many paired seeds per activation would settle a comparison with the wanted power.
+
+scipy.stats only (the noncentral t distribution, ``stats.nct``). The rules (docs/statistics.md gives
+the sources: Colas et al. 2018 on seeds and power, Lakens 2017 on equivalence tests):
+
+- ``seeds_needed``: the smallest n for which the two-sided paired t-test at alpha has at least the wanted
+  power when the true mean difference and the SD of the differences are the observed ones. Under that
+  alternative the statistic follows a noncentral t with n - 1 degrees of freedom and noncentrality
+  d / sd * sqrt(n), so the power is P(T > t_crit) + P(T < -t_crit). None when the SD or the difference
+  is 0 (nothing to estimate, or nothing to detect).
+- ``seeds_needed_equivalence``: the smallest n (at least the TOST's minimum of 3) for which the TOST at
+  alpha shows equivalence within the margin with the wanted power when the true difference and SD are
+  the observed ones. Its power is P(T1 > t_crit) + P(T2 < -t_crit) - 1, T1 and T2 the two one-sided
+  statistics (noncentral t with noncentralities (d + margin) / se and (d - margin) / se), the usual
+  approximation that ignores their correlation and errs on the safe side. None when the SD is 0, there
+  is no margin, or the observed difference is not inside the margin (no n would show it then).
+- The search starts at the normal approximation ((z_a + z_b) * sd / delta)^2 and steps to the exact
+  smallest n; beyond ``NORMAL_APPROXIMATION_SEEDS`` seeds the normal approximation is returned, since the
+  t and normal distributions no longer differ there; beyond ``MAXIMUM_SEEDS`` the answer is None, as for a
+  difference of 0: no practical number of seeds would settle the comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from scipy import stats
+
+from app.results.verdicts import MINIMUM_EQUIVALENCE_PAIRS
+
+DEFAULT_POWER = 0.8
+NORMAL_APPROXIMATION_SEEDS = 100_000
+MAXIMUM_SEEDS = 10**9
+
+
+def paired_t_power(seeds: int, *, difference: float, sd: float, alpha: float) -> float:
+    """Power of the two-sided paired t-test over ``seeds`` pairs for a true difference and SD of differences."""
+    freedom = seeds - 1
+    critical = stats.t.ppf(1.0 - alpha / 2.0, freedom)
+    noncentrality = difference / sd * math.sqrt(seeds)
+    return float(stats.nct.sf(critical, freedom, noncentrality) + stats.nct.cdf(-critical, freedom, noncentrality))
+
+
+def equivalence_power(seeds: int, *, difference: float, sd: float, margin: float, alpha: float) -> float:
+    """Power of the paired TOST within plus or minus ``margin`` (the lower bound that ignores correlation)."""
+    freedom = seeds - 1
+    critical = stats.t.ppf(1.0 - alpha, freedom)
+    error = sd / math.sqrt(seeds)
+    above_lower = stats.nct.sf(critical, freedom, (difference + margin) / error)
+    below_upper = stats.nct.cdf(-critical, freedom, (difference - margin) / error)
+    return max(0.0, float(above_lower + below_upper - 1.0))
+
+
+def _smallest(power_at: Callable[[int], float], *, start: float, minimum: int, power: float) -> int | None:
+    if start > MAXIMUM_SEEDS:
+        return None
+    if start > NORMAL_APPROXIMATION_SEEDS:
+        return math.ceil(start)
+    seeds = max(minimum, math.floor(start))
+    while seeds > minimum and power_at(seeds - 1) >= power:
+        seeds -= 1
+    while power_at(seeds) < power:
+        seeds += 1
+    return seeds
+
+
+def seeds_needed(*, difference: float, sd: float, alpha: float, power: float = DEFAULT_POWER) -> int | None:
+    """Paired seeds for the two-sided paired t-test at alpha to detect ``difference`` with ``power``."""
+    if not (math.isfinite(difference) and math.isfinite(sd)) or difference == 0.0 or sd <= 0.0:
+        return None
+    normal = ((stats.norm.ppf(1.0 - alpha / 2.0) + stats.norm.ppf(power)) * sd / abs(difference)) ** 2
+    return _smallest(
+        lambda seeds: paired_t_power(seeds, difference=difference, sd=sd, alpha=alpha),
+        start=normal,
+        minimum=2,
+        power=power,
+    )
+
+
+def seeds_needed_equivalence(
+    *, difference: float, sd: float, margin: float | None, alpha: float, power: float = DEFAULT_POWER
+) -> int | None:
+    """Paired seeds for the TOST at alpha to show equivalence within ``margin`` with ``power``."""
+    if margin is None or not (math.isfinite(difference) and math.isfinite(sd)) or sd <= 0.0:
+        return None
+    room = margin - abs(difference)
+    if room <= 0.0:
+        return None
+    # With no true difference both one-sided tests must succeed: each gets half the miss rate.
+    miss = (1.0 - power) / 2.0 if difference == 0.0 else 1.0 - power
+    normal = ((stats.norm.ppf(1.0 - alpha) + stats.norm.ppf(1.0 - miss)) * sd / room) ** 2
+    return _smallest(
+        lambda seeds: equivalence_power(seeds, difference=difference, sd=sd, margin=margin, alpha=alpha),
+        start=normal,
+        minimum=MINIMUM_EQUIVALENCE_PAIRS,
+        power=power,
+    )
