@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.models.types import utc_now
 from app.workers.repository import workers_seen_since
 
@@ -47,3 +47,10 @@ def enqueue_runs(*, run_ids: list[uuid.UUID], queue: str) -> None:
         raise ValueError(f"queue must be one of {', '.join(QUEUES)}, got {queue!r}")
     for run_id in run_ids:
         celery_app.send_task(TRAIN_RUNS_TASK, kwargs={"run_ids": [str(run_id)]}, queue=queue)
+
+
+def max_attempts_per_run(settings: Settings) -> int:
+    """How many times a worker may start a run in all, retries of POST .../retry included (the worker's rule)."""
+    from worker.lifecycle import max_attempts
+
+    return max_attempts(settings)

@@ -1,4 +1,4 @@
-"""SQL of experiments and of the run rows the API writes (creation, cancel, enqueue marks)."""
+"""SQL of experiments and of the run rows the API writes (creation, seed extensions, cancel, retry, enqueue marks)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Experiment, Run, RunStatus
+from app.models import Experiment, Run, RunStatus, SeedExtension
 
 
 def add_experiment(*, session: Session, experiment: Experiment, runs: Sequence[Run]) -> None:
@@ -103,3 +103,40 @@ def queued_runs_never_enqueued(*, session: Session, experiment_id: uuid.UUID) ->
             .order_by(Run.activation_index, Run.seed)
         )
     )
+
+
+def add_seed_extension(*, session: Session, extension: SeedExtension, runs: Sequence[Run]) -> None:
+    """Stage a seed-extension request and the runs it adds; the caller commits."""
+    session.add(extension)
+    session.add_all(runs)
+    session.flush()
+
+
+def list_seed_extensions(*, session: Session, experiment_id: uuid.UUID) -> list[SeedExtension]:
+    """The seed-extension requests of an experiment, oldest first."""
+    return list(
+        session.scalars(
+            select(SeedExtension)
+            .where(SeedExtension.experiment_id == experiment_id)
+            .order_by(SeedExtension.created_at, SeedExtension.id)
+        )
+    )
+
+
+def requeue_runs(*, session: Session, run_ids: Sequence[uuid.UUID], from_statuses: Sequence[str]) -> list[uuid.UUID]:
+    """Put these runs back to queued, not yet enqueued, if they are still in ``from_statuses``; the ids moved.
+
+    The attempt counter is kept (the next claim increments it, fencing any earlier writer), and so are
+    the epochs completed and their metrics: the worker resumes from the run's checkpoint, and epochs it
+    trains again overwrite their rows.
+    """
+    if not run_ids:
+        return []
+    result = session.execute(
+        update(Run)
+        .where(Run.id.in_(list(run_ids)), Run.status.in_(list(from_statuses)))
+        .values(status=RunStatus.queued, enqueued_at=None, finished_at=None, error=None)
+        .returning(Run.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(result.scalars())

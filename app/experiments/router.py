@@ -1,4 +1,4 @@
-"""HTTP endpoints of experiments: submit, list, get, cancel."""
+"""HTTP endpoints of experiments: submit, list, get, cancel, add seeds, retry failed runs."""
 
 from __future__ import annotations
 
@@ -16,9 +16,20 @@ from app.dependencies import (
     SessionDependency,
     SettingsDependency,
 )
-from app.experiments import service
-from app.experiments.schemas import ExperimentDetail, ExperimentPage, ExperimentSummary, RunSummary, experiment_links
-from app.models import Experiment, ExperimentStatus, Run
+from app.dispatch import max_attempts_per_run
+from app.experiments import follow_up, service
+from app.experiments.schemas import (
+    ExperimentDetail,
+    ExperimentPage,
+    ExperimentSummary,
+    RetryDetail,
+    RunSummary,
+    SeedExtensionDetail,
+    SeedExtensionRequest,
+    SeedExtensionSummary,
+    experiment_links,
+)
+from app.models import Experiment, ExperimentStatus, Run, SeedExtension
 from app.quotas.service import SubmissionQuotas
 from app.runs.repository import RunCounts
 from app.schemas import MessageResponse, NoNulText, ValidationErrorResponse
@@ -56,38 +67,34 @@ _SPEC_REQUEST_BODY: dict[str, Any] = {
 }
 
 
-def experiment_detail(experiment: Experiment, runs: Sequence[Run]) -> ExperimentDetail:
-    """The API view of an experiment with its runs."""
+def _run_summary(run: Run) -> RunSummary:
+    return RunSummary(
+        id=run.id,
+        activation=run.activation_label,
+        activation_name=run.activation_name,
+        seed=run.seed,
+        status=run.status,
+        attempt=run.attempt,
+        epochs_completed=run.epochs_completed,
+        error=run.error,
+        seed_extension_id=run.seed_extension_id,
+    )
+
+
+def experiment_detail(
+    experiment: Experiment, runs: Sequence[Run], extensions: Sequence[SeedExtension] = ()
+) -> ExperimentDetail:
+    """The API view of an experiment with its runs (and the requests that added seeds)."""
+    summary = _experiment_summary(experiment, service.counts_of_runs(runs))
     return ExperimentDetail(
-        id=experiment.id,
-        name=experiment.name,
-        status=ExperimentStatus(experiment.status),
-        spec_hash=experiment.spec_hash,
-        device=experiment.device,
-        queue=experiment.queue,
-        created_at=experiment.created_at,
-        started_at=experiment.started_at,
-        finished_at=experiment.finished_at,
-        cancel_requested_at=experiment.cancel_requested_at,
-        progress=service.progress_from_counts(
-            counts=service.counts_of_runs(runs), total_epochs=experiment.total_epochs
-        ),
-        links=experiment_links(experiment.id),
+        **summary.model_dump(),
         spec_version=experiment.spec_version,
         error=experiment.error,
         spec=experiment.spec,
-        runs=[
-            RunSummary(
-                id=run.id,
-                activation=run.activation_label,
-                activation_name=run.activation_name,
-                seed=run.seed,
-                status=run.status,
-                attempt=run.attempt,
-                epochs_completed=run.epochs_completed,
-                error=run.error,
-            )
-            for run in runs
+        runs=[_run_summary(run) for run in runs],
+        seed_extensions=[
+            SeedExtensionSummary(id=extension.id, seeds=list(extension.seeds), created_at=extension.created_at)
+            for extension in extensions
         ],
     )
 
@@ -219,7 +226,9 @@ def get_experiment(
 ) -> ExperimentDetail:
     """One experiment with its runs."""
     experiment, runs = service.experiment_with_runs(session=session, experiment_id=experiment_id, viewer=principal)
-    return experiment_detail(experiment, runs)
+    return experiment_detail(
+        experiment, runs, follow_up.seed_extensions_of(session=session, experiment_id=experiment_id)
+    )
 
 
 @router.post(
@@ -240,4 +249,116 @@ def cancel_experiment(
 ) -> ExperimentDetail:
     """Request a cancel."""
     experiment, runs = service.cancel_experiment(session=session, experiment_id=experiment_id, viewer=principal)
-    return experiment_detail(experiment, runs)
+    return experiment_detail(
+        experiment, runs, follow_up.seed_extensions_of(session=session, experiment_id=experiment_id)
+    )
+
+
+_FOLLOW_UP_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": MessageResponse, "description": "No such experiment, or another API key's."},
+    429: {
+        "model": MessageResponse,
+        "description": "Over a quota of this API key; the Retry-After header says when to try again.",
+        "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+    },
+    503: {
+        "model": MessageResponse,
+        "description": "Stored, but the broker did not accept the runs; they stay queued and the maintenance "
+        "pass (actlab maintain) sends them.",
+    },
+}
+
+
+@router.post(
+    "/{experiment_id}/seeds",
+    status_code=202,
+    response_model=SeedExtensionDetail,
+    summary="Add seeds to an experiment",
+    description="Adds one run per activation for each new seed, seed-paired with the runs already there, to a "
+    "queued, running or finished experiment, and queues them; the results then pair and summarise over every "
+    "seed. The experiment keeps its id and `spec_hash` (the hash of the spec as submitted); its stored `spec` "
+    "lists every seed; each new run names the request in `seed_extension_id`, and GET /v1/experiments/{id} "
+    "lists the requests in `seed_extensions`. The status goes back to queued or running until the new runs "
+    "end. A seed the experiment already has, or a seed sent twice, is a 422 at `seeds`; so is an extended "
+    "experiment over a spec limit (ACTLAB_MAX_SEEDS, ACTLAB_MAX_ARMS, ACTLAB_MAX_COST). The request counts "
+    "as a submission for the per-minute quota, and its new arms for the active-arms quota.",
+    responses={
+        **_FOLLOW_UP_ERRORS,
+        409: {"model": MessageResponse, "description": "The experiment was cancelled."},
+        422: {
+            "model": ValidationErrorResponse,
+            "description": "Bad seeds: not integers >= 0, repeated, already in the experiment (named), or over a limit.",
+        },
+    },
+)
+def add_seeds(
+    experiment_id: uuid.UUID,
+    body: SeedExtensionRequest,
+    response: Response,
+    session: SessionDependency,
+    dispatcher: DispatcherDependency,
+    settings: SettingsDependency,
+    principal: PrincipalDependency,
+) -> SeedExtensionDetail:
+    """Add seeds to an experiment."""
+    outcome = follow_up.extend_seeds(
+        session=session,
+        dispatcher=dispatcher,
+        experiment_id=experiment_id,
+        seeds=body.seeds,
+        limits=settings,
+        quotas=SubmissionQuotas.from_settings(settings),
+        viewer=principal,
+    )
+    response.headers["Location"] = f"/v1/experiments/{experiment_id}"
+    extension = outcome.extension
+    return SeedExtensionDetail(
+        id=extension.id,
+        experiment_id=experiment_id,
+        seeds=list(extension.seeds),
+        created_at=extension.created_at,
+        runs=[_run_summary(run) for run in sorted(outcome.runs, key=lambda run: (run.activation_index, run.seed))],
+        experiment=_experiment_summary(outcome.experiment, service.counts_of_runs(outcome.experiment_runs)),
+    )
+
+
+@router.post(
+    "/{experiment_id}/retry",
+    status_code=202,
+    response_model=RetryDetail,
+    summary="Retry the failed runs of an experiment",
+    description="Puts the experiment's failed and timed-out runs back to queued and queues them; each resumes "
+    "from its last checkpoint (epochs trained again overwrite their metric rows, never duplicate them). "
+    "Diverged runs are results of the activation and stay, as do succeeded ones. A run may be started "
+    "ACTLAB_TASK_MAX_RETRIES + 1 times in all, retries included; one that used every attempt stays failed. "
+    "The status goes back to queued or running until the runs end. The requeued runs count against the "
+    "active-arms quota; a retry is not a submission.",
+    responses={
+        **_FOLLOW_UP_ERRORS,
+        409: {
+            "model": MessageResponse,
+            "description": "The experiment was cancelled, or it has no failed or timed-out run with attempts left.",
+        },
+        422: {"model": ValidationErrorResponse},
+    },
+)
+def retry_experiment(
+    experiment_id: uuid.UUID,
+    session: SessionDependency,
+    dispatcher: DispatcherDependency,
+    settings: SettingsDependency,
+    principal: PrincipalDependency,
+) -> RetryDetail:
+    """Retry the failed and timed-out runs."""
+    outcome = follow_up.retry_runs(
+        session=session,
+        dispatcher=dispatcher,
+        experiment_id=experiment_id,
+        max_attempts=max_attempts_per_run(settings),
+        quotas=SubmissionQuotas.from_settings(settings),
+        viewer=principal,
+    )
+    return RetryDetail(
+        runs=[_run_summary(run) for run in outcome.runs],
+        experiment=_experiment_summary(outcome.experiment, service.counts_of_runs(outcome.experiment_runs)),
+    )

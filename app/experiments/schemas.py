@@ -1,15 +1,15 @@
-"""Output schemas of experiments (the input schema is app.spec.ExperimentSpec)."""
+"""Schemas of experiments: the outputs, and the body of a seed extension (the spec itself is app.spec.ExperimentSpec)."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import ExperimentStatus, RunStatus
 from app.schemas import ResponseModel, UtcDateTime
-from app.spec import EXAMPLE_SPEC
+from app.spec import EXAMPLE_SPEC, Integer, StrictModel
 
 _EXAMPLE_ID = "0b5e9f2c-6c1d-4a43-9a57-1f7f6c2d9e11"
 
@@ -38,6 +38,8 @@ class ExperimentLinks(BaseModel):
     metrics: str
     layer_metrics: str
     cancel: str
+    seeds: str = Field(description="POST more seeds here.")
+    retry: str = Field(description="POST here to retry the failed and timed-out runs.")
 
 
 def experiment_links(experiment_id: uuid.UUID) -> ExperimentLinks:
@@ -49,6 +51,8 @@ def experiment_links(experiment_id: uuid.UUID) -> ExperimentLinks:
         metrics=f"{base}/metrics",
         layer_metrics=f"{base}/layer-metrics",
         cancel=f"{base}/cancel",
+        seeds=f"{base}/seeds",
+        retry=f"{base}/retry",
     )
 
 
@@ -63,6 +67,17 @@ class RunSummary(ResponseModel):
     attempt: int = Field(description="How many times a worker claimed the run.")
     epochs_completed: int
     error: str | None = None
+    seed_extension_id: uuid.UUID | None = Field(
+        None, description="The seed extension that added this run (see seed_extensions); null: the submission."
+    )
+
+
+class SeedExtensionSummary(ResponseModel):
+    """One request that added seeds to the experiment."""
+
+    id: uuid.UUID
+    seeds: list[int] = Field(description="The seeds it added, as sent.")
+    created_at: UtcDateTime
 
 
 _EXAMPLE_PROGRESS = {
@@ -92,6 +107,8 @@ _EXAMPLE_SUMMARY: dict[str, Any] = {
         "metrics": f"/v1/experiments/{_EXAMPLE_ID}/metrics",
         "layer_metrics": f"/v1/experiments/{_EXAMPLE_ID}/layer-metrics",
         "cancel": f"/v1/experiments/{_EXAMPLE_ID}/cancel",
+        "seeds": f"/v1/experiments/{_EXAMPLE_ID}/seeds",
+        "retry": f"/v1/experiments/{_EXAMPLE_ID}/retry",
     },
 }
 
@@ -137,8 +154,10 @@ class ExperimentDetail(ExperimentSummary):
                             "attempt": 1,
                             "epochs_completed": 10,
                             "error": None,
+                            "seed_extension_id": None,
                         }
                     ],
+                    "seed_extensions": [],
                 }
             ]
         },
@@ -148,6 +167,38 @@ class ExperimentDetail(ExperimentSummary):
     error: str | None = Field(description="A summary of what went wrong in failed runs, if any.")
     spec: dict[str, Any] = Field(description="The canonical spec: defaults filled in, aliases kept as sent.")
     runs: list[RunSummary]
+    seed_extensions: list[SeedExtensionSummary] = Field(
+        default_factory=list, description="The requests that added seeds after the submission, oldest first."
+    )
+
+
+class SeedExtensionRequest(StrictModel):
+    """The body of POST /v1/experiments/{id}/seeds."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"seeds": [3, 4]}]})
+
+    seeds: list[Annotated[Integer, Field(ge=0)]] = Field(
+        min_length=1,
+        description="New seeds (integers >= 0, none the experiment already has); each adds one run per activation.",
+    )
+
+
+class SeedExtensionDetail(ResponseModel):
+    """A seed extension: the seeds added, the new runs (one per activation and seed) and the experiment now."""
+
+    id: uuid.UUID = Field(description="The request's id; each new run carries it as seed_extension_id.")
+    experiment_id: uuid.UUID
+    seeds: list[int]
+    created_at: UtcDateTime
+    runs: list[RunSummary] = Field(description="The new runs, queued, in grid order.")
+    experiment: ExperimentSummary = Field(description="The experiment after the extension (queued or running).")
+
+
+class RetryDetail(ResponseModel):
+    """A retry: the runs put back to queued and the experiment now."""
+
+    runs: list[RunSummary] = Field(description="The requeued runs (they were failed or timed out), in grid order.")
+    experiment: ExperimentSummary = Field(description="The experiment after the retry (queued or running).")
 
 
 class ExperimentPage(BaseModel):

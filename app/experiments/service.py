@@ -267,8 +267,18 @@ def _build_rows(
     return experiment, runs
 
 
-def _enqueue(*, session: Session, dispatcher: Dispatcher, experiment: Experiment, run_ids: list[uuid.UUID]) -> None:
-    """Send committed runs to the broker and record when it accepted them."""
+def enqueue_committed(
+    *,
+    session: Session,
+    dispatcher: Dispatcher,
+    experiment: Experiment,
+    run_ids: list[uuid.UUID],
+    retry_hint: str | None = None,
+) -> None:
+    """Send committed runs to the broker and record when it accepted them; UnavailableError if it refused.
+
+    ``retry_hint`` ends the 503's message (default: what a submission should do).
+    """
     if not run_ids:
         return
     queue = experiment.queue or "cpu"
@@ -276,11 +286,12 @@ def _enqueue(*, session: Session, dispatcher: Dispatcher, experiment: Experiment
         dispatcher.enqueue_runs(run_ids=run_ids, queue=queue)
     except Exception as error:
         logger.exception("could not enqueue runs of experiment %s", experiment.id)
-        retry_hint = (
-            "retry the request with the same Idempotency-Key to queue them"
-            if experiment.idempotency_key
-            else "they stay queued until they are sent again"
-        )
+        if retry_hint is None:
+            retry_hint = (
+                "retry the request with the same Idempotency-Key to queue them"
+                if experiment.idempotency_key
+                else "they stay queued until they are sent again"
+            )
         raise UnavailableError(
             f"experiment {experiment.id} was stored but the broker did not accept its runs "
             f"({type(error).__name__}: {error}); {retry_hint}",
@@ -300,7 +311,7 @@ def _replay(
         )
     # A first attempt that died between commit and enqueue left runs that were never sent: send them now.
     pending = repository.queued_runs_never_enqueued(session=session, experiment_id=existing.id)
-    _enqueue(session=session, dispatcher=dispatcher, experiment=existing, run_ids=pending)
+    enqueue_committed(session=session, dispatcher=dispatcher, experiment=existing, run_ids=pending)
     runs = runs_repository.list_runs_of_experiment(session=session, experiment_id=existing.id)
     return Submission(experiment=existing, runs=runs, created=False)
 
@@ -352,7 +363,7 @@ def submit_experiment(
         queue,
         extra={"experiment_id": str(experiment.id), "owner_id": str(owner_id) if owner_id else None},
     )
-    _enqueue(session=session, dispatcher=dispatcher, experiment=experiment, run_ids=[run.id for run in runs])
+    enqueue_committed(session=session, dispatcher=dispatcher, experiment=experiment, run_ids=[run.id for run in runs])
     return Submission(experiment=experiment, runs=runs, created=True)
 
 

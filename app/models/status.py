@@ -31,3 +31,9 @@ class ExperimentStatus(StrEnum):
 FINISHED_RUN_STATUSES = frozenset(
     {RunStatus.succeeded, RunStatus.failed, RunStatus.diverged, RunStatus.cancelled, RunStatus.timed_out}
 )
+
+RETRYABLE_RUN_STATUSES = frozenset({RunStatus.failed, RunStatus.timed_out})
+"""Ends that POST /v1/experiments/{id}/retry undoes (the worker keeps their checkpoints to resume from).
+
+Diverged is an outcome of the activation (a result), not a failure; succeeded and cancelled are final.
+"""

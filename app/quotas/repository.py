@@ -1,14 +1,14 @@
-"""SQL behind the quotas: an owner's active runs and recent submissions."""
+"""SQL behind the quotas: an owner's active runs and recent submissions (experiments and seed extensions)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, select, union_all
 from sqlalchemy.orm import Session
 
-from app.models import Experiment, Run, RunStatus
+from app.models import Experiment, Run, RunStatus, SeedExtension
 
 
 def _owned_by(owner_id: uuid.UUID | None) -> ColumnElement[bool]:
@@ -27,9 +27,15 @@ def count_active_runs(*, session: Session, owner_id: uuid.UUID | None) -> int:
 
 
 def submissions_since(*, session: Session, owner_id: uuid.UUID | None, since: datetime) -> tuple[int, datetime | None]:
-    """How many experiments the owner created after ``since``, and when the oldest of them was created."""
-    statement = select(func.count(Experiment.id), func.min(Experiment.created_at)).where(
+    """How many experiments and seed extensions the owner created after ``since``, and when the oldest was created."""
+    experiments = select(Experiment.created_at.label("created_at")).where(
         _owned_by(owner_id), Experiment.created_at > since
     )
-    count, oldest = session.execute(statement).one()
+    extensions = (
+        select(SeedExtension.created_at.label("created_at"))
+        .join(Experiment, SeedExtension.experiment_id == Experiment.id)
+        .where(_owned_by(owner_id), SeedExtension.created_at > since)
+    )
+    recent = union_all(experiments, extensions).subquery()
+    count, oldest = session.execute(select(func.count(), func.min(recent.c.created_at))).one()
     return int(count or 0), oldest

@@ -1,5 +1,8 @@
 """Rules of the per-owner quotas: caps on active arms and on submissions per minute (429 with Retry-After).
 
+A submission is a new experiment or a seed extension of one (POST /v1/experiments/{id}/seeds);
+a retry of failed runs adds active arms but is no submission.
+
 Both are counted in the database, so they hold across any number of API processes. Two
 submissions racing at the same instant may both pass the check; the caps are meant to stop
 floods and runaway scripts, not to be exact to the last arm.
@@ -48,8 +51,15 @@ def check_submission_quotas(
     new_arms: int,
     quotas: SubmissionQuotas,
     now: datetime | None = None,
+    request: str = "experiment",
+    smaller: str = "split it into smaller experiments",
+    location: str = "",
 ) -> None:
-    """TooManyRequestsError (with Retry-After) if a submission of ``new_arms`` arms would break a cap."""
+    """TooManyRequestsError (with Retry-After) if a submission of ``new_arms`` arms would break a cap.
+
+    ``request`` names what is asked for in the messages ("experiment", "seed extension"), and
+    ``smaller`` says how to ask for fewer arms when the request alone is over the cap (a 422 at ``location``).
+    """
     now = now or utc_now()
     if quotas.max_submissions_per_minute > 0:
         recent, oldest = repository.submissions_since(session=session, owner_id=owner_id, since=now - SUBMISSION_WINDOW)
@@ -58,8 +68,8 @@ def check_submission_quotas(
             wait = math.ceil((oldest_utc + SUBMISSION_WINDOW - now).total_seconds())
             retry_after = max(1, min(wait, int(SUBMISSION_WINDOW.total_seconds())))
             raise TooManyRequestsError(
-                f"too many submissions: at most {quotas.max_submissions_per_minute} experiments per minute per "
-                f"API key (setting ACTLAB_MAX_SUBMISSIONS_PER_MINUTE); try again in {retry_after} s",
+                f"too many submissions: at most {quotas.max_submissions_per_minute} experiments and seed "
+                f"extensions per minute per API key (setting ACTLAB_MAX_SUBMISSIONS_PER_MINUTE); try again in {retry_after} s",
                 headers={"Retry-After": str(retry_after)},
             )
     if quotas.max_active_arms > 0:
@@ -68,10 +78,10 @@ def check_submission_quotas(
             raise InvalidInputError(
                 [
                     {
-                        "loc": "",
-                        "msg": f"the experiment has {new_arms} arms (activations x seeds), more than an API key may "
+                        "loc": location,
+                        "msg": f"the {request} has {new_arms} arms (activations x seeds), more than an API key may "
                         f"have queued or running at once ({quotas.max_active_arms}, setting "
-                        "ACTLAB_MAX_ACTIVE_ARMS_PER_OWNER); split it into smaller experiments",
+                        f"ACTLAB_MAX_ACTIVE_ARMS_PER_OWNER); {smaller}",
                         "type": "quota_exceeded",
                     }
                 ]
@@ -79,7 +89,7 @@ def check_submission_quotas(
         active = repository.count_active_runs(session=session, owner_id=owner_id)
         if active + new_arms > quotas.max_active_arms:
             raise TooManyRequestsError(
-                f"too many active arms: this experiment has {new_arms} arms and this API key already has {active} "
+                f"too many active arms: this {request} has {new_arms} arms and this API key already has {active} "
                 f"queued or running, over the cap of {quotas.max_active_arms} (setting "
                 "ACTLAB_MAX_ACTIVE_ARMS_PER_OWNER); wait for runs to finish or cancel some",
                 headers={"Retry-After": str(ACTIVE_ARMS_RETRY_SECONDS)},
