@@ -13,7 +13,8 @@ one experiment as one stacked model; every step they share is written here once:
 - the end: the status an engine outcome records (``status_of_outcome``) and the one ladder for an
   error that stops training (``end_after_error``: the time limit, the worker's shutdown, a transient
   error, anything else), with the texts the time limits leave on a run;
-- where a run trains: its checkpoint file, its device, the process's torch threads.
+- where a run trains: its checkpoint file (kept after a failed or timed-out end, for POST
+  /v1/experiments/{id}/retry to resume from: ``drop_checkpoint_after``), its device, the process's torch threads.
 
 Importing this module does not import torch.
 """
@@ -42,6 +43,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.experiments.service import refresh_experiment_status
 from app.models import RunStatus
+from app.models.status import RETRYABLE_RUN_STATUSES
 from app.runs.state_repository import ClaimedRun, StaleAttemptError, cancel_requested, claim_run, fence_run, finish_run
 from worker.db_retry import retry_transient
 
@@ -182,6 +184,12 @@ def max_attempts(settings: Settings) -> int:
 def checkpoint_path(*, run_id: uuid.UUID, settings: Settings) -> Path:
     """Where a run's resumable training state lives while it trains."""
     return Path(settings.checkpoint_dir).expanduser() / f"{run_id}.pt"
+
+
+def drop_checkpoint_after(status: RunStatus, path: Path) -> None:
+    """Delete a run's checkpoint once it ended, unless it ended failed or timed out (a retry resumes from it)."""
+    if status not in RETRYABLE_RUN_STATUSES:
+        path.unlink(missing_ok=True)
 
 
 def training_device(*, spec_device: str, queue: str | None) -> str:

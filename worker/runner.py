@@ -42,6 +42,7 @@ from worker.lifecycle import (
     checkpoint_path,
     claim_or_end,
     configure_torch,
+    drop_checkpoint_after,
     end_after_error,
     end_before_training,
     status_of_outcome,
@@ -242,7 +243,7 @@ def execute_claimed(*, claimed: ClaimedRun, worker_host: str, engine: Engine, se
             engine=engine, claimed=claimed, status=status, error=message, retry_seconds=retry_seconds
         ):
             return RunOutcome(run_id, None, claimed.attempt)
-    checkpoint.unlink(missing_ok=True)
+    drop_checkpoint_after(status, checkpoint)
     logger.info("run %s: attempt %d ended %s", run_id, claimed.attempt, status.value)
     return RunOutcome(run_id, status, claimed.attempt)
 

@@ -76,6 +76,7 @@ from worker.lifecycle import (
     checkpoint_path,
     claim_or_end,
     configure_torch,
+    drop_checkpoint_after,
     end_after_error,
     end_before_training,
     is_transient_error,
@@ -418,7 +419,7 @@ def _outcomes(members: list[_Member], ended: dict[int, RunStatus]) -> list[RunOu
         claimed = member.claimed
         status = member.recorded or ended.get(position)
         if status is not None:
-            member.checkpoint.unlink(missing_ok=True)
+            drop_checkpoint_after(status, member.checkpoint)
         outcomes.append(RunOutcome(claimed.run_id, status, claimed.attempt))
     return outcomes
 

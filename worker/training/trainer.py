@@ -279,8 +279,9 @@ def arm_outcome(state: ArmState, status: ArmStatus) -> ArmOutcome:
 
 
 def _comparable_spec_hash(spec: ExperimentSpec) -> str:
-    # A checkpoint may resume on another device; everything else must match.
-    return spec.model_copy(update={"device": "auto"}).spec_hash()
+    # A checkpoint may resume on another device, and after seeds were added to the experiment
+    # (POST /v1/experiments/{id}/seeds: the arm's own seed is checked apart); everything else must match.
+    return spec.model_copy(update={"device": "auto", "seeds": [0]}).spec_hash()
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
