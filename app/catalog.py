@@ -1,16 +1,22 @@
-"""Names and metadata of activations, datasets, models, optimizers and init schemes.
+"""Names and facts of activations, datasets, model kinds, optimizers, schedules and init schemes.
 
-Pure data, no torch: the API validates specs and serves ``GET /v1/catalog`` from it, and
-the worker builds modules from the same names. Adding an activation means one entry here,
-one function in ``worker/training/activations.py`` and one test.
+Pure data, no torch: the one place that names them. The spec validates names against it,
+``GET /v1/catalog`` serves it, and the worker's registries (``_BUILDERS`` in
+``worker/training/activations.py`` and ``models.py``, ``_LOADERS`` in ``datasets.py``) are keyed
+by it, each checked by a guard test. A rule that differs between entries (hardtanh's clip
+bounds, the slope Kaiming reads, learnable parameter counts, spirals' class count and size)
+is a field of the entry, never a name test elsewhere. See README, "How to add an activation,
+a dataset or a model kind".
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 ParameterKind = Literal["float", "int", "choice", "bool"]
+ParameterValue = float | int | str | bool
 Family = Literal["classic", "modern", "learnable", "custom"]
 Saturation = Literal["sigmoid", "tanh"]
 
@@ -21,7 +27,7 @@ class ParameterInfo:
 
     name: str
     kind: ParameterKind
-    default: float | int | str | bool
+    default: ParameterValue
     description: str
     minimum: float | None = None
     maximum: float | None = None
@@ -46,6 +52,20 @@ class ActivationInfo:
     saturation: Saturation | None = None
     learnable: bool = False
     reference: str = ""
+    # Names of the lower and upper clip parameters: a spec must keep lower < upper, and the
+    # saturation of a tanh-like unit is measured against them instead of +-1.
+    bounds: tuple[str, str] | None = None
+    # The parameter holding the negative slope that Kaiming initialisation uses (leaky ReLU family).
+    slope_parameter: str | None = None
+    # Upper bound of the activation's learned parameters in one model, for the cost estimate;
+    # under ``per_unit_mode`` (parameter, value) there is one per unit and the bound is the units.
+    learnable_parameters: int = 0
+    per_unit_mode: tuple[str, str] | None = None
+
+    @property
+    def can_learn(self) -> bool:
+        """True where a spec of it may carry learned parameters (learnable units, custom formulas)."""
+        return self.learnable or self.family == "custom"
 
 
 def _float(
@@ -95,6 +115,7 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             "kaiming_leaky_relu",
             parameters=(_float("negative_slope", 0.01, "Slope for x < 0.", 0.0, 1.0),),
             reference="Maas et al. 2013",
+            slope_parameter="negative_slope",
         ),
         ActivationInfo(
             "elu",
@@ -182,6 +203,7 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
                 _float("max_val", 1.0, "Upper clip.", -100.0, 100.0),
             ),
             saturation="tanh",
+            bounds=("min_val", "max_val"),
         ),
         ActivationInfo(
             "relu6",
@@ -214,6 +236,9 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             ),
             learnable=True,
             reference="He et al. 2015",
+            slope_parameter="init",
+            learnable_parameters=32,
+            per_unit_mode=("mode", "unit"),
         ),
         ActivationInfo(
             "swish_beta",
@@ -224,6 +249,7 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             parameters=(_float("init", 1.0, "Initial beta.", -10.0, 10.0),),
             learnable=True,
             reference="Ramachandran et al. 2017",
+            learnable_parameters=8 * 32,
         ),
         ActivationInfo(
             "pau",
@@ -235,6 +261,7 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             parameters=(_float("negative_slope", 0.01, "Slope of the leaky ReLU the unit starts as.", 0.0, 1.0),),
             learnable=True,
             reference="Molina et al. 2020",
+            learnable_parameters=10 * 32,
         ),
         ActivationInfo(
             "custom",
@@ -242,14 +269,16 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             "A formula over x in a small safe language, optionally with learnable scalars.",
             "expression",
             "kaiming_relu",
+            learnable_parameters=8 * 32,
         ),
     )
 }
 
 ACTIVATION_ALIASES: dict[str, str] = {alias: info.name for info in ACTIVATIONS.values() for alias in info.aliases}
 
-# Functions a custom expression may call, with their arity; the parser and the torch
-# evaluator both read this table.
+# Functions a custom expression may call, with their arity: the parser reads this table, and the
+# torch evaluator (worker/training/activations.py) and the numpy one (app/results/functions.py)
+# implement exactly these names (guard tests check both).
 EXPRESSION_FUNCTIONS: dict[str, int] = {
     "exp": 1,
     "log": 1,
@@ -301,6 +330,24 @@ class DatasetInfo:
     test_size: int
     source: Literal["offline", "torchvision", "synthetic"]
     parameters: tuple[ParameterInfo, ...] = field(default_factory=tuple)
+    # The parameter that sets the number of classes, where one does (else ``classes``).
+    classes_parameter: str | None = None
+    # The parameter that sets the total examples, where one does (else the fixed sizes): the
+    # generator keeps a fifth (rounded down) for the test split, and a setting bounds it.
+    samples_parameter: str | None = None
+
+    def classes_with(self, params: Mapping[str, ParameterValue]) -> int:
+        """Number of classes under these resolved parameters."""
+        if self.classes_parameter is None:
+            return self.classes
+        return int(params[self.classes_parameter])
+
+    def train_size_with(self, params: Mapping[str, ParameterValue]) -> int:
+        """Training examples (before any validation split) under these resolved parameters."""
+        if self.samples_parameter is None:
+            return self.train_size
+        samples = int(params[self.samples_parameter])
+        return samples - samples // 5
 
     @property
     def is_image(self) -> bool:
@@ -357,6 +404,8 @@ DATASETS: dict[str, DatasetInfo] = {
                 _float("noise", 0.2, "Standard deviation of the Gaussian noise added to each point.", 0.0, 5.0),
                 _float("turns", 1.5, "Turns of each spiral.", 0.25, 10.0),
             ),
+            classes_parameter="classes",
+            samples_parameter="samples",
         ),
         DatasetInfo(
             "mnist",
@@ -388,11 +437,34 @@ DATASETS: dict[str, DatasetInfo] = {
     )
 }
 
-MODEL_KINDS: dict[str, str] = {
-    "mlp": "Fully connected layers; optional batch/layer norm, dropout and residual connections.",
-    "cnn": "Conv blocks (Conv2d for images, Conv1d for 1-D signals) with pooling, then a linear head.",
-    "rnn": "Recurrent net over image rows or the 1-D signal; cell rnn uses the activation inside the "
-    "recurrence, gru/lstm keep their gates and use the activation in the head.",
+
+@dataclass(frozen=True)
+class ModelKindInfo:
+    """Catalog entry of one model kind (its hyperparameters are its spec class in ``app.spec``)."""
+
+    name: str
+    description: str
+    # Whether it needs image or sequence inputs, i.e. an input shape of (channels, length) or
+    # (channels, height, width) rather than flat features.
+    needs_image_or_sequence: bool = False
+
+
+MODEL_KINDS: dict[str, ModelKindInfo] = {
+    info.name: info
+    for info in (
+        ModelKindInfo("mlp", "Fully connected layers; optional batch/layer norm, dropout and residual connections."),
+        ModelKindInfo(
+            "cnn",
+            "Conv blocks (Conv2d for images, Conv1d for 1-D signals) with pooling, then a linear head.",
+            needs_image_or_sequence=True,
+        ),
+        ModelKindInfo(
+            "rnn",
+            "Recurrent net over image rows or the 1-D signal; cell rnn uses the activation inside the "
+            "recurrence, gru/lstm keep their gates and use the activation in the head.",
+            needs_image_or_sequence=True,
+        ),
+    )
 }
 
 OPTIMIZERS: dict[str, str] = {
@@ -407,6 +479,8 @@ SCHEDULES: dict[str, str] = {
     "step": "Multiply the rate by gamma every step_size epochs.",
     "cosine": "Cosine annealing to zero over the run's epochs.",
 }
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 # Diagnostic thresholds, reported with the catalog so users know what the flags mean.
 VANISHING_RATIO = 1e-3

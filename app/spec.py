@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,14 +27,37 @@ from pydantic_core import PydanticCustomError
 from app.catalog import (
     ACTIVATIONS,
     DATASETS,
+    DEVICES,
+    INIT_SCHEMES,
+    MODEL_KINDS,
+    OPTIMIZERS,
+    SCHEDULES,
     ParameterInfo,
+    ParameterValue,
     activation_names,
     canonical_activation_name,
 )
 from app.config import SpecLimits, get_settings
 from app.expressions import ExpressionError, parse_expression
+from app.spec_cost import estimate_cost, estimate_parameters
 
 SPEC_VERSION = 1
+
+# Names a spec may use are the catalog's: a Literal built from it validates them, documents them
+# as the OpenAPI enum and words the error ("Input should be 'digits', 'mnist1d', ..."). To the
+# type checker they are plain strings.
+if TYPE_CHECKING:
+    DatasetName = str
+    OptimizerName = str
+    ScheduleName = str
+    InitSchemeName = str
+    DeviceName = str
+else:
+    DatasetName = Literal[tuple(DATASETS)]
+    OptimizerName = Literal[tuple(OPTIMIZERS)]
+    ScheduleName = Literal[tuple(SCHEDULES)]
+    InitSchemeName = Literal[tuple(INIT_SCHEMES)]
+    DeviceName = Literal[DEVICES]
 
 
 def _limits(info: ValidationInfo | None = None) -> SpecLimits:
@@ -60,9 +83,6 @@ Integer = Annotated[int, BeforeValidator(_not_boolean)]
 """The spec's integer type: every integer field of an input model uses it (a guard test checks)."""
 Number = Annotated[float, BeforeValidator(_not_boolean)]
 """The spec's real-number type: every float field of an input model uses it."""
-
-
-ParameterValue = float | int | str | bool
 
 
 def _check_parameter(info: ParameterInfo, value: Any, where: str) -> ParameterValue:
@@ -195,11 +215,11 @@ class ActivationSpec(StrictModel):
                 allowed = ", ".join(known) or "none"
                 raise ValueError(f"unknown parameter {key!r} for {canonical}; allowed: {allowed}")
             checked[key] = _check_parameter(known[key], value, f"params.{key}")
-        if canonical == "hardtanh":
-            low = float(checked.get("min_val", -1.0))
-            high = float(checked.get("max_val", 1.0))
-            if low >= high:
-                raise ValueError("params.min_val must be below params.max_val")
+        if catalog_entry.bounds is not None:
+            low_name, high_name = catalog_entry.bounds
+            defaults = {parameter.name: parameter.default for parameter in catalog_entry.parameters}
+            if float(checked.get(low_name, defaults[low_name])) >= float(checked.get(high_name, defaults[high_name])):
+                raise ValueError(f"params.{low_name} must be below params.{high_name}")
         self.params = checked
         return self
 
@@ -236,10 +256,11 @@ class ActivationSpec(StrictModel):
 class DatasetSpec(StrictModel):
     """Which dataset to train on."""
 
-    name: Literal["digits", "mnist1d", "mnist_5k", "spirals", "mnist", "fashion_mnist", "cifar10"] = Field(
-        description="Dataset name (see GET /v1/catalog)."
+    name: DatasetName = Field(description="Dataset name (see GET /v1/catalog).")
+    params: dict[str, ParameterValue] = Field(
+        default_factory=dict,
+        description=f"Dataset parameters ({', '.join(name for name, info in DATASETS.items() if info.parameters)} only).",
     )
-    params: dict[str, ParameterValue] = Field(default_factory=dict, description="Dataset parameters (spirals only).")
 
     @model_validator(mode="after")
     def _check_params(self, info: ValidationInfo) -> DatasetSpec:
@@ -251,10 +272,12 @@ class DatasetSpec(StrictModel):
                 allowed = ", ".join(known) or "none"
                 raise ValueError(f"unknown parameter {key!r} for dataset {self.name}; allowed: {allowed}")
             checked[key] = _check_parameter(known[key], value, f"params.{key}")
-        if self.name == "spirals":
-            samples = int(checked.get("samples", 2000))
-            if samples > _limits(info).max_dataset_samples:
-                raise ValueError(f"params.samples must be at most {_limits(info).max_dataset_samples}")
+        samples = entry.samples_parameter
+        if (
+            samples is not None
+            and int(checked.get(samples, known[samples].default)) > _limits(info).max_dataset_samples
+        ):
+            raise ValueError(f"params.{samples} must be at most {_limits(info).max_dataset_samples}")
         self.params = checked
         return self
 
@@ -271,17 +294,12 @@ class DatasetSpec(StrictModel):
     @property
     def classes(self) -> int:
         """Number of classes."""
-        if self.name == "spirals":
-            return int(self.resolved_params()["classes"])
-        return DATASETS[self.name].classes
+        return DATASETS[self.name].classes_with(self.resolved_params())
 
     @property
     def train_size(self) -> int:
         """Training examples before any validation split."""
-        if self.name == "spirals":
-            samples = int(self.resolved_params()["samples"])
-            return samples - samples // 5
-        return DATASETS[self.name].train_size
+        return DATASETS[self.name].train_size_with(self.resolved_params())
 
 
 def _check_width(value: int, info: ValidationInfo, what: str) -> int:
@@ -380,25 +398,16 @@ class TrainingSpec(StrictModel):
 
     epochs: Integer = Field(10, ge=1)
     batch_size: Integer = Field(128, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    optimizer: OptimizerName = "adam"
     lr: Number = Field(0.001, gt=0.0, le=10.0, description="Learning rate.")
     momentum: Number = Field(0.9, ge=0.0, lt=1.0, description="Momentum of sgd and rmsprop (rmsprop default use: 0).")
     nesterov: bool = Field(False, description="Nesterov momentum (sgd).")
     weight_decay: Number = Field(0.0, ge=0.0, le=1.0)
     grad_clip: Number | None = Field(None, gt=0.0, le=1e6, description="Clip the global gradient norm to this value.")
-    schedule: Literal["none", "step", "cosine"] = "none"
+    schedule: ScheduleName = "none"
     step_size: Integer = Field(10, ge=1, description="Epochs between decays (schedule step).")
     gamma: Number = Field(0.1, gt=0.0, le=1.0, description="Decay factor (schedule step).")
-    init: Literal[
-        "auto",
-        "default",
-        "xavier_uniform",
-        "xavier_normal",
-        "kaiming_uniform",
-        "kaiming_normal",
-        "lecun_normal",
-        "orthogonal",
-    ] = "auto"
+    init: InitSchemeName = "auto"
     validation_fraction: Number = Field(0.0, ge=0.0, le=0.5, description="Share of train held out for validation.")
 
     @field_validator("epochs")
@@ -473,7 +482,7 @@ class ExperimentSpec(StrictModel):
     activations: list[ActivationSpec] = Field(min_length=1)
     seeds: list[Annotated[Integer, Field(ge=0)]] = Field(min_length=1)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceName = "auto"
 
     @field_validator("name")
     @classmethod
@@ -518,7 +527,7 @@ class ExperimentSpec(StrictModel):
     def _check_grid(self, info: ValidationInfo) -> ExperimentSpec:
         limits = _limits(info)
         dataset = DATASETS[self.dataset.name]
-        if self.model.kind in ("cnn", "rnn") and len(dataset.input_shape) < 2:
+        if MODEL_KINDS[self.model.kind].needs_image_or_sequence and len(dataset.input_shape) < 2:
             raise PydanticCustomError(
                 "model_dataset_mismatch",
                 "model kind '{kind}' needs image or sequence data; dataset '{dataset}' has flat features: use 'mlp'",
@@ -566,80 +575,6 @@ class ExperimentSpec(StrictModel):
     def spec_hash(self) -> str:
         """SHA-256 of the canonical JSON: equal specs hash equal whatever their spelling."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
-
-
-def estimate_parameters(spec: ExperimentSpec) -> int:
-    """Trainable parameters of the model, computed from the spec without building it."""
-    dataset = spec.dataset
-    shape = dataset.input_shape
-    classes = dataset.classes
-    model = spec.model
-    if isinstance(model, MlpSpec):
-        features = math.prod(shape)
-        total = 0
-        for width in model.hidden:
-            total += features * width + width
-            if model.norm != "none":
-                total += 2 * width
-            features = width
-        return total + features * classes + classes + _learnable_per_model(spec, sum(model.hidden))
-    if isinstance(model, CnnSpec):
-        channels = shape[0]
-        spatial = list(shape[1:])
-        dimensions = len(spatial)
-        total = 0
-        for width in model.channels:
-            total += channels * width * model.kernel_size**dimensions + width
-            if model.norm != "none":
-                total += 2 * width
-            channels = width
-            if model.pooling != "none":
-                spatial = [max(1, size // 2) for size in spatial]
-        features = channels * math.prod(spatial)
-        for width in model.hidden:
-            total += features * width + width
-            features = width
-        return (
-            total + features * classes + classes + _learnable_per_model(spec, sum(model.channels) + sum(model.hidden))
-        )
-    if isinstance(model, RnnSpec):
-        # A sequence step reads one image row (channels x width) or one signal sample.
-        step_features = shape[0] * shape[-1] if len(shape) == 3 else shape[0]
-        gates = {"rnn": 1, "gru": 3, "lstm": 4}[model.cell]
-        # nn.GRU/nn.LSTM carry two bias vectors per gate; the Elman cell of "rnn" needs only one.
-        biases = 1 if model.cell == "rnn" else 2
-        total = 0
-        features = step_features
-        for _ in range(model.layers):
-            total += gates * (
-                features * model.hidden_size + model.hidden_size * model.hidden_size + biases * model.hidden_size
-            )
-            features = model.hidden_size
-        if model.cell == "rnn":
-            return total + features * classes + classes + _learnable_per_model(spec, model.hidden_size * model.layers)
-        total += features * model.head_hidden + model.head_hidden + model.head_hidden * classes + classes
-        return total + _learnable_per_model(spec, model.head_hidden)
-    raise AssertionError(f"unknown model kind {model!r}")
-
-
-def _learnable_per_model(spec: ExperimentSpec, units: int) -> int:
-    """Upper bound of activation parameters in one model (per-unit PReLU dominates)."""
-    largest = 0
-    for activation in spec.activations:
-        name = activation.canonical_name
-        if name == "prelu":
-            largest = max(largest, units if activation.resolved_params()["mode"] == "unit" else 32)
-        elif name == "pau":
-            largest = max(largest, 10 * 32)
-        elif name in ("swish_beta", "custom"):
-            largest = max(largest, 8 * 32)
-    return largest
-
-
-def estimate_cost(spec: ExperimentSpec) -> float:
-    """Arms x epochs x training examples x parameters: a machine-independent work estimate."""
-    arms = len(spec.activations) * len(spec.seeds)
-    return float(arms) * spec.training.epochs * spec.dataset.train_size * estimate_parameters(spec)
 
 
 def stored_spec_limits() -> SpecLimits:

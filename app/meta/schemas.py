@@ -7,10 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app import catalog
+from app.catalog import ParameterValue
 from app.config import Settings, SpecLimits
 from app.expressions import BINARY_OPERATORS, MAX_NODES, UNARY_OPERATORS
-
-ParameterValue = float | int | str | bool
 
 
 class ParameterEntry(BaseModel):
@@ -197,11 +196,11 @@ def build_catalog(settings: Settings) -> Catalog:
             )
             for info in catalog.DATASETS.values()
         ],
-        model_kinds=[NamedEntry(name=name, description=text) for name, text in catalog.MODEL_KINDS.items()],
+        model_kinds=[NamedEntry(name=info.name, description=info.description) for info in catalog.MODEL_KINDS.values()],
         optimizers=[NamedEntry(name=name, description=text) for name, text in catalog.OPTIMIZERS.items()],
         schedules=[NamedEntry(name=name, description=text) for name, text in catalog.SCHEDULES.items()],
         init_schemes=[NamedEntry(name=name, description=text) for name, text in catalog.INIT_SCHEMES.items()],
-        devices=["auto", "cpu", "cuda"],
+        devices=list(catalog.DEVICES),
         expression=ExpressionLanguage(
             variable="x",
             functions=dict(catalog.EXPRESSION_FUNCTIONS),

@@ -1,14 +1,18 @@
 """Activation shapes in numpy, for drawing learned functions against their starting shapes (no torch).
 
-Covers the learnable activations from the parameter values the engine stores per layer
-(``activation_parameters``): prelu (``slope``, or ``slope_mean`` in per-unit mode), swish_beta
-(``beta``), pau (``a0``..``a5``, ``b1``..``b4`` with the safe denominator 1 + sum |b_i| |x|^i) and
-custom formulas with learnable scalars, evaluated from the ``app.expressions`` tree.
+Covers every catalog activation that can learn (``ActivationInfo.can_learn``), one entry of
+``_SHAPES`` each, from the parameter values the engine stores per layer (``activation_parameters``):
+prelu (``slope``, or ``slope_mean`` in per-unit mode), swish_beta (``beta``), pau (``a0``..``a5``,
+``b1``..``b4`` with the safe denominator 1 + sum |b_i| |x|^i) and custom formulas with learnable
+scalars, evaluated from the ``app.expressions`` tree with ``_FUNCTIONS``, the numpy twin of the
+catalog's expression functions. A guard test checks both tables against the catalog and the
+shapes against the torch modules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
@@ -16,9 +20,7 @@ from scipy import special
 from app.expressions import BinaryOperation, Call, Node, Number, UnaryOperation, Variable, parse_expression
 from app.spec import ActivationSpec
 
-LEARNABLE_CURVE_NAMES: frozenset[str] = frozenset({"prelu", "swish_beta", "pau", "custom"})
-
-_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
     "exp": np.exp,
     "log": np.log,
     "sqrt": np.sqrt,
@@ -30,8 +32,9 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "softplus": lambda values: np.logaddexp(0.0, values),
     "sin": np.sin,
     "cos": np.cos,
+    "min": np.minimum,
+    "max": np.maximum,
 }
-_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {"min": np.minimum, "max": np.maximum}
 
 
 def evaluate_expression(node: Node, x: np.ndarray, scalars: Mapping[str, float]) -> np.ndarray:
@@ -61,10 +64,7 @@ def _evaluate(node: Node, x: np.ndarray, scalars: Mapping[str, float]) -> np.nda
         }
         return operations[node.operator](left, right)
     if isinstance(node, Call):
-        arguments = [_evaluate(argument, x, scalars) for argument in node.arguments]
-        if node.function in _UNARY:
-            return _UNARY[node.function](arguments[0])
-        return _BINARY[node.function](arguments[0], arguments[1])
+        return _FUNCTIONS[node.function](*(_evaluate(argument, x, scalars) for argument in node.arguments))
     raise AssertionError(f"unknown expression node {node!r}")
 
 
@@ -81,45 +81,90 @@ def pade(x: np.ndarray, numerator: list[float], denominator: list[float]) -> np.
     return np.asarray(top / bottom, dtype=float)
 
 
+def _swish(x: np.ndarray, beta: float) -> np.ndarray:
+    return np.asarray(x * special.expit(beta * x), dtype=float)
+
+
+def _custom_tree(activation: ActivationSpec) -> Node | None:
+    """The parsed formula of a custom activation with learnable scalars, None without any."""
+    if not (activation.learnable and activation.expression):
+        return None
+    return parse_expression(activation.expression, activation.learnable.keys())
+
+
+def _prelu_start(activation: ActivationSpec, x: np.ndarray) -> np.ndarray | None:
+    return leaky_relu(x, float(activation.resolved_params()["init"]))
+
+
+def _prelu_learned(activation: ActivationSpec, parameters: Mapping[str, float], x: np.ndarray) -> np.ndarray | None:
+    slope = parameters.get("slope", parameters.get("slope_mean"))
+    return None if slope is None else leaky_relu(x, float(slope))
+
+
+def _swish_beta_start(activation: ActivationSpec, x: np.ndarray) -> np.ndarray | None:
+    return _swish(x, float(activation.resolved_params()["init"]))
+
+
+def _swish_beta_learned(
+    activation: ActivationSpec, parameters: Mapping[str, float], x: np.ndarray
+) -> np.ndarray | None:
+    beta = parameters.get("beta")
+    return None if beta is None else _swish(x, float(beta))
+
+
+def _pau_start(activation: ActivationSpec, x: np.ndarray) -> np.ndarray | None:
+    # The unit is initialised to approximate this leaky ReLU; the target is the honest reference shape.
+    return leaky_relu(x, float(activation.resolved_params()["negative_slope"]))
+
+
+def _pau_learned(activation: ActivationSpec, parameters: Mapping[str, float], x: np.ndarray) -> np.ndarray | None:
+    numerator = [parameters.get(f"a{index}") for index in range(6)]
+    denominator = [parameters.get(f"b{index}") for index in range(1, 5)]
+    if any(value is None for value in (*numerator, *denominator)):
+        return None
+    return pade(
+        x,
+        [float(value) for value in numerator if value is not None],
+        [float(value) for value in denominator if value is not None],
+    )
+
+
+def _custom_start(activation: ActivationSpec, x: np.ndarray) -> np.ndarray | None:
+    tree = _custom_tree(activation)
+    return None if tree is None else evaluate_expression(tree, x, activation.learnable or {})
+
+
+def _custom_learned(activation: ActivationSpec, parameters: Mapping[str, float], x: np.ndarray) -> np.ndarray | None:
+    tree = _custom_tree(activation)
+    scalars = activation.learnable or {}
+    if tree is None or any(scalar not in parameters for scalar in scalars):
+        return None
+    return evaluate_expression(tree, x, {scalar: float(parameters[scalar]) for scalar in scalars})
+
+
+@dataclass(frozen=True)
+class LearnableShape:
+    """How to draw one learnable activation: the function it starts as and the one it learned."""
+
+    start: Callable[[ActivationSpec, np.ndarray], np.ndarray | None]
+    learned: Callable[[ActivationSpec, Mapping[str, float], np.ndarray], np.ndarray | None]
+
+
+_SHAPES: dict[str, LearnableShape] = {
+    "prelu": LearnableShape(_prelu_start, _prelu_learned),
+    "swish_beta": LearnableShape(_swish_beta_start, _swish_beta_learned),
+    "pau": LearnableShape(_pau_start, _pau_learned),
+    "custom": LearnableShape(_custom_start, _custom_learned),
+}
+
+
 def starting_shape(activation: ActivationSpec, x: np.ndarray) -> np.ndarray | None:
     """The function a learnable activation starts as, or None for a fixed activation."""
-    name = activation.canonical_name
-    params = activation.resolved_params()
-    if name == "prelu":
-        return leaky_relu(x, float(params["init"]))
-    if name == "swish_beta":
-        return np.asarray(x * special.expit(float(params["init"]) * x), dtype=float)
-    if name == "pau":
-        # The unit is initialised to approximate this leaky ReLU; the target is the honest reference shape.
-        return leaky_relu(x, float(params["negative_slope"]))
-    if name == "custom" and activation.learnable and activation.expression:
-        tree = parse_expression(activation.expression, activation.learnable.keys())
-        return evaluate_expression(tree, x, activation.learnable)
-    return None
+    shape = _SHAPES.get(activation.canonical_name)
+    return None if shape is None else shape.start(activation, x)
 
 
 def learned_shape(activation: ActivationSpec, parameters: Mapping[str, float], x: np.ndarray) -> np.ndarray | None:
     """The function with learned parameter values (as stored by the engine), or None when they are missing."""
-    name = activation.canonical_name
-    if name == "prelu":
-        slope = parameters.get("slope", parameters.get("slope_mean"))
-        return None if slope is None else leaky_relu(x, float(slope))
-    if name == "swish_beta":
-        beta = parameters.get("beta")
-        return None if beta is None else np.asarray(x * special.expit(float(beta) * x), dtype=float)
-    if name == "pau":
-        numerator = [parameters.get(f"a{index}") for index in range(6)]
-        denominator = [parameters.get(f"b{index}") for index in range(1, 5)]
-        if any(value is None for value in (*numerator, *denominator)):
-            return None
-        return pade(
-            x,
-            [float(value) for value in numerator if value is not None],
-            [float(value) for value in denominator if value is not None],
-        )
-    if name == "custom" and activation.learnable and activation.expression:
-        if any(scalar not in parameters for scalar in activation.learnable):
-            return None
-        tree = parse_expression(activation.expression, activation.learnable.keys())
-        return evaluate_expression(tree, x, {scalar: float(parameters[scalar]) for scalar in activation.learnable})
-    return None
+    shape = _SHAPES.get(activation.canonical_name)
+    return None if shape is None else shape.learned(activation, parameters, x)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.catalog import ACTIVATIONS, DATASETS
+from app.catalog import ACTIVATIONS, DATASETS, INIT_SCHEMES, MODEL_KINDS, OPTIMIZERS, SCHEDULES
 from app.config import Settings, SpecLimits
 from app.main import create_app
 from app.spec import EXAMPLE_SPEC
@@ -129,3 +129,33 @@ def test_openapi_documents_the_spec_with_its_example(client: TestClient) -> None
         assert name in schemas, name
     assert set(submit["responses"]) >= {"200", "202", "409", "413", "422"}
     assert client.get("/docs").status_code == 200
+
+
+def test_openapi_enums_are_the_catalog_names(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["DatasetSpec"]["properties"]["name"]["enum"] == list(DATASETS)
+    training = schemas["TrainingSpec"]["properties"]
+    assert training["optimizer"]["enum"] == list(OPTIMIZERS)
+    assert training["schedule"]["enum"] == list(SCHEDULES)
+    assert training["init"]["enum"] == list(INIT_SCHEMES)
+    model = schemas["ExperimentSpec"]["properties"]["model"]
+    assert set(model["discriminator"]["mapping"]) == set(MODEL_KINDS)
+
+
+def test_catalog_entries_name_their_own_parameters() -> None:
+    # The per-entry rules (clip bounds, Kaiming slope, per-unit mode, class count, sample count)
+    # refer to parameters by name; a typo would silently fall back to the default rule.
+    for info in ACTIVATIONS.values():
+        parameters = {parameter.name: parameter for parameter in info.parameters}
+        named = [*(info.bounds or ()), *([info.slope_parameter] if info.slope_parameter else [])]
+        assert set(named) <= set(parameters), info.name
+        if info.per_unit_mode is not None:
+            name, value = info.per_unit_mode
+            assert value in parameters[name].choices, info.name
+        assert (info.learnable_parameters > 0) == info.can_learn, info.name
+    for dataset in DATASETS.values():
+        parameters = {parameter.name: parameter for parameter in dataset.parameters}
+        for name in (dataset.classes_parameter, dataset.samples_parameter):
+            assert name is None or parameters[name].kind == "int", dataset.name
+        assert dataset.classes_with({p.name: p.default for p in dataset.parameters}) == dataset.classes
+        assert dataset.train_size_with({p.name: p.default for p in dataset.parameters}) == dataset.train_size

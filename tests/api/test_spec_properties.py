@@ -26,9 +26,8 @@ from app.spec import (
     MlpSpec,
     RnnSpec,
     TrainingSpec,
-    estimate_cost,
-    estimate_parameters,
 )
+from app.spec_cost import estimate_cost, estimate_parameters
 
 # Tight limits, so that generated specs land on both sides of each of them.
 LIMITS = SpecLimits(

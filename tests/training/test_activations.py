@@ -8,11 +8,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from app.catalog import ACTIVATIONS
+from app.catalog import ACTIVATIONS, EXPRESSION_FUNCTIONS
+from app.expressions import parse_expression
+from app.results.functions import evaluate_expression, learned_shape, starting_shape
 from app.spec import ActivationSpec
 from worker.training.activations import (
     PAU_ABS_MAX_ERROR,
@@ -229,6 +232,57 @@ def test_value_and_derivative_match_the_closed_form(case: str) -> None:
 def test_every_catalog_activation_has_a_closed_form_test() -> None:
     tested = {ActivationSpec.model_validate(spec).canonical_name for spec, _, _ in CLOSED_FORMS.values()}
     assert set(ACTIVATIONS) - tested == {"pau"}  # PAU has its own tests below
+
+
+def test_every_expression_function_of_the_catalog_has_a_closed_form_test() -> None:
+    expressions = [
+        spec["expression"] for spec, _, _ in CLOSED_FORMS.values() if isinstance(spec, dict) and "expression" in spec
+    ]
+    untested = {
+        function for function in EXPRESSION_FUNCTIONS if not any(f"{function}(" in text for text in expressions)
+    }
+    assert untested == set()
+
+
+@pytest.mark.parametrize("function", sorted(EXPRESSION_FUNCTIONS))
+def test_plots_evaluate_every_expression_function_as_training_does(function: str) -> None:
+    expression = f"{function}({', '.join(['x', '0.5 * x - 1'][: EXPRESSION_FUNCTIONS[function]])})"
+    x = np.linspace(-3.0, 3.0, 61)
+    trained = build({"name": "custom", "expression": expression}).double()(torch.tensor(x)).detach().numpy()
+    plotted = evaluate_expression(parse_expression(expression), x, {})
+    np.testing.assert_allclose(plotted, trained, rtol=1e-12, atol=1e-12)
+
+
+# One row per catalog activation that can learn: the numpy curves the plots draw must be the module's function.
+LEARNABLE_SHAPES: dict[str, Any] = {
+    "prelu": {"name": "prelu", "params": {"init": 0.375}},
+    "swish_beta": {"name": "swish_beta", "params": {"init": 1.5}},
+    "pau": {"name": "pau", "params": {"negative_slope": 0.1}},
+    "custom": {"name": "custom", "expression": "a * x + b * relu(x)", "learnable": {"a": 0.5, "b": 0.25}},
+}
+
+
+def test_every_activation_that_can_learn_has_a_plot_shape_row() -> None:
+    assert set(LEARNABLE_SHAPES) == {name for name, info in ACTIVATIONS.items() if info.can_learn}
+
+
+@pytest.mark.parametrize("name", sorted(LEARNABLE_SHAPES))
+def test_plotted_starting_and_learned_shapes_are_the_modules_function(name: str) -> None:
+    spec = ActivationSpec.model_validate(LEARNABLE_SHAPES[name])
+    x = np.linspace(-PAU_FIT_RANGE, PAU_FIT_RANGE, 61)
+    module = build_activation(spec, width=1).double()
+    start = module(torch.tensor(x)).detach().numpy()
+    # PAU starts as an approximation of its leaky ReLU, which is what the plot draws as its start.
+    tolerance = PAU_ABS_MAX_ERROR if name == "pau" else 1e-12
+    np.testing.assert_allclose(starting_shape(spec, x), start, rtol=0, atol=tolerance)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(0.125)
+    learned = module(torch.tensor(x)).detach().numpy()
+    values = module.parameter_values()
+    assert values is not None
+    plotted = learned_shape(spec, {key: float(value) for key, value in values.items() if isinstance(value, float)}, x)
+    np.testing.assert_allclose(plotted, learned, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(

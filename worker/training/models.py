@@ -1,5 +1,9 @@
 """Model builders: MLP, CNN and RNN with the arm's activation wherever a nonlinearity belongs.
 
+``build_model`` is the one entry point; each catalog model kind maps to one builder function in
+``_BUILDERS`` (a guard test checks that every kind has one, and that it builds the parameter count
+``app.spec_cost`` estimates).
+
 Every network is an ``ActivationNetwork``: it knows where its activation sits
 (``activation_placement``) and lists its layers for the gradient-flow diagnostics
 (``diagnostic_layers()``, first to last, output layer included). Each nonlinearity is its
@@ -18,10 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from app.catalog import MODEL_KINDS
 from app.spec import ActivationSpec, CnnSpec, ExperimentSpec, MlpSpec, RnnSpec
 from worker.training.activations import ActivationModule, build_activation
 
@@ -351,6 +357,70 @@ class GatedRecurrentNetwork(ActivationNetwork):
         return layers
 
 
+ModelBuilder = Callable[[Any, tuple[int, ...], int, ActivationFactory], ActivationNetwork]
+
+
+def _build_mlp(
+    model: MlpSpec, shape: tuple[int, ...], classes: int, make_activation: ActivationFactory
+) -> ActivationNetwork:
+    return MultilayerPerceptron(
+        in_features=math.prod(shape),
+        hidden=model.hidden,
+        classes=classes,
+        norm=model.norm,
+        dropout=model.dropout,
+        residual=model.residual,
+        make_activation=make_activation,
+    )
+
+
+def _build_cnn(
+    model: CnnSpec, shape: tuple[int, ...], classes: int, make_activation: ActivationFactory
+) -> ActivationNetwork:
+    return ConvolutionalNetwork(
+        input_shape=shape,
+        channels=model.channels,
+        kernel_size=model.kernel_size,
+        pooling=model.pooling,
+        norm=model.norm,
+        dropout=model.dropout,
+        hidden=model.hidden,
+        classes=classes,
+        make_activation=make_activation,
+    )
+
+
+def _build_rnn(
+    model: RnnSpec, shape: tuple[int, ...], classes: int, make_activation: ActivationFactory
+) -> ActivationNetwork:
+    step_features = sequence_features(shape)
+    if model.cell == "rnn":
+        return RecurrentNetwork(
+            step_features=step_features,
+            hidden_size=model.hidden_size,
+            layers=model.layers,
+            classes=classes,
+            make_activation=make_activation,
+        )
+    return GatedRecurrentNetwork(
+        cell=model.cell,
+        step_features=step_features,
+        hidden_size=model.hidden_size,
+        layers=model.layers,
+        head_hidden=model.head_hidden,
+        classes=classes,
+        make_activation=make_activation,
+    )
+
+
+# One builder per catalog model kind: (model spec, input shape, classes, activation factory) -> network.
+_BUILDERS: dict[str, ModelBuilder] = {
+    "mlp": _build_mlp,
+    "cnn": _build_cnn,
+    "rnn": _build_rnn,
+}
+
+
 def build_model(
     spec: ExperimentSpec, activation: ActivationSpec, *, input_shape: Sequence[int], classes: int
 ) -> ActivationNetwork:
@@ -359,47 +429,7 @@ def build_model(
     def make_activation(width: int) -> ActivationModule:
         return build_activation(activation, width=width)
 
-    model = spec.model
-    shape = tuple(int(size) for size in input_shape)
-    if isinstance(model, MlpSpec):
-        return MultilayerPerceptron(
-            in_features=math.prod(shape),
-            hidden=model.hidden,
-            classes=classes,
-            norm=model.norm,
-            dropout=model.dropout,
-            residual=model.residual,
-            make_activation=make_activation,
-        )
-    if isinstance(model, CnnSpec):
-        return ConvolutionalNetwork(
-            input_shape=shape,
-            channels=model.channels,
-            kernel_size=model.kernel_size,
-            pooling=model.pooling,
-            norm=model.norm,
-            dropout=model.dropout,
-            hidden=model.hidden,
-            classes=classes,
-            make_activation=make_activation,
-        )
-    if isinstance(model, RnnSpec):
-        step_features = sequence_features(shape)
-        if model.cell == "rnn":
-            return RecurrentNetwork(
-                step_features=step_features,
-                hidden_size=model.hidden_size,
-                layers=model.layers,
-                classes=classes,
-                make_activation=make_activation,
-            )
-        return GatedRecurrentNetwork(
-            cell=model.cell,
-            step_features=step_features,
-            hidden_size=model.hidden_size,
-            layers=model.layers,
-            head_hidden=model.head_hidden,
-            classes=classes,
-            make_activation=make_activation,
-        )
-    raise ValueError(f"unknown model kind {spec.model.kind!r}; allowed: mlp, cnn, rnn")
+    builder = _BUILDERS.get(spec.model.kind)
+    if builder is None:
+        raise ValueError(f"unknown model kind {spec.model.kind!r}; allowed: {', '.join(MODEL_KINDS)}")
+    return builder(spec.model, tuple(int(size) for size in input_shape), classes, make_activation)
