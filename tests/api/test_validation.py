@@ -73,6 +73,24 @@ def _errors(response: Any) -> dict[str, str]:
             id="discriminator tag stripped",
         ),
         pytest.param({"device": "tpu"}, "device", ["'auto', 'cpu' or 'cuda'"], id="unknown device"),
+        pytest.param(
+            {"training": {"optimizer": "lbfgs"}},
+            "training.optimizer",
+            ["'adam', 'adamw', 'sgd' or 'rmsprop'"],
+            id="unknown optimizer lists the catalog names",
+        ),
+        pytest.param(
+            {"activations": [{"name": "hardtanh", "params": {"min_val": 2.0}}]},
+            "activations.0",
+            ["params.min_val must be below params.max_val"],
+            id="hardtanh clip bounds out of order",
+        ),
+        pytest.param(
+            {"dataset": {"name": "spirals", "params": {"samples": 10**9}}},
+            "dataset",
+            ["params.samples must be at most"],
+            id="spirals samples above the setting",
+        ),
         pytest.param({"seeds": [0, 0]}, "seeds", ["unique"], id="duplicate seeds"),
         # PostgreSQL cannot store NUL in text: refused up front instead of failing in the database.
         pytest.param({"name": "a\u0000b"}, "name", ["NUL character"], id="NUL in text"),
