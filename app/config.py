@@ -184,6 +184,24 @@ class Settings(SpecLimits):
         description="How long a worker keeps retrying a metric or status write while the database is unreachable "
         "before the task's retry (and checkpoint resume) takes over; 0 leaves it to the task.",
     )
+    # Results statistics (app/results/verdicts.py, power.py, failures.py; docs/statistics.md).
+    equivalence_margin: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="Equivalence margin of accuracy metrics when the caller gives none: a paired difference shown "
+        "inside plus or minus this (TOST) is 'equivalent'; loss metrics are tested only with a margin given.",
+    )
+    chance_margin: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="An activation did not train when its mean final test accuracy is at most chance (always "
+        "predicting the most frequent training class) plus this.",
+    )
+    seeds_power: float = Field(
+        0.8, gt=0, lt=1, description="Power that seeds_needed and seeds_needed_equivalence are computed for."
+    )
     # Authentication, quotas and operations (app/auth, app/quotas, app/monitoring, app/logging_config.py).
     auth_required: bool = Field(
         True,

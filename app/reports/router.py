@@ -36,6 +36,7 @@ def report(
     request: Request,
     experiment_id: uuid.UUID,
     session: SessionDependency,
+    settings: SettingsDependency,
     metric: Annotated[str, Query(max_length=40)] = "test_accuracy",
     summary: Annotated[Literal["final", "best", "mean_last_k"], Query()] = "final",
     k: Annotated[int, Query(ge=1, le=10_000)] = 3,
@@ -43,6 +44,9 @@ def report(
     baseline: Annotated[str | None, Query(max_length=200)] = None,
     alpha: Annotated[float, Query(gt=0, lt=1)] = 0.05,
     include_diverged: Annotated[bool, Query()] = False,
+    equivalence_margin: Annotated[
+        str | None, Query(max_length=40, description="A positive number, or empty for the setting's default.")
+    ] = None,
 ) -> HTMLResponse:
     """Results table, verdicts, pairwise matrix, recommendation, diagnostics and plots of one experiment."""
     options = results_service.result_options(
@@ -53,6 +57,9 @@ def report(
         baseline=baseline or None,
         alpha=alpha,
         include_diverged=include_diverged,
+        equivalence_margin=_optional_number(equivalence_margin, "equivalence_margin"),
+        default_equivalence_margin=settings.equivalence_margin,
+        power=settings.seeds_power,
     )
     page = service.report(session=session, experiment_id=experiment_id, options=options)
     return templates.TemplateResponse(

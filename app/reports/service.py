@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.experiments import service as experiments_service
 from app.experiments.service import FINISHED_EXPERIMENT_STATUSES
 from app.results import service as results_service
+from app.results.comparisons import family_disagreements
 from app.results.plots import PLOT_KINDS
 from app.results.statistics import METRIC_COLUMNS, SUMMARY_KINDS, ResultOptions
 from app.results.verdicts import pair_matrix
@@ -110,6 +111,8 @@ class ReportTable:
     columns: list[str]
     rows: list[list[str]]
     classes: list[list[str]] = field(default_factory=list)
+    # Tooltips of cells (the matrix: difference, interval, adjusted p-values and the correction).
+    titles: list[list[str]] = field(default_factory=list)
 
 
 SUMMARY_COLUMNS: dict[str, str] = {
@@ -130,9 +133,13 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "failed": "failed",
     "cancelled": "cancelled",
     "mean_difference": "difference vs baseline",
+    "probability_outperforms": "P(beats baseline on a seed)",
     "test": "test",
     "p_holm": "p (Holm)",
+    "p_equivalence_holm": "p equivalence (Holm)",
     "verdict": "verdict",
+    "seeds_needed": "seeds needed",
+    "seeds_needed_equivalence": "seeds for equivalence",
 }
 DIAGNOSTIC_COLUMNS: dict[str, str] = {
     "activation": "activation",
@@ -185,10 +192,15 @@ class Report:
     options: ResultOptions
     baseline: str | None
     summary: ReportTable
+    summary_label: str
+    margin: float | None
+    summary_correction: str
     matrix: ReportTable
+    matrix_correction: str
+    disagreements: list[str]
     diagnostics: ReportTable
     sentences: list[str]
-    tied_best: list[str]
+    best_choices: list[str]
     plots: list[tuple[str, str, str]]
     downloads: list[tuple[str, str]]
     runs: ReportTable
@@ -221,6 +233,39 @@ def _description(tables: results_service.ExperimentTables) -> list[tuple[str, st
     ]
 
 
+def _correction(frame: pd.DataFrame) -> str:
+    """The one correction a view's rows state (empty before any comparison exists)."""
+    if "correction" not in frame.columns:
+        return ""
+    stated = frame["correction"].dropna()
+    return str(stated.iloc[0]) if len(stated) else ""
+
+
+def _matrix_table(pairs: pd.DataFrame, labels: list[str]) -> ReportTable:
+    """The pairwise outcome matrix with a tooltip per cell: effect size, adjusted p-values and the correction."""
+    if pairs.empty or "outcome" not in pairs.columns:
+        return ReportTable(["", *labels], [])
+    matrix = pair_matrix(pairs, labels)
+    details = {
+        (str(record["activation"]), str(record["opponent"])): (
+            f"difference {format_number(record.get('mean_difference'))} "
+            f"(95% CI {format_number(record.get('difference_ci_low'))} to "
+            f"{format_number(record.get('difference_ci_high'))}), "
+            f"P(beats on a seed) {format_number(record.get('probability_outperforms'))}, "
+            f"p (Holm) {format_number(record.get('p_holm'))}, "
+            f"p equivalence (Holm) {format_number(record.get('p_equivalence_holm'))}; {record.get('correction')}"
+        )
+        for record in pairs.to_dict("records")
+    }
+    rows, classes, titles = [], [], []
+    for label in labels:
+        outcomes = [str(matrix.loc[label, other]) or "-" for other in labels]
+        rows.append([label, *outcomes])
+        classes.append(["", *[f"outcome-{outcome}" for outcome in outcomes]])
+        titles.append(["", *[details.get((label, other), "") for other in labels]])
+    return ReportTable(["", *labels], rows, classes, titles)
+
+
 def report(*, session: Session, experiment_id: uuid.UUID, options: ResultOptions) -> Report:
     """The report of one experiment; NotFoundError when it does not exist."""
     tables = results_service.load_tables(session=session, experiment_id=experiment_id)
@@ -234,13 +279,7 @@ def report(*, session: Session, experiment_id: uuid.UUID, options: ResultOptions
         tables=tables, options=options, summary=summary, pairs=pairs, diagnostics=diagnostics
     )
     labels = [str(label) for label in summary["activation"]] if "activation" in summary.columns else []
-    matrix = pair_matrix(pairs, labels) if not pairs.empty else pd.DataFrame()
-    matrix_table = ReportTable(
-        ["", *labels],
-        [[label, *[str(matrix.loc[label, other]) or "-" for other in labels]] for label in labels]
-        if not matrix.empty
-        else [],
-    )
+    matrix_table = _matrix_table(pairs, labels)
     query = urlencode(
         {"metric": options.metric, "summary": options.summary, "k": options.k}
         | ({"include_diverged": "true"} if options.include_diverged else {})
@@ -255,6 +294,7 @@ def report(*, session: Session, experiment_id: uuid.UUID, options: ResultOptions
         {"metric": options.metric, "summary": options.summary, "k": options.k, "alpha": options.alpha}
         | ({"baseline": options.baseline} if options.baseline else {})
         | ({"threshold": options.threshold} if options.threshold is not None else {})
+        | ({"equivalence_margin": options.equivalence_margin} if options.equivalence_margin is not None else {})
     )
     downloads = [
         ("results (CSV)", f"{base}/results?format=csv&{results_query}"),
@@ -297,10 +337,15 @@ def report(*, session: Session, experiment_id: uuid.UUID, options: ResultOptions
         options=options,
         baseline=baseline,
         summary=_table(summary, SUMMARY_COLUMNS, sort="rank") if "rank" in summary.columns else _table(summary, {}),
+        summary_label=options.summary_label,
+        margin=options.margin,
+        summary_correction=_correction(summary),
         matrix=matrix_table,
+        matrix_correction=_correction(pairs),
+        disagreements=family_disagreements(summary, pairs) if "correction" in pairs.columns else [],
         diagnostics=_table(diagnostics, DIAGNOSTIC_COLUMNS),
         sentences=found.sentences,
-        tied_best=found.tied_best,
+        best_choices=found.tied_best,
         plots=plots,
         downloads=downloads,
         runs=ReportTable(["activation", "seed", "status", "epochs", "device", "seconds", "error"], run_rows),
