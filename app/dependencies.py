@@ -27,6 +27,11 @@ from app.service_errors import InvalidInputError, UnauthorizedError, Unavailable
 # Bearer for programs; Basic (any user name, the key as password) lets a browser open the HTML reports.
 AUTHENTICATE_CHALLENGE = 'Bearer realm="Activation Lab", Basic realm="Activation Lab"'
 INVALID_KEY_CHALLENGE = 'Bearer realm="Activation Lab", error="invalid_token", Basic realm="Activation Lab"'
+# A browser replays Basic credentials on any request to the site, cross-site forms included, so they are
+# taken only where nothing changes; no Basic challenge there, so a browser does not offer to log in.
+BASIC_METHODS = frozenset({"GET", "HEAD"})
+BEARER_ONLY_CHALLENGE = 'Bearer realm="Activation Lab"'
+BEARER_INVALID_KEY_CHALLENGE = 'Bearer realm="Activation Lab", error="invalid_token"'
 
 
 def split_challenges(value: str) -> list[str]:
@@ -44,7 +49,9 @@ def split_challenges(value: str) -> list[str]:
 bearer_scheme = HTTPBearer(
     auto_error=False,
     scheme_name="APIKey",
-    description="An API key from `actlab keys create --name NAME`, sent as `Authorization: Bearer <key>`.",
+    description="An API key from `actlab keys create --name NAME`, sent as `Authorization: Bearer <key>`. "
+    "GET and HEAD also take it as the password of HTTP Basic (any user name), so a browser can open the pages; "
+    "POST, PUT, PATCH and DELETE need the Bearer header (a cross-site form cannot send it).",
 )
 
 
@@ -92,7 +99,10 @@ def get_dispatcher(request: Request) -> Dispatcher:
 
 
 async def read_json_body(request: Request) -> Any:
-    """The request body parsed as JSON whatever its Content-Type, or a 422 that says what is wrong."""
+    """The request body parsed as JSON, or a 422 that says what is wrong.
+
+    The body's Content-Type was already checked (application/json) by app.middleware.CrossSiteRequestMiddleware.
+    """
     body = await request.body()
     if not body.strip():
         raise InvalidInputError(
@@ -134,21 +144,27 @@ async def get_current_principal(
 
     With authentication off (setting auth_required) every request acts as the built-in local admin.
     The principal is also made the current one for the request's context, where services read it.
+    HTTP Basic is taken on GET and HEAD only (BASIC_METHODS); anything else needs the Bearer header (401 saying so).
     """
     settings = get_app_settings(request)
     if not settings.auth_required:
         principal = LOCAL_ADMIN
     else:
-        key = (
-            credentials.credentials
-            if credentials is not None
-            else _basic_password(request.headers.get("authorization"))
-        )
+        basic = _basic_password(request.headers.get("authorization")) if credentials is None else None
+        if basic is not None and request.method not in BASIC_METHODS:
+            raise UnauthorizedError(
+                f"HTTP Basic credentials are accepted on GET and HEAD only; send {request.method} requests with "
+                "the API key as `Authorization: Bearer <key>` (a browser's saved login is not enough to change "
+                "anything)",
+                headers={"WWW-Authenticate": BEARER_ONLY_CHALLENGE},
+            )
+        key = credentials.credentials if credentials is not None else basic
+        browsable = request.method in BASIC_METHODS
         if not key:
             raise UnauthorizedError(
                 "an API key is required: send it as `Authorization: Bearer <key>` "
                 "(an admin creates keys with `actlab keys create --name NAME`)",
-                headers={"WWW-Authenticate": AUTHENTICATE_CHALLENGE},
+                headers={"WWW-Authenticate": AUTHENTICATE_CHALLENGE if browsable else BEARER_ONLY_CHALLENGE},
             )
         try:
             found = await run_in_threadpool(_authenticate, get_session_factory(request), key)
@@ -161,7 +177,7 @@ async def get_current_principal(
         if found is None:
             raise UnauthorizedError(
                 "the API key is unknown or has been revoked",
-                headers={"WWW-Authenticate": INVALID_KEY_CHALLENGE},
+                headers={"WWW-Authenticate": INVALID_KEY_CHALLENGE if browsable else BEARER_INVALID_KEY_CHALLENGE},
             )
         principal = found
     request.state.principal = principal

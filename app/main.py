@@ -1,4 +1,4 @@
-"""The FastAPI application: routers, error handlers, the body size limit.
+"""The FastAPI application: routers, error handlers, the body size limit, the cross-site request checks.
 
 Run it with ``uvicorn --factory app.main:create_app`` (``actlab serve`` does this for you).
 """
@@ -24,7 +24,12 @@ from app.dependencies import CeleryDispatcher, authorize_path_resources, check_q
 from app.experiments.router import router as experiments_router
 from app.meta.router import router as meta_router
 from app.metrics.router import router as metrics_router
-from app.middleware import BodySizeLimitMiddleware
+from app.middleware import (
+    JSON_MEDIA_TYPE,
+    STATE_CHANGING_METHODS,
+    BodySizeLimitMiddleware,
+    CrossSiteRequestMiddleware,
+)
 from app.monitoring.middleware import RequestMetricsMiddleware
 from app.monitoring.router import router as monitoring_router
 from app.monitoring.service import ServiceMetrics
@@ -43,8 +48,10 @@ Submit an experiment spec (dataset, model, activations, seeds, shared training s
 `GET /v1/experiments/{id}` and pull the per-epoch metrics as JSON or CSV from
 `GET /v1/experiments/{id}/metrics`. `GET /v1/catalog` lists what a spec may name and the limits in force.
 
-Every `/v1` route and report page needs an API key, sent as `Authorization: Bearer <key>` (browsers may send
-it as the password of HTTP Basic); an admin creates keys with `actlab keys create --name NAME`. Each key sees
+Every `/v1` route and report page needs an API key, sent as `Authorization: Bearer <key>` (on GET and HEAD
+browsers may send it as the password of HTTP Basic); an admin creates keys with `actlab keys create --name NAME`.
+POST, PUT, PATCH and DELETE need the Bearer header, and their bodies must be `application/json` (the archive
+import: `application/zip` or `multipart/form-data`), so a page of another site cannot change anything. Each key sees
 the experiments it submitted (an admin key sees all); another key's experiment answers 404. `/healthz`,
 `/readyz`, `/metrics` (Prometheus) and this description are open.
 """
@@ -63,8 +70,13 @@ logger = logging.getLogger(__name__)
 # Every route of these routers needs an API key and is owner-checked (see authorize_path_resources).
 # Open: /healthz, /readyz, /metrics and the API description (/docs, /openapi.json).
 PROTECTED_ROUTE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": MessageResponse, "description": "No API key, or an unknown or revoked one."}
+    401: {
+        "model": MessageResponse,
+        "description": "No API key, or an unknown or revoked one; or HTTP Basic on a method other than GET and HEAD.",
+    }
 }
+# Bodies of state-changing requests: JSON, except where a path takes something else (CrossSiteRequestMiddleware).
+REQUEST_BODY_TYPES = {"/v1/experiments/import": ("application/zip", "multipart/form-data")}
 
 
 def _version() -> str:
@@ -112,12 +124,26 @@ def _install_error_handlers(app: FastAPI) -> None:
         return response
 
 
+def _document_cross_site_refusals(responses: dict[str, Any], path: str, message: dict[str, str]) -> None:
+    """The 403 and 415 of app.middleware.CrossSiteRequestMiddleware, on a state-changing operation."""
+    allowed = " or ".join(REQUEST_BODY_TYPES.get(path, (JSON_MEDIA_TYPE,)))
+    content = {"application/json": {"schema": message}}
+    responses.setdefault(
+        "403", {"description": "Sent from a page of another origin (Origin header).", "content": content}
+    )
+    responses.setdefault(
+        "415",
+        {"description": f"A body that is not {allowed}; the message names the allowed types.", "content": content},
+    )
+
+
 def _document_error_bodies(schema: dict[str, Any]) -> None:
     """Make the documented error bodies match what the handlers send.
 
     FastAPI documents 422 with its own body (``loc`` a list), but this API sends ErrorItem (``loc`` a
     dotted string); errors of HTML routes are JSON too; and every route with an experiment or run id
-    in its path can answer 404 (the owner check of app.dependencies.authorize_path_resources).
+    in its path can answer 404 (the owner check of app.dependencies.authorize_path_resources); every
+    state-changing one 403 and 415 (the cross-site request checks).
     """
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     error_schema = ValidationErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -127,12 +153,14 @@ def _document_error_bodies(schema: dict[str, Any]) -> None:
     message = {"$ref": "#/components/schemas/MessageResponse"}
     components.setdefault("MessageResponse", MessageResponse.model_json_schema())
     for path, operations in schema.get("paths", {}).items():
-        for operation in operations.values():
+        for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             for code, response in responses.items():
                 content = response.get("content", {})
                 if code.startswith(("4", "5")) and "text/html" in content and "$ref" in content["text/html"]["schema"]:
                     content["application/json"] = content.pop("text/html")
+            if method.upper() in STATE_CHANGING_METHODS:
+                _document_cross_site_refusals(responses, path, message)
             if ("{experiment_id}" in path or "{run_id}" in path) and "404" not in responses:
                 responses["404"] = {
                     "description": "No such experiment or run, or it belongs to another API key.",
@@ -198,6 +226,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path_limits={"/v1/experiments/import": settings.max_import_bytes},
     )
     app.add_middleware(AllowedMethodsMiddleware, routes=lambda: app.routes)
+    app.add_middleware(CrossSiteRequestMiddleware, body_types=REQUEST_BODY_TYPES)
     # Added last, so it is the outer one: it also sees the 413s of the size limit.
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)

@@ -223,8 +223,8 @@ def test_json_that_is_not_an_object_names_the_problem(client: TestClient, db: Se
     assert row_counts(db) == NOTHING
 
 
-def test_spec_sent_without_a_json_content_type_is_still_read(client: TestClient) -> None:
-    # curl -d sends application/x-www-form-urlencoded unless told otherwise.
+def test_spec_sent_without_a_json_content_type_gets_415_naming_it(client: TestClient, db: Session) -> None:
+    # curl -d sends application/x-www-form-urlencoded unless told otherwise; so does a cross-site form.
     import json
 
     response = client.post(
@@ -232,7 +232,9 @@ def test_spec_sent_without_a_json_content_type_is_still_read(client: TestClient)
         content=json.dumps(small_spec()),
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
-    assert response.status_code == 202
+    assert response.status_code == 415
+    assert "application/json" in response.json()["detail"]
+    assert row_counts(db) == NOTHING
 
 
 def test_oversized_body_by_content_length_gets_413(client: TestClient, db: Session) -> None:
