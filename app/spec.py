@@ -2,7 +2,9 @@
 
 Pydantic only, no torch. Unknown fields are rejected and every number and list is
 bounded by a setting (``app.config.SpecLimits``); the limits are read at validation time
-so an operator's environment override applies without a code change.
+so an operator's environment override applies without a code change. Every name a spec
+may use, and every rule that differs between names, comes from ``app.catalog``; the
+parameter count and cost the limits apply to are estimated in ``app.spec_cost``.
 """
 
 from __future__ import annotations
@@ -216,10 +218,9 @@ class ActivationSpec(StrictModel):
                 raise ValueError(f"unknown parameter {key!r} for {canonical}; allowed: {allowed}")
             checked[key] = _check_parameter(known[key], value, f"params.{key}")
         if catalog_entry.bounds is not None:
-            low_name, high_name = catalog_entry.bounds
-            defaults = {parameter.name: parameter.default for parameter in catalog_entry.parameters}
-            if float(checked.get(low_name, defaults[low_name])) >= float(checked.get(high_name, defaults[high_name])):
-                raise ValueError(f"params.{low_name} must be below params.{high_name}")
+            low, high = catalog_entry.bounds
+            if float(checked.get(low, known[low].default)) >= float(checked.get(high, known[high].default)):
+                raise ValueError(f"params.{low} must be below params.{high}")
         self.params = checked
         return self
 
@@ -272,12 +273,9 @@ class DatasetSpec(StrictModel):
                 allowed = ", ".join(known) or "none"
                 raise ValueError(f"unknown parameter {key!r} for dataset {self.name}; allowed: {allowed}")
             checked[key] = _check_parameter(known[key], value, f"params.{key}")
-        samples = entry.samples_parameter
-        if (
-            samples is not None
-            and int(checked.get(samples, known[samples].default)) > _limits(info).max_dataset_samples
-        ):
-            raise ValueError(f"params.{samples} must be at most {_limits(info).max_dataset_samples}")
+        samples, limit = entry.samples_parameter, _limits(info).max_dataset_samples
+        if samples is not None and int(checked.get(samples, known[samples].default)) > limit:
+            raise ValueError(f"params.{samples} must be at most {limit}")
         self.params = checked
         return self
 
