@@ -56,6 +56,16 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return device
 
 
+def training_data(
+    spec: ExperimentSpec, *, device: str | torch.device | None, data: DatasetSplits | None
+) -> tuple[torch.device, DatasetSplits]:
+    """The device to train on (``device``, else the spec's) and the data there: ``data``, or the spec's dataset."""
+    target = resolve_device(device if device is not None else spec.device)
+    if data is None:
+        return target, load_dataset(spec.dataset, validation_fraction=spec.training.validation_fraction, device=target)
+    return target, data.to(target)
+
+
 def order_seed(seed: int, epoch: int) -> int:
     """The batch-order generator seed of one (seed, epoch) pair, independent of everything else."""
     digest = hashlib.sha256(f"batch-order:{seed}:{epoch}".encode()).digest()
@@ -390,11 +400,7 @@ def train_arm(
     have passed since the last save (0: after every epoch, the last included), and always when it is
     cancelled. A crash loses at most the interval's worth of training.
     """
-    target = resolve_device(device if device is not None else spec.device)
-    if data is None:
-        data = load_dataset(spec.dataset, validation_fraction=spec.training.validation_fraction, device=target)
-    else:
-        data = data.to(target)
+    target, data = training_data(spec, device=device, data=data)
     state = prepare_arm(spec, activation_index=activation_index, seed=seed, data=data, device=target)
     saved = "running"
     if checkpoint_path is not None and checkpoint_path.exists():
@@ -442,9 +448,7 @@ def train_experiment(
     on_arm_end: Callable[[Arm, ArmOutcome], None] | None = None,
 ) -> list[ArmResult]:
     """Train every arm in ``spec.arms()`` order on data loaded once; on_epoch returning False stops the experiment."""
-    target = resolve_device(device if device is not None else spec.device)
-    if data is None:
-        data = load_dataset(spec.dataset, validation_fraction=spec.training.validation_fraction, device=target)
+    target, data = training_data(spec, device=device, data=data)
     results: list[ArmResult] = []
     for arm in spec.arms():
 

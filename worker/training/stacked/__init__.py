@@ -54,7 +54,9 @@ tests/training/test_stacked.py``); there the graph made a 25-arm MLP grid 3x fas
 The package: ``plan`` (whether and how to stack: ``can_stack``, ``stacking_recommended``,
 ``member_memory_bytes``, ``group_members``), ``layers`` (stacked linear, conv, norm and activation
 layers), ``network`` (stacked models, member copy-in and copy-out), ``run`` (the stacked model's
-training steps and CUDA graphs) and ``trainer`` (``train_stacked``, the driver).
+training steps and CUDA graphs) and ``trainer`` (``train_stacked``, the driver). Each epoch runs the
+ordinary trainer's epoch body (``worker.training.epochs.run_epoch``) and ends members by its outcome rule
+(``worker.training.trainer.record_epoch``).
 """
 
 from worker.training.stacked.network import StackedNetwork, build_stacked_model, copy_member_into

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from app.spec import ExperimentSpec
-from worker.training.datasets import DatasetSplits, load_dataset
+from worker.training.datasets import DatasetSplits
 from worker.training.epochs import run_epoch
 from worker.training.reports import ArmOutcome, EpochReport, RunInfo
 from worker.training.stacked.plan import Member, can_stack
@@ -27,9 +27,9 @@ from worker.training.trainer import (
     load_checkpoint,
     prepare_arm,
     record_epoch,
-    resolve_device,
     save_checkpoint,
     train_arm,
+    training_data,
 )
 
 OnStart = Callable[[int, RunInfo], None]
@@ -183,11 +183,7 @@ def train_stacked(
         raise ValueError(f"checkpoint_paths: one per member ({len(chosen)}) is needed, got {len(paths)}")
     if not chosen:
         return []
-    target = resolve_device(device if device is not None else spec.device)
-    if data is None:
-        data = load_dataset(spec.dataset, validation_fraction=spec.training.validation_fraction, device=target)
-    else:
-        data = data.to(target)
+    target, data = training_data(spec, device=device, data=data)
     if not can_stack(spec)[0]:
         return _train_unstacked(
             spec,
