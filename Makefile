@@ -22,8 +22,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check app worker tests bench
-	$(BIN)/ruff format --check app worker tests bench
+	$(BIN)/ruff check actlab app worker tests bench
+	$(BIN)/ruff format --check actlab app worker tests bench
 
 typecheck: setup
 	$(BIN)/mypy
