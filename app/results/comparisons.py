@@ -40,19 +40,9 @@ COMPARISON_COLUMNS: tuple[str, ...] = (
     "seeds_needed_equivalence",
 )
 INTEGER_COLUMNS: tuple[str, ...] = ("paired_n", "seeds_needed", "seeds_needed_equivalence")
-FLOAT_COLUMNS: tuple[str, ...] = (
-    "mean_difference",
-    "difference_ci_low",
-    "difference_ci_high",
-    "difference_sd",
-    "probability_outperforms",
-    "p_value",
-    "p_holm",
-    "equivalence_margin",
-    "equivalence_ci_low",
-    "equivalence_ci_high",
-    "p_equivalence",
-    "p_equivalence_holm",
+TEXT_COLUMNS: tuple[str, ...] = ("test", "correction")
+FLOAT_COLUMNS: tuple[str, ...] = tuple(
+    column for column in COMPARISON_COLUMNS if column not in INTEGER_COLUMNS and column not in TEXT_COLUMNS
 )
 
 
