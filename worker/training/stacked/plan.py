@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from app.spec import CnnSpec, ExperimentSpec, MlpSpec, estimate_parameters
+from app.spec import CnnSpec, ExperimentSpec, MlpSpec
+from app.spec_cost import estimate_parameters
 from worker.training.trainer import EVALUATION_BATCH_SIZE, resolve_device
 
 Member = tuple[int, int]
