@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.experiments.service import FINISHED_EXPERIMENT_STATUSES
 from app.results import repository
-from app.results.service import json_ready
+from app.results.encoding import json_ready
 
 _FINISHED = frozenset(str(status) for status in FINISHED_EXPERIMENT_STATUSES)
 RECONNECT_MILLISECONDS = 3000

@@ -1,13 +1,12 @@
-"""SQL of the results domain: metric tables as DataFrames, progress polling for events, archive import."""
+"""SQL of the results domain: metric tables as DataFrames, progress polling for events."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models import EpochMetric, Experiment, LayerMetric, Run
@@ -143,22 +142,3 @@ def epochs_after(*, session: Session, run_id: uuid.UUID, after_epoch: int) -> li
         .order_by(EpochMetric.epoch)
     )
     return [dict(zip(columns, row, strict=True)) for row in session.execute(statement)]
-
-
-def insert_experiment_archive(
-    *,
-    session: Session,
-    experiment: Experiment,
-    runs: Sequence[Run],
-    epoch_rows: Sequence[dict[str, Any]],
-    layer_rows: Sequence[dict[str, Any]],
-) -> None:
-    """Stage an imported experiment, its runs and metric rows (bulk inserts); the caller commits."""
-    session.add(experiment)
-    session.add_all(runs)
-    session.flush()
-    if epoch_rows:
-        session.execute(insert(EpochMetric), list(epoch_rows))
-    if layer_rows:
-        session.execute(insert(LayerMetric), list(layer_rows))
-    session.flush()

@@ -6,8 +6,6 @@ import uuid
 
 from pydantic import BaseModel, Field
 
-from app.models import ExperimentStatus
-
 
 class RecommendationResponse(BaseModel):
     """Plain-language findings built only from the experiment's measured numbers."""
@@ -18,17 +16,3 @@ class RecommendationResponse(BaseModel):
     alpha: float = Field(description="Significance level of the Holm-adjusted paired tests.")
     tied_best: list[str] = Field(description="The top-ranked activation followed by those statistically tied with it.")
     sentences: list[str] = Field(description="The findings, one sentence each.")
-
-
-class ImportResponse(BaseModel):
-    """What POST /v1/experiments/import stored."""
-
-    id: uuid.UUID = Field(description="The new experiment's id.")
-    imported_from: str | None = Field(description="The id the experiment had where it was exported.")
-    name: str
-    status: ExperimentStatus
-    spec_hash: str
-    runs: int
-    epoch_metrics: int
-    layer_metrics: int
-    links: dict[str, str]

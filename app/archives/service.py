@@ -1,0 +1,329 @@
+"""Rules of archives: export an experiment as a zip, import one as a new experiment.
+
+An archive holds spec.json (the canonical spec), experiment.json (status and timestamps), runs.csv,
+metrics.csv and layer_metrics.csv (the stored rows with trace columns), and results.csv and
+diagnostics.csv (the default result tables, for reading without the service). An import checks every
+member against the spec's arms and the limits in force, and stores nothing unless all of it is valid;
+nothing is trained.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.orm import Session
+
+from app.archives import repository
+from app.archives.members import (
+    ARCHIVE_FORMAT_VERSION,
+    archive_error,
+    integers,
+    numeric,
+    optional,
+    optional_datetime,
+    optional_integer,
+    optional_json,
+    parse_spec,
+    read_csv,
+    read_members,
+    read_metadata,
+)
+from app.config import SpecLimits
+from app.experiments import service as experiments_service
+from app.models import Experiment, Run, RunStatus
+from app.models.epoch_metric import EPOCH_NUMBER_FIELDS
+from app.models.layer_metric import LAYER_NUMBER_FIELDS
+from app.models.status import FINISHED_RUN_STATUSES
+from app.models.types import utc_now
+from app.results import service as results_service
+from app.results.encoding import encode_table, timestamps_utc
+from app.results.statistics import ResultOptions
+from app.schemas import as_utc
+from app.spec import ExperimentSpec
+
+ARCHIVE_MEDIA_TYPE = "application/zip"
+# Layers a model may report: hidden layers, conv blocks' linear layers, the output layer.
+ARCHIVE_MAX_LAYERS_PER_EPOCH = 256
+
+
+@dataclass(frozen=True)
+class ExportedArchive:
+    """An experiment's archive and the name to download it as."""
+
+    filename: str
+    content: bytes
+
+
+def _iso(value: datetime | None) -> str | None:
+    moment = as_utc(value)
+    return moment.isoformat() if moment is not None else None
+
+
+def _experiment_metadata(experiment: Experiment) -> dict[str, Any]:
+    return {
+        "archive_format_version": ARCHIVE_FORMAT_VERSION,
+        "experiment_id": str(experiment.id),
+        "name": experiment.name,
+        "status": str(experiment.status),
+        "spec_hash": experiment.spec_hash,
+        "spec_version": experiment.spec_version,
+        "created_at": _iso(experiment.created_at),
+        "started_at": _iso(experiment.started_at),
+        "finished_at": _iso(experiment.finished_at),
+        "cancel_requested_at": _iso(experiment.cancel_requested_at),
+        "error": experiment.error,
+        "exported_at": utc_now().isoformat(),
+    }
+
+
+def archive_filename(experiment: Experiment) -> str:
+    """A download name such as actlab-3f2a....zip."""
+    return f"actlab-{experiment.id}.zip"
+
+
+def export_archive(*, session: Session, experiment_id: uuid.UUID) -> ExportedArchive:
+    """The experiment as a zip; NotFoundError when it does not exist."""
+    tables = results_service.load_tables(session=session, experiment_id=experiment_id)
+    experiment = tables.experiment
+    options = ResultOptions()
+    members: dict[str, bytes] = {
+        "spec.json": json.dumps(experiment.spec, indent=2, sort_keys=True).encode(),
+        "experiment.json": json.dumps(_experiment_metadata(experiment), indent=2).encode(),
+        "runs.csv": encode_table(results_service.with_trace(timestamps_utc(tables.runs), experiment), "csv"),
+        "metrics.csv": encode_table(results_service.with_trace(timestamps_utc(tables.metrics), experiment), "csv"),
+        "layer_metrics.csv": encode_table(results_service.with_trace(tables.layers, experiment), "csv"),
+        "results.csv": encode_table(results_service.summary_table(tables=tables, options=options), "csv"),
+        "diagnostics.csv": encode_table(results_service.diagnostics_table(tables=tables), "csv"),
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            # Member dates carry nothing (experiment.json has exported_at); a fixed one keeps them out of diffs.
+            info = zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, content)
+    return ExportedArchive(filename=archive_filename(experiment), content=buffer.getvalue())
+
+
+_RUN_STATUSES = frozenset(str(status) for status in RunStatus)
+_FINISHED = frozenset(str(status) for status in FINISHED_RUN_STATUSES)
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    """What an import created."""
+
+    experiment: Experiment
+    imported_from: str | None
+    runs: int
+    epoch_metrics: int
+    layer_metrics: int
+
+
+def _build_runs(
+    runs_frame: pd.DataFrame, spec: ExperimentSpec, experiment_id: uuid.UUID
+) -> tuple[list[Run], dict[str, uuid.UUID], bool]:
+    """New Run rows for the archive's runs (checked against the spec's arms) and the old -> new id map."""
+    integers(runs_frame, ("activation_index", "seed"), "runs.csv")
+    expected = {(arm.activation_index, arm.seed): arm.label for arm in spec.arms()}
+    seen: set[tuple[int, int]] = set()
+    mapping: dict[str, uuid.UUID] = {}
+    runs: list[Run] = []
+    unfinished = False
+    for position, row in enumerate(runs_frame.to_dict("records"), start=1):
+        where = f"runs.csv.row {position}"
+        key = (int(row["activation_index"]), int(row["seed"]))
+        if key not in expected:
+            raise archive_error(where, f"activation_index {key[0]} with seed {key[1]} is not an arm of spec.json")
+        if key in seen:
+            raise archive_error(where, f"activation_index {key[0]} with seed {key[1]} appears twice")
+        seen.add(key)
+        if str(row["activation"]) != expected[key]:
+            raise archive_error(where, f"activation {row['activation']!r} should be {expected[key]!r} as in spec.json")
+        status = str(row["status"])
+        if status not in _RUN_STATUSES:
+            raise archive_error(where, f"status {status!r} must be one of {', '.join(sorted(_RUN_STATUSES))}")
+        old_id = str(row["run_id"])
+        if old_id in mapping:
+            raise archive_error(where, f"run_id {old_id} appears twice")
+        new_id = uuid.uuid4()
+        mapping[old_id] = new_id
+        error = optional(row.get("error"))
+        if status not in _FINISHED:
+            # Nothing will ever train an imported run: an unfinished one is stored as cancelled.
+            unfinished = True
+            error = f"imported while {status}; stored as cancelled"
+            status = str(RunStatus.cancelled)
+        arm_spec = spec.activations[key[0]]
+        runs.append(
+            Run(
+                id=new_id,
+                experiment_id=experiment_id,
+                activation_index=key[0],
+                activation_label=expected[key],
+                activation_name=arm_spec.canonical_name,
+                seed=key[1],
+                status=status,
+                attempt=optional_integer(row.get("attempt"), f"{where}.attempt") or 0,
+                queue=optional(row.get("queue")),
+                device=optional(row.get("device")),
+                worker_host=optional(row.get("worker_host")),
+                init_scheme=optional(row.get("init_scheme")),
+                parameter_count=optional_integer(row.get("parameter_count"), f"{where}.parameter_count"),
+                activation_placement=optional(row.get("activation_placement")),
+                training_path=optional(row.get("training_path")),
+                epochs_completed=optional_integer(row.get("epochs_completed"), f"{where}.epochs_completed") or 0,
+                diverged_epoch=optional_integer(row.get("diverged_epoch"), f"{where}.diverged_epoch"),
+                training_seconds=optional(row.get("training_seconds")),
+                info=optional_json(row.get("info"), f"{where}.info"),
+                error=error,
+                created_at=optional_datetime(row.get("created_at"), f"{where}.created_at") or utc_now(),
+                enqueued_at=optional_datetime(row.get("enqueued_at"), f"{where}.enqueued_at"),
+                started_at=optional_datetime(row.get("started_at"), f"{where}.started_at"),
+                finished_at=optional_datetime(row.get("finished_at"), f"{where}.finished_at"),
+            )
+        )
+    missing = sorted(set(expected) - seen)
+    if missing:
+        index, seed = missing[0]
+        raise archive_error(
+            "runs.csv", f"{len(missing)} arm(s) of spec.json have no run, e.g. {expected[(index, seed)]!r} seed {seed}"
+        )
+    return runs, mapping, unfinished
+
+
+def _metric_rows(
+    frame: pd.DataFrame,
+    *,
+    name: str,
+    mapping: Mapping[str, uuid.UUID],
+    keys: tuple[str, ...],
+    values: tuple[str, ...],
+    maximum_epoch: int,
+) -> list[dict[str, Any]]:
+    integers(frame, keys, name)
+    numeric(frame, values, name)
+    unknown = ~frame["run_id"].astype(str).isin(set(mapping))
+    if unknown.any():
+        position = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise archive_error(
+            f"{name}.run_id", f"row {position + 1}: run {frame['run_id'].iloc[position]} is not in runs.csv"
+        )
+    duplicated = frame.duplicated(subset=["run_id", *keys])
+    if duplicated.any():
+        position = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise archive_error(
+            name, f"row {position + 1} repeats the key ({', '.join(['run_id', *keys])}) of an earlier row"
+        )
+    epochs = frame["epoch"]
+    if len(frame) and (epochs.min() < 0 or epochs.max() > maximum_epoch):
+        raise archive_error(f"{name}.epoch", f"epochs must lie between 0 and the spec's {maximum_epoch}")
+    rows = []
+    for record in frame.to_dict("records"):
+        row: dict[str, Any] = {"run_id": mapping[str(record["run_id"])]}
+        row.update({key: int(record[key]) for key in keys})
+        row.update({value: optional(record.get(value)) for value in values})
+        row["attempt"] = optional_integer(record.get("attempt"), f"{name}.attempt") or 0
+        rows.append(row)
+    return rows
+
+
+def import_archive(
+    *, session: Session, content: bytes, limits: SpecLimits, owner_id: uuid.UUID | None = None
+) -> ImportOutcome:
+    """Store an archive from GET .../export as a new experiment with its runs and metrics (statuses kept)."""
+    members = read_members(content)
+    payload, spec = parse_spec(members["spec.json"], limits)
+    metadata = read_metadata(members)
+    experiment_id = uuid.uuid4()
+    runs_frame = read_csv(
+        "runs.csv", members["runs.csv"], ("run_id", "activation", "activation_index", "seed", "status")
+    )
+    runs, mapping, unfinished = _build_runs(runs_frame, spec, experiment_id)
+    epochs = spec.training.epochs
+    epoch_frame = read_csv("metrics.csv", members["metrics.csv"], ("run_id", "epoch"))
+    if len(epoch_frame) > len(runs) * epochs:
+        raise archive_error("metrics.csv", f"{len(epoch_frame)} rows exceed arms x epochs = {len(runs) * epochs}")
+    epoch_rows = _metric_rows(
+        epoch_frame,
+        name="metrics.csv",
+        mapping=mapping,
+        keys=("epoch",),
+        values=EPOCH_NUMBER_FIELDS,
+        maximum_epoch=epochs,
+    )
+    for row, flag in zip(
+        epoch_rows, epoch_frame.get("gradient_flag", pd.Series([None] * len(epoch_frame))), strict=True
+    ):
+        flag = optional(flag)
+        if flag is not None and flag not in ("vanishing", "exploding"):
+            raise archive_error("metrics.csv.gradient_flag", f"{flag!r} must be vanishing, exploding or empty")
+        row["gradient_flag"] = flag
+    layer_frame = read_csv(
+        "layer_metrics.csv", members["layer_metrics.csv"], ("run_id", "epoch", "layer", "layer_name")
+    )
+    if len(layer_frame) > len(runs) * epochs * ARCHIVE_MAX_LAYERS_PER_EPOCH:
+        raise archive_error("layer_metrics.csv", "more rows than arms x epochs x layers allows")
+    layer_rows = _metric_rows(
+        layer_frame,
+        name="layer_metrics.csv",
+        mapping=mapping,
+        keys=("epoch", "layer"),
+        values=LAYER_NUMBER_FIELDS,
+        maximum_epoch=epochs,
+    )
+    parameters = layer_frame.get("activation_parameters", pd.Series([None] * len(layer_frame)))
+    for position, (row, names, value) in enumerate(
+        zip(layer_rows, layer_frame["layer_name"], parameters, strict=True), start=1
+    ):
+        row["layer_name"] = str(names)[:80]
+        row["activation_parameters"] = optional_json(value, f"layer_metrics.csv.row {position}.activation_parameters")
+    cancel_requested = optional_datetime(metadata.get("cancel_requested_at"), "experiment.json.cancel_requested_at")
+    if unfinished and cancel_requested is None:
+        cancel_requested = utc_now()
+    status = experiments_service.derive_experiment_status(
+        run_statuses=[str(run.status) for run in runs], cancel_requested=cancel_requested is not None
+    )
+    started = [run.started_at for run in runs if run.started_at is not None]
+    finished = [run.finished_at for run in runs if run.finished_at is not None]
+    experiment = Experiment(
+        id=experiment_id,
+        name=spec.name,
+        status=str(status),
+        spec=spec.model_dump(mode="json"),
+        submitted_spec=payload,
+        spec_hash=spec.spec_hash(),
+        spec_version=spec.version,
+        device=spec.device,
+        queue=None,
+        total_epochs=len(runs) * epochs,
+        idempotency_key=None,
+        owner_id=owner_id,
+        error=optional(metadata.get("error")),
+        created_at=optional_datetime(metadata.get("created_at"), "experiment.json.created_at") or utc_now(),
+        started_at=min(started) if started else None,
+        finished_at=optional_datetime(metadata.get("finished_at"), "experiment.json.finished_at")
+        or (max(finished) if finished else utc_now()),
+        cancel_requested_at=cancel_requested,
+    )
+    repository.insert_experiment_archive(
+        session=session, experiment=experiment, runs=runs, epoch_rows=epoch_rows, layer_rows=layer_rows
+    )
+    session.commit()
+    imported_from = metadata.get("experiment_id")
+    return ImportOutcome(
+        experiment=experiment,
+        imported_from=str(imported_from) if imported_from else None,
+        runs=len(runs),
+        epoch_metrics=len(epoch_rows),
+        layer_metrics=len(layer_rows),
+    )

@@ -1,0 +1,39 @@
+"""HTTP endpoint of live progress: an experiment's server-sent events (produced in app.results.events)."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from app.dependencies import SessionDependency, SessionFactoryDependency
+from app.experiments import service as experiments_service
+from app.results.events import experiment_event_stream
+from app.schemas import MessageResponse
+
+# Live events belong with the results in the API description (one tag, as before they had their own router).
+router = APIRouter(prefix="/v1/experiments", tags=["results"])
+
+
+@router.get(
+    "/{experiment_id}/events",
+    response_class=StreamingResponse,
+    summary="Live progress as server-sent events",
+    description="text/event-stream: one `epoch` event per newly stored epoch (run id, activation, seed, "
+    "epoch, metrics, epochs_finished, epochs_total), one `status` event per status change of a run "
+    "(scope run) or of the experiment (scope experiment), comment heartbeats, and a final `end` event "
+    "once the experiment has finished. Epochs already stored are sent first.",
+    responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": MessageResponse}},
+)
+def events(
+    experiment_id: uuid.UUID, session: SessionDependency, session_factory: SessionFactoryDependency
+) -> StreamingResponse:
+    """Stream the experiment's progress until it finishes."""
+    experiments_service.require_experiment(session=session, experiment_id=experiment_id)
+    session.close()
+    return StreamingResponse(
+        experiment_event_stream(session_factory=session_factory, experiment_id=experiment_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
