@@ -218,7 +218,8 @@ def list_experiments(
     "/{experiment_id}",
     response_model=ExperimentDetail,
     summary="Get an experiment",
-    description="Status, progress, per-run status, timestamps and errors.",
+    description="Status, progress, per-run status, timestamps and errors; `seed_extensions` lists the requests "
+    "that added seeds (POST /v1/experiments/{id}/seeds), and each run's `seed_extension_id` names its own.",
     responses={404: {"model": MessageResponse}, 422: {"model": ValidationErrorResponse}},
 )
 def get_experiment(
@@ -273,6 +274,7 @@ _FOLLOW_UP_ERRORS: dict[int | str, dict[str, Any]] = {
     "/{experiment_id}/seeds",
     status_code=202,
     response_model=SeedExtensionDetail,
+    response_description="The request: the seeds added, the new queued runs and the experiment now.",
     summary="Add seeds to an experiment",
     description="Adds one run per activation for each new seed, seed-paired with the runs already there, to a "
     "queued, running or finished experiment, and queues them; the results then pair and summarise over every "
@@ -326,6 +328,7 @@ def add_seeds(
     "/{experiment_id}/retry",
     status_code=202,
     response_model=RetryDetail,
+    response_description="The requeued runs and the experiment now.",
     summary="Retry the failed runs of an experiment",
     description="Puts the experiment's failed and timed-out runs back to queued and queues them; each resumes "
     "from its last checkpoint (epochs trained again overwrite their metric rows, never duplicate them). "
@@ -339,7 +342,7 @@ def add_seeds(
             "model": MessageResponse,
             "description": "The experiment was cancelled, or it has no failed or timed-out run with attempts left.",
         },
-        422: {"model": ValidationErrorResponse},
+        422: {"model": ValidationErrorResponse, "description": "The experiment id is not a UUID."},
     },
 )
 def retry_experiment(

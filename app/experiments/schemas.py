@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from app.models import ExperimentStatus, RunStatus
 from app.schemas import ResponseModel, UtcDateTime
@@ -177,7 +177,8 @@ class SeedExtensionRequest(StrictModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"seeds": [3, 4]}]})
 
-    seeds: list[Annotated[Integer, Field(ge=0)]] = Field(
+    # WithJsonSchema: with Integer's before-validator, pydantic would document the bound as "ge", not "minimum".
+    seeds: list[Annotated[Integer, Field(ge=0), WithJsonSchema({"type": "integer", "minimum": 0})]] = Field(
         min_length=1,
         description="New seeds (integers >= 0, none the experiment already has); each adds one run per activation.",
     )
