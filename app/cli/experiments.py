@@ -1,4 +1,5 @@
-"""``actlab submit SPEC.json [--wait]`` and ``actlab status ID``: the experiment commands of the client.
+"""``actlab submit SPEC.json [--wait]``, ``actlab status ID``, ``actlab extend ID --seeds 3 4`` and
+``actlab retry ID``: the experiment commands of the client.
 
 The server validates the spec; a rejection is printed field by field. ``--wait`` follows the
 experiment with ``actlab.events`` (server-sent events of GET /v1/experiments/ID/events, reconnects
@@ -62,6 +63,29 @@ def register(subparsers: Any) -> None:
     status_parser.add_argument("experiment_id", metavar="ID", help="experiment id")
     add_connection_arguments(status_parser)
     status_parser.set_defaults(handler=status)
+
+    extend_parser = subparsers.add_parser(
+        "extend",
+        help="add seeds to an experiment",
+        description="POST /v1/experiments/ID/seeds: one more run per activation for each new seed, paired with "
+        "the runs already there; the results then count every seed.",
+    )
+    extend_parser.add_argument("experiment_id", metavar="ID", help="experiment id")
+    extend_parser.add_argument(
+        "--seeds", type=int, nargs="+", required=True, metavar="SEED", help="new seeds (integers >= 0)"
+    )
+    add_connection_arguments(extend_parser)
+    extend_parser.set_defaults(handler=extend)
+
+    retry_parser = subparsers.add_parser(
+        "retry",
+        help="requeue an experiment's failed and timed-out runs",
+        description="POST /v1/experiments/ID/retry: failed and timed-out runs go back to the queue and resume "
+        "from their checkpoints; diverged and succeeded runs stay.",
+    )
+    retry_parser.add_argument("experiment_id", metavar="ID", help="experiment id")
+    add_connection_arguments(retry_parser)
+    retry_parser.set_defaults(handler=retry)
 
 
 def _positive_seconds(text: str) -> float:
@@ -260,4 +284,45 @@ def status(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | No
         return 0
     except ClientError as error:
         print(f"actlab status: {error}", file=sys.stderr)
+        return error.exit_status
+
+
+def _run_list(runs: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{run['activation']} seed {run['seed']}" for run in runs)
+
+
+def extend(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> int:
+    """POST the new seeds; print the runs they added."""
+    try:
+        experiment_id = parse_experiment_id(arguments.experiment_id)
+        with make_client(arguments, transport=transport) as client:
+            added = client.request(
+                "POST", f"/v1/experiments/{experiment_id}/seeds", json={"seeds": arguments.seeds}
+            ).json()
+        seeds = ", ".join(str(seed) for seed in added["seeds"])
+        print(
+            f"experiment {experiment_id}: seeds {seeds} added, {len(added['runs'])} new run(s) queued "
+            f"({_run_list(added['runs'])}); status {added['experiment']['status']}"
+        )
+        print(f"follow it with: actlab status {experiment_id}")
+        return 0
+    except ClientError as error:
+        print(f"actlab extend: {error}", file=sys.stderr)
+        return error.exit_status
+
+
+def retry(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> int:
+    """POST a retry; print the runs it requeued."""
+    try:
+        experiment_id = parse_experiment_id(arguments.experiment_id)
+        with make_client(arguments, transport=transport) as client:
+            retried = client.request("POST", f"/v1/experiments/{experiment_id}/retry").json()
+        print(
+            f"experiment {experiment_id}: {len(retried['runs'])} run(s) requeued ({_run_list(retried['runs'])}); "
+            f"status {retried['experiment']['status']}"
+        )
+        print(f"follow it with: actlab status {experiment_id}")
+        return 0
+    except ClientError as error:
+        print(f"actlab retry: {error}", file=sys.stderr)
         return error.exit_status
