@@ -501,3 +501,52 @@ def canonical_activation_name(name: str) -> str | None:
 def activation_names() -> list[str]:
     """All accepted activation names, aliases included, sorted."""
     return sorted([*ACTIVATIONS, *ACTIVATION_ALIASES])
+
+
+@dataclass(frozen=True)
+class FactorPathInfo:
+    """One spec path a version-2 spec may vary as a factor (``factors``); each level is validated as that field."""
+
+    path: str
+    description: str
+    # Model kinds the field exists on (empty: every kind); a cell of another kind fails its validation.
+    model_kinds: tuple[str, ...] = ()
+    # True where a level changes the data itself: seeds then pair activations within a cell only.
+    changes_data: bool = False
+
+
+# ``dataset.params.*`` stands for every parameter of the dataset in force (``dataset.params.noise``).
+FACTOR_PATHS: dict[str, FactorPathInfo] = {
+    info.path: info
+    for info in (
+        FactorPathInfo("dataset", "A whole dataset block (name and parameters).", changes_data=True),
+        FactorPathInfo(
+            "dataset.name", "The dataset; the base spec's dataset parameters apply to each.", changes_data=True
+        ),
+        FactorPathInfo("dataset.params.*", "One parameter of the dataset (see its catalog entry).", changes_data=True),
+        FactorPathInfo("model", "A whole model block, so kinds may differ between cells."),
+        FactorPathInfo("model.hidden", "Hidden layer widths (mlp; fully connected widths of a cnn).", ("mlp", "cnn")),
+        FactorPathInfo("model.norm", "Normalisation: none, batch or layer.", ("mlp", "cnn")),
+        FactorPathInfo("model.dropout", "Dropout probability.", ("mlp", "cnn")),
+        FactorPathInfo("model.residual", "Skip connections between hidden layers of equal width.", ("mlp",)),
+        FactorPathInfo("model.channels", "Channels per conv block.", ("cnn",)),
+        FactorPathInfo("model.cell", "Recurrent cell: rnn, gru or lstm.", ("rnn",)),
+        FactorPathInfo("training.optimizer", "The optimizer."),
+        FactorPathInfo("training.lr", "The learning rate."),
+        FactorPathInfo("training.batch_size", "The mini-batch size."),
+        FactorPathInfo("training.init", "The initialisation scheme."),
+        FactorPathInfo("training.grad_clip", "Clip of the global gradient norm (null: none)."),
+        FactorPathInfo("training.weight_decay", "Weight decay."),
+        FactorPathInfo("training.schedule", "The learning-rate schedule."),
+    )
+}
+
+
+def factor_path_entry(path: str) -> FactorPathInfo | None:
+    """The catalog entry of a factor path (``dataset.params.<name>`` maps to ``dataset.params.*``), or None."""
+    if path in FACTOR_PATHS and not path.endswith("*"):
+        return FACTOR_PATHS[path]
+    prefix, _, name = path.rpartition(".")
+    if prefix == "dataset.params" and name.isidentifier():
+        return FACTOR_PATHS["dataset.params.*"]
+    return None

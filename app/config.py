@@ -50,12 +50,15 @@ class SpecLimits(BaseSettings):
     max_depth: int = Field(32, ge=1, description="Hidden layers of an MLP, conv blocks of a CNN, stacked RNN layers.")
     max_activations: int = Field(32, ge=1, description="Activations in one experiment.")
     max_seeds: int = Field(32, ge=1, description="Seeds in one experiment.")
-    max_arms: int = Field(256, ge=1, description="Activations x seeds in one experiment.")
+    max_arms: int = Field(256, ge=1, description="Arms of one experiment: cells x activations x seeds.")
+    max_factors: int = Field(6, ge=1, description="Factors (varied spec paths) of one version-2 spec.")
+    max_factor_levels: int = Field(8, ge=1, description="Levels of one factor.")
+    max_cells: int = Field(64, ge=1, description="Cells (combinations of factor levels) of one experiment.")
     max_parameters: int = Field(20_000_000, ge=1, description="Estimated trainable parameters of one model.")
     max_cost: float = Field(
         5e15,
         gt=0,
-        description="Estimated cost of one experiment: arms x epochs x training examples x parameters.",
+        description="Estimated cost of one experiment: arms x epochs x training examples x parameters, over all cells.",
     )
     max_expression_length: int = Field(256, ge=1, description="Characters in a custom activation formula.")
     max_learnable_scalars: int = Field(8, ge=0, description="Learnable scalars in one custom activation.")

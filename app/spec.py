@@ -1,10 +1,11 @@
-"""The experiment spec (version 1), shared by the API, the worker and the CLI.
+"""The experiment spec (versions 1 and 2), shared by the API, the worker and the CLI.
 
 Pydantic only, no torch. Unknown fields are rejected and every number and list is
 bounded by a setting (``app.config.SpecLimits``); the limits are read at validation time
 so an operator's environment override applies without a code change. Every name a spec
 may use, and every rule that differs between names, comes from ``app.catalog``; the
-parameter count and cost the limits apply to are estimated in ``app.spec_cost``.
+parameter count and cost the limits apply to are estimated in ``app.spec_cost``. Version 2
+adds ``factors`` (a factorial design over spec paths); their rules and cells are ``app.spec_factors``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -473,7 +476,7 @@ class ExperimentSpec(StrictModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_SPEC]})
 
-    version: Literal[1] = 1
+    version: Literal[1, 2] = Field(1, description="2 is required for factors; 1 means no factors.")
     name: str = Field("experiment", min_length=1, description="A name for people.")
     dataset: DatasetSpec
     model: ModelSpec
@@ -481,6 +484,17 @@ class ExperimentSpec(StrictModel):
     seeds: list[Annotated[Integer, Field(ge=0)]] = Field(min_length=1)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     device: DeviceName = "auto"
+    factors: dict[str, list[Any]] | None = Field(
+        None,
+        description="Version 2: spec path (see factor_paths in GET /v1/catalog) to its levels; every combination "
+        "of levels is a cell, and each cell trains every activation and seed.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_factors(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A spec without factors dumps (and hashes) exactly as before version 2.
+        dumped = handler(self)
+        return {key: value for key, value in dumped.items() if key != "factors" or value is not None}
 
     @field_validator("name")
     @classmethod
@@ -524,6 +538,10 @@ class ExperimentSpec(StrictModel):
     @model_validator(mode="after")
     def _check_grid(self, info: ValidationInfo) -> ExperimentSpec:
         limits = _limits(info)
+        if self.factors is not None:
+            from app.spec_factors import check_factors  # it builds cells with this class
+
+            return check_factors(self, limits)
         dataset = DATASETS[self.dataset.name]
         if MODEL_KINDS[self.model.kind].needs_image_or_sequence and len(dataset.input_shape) < 2:
             raise PydanticCustomError(

@@ -105,3 +105,10 @@ def estimate_cost(spec: ExperimentSpec) -> float:
     """Arms x epochs x training examples x parameters: a machine-independent work estimate."""
     arms = len(spec.activations) * len(spec.seeds)
     return float(arms) * spec.training.epochs * spec.dataset.train_size * estimate_parameters(spec)
+
+
+def estimate_experiment_cost(spec: ExperimentSpec) -> float:
+    """The cost of every arm of the experiment: ``estimate_cost`` summed over its cells (one without factors)."""
+    from app.spec_factors import expand_cells
+
+    return sum(estimate_cost(cell.spec) for cell in expand_cells(spec))

@@ -62,6 +62,15 @@ class NamedEntry(BaseModel):
     description: str
 
 
+class FactorPathEntry(BaseModel):
+    """A spec path a version-2 spec may vary as a factor."""
+
+    path: str = Field(description="Dotted spec path; dataset.params.* stands for each dataset parameter.")
+    description: str
+    model_kinds: list[str] = Field(description="Model kinds the field exists on (empty: every kind).")
+    changes_data: bool = Field(description="Whether a level changes the data, so seeds pair within a cell only.")
+
+
 class LimitEntry(BaseModel):
     """A limit in force and the environment variable that changes it."""
 
@@ -103,6 +112,7 @@ class Catalog(BaseModel):
     schedules: list[NamedEntry]
     init_schemes: list[NamedEntry]
     devices: list[str]
+    factor_paths: list[FactorPathEntry] = Field(description="Paths a version-2 spec's factors may vary.")
     expression: ExpressionLanguage
     diagnostics: DiagnosticThresholds
     limits: list[LimitEntry]
@@ -201,6 +211,15 @@ def build_catalog(settings: Settings) -> Catalog:
         schedules=[NamedEntry(name=name, description=text) for name, text in catalog.SCHEDULES.items()],
         init_schemes=[NamedEntry(name=name, description=text) for name, text in catalog.INIT_SCHEMES.items()],
         devices=list(catalog.DEVICES),
+        factor_paths=[
+            FactorPathEntry(
+                path=info.path,
+                description=info.description,
+                model_kinds=list(info.model_kinds),
+                changes_data=info.changes_data,
+            )
+            for info in catalog.FACTOR_PATHS.values()
+        ],
         expression=ExpressionLanguage(
             variable="x",
             functions=dict(catalog.EXPRESSION_FUNCTIONS),

@@ -1,0 +1,196 @@
+"""Factorial specs (version 2): every factor path of the catalog validates its levels as its field, cells and arms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from app.catalog import FACTOR_PATHS
+from app.config import Settings
+from app.spec import ExperimentSpec
+from app.spec_cost import estimate_cost, estimate_experiment_cost
+from app.spec_factors import cell_label, expand_cells, run_spec
+from tests.api.conftest import RecordingDispatcher, row_counts, small_spec
+
+NOTHING = {"experiments": 0, "runs": 0, "epoch_metrics": 0, "layer_metrics": 0}
+CNN = {"kind": "cnn", "channels": [4]}
+RNN = {"kind": "rnn", "hidden_size": 8}
+
+
+# One row per catalog factor path: (path used, base overrides, two good levels, a bad second level, message fragment).
+# A path added to the catalog without a row here fails test_every_catalog_path_has_a_row.
+ROWS: dict[str, tuple[str, dict[str, Any], list[Any], Any, str]] = {
+    "dataset": ("dataset", {}, [{"name": "digits"}, {"name": "mnist1d"}], {"name": "nope"}, "Input should be"),
+    "dataset.name": ("dataset.name", {}, ["digits", "mnist1d"], "nope", "Input should be"),
+    "dataset.params.*": (
+        "dataset.params.noise",
+        {"dataset": {"name": "spirals", "params": {"samples": 200}}},
+        [0.1, 0.5],
+        99,
+        "at most 5",
+    ),
+    "model": ("model", {}, [{"kind": "mlp", "hidden": [8]}, RNN], {"kind": "rnn", "cell": "bad"}, "Input should be"),
+    "model.hidden": ("model.hidden", {}, [[8], [8, 8]], [5000], "at most 4096"),
+    "model.norm": ("model.norm", {}, ["none", "batch"], "group", "Input should be"),
+    "model.dropout": ("model.dropout", {}, [0.0, 0.2], 1.5, "less than 1"),
+    "model.residual": ("model.residual", {}, [False, True], "maybe", "valid boolean"),
+    "model.channels": ("model.channels", {"model": CNN}, [[4], [4, 8]], [0], "greater than or equal to 1"),
+    "model.cell": ("model.cell", {"model": RNN}, ["rnn", "gru"], "transformer", "Input should be"),
+    "training.optimizer": ("training.optimizer", {}, ["adam", "sgd"], "adamx", "Input should be"),
+    "training.lr": ("training.lr", {}, [0.001, 0.01], -1, "greater than 0"),
+    "training.batch_size": ("training.batch_size", {}, [32, 64], 10**6, "at most 8192"),
+    "training.init": ("training.init", {}, ["auto", "default"], "magic", "Input should be"),
+    "training.grad_clip": ("training.grad_clip", {}, [None, 1.0], -1, "greater than 0"),
+    "training.weight_decay": ("training.weight_decay", {}, [0.0, 0.01], 2, "less than or equal to 1"),
+    "training.schedule": ("training.schedule", {}, ["none", "cosine"], "linear", "Input should be"),
+}
+
+
+def factorial(factors: dict[str, list[Any]], **overrides: Any) -> dict[str, Any]:
+    """A version-2 small spec with these factors."""
+    return small_spec(version=2, factors=factors, **overrides)
+
+
+def _errors(response: Any) -> dict[str, str]:
+    return {error["loc"]: error["msg"] for error in response.json()["detail"]}
+
+
+def _value_at(payload: dict[str, Any], path: str) -> Any:
+    value: Any = payload
+    for part in path.split("."):
+        value = value[part]
+    return value
+
+
+def test_every_catalog_path_has_a_row() -> None:
+    assert set(ROWS) == set(FACTOR_PATHS)
+
+
+@pytest.mark.parametrize("entry", list(FACTOR_PATHS))
+def test_each_factor_path_takes_valid_levels_into_its_cells(entry: str) -> None:
+    path, overrides, good, _bad, _fragment = ROWS[entry]
+    spec = ExperimentSpec.model_validate(factorial({path: good}, **overrides))
+    cells = expand_cells(spec)
+    assert len(cells) == 2
+    for cell, level in zip(cells, good, strict=True):
+        assert cell.levels == {path: level}
+        assert cell.spec.factors is None
+        effective = _value_at(cell.spec.model_dump(mode="json"), path)
+        if isinstance(level, dict):
+            assert {key: effective[key] for key in level} == level
+        else:
+            assert effective == level
+    assert cells[0].label != cells[1].label
+
+
+@pytest.mark.parametrize("entry", list(FACTOR_PATHS))
+def test_a_bad_level_is_a_422_naming_the_path_and_level(
+    entry: str, client: TestClient, db: Session, dispatcher: RecordingDispatcher
+) -> None:
+    path, overrides, good, bad, fragment = ROWS[entry]
+    response = client.post("/v1/experiments", json=factorial({path: [good[0], bad]}, **overrides))
+    assert response.status_code == 422, response.text
+    errors = _errors(response)
+    assert f"factors.{path}.1" in errors, errors
+    assert fragment in errors[f"factors.{path}.1"]
+    assert row_counts(db) == NOTHING
+    assert dispatcher.run_ids == []
+
+
+def test_a_field_of_another_model_kind_is_named_for_that_kind(client: TestClient) -> None:
+    response = client.post("/v1/experiments", json=factorial({"model.hidden": [[8], [16]]}, model=RNN))
+    assert response.status_code == 422
+    assert _errors(response)["factors.model.hidden.0"] == "model.hidden does not exist on model kind 'rnn'"
+
+
+def test_the_model_kind_in_force_in_each_cell_decides() -> None:
+    # model.cell exists in the rnn cell only: the mlp cell rejects it, naming the level.
+    spec = factorial({"model": [{"kind": "mlp", "hidden": [8]}, RNN], "model.cell": ["gru"]})
+    with pytest.raises(ValueError, match=r"model\.cell does not exist on model kind 'mlp'"):
+        ExperimentSpec.model_validate(spec)
+
+
+def test_version_1_with_factors_is_a_422_naming_factors(client: TestClient, db: Session) -> None:
+    response = client.post("/v1/experiments", json=small_spec(factors={"training.lr": [0.01, 0.1]}))
+    assert response.status_code == 422
+    assert '"version": 2' in _errors(response)["factors"]
+    assert row_counts(db) == NOTHING
+
+
+def test_an_unknown_path_lists_the_allowed_ones(client: TestClient) -> None:
+    response = client.post("/v1/experiments", json=factorial({"training.epochs": [1, 2]}))
+    assert response.status_code == 422
+    message = _errors(response)["factors.training.epochs"]
+    assert "unknown factor path 'training.epochs'" in message
+    for path in ("model.hidden", "training.init", "dataset.params.<name>"):
+        assert path in message
+
+
+def test_version_1_specs_are_unchanged() -> None:
+    spec = ExperimentSpec.model_validate(small_spec())
+    assert "factors" not in spec.model_dump(mode="json")
+    assert spec.version == 1
+    [cell] = expand_cells(spec)
+    assert (cell.index, cell.levels, cell.label, cell.spec) == (0, {}, "", spec)
+    assert run_spec(spec.model_dump(mode="json"), None) == spec
+    # Version 2 without factors is the same experiment.
+    assert expand_cells(ExperimentSpec.model_validate(small_spec(version=2)))[0].spec.seeds == [0, 1]
+
+
+def test_cells_are_the_product_of_levels_with_readable_labels() -> None:
+    factors = {
+        "training.lr": [0.001, 0.003],
+        "model.hidden": [[16, 16], [16] * 4],
+        "training.init": ["auto", "default"],
+    }
+    cells = expand_cells(ExperimentSpec.model_validate(factorial(factors)))
+    assert len(cells) == 8
+    assert [cell.index for cell in cells] == list(range(8))
+    assert cells[-1].label == "hidden=4x16, init=default, lr=0.003"
+    assert cells[0].label == "hidden=2x16, init=auto, lr=0.001"
+    assert len({cell.label for cell in cells}) == 8
+    # The order of the spec's keys does not matter (JSONB does not keep it).
+    reordered = dict(reversed(list(factors.items())))
+    assert [cell.label for cell in expand_cells(ExperimentSpec.model_validate(factorial(reordered)))] == [
+        cell.label for cell in cells
+    ]
+    last = cells[-1].spec
+    assert (last.model.hidden, last.training.init, last.training.lr) == ([16] * 4, "default", 0.003)  # type: ignore[union-attr]
+    assert run_spec(ExperimentSpec.model_validate(factorial(factors)).model_dump(mode="json"), cells[-1].levels) == last
+    assert cell_label({"model.hidden": [64, 32, 32], "training.grad_clip": None}) == "hidden=64-2x32, grad_clip=none"
+
+
+def test_limits_count_every_arm_of_every_cell(settings: Settings) -> None:
+    spec = ExperimentSpec.model_validate(factorial({"model.hidden": [[8], [64, 64]], "training.lr": [0.01, 0.1]}))
+    cells = expand_cells(spec)
+    assert estimate_experiment_cost(spec) == sum(estimate_cost(cell.spec) for cell in cells)
+    assert estimate_experiment_cost(spec) > 4 * estimate_cost(cells[0].spec)
+    limits = settings.model_copy(update={"max_arms": 15})
+    with pytest.raises(ValueError, match=r"16 arms \(cells x activations x seeds\) exceed the limit of 15"):
+        ExperimentSpec.model_validate(spec.model_dump(mode="json"), context={"limits": limits})
+    cost_limit = settings.model_copy(update={"max_cost": estimate_experiment_cost(spec) - 1})
+    with pytest.raises(ValueError, match="over all cells"):
+        ExperimentSpec.model_validate(spec.model_dump(mode="json"), context={"limits": cost_limit})
+    cell_limit = settings.model_copy(update={"max_cells": 3})
+    with pytest.raises(ValueError, match=r"4 cells .* exceed 3 .*ACTLAB_MAX_CELLS"):
+        ExperimentSpec.model_validate(spec.model_dump(mode="json"), context={"limits": cell_limit})
+    level_limit = settings.model_copy(update={"max_factor_levels": 1})
+    with pytest.raises(ValueError, match="ACTLAB_MAX_FACTOR_LEVELS"):
+        ExperimentSpec.model_validate(spec.model_dump(mode="json"), context={"limits": level_limit})
+
+
+def test_repeated_levels_are_named(client: TestClient) -> None:
+    response = client.post("/v1/experiments", json=factorial({"training.lr": [0.01, 0.01]}))
+    assert response.status_code == 422
+    assert _errors(response)["factors.training.lr.1"] == "level 1 repeats level 0"
+
+
+def test_the_catalog_lists_the_factor_paths(client: TestClient) -> None:
+    paths = {entry["path"]: entry for entry in client.get("/v1/catalog").json()["factor_paths"]}
+    assert set(paths) == set(FACTOR_PATHS)
+    assert paths["model.cell"]["model_kinds"] == ["rnn"]
+    assert paths["dataset.name"]["changes_data"] is True
+    assert paths["training.init"]["changes_data"] is False
