@@ -103,3 +103,53 @@ def test_upgrade_is_repeatable_and_downgrade_removes_everything(sqlite_url: str)
         assert set(inspect(engine).get_table_names()) == {"alembic_version"}
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_seed_extensions_migrate_in_place_keeping_runs_and_metrics(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "postgres_url")
+    command.upgrade(alembic_config(url), "0001_initial")
+    engine = create_engine(url)
+    experiment_id, run_id = uuid.uuid4(), uuid.uuid4()
+    key = (lambda value: value.hex) if backend == "sqlite" else str
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO experiments (id, name, status, spec, submitted_spec, spec_hash, spec_version, device, "
+                    "total_epochs, created_at) VALUES (:id, 'x', 'succeeded', '{}', '{}', 'h', 1, 'cpu', 1, "
+                    "'2025-01-01 00:00:00')"
+                ),
+                {"id": key(experiment_id)},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO runs (id, experiment_id, activation_index, activation_label, activation_name, seed, "
+                    "status, attempt, epochs_completed, created_at) VALUES (:id, :experiment, 0, 'relu', 'relu', 0, "
+                    "'succeeded', 1, 1, '2025-01-01 00:00:00')"
+                ),
+                {"id": key(run_id), "experiment": key(experiment_id)},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO epoch_metrics (run_id, epoch, attempt, train_accuracy, test_accuracy, epoch_seconds, "
+                    "samples_per_second, lr, created_at) VALUES (:run, 1, 1, 0.5, 0.5, 0.1, 10.0, 0.01, '2025-01-01 00:00:00')"
+                ),
+                {"run": key(run_id)},
+            )
+        for revision in ("head", "0001_initial", "head"):
+            if revision == "head":
+                upgrade_database(url)
+            else:
+                command.downgrade(alembic_config(url), revision)
+            with engine.connect() as connection:
+                # The runs table is altered in place: its rows, and the metric rows that cascade from them, stay.
+                assert connection.execute(text("SELECT count(*) FROM runs")).scalar_one() == 1
+                assert connection.execute(text("SELECT count(*) FROM epoch_metrics")).scalar_one() == 1
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT seed_extension_id FROM runs")).scalar_one() is None
+            assert connection.execute(text("SELECT count(*) FROM seed_extensions")).scalar_one() == 0
+    finally:
+        engine.dispose()
