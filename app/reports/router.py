@@ -61,7 +61,9 @@ def report(
         default_equivalence_margin=settings.equivalence_margin,
         power=settings.seeds_power,
     )
-    page = service.report(session=session, experiment_id=experiment_id, options=options)
+    page = service.report(
+        session=session, experiment_id=experiment_id, options=options, chance_margin=settings.chance_margin
+    )
     return templates.TemplateResponse(
         request,
         "report.html",

@@ -15,6 +15,7 @@ from app.experiments import service as experiments_service
 from app.experiments.service import FINISHED_EXPERIMENT_STATUSES
 from app.results import service as results_service
 from app.results.comparisons import family_disagreements
+from app.results.failures import DEFAULT_CHANCE_MARGIN
 from app.results.plots import PLOT_KINDS
 from app.results.statistics import METRIC_COLUMNS, SUMMARY_KINDS, ResultOptions
 from app.results.verdicts import pair_matrix
@@ -266,7 +267,9 @@ def _matrix_table(pairs: pd.DataFrame, labels: list[str]) -> ReportTable:
     return ReportTable(["", *labels], rows, classes, titles)
 
 
-def report(*, session: Session, experiment_id: uuid.UUID, options: ResultOptions) -> Report:
+def report(
+    *, session: Session, experiment_id: uuid.UUID, options: ResultOptions, chance_margin: float = DEFAULT_CHANCE_MARGIN
+) -> Report:
     """The report of one experiment; NotFoundError when it does not exist."""
     tables = results_service.load_tables(session=session, experiment_id=experiment_id)
     experiment = tables.experiment
@@ -276,7 +279,12 @@ def report(*, session: Session, experiment_id: uuid.UUID, options: ResultOptions
     pairs = results_service.pairs_table(tables=tables, options=options)
     diagnostics = results_service.diagnostics_table(tables=tables)
     found = results_service.recommendation(
-        tables=tables, options=options, summary=summary, pairs=pairs, diagnostics=diagnostics
+        tables=tables,
+        options=options,
+        summary=summary,
+        pairs=pairs,
+        diagnostics=diagnostics,
+        chance_margin=chance_margin,
     )
     labels = [str(label) for label in summary["activation"]] if "activation" in summary.columns else []
     matrix_table = _matrix_table(pairs, labels)
@@ -345,7 +353,7 @@ def report(*, session: Session, experiment_id: uuid.UUID, options: ResultOptions
         disagreements=family_disagreements(summary, pairs) if "correction" in pairs.columns else [],
         diagnostics=_table(diagnostics, DIAGNOSTIC_COLUMNS),
         sentences=found.sentences,
-        best_choices=found.tied_best,
+        best_choices=found.best_choices,
         plots=plots,
         downloads=downloads,
         runs=ReportTable(["activation", "seed", "status", "epochs", "device", "seconds", "error"], run_rows),

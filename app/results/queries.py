@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Literal
 
 from fastapi import Query
 
+from app.dependencies import SettingsDependency
 from app.results import service
 from app.results.statistics import METRIC_COLUMNS, ResultOptions
 
@@ -45,12 +46,24 @@ BaselineQuery = Annotated[
 AlphaQuery = Annotated[float, Query(gt=0, lt=1, description="Significance level for the Holm-adjusted paired tests.")]
 ViewQuery = Annotated[
     ResultView,
-    Query(description="summary: one row per activation; pairs: win/tie/loss per ordered pair; runs: one row per run."),
+    Query(
+        description="summary: one row per activation; pairs: win/loss/equivalent/inconclusive per ordered pair; "
+        "runs: one row per run."
+    ),
 ]
 IncludeDivergedQuery = Annotated[
     bool, Query(description="Count diverged runs' finite epochs in the statistics (default: left out, counted).")
 ]
 ResamplesQuery = Annotated[int, Query(ge=100, le=100_000, description="Bootstrap resamples per interval.")]
+EquivalenceMarginQuery = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        le=1,
+        description="Equivalence margin of the TOST: a paired difference shown inside plus or minus this is "
+        "'equivalent' (default: ACTLAB_EQUIVALENCE_MARGIN for accuracy metrics, no equivalence test for losses).",
+    ),
+]
 
 QUERY_PARAMETERS: dict[str, Any] = {
     "metric": MetricQuery,
@@ -62,6 +75,7 @@ QUERY_PARAMETERS: dict[str, Any] = {
     "view": ViewQuery,
     "include_diverged": IncludeDivergedQuery,
     "resamples": ResamplesQuery,
+    "equivalence_margin": EquivalenceMarginQuery,
 }
 
 
@@ -71,15 +85,17 @@ class ResultQuery:
 
     given: dict[str, Any]
     view: ResultView = "summary"
+    # Option defaults the settings set (default_equivalence_margin, power); the given values override them.
+    configured: dict[str, Any] = field(default_factory=dict)
 
     def options(self) -> ResultOptions:
         """ResultOptions of the given values (the others keep their defaults); a bad value is a 422 naming it."""
-        return service.result_options(**self.given)
+        return service.result_options(**{**self.configured, **self.given})
 
 
 # A parameter's default is the option's default, so the API description and the statistics agree.
 _DEFAULTS: dict[str, Any] = {
-    **{field.name: field.default for field in fields(ResultOptions)},
+    **{option.name: option.default for option in fields(ResultOptions)},
     "view": ResultQuery.view,
 }
 
@@ -92,7 +108,9 @@ def result_query(*names: str) -> Callable[..., ResultQuery]:
 
     def dependency(**values: Any) -> ResultQuery:
         view = values.pop("view", ResultQuery.view)
-        return ResultQuery(given=values, view=view)
+        settings = values.pop("settings")
+        configured = {"default_equivalence_margin": settings.equivalence_margin, "power": settings.seeds_power}
+        return ResultQuery(given=values, view=view, configured=configured)
 
     # FastAPI reads the parameters from the signature: these names, declarations and defaults.
     dependency.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -102,5 +120,6 @@ def result_query(*names: str) -> Callable[..., ResultQuery]:
             )
             for name in names
         ]
+        + [inspect.Parameter("settings", inspect.Parameter.KEYWORD_ONLY, annotation=SettingsDependency)]
     )
     return dependency

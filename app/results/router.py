@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response
 
-from app.dependencies import SessionDependency
+from app.dependencies import SessionDependency, SettingsDependency
 from app.results import service
 from app.results.encoding import TABLE_MEDIA_TYPES, encode_table, image_media_type
 from app.results.plots import IMAGE_FORMATS, PLOT_KINDS
@@ -25,12 +25,21 @@ ResultsTableQuery = Annotated[
     ResultQuery,
     Depends(
         result_query(
-            "metric", "summary", "k", "threshold", "baseline", "alpha", "view", "include_diverged", "resamples"
+            "metric",
+            "summary",
+            "k",
+            "threshold",
+            "baseline",
+            "alpha",
+            "view",
+            "include_diverged",
+            "resamples",
+            "equivalence_margin",
         )
     ),
 ]
 RecommendationQuery = Annotated[
-    ResultQuery, Depends(result_query("metric", "summary", "k", "alpha", "include_diverged"))
+    ResultQuery, Depends(result_query("metric", "summary", "k", "alpha", "include_diverged", "equivalence_margin"))
 ]
 PlotQuery = Annotated[ResultQuery, Depends(result_query("metric", "summary", "k", "include_diverged"))]
 
@@ -64,11 +73,16 @@ def _table_response(content: bytes, output_format: str, experiment_id: uuid.UUID
         "epochs_to_threshold (read off the cross-seed mean curve), area_under_curve (mean of the metric over "
         "epochs), generalisation_gap (train minus test), mean_epoch_seconds, and the run counts per status. "
         "Only succeeded runs count (diverged ones too with include_diverged=true); the others are counted. "
-        "Each activation is compared with the baseline over the seeds both have: mean_difference with its "
-        "bootstrap CI, p_value from Wilcoxon signed-rank (6 or more non-zero differences) or the paired t-test "
-        "(fewer), Holm-adjusted p_holm across the family, and verdict better | worse | tied | insufficient. "
-        "`view=pairs` gives every ordered pair with outcome win | tie | loss | insufficient (Holm over all "
-        "pairs); `view=runs` the per-run values."
+        "Each activation is compared with the baseline over the seeds both have (docs/statistics.md): "
+        "mean_difference with its bootstrap CI (a description), difference_sd, probability_outperforms (share "
+        "of shared seeds it wins, ties half), p_value from Wilcoxon signed-rank (6 or more non-zero "
+        "differences) or the paired t-test (fewer), the TOST p_equivalence within plus or minus "
+        "equivalence_margin with the 90% t-interval equivalence_ci_low/high, both Holm-adjusted (p_holm, "
+        "p_equivalence_holm) over the family the column correction names, the verdict better | worse | "
+        "equivalent | inconclusive | insufficient, and seeds_needed / seeds_needed_equivalence (paired seeds "
+        "per activation for 80% power, noncentral t). `view=pairs` gives every ordered pair with the same "
+        "columns and outcome win | loss | equivalent | inconclusive | insufficient (Holm over all pairs); "
+        "`view=runs` the per-run values. Every row states its summary."
     ),
     responses=_TABLE_RESPONSES,
 )
@@ -113,23 +127,28 @@ def diagnostics(experiment_id: uuid.UUID, session: SessionDependency, output_for
     "/{experiment_id}/recommendation",
     response_model=RecommendationResponse,
     summary="Plain-language recommendation",
-    description="Which activations are tied best, which failed to train and the measured diagnostic that "
-    "explains it, and the cost per epoch; every sentence follows from the stored numbers.",
+    description="What failed to train (at most chance plus ACTLAB_CHANCE_MARGIN, or diverged) and the measured "
+    "diagnostic that explains it, remedies as spec changes, then the ranking of the activations that trained "
+    "(shown better, worse, equivalent or inconclusive against the best, with the seeds that would settle it) "
+    "and the cost per epoch; every sentence follows from the stored numbers.",
     responses={404: {"model": MessageResponse}, 422: {"model": ValidationErrorResponse}},
 )
 def recommendation(
-    experiment_id: uuid.UUID, session: SessionDependency, query: RecommendationQuery
+    experiment_id: uuid.UUID, session: SessionDependency, settings: SettingsDependency, query: RecommendationQuery
 ) -> RecommendationResponse:
     """The recommendation sentences."""
     options = query.options()
     tables = service.load_tables(session=session, experiment_id=experiment_id)
-    found = service.recommendation(tables=tables, options=options)
+    found = service.recommendation(tables=tables, options=options, chance_margin=settings.chance_margin)
     return RecommendationResponse(
         experiment_id=experiment_id,
         metric=options.metric,
-        summary=options.summary if options.summary != "mean_last_k" else f"mean_last_{options.k}",
+        summary=options.summary_label,
         alpha=options.alpha,
-        tied_best=found.tied_best,
+        equivalence_margin=options.margin,
+        correction=found.correction,
+        best_choices=found.best_choices,
+        not_trained=found.not_trained,
         sentences=found.sentences,
     )
 

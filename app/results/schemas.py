@@ -14,5 +14,13 @@ class RecommendationResponse(BaseModel):
     metric: str = Field(description="The metric the ranking and tests used.")
     summary: str = Field(description="final, best or mean_last_K.")
     alpha: float = Field(description="Significance level of the Holm-adjusted paired tests.")
-    tied_best: list[str] = Field(description="The top-ranked activation followed by those statistically tied with it.")
+    equivalence_margin: float | None = Field(
+        description="Margin of the equivalence tests (TOST); null when none is tested (loss metrics without one)."
+    )
+    correction: str = Field(description="The comparison family the ranking's verdicts come from (the pairwise view).")
+    best_choices: list[str] = Field(
+        description="The top-ranked activation that trained followed by those shown equivalent to it; empty when "
+        "none trained."
+    )
+    not_trained: list[str] = Field(description="Activations whose mean final test accuracy is at most chance + margin.")
     sentences: list[str] = Field(description="The findings, one sentence each.")

@@ -20,14 +20,10 @@ from sqlalchemy.orm import Session
 from app.experiments import service as experiments_service
 from app.models import Experiment
 from app.results import repository
-from app.results.diagnostics import (
-    RecommendationInputs,
-    learned_parameters_by_layer,
-    recommend,
-    summarise_diagnostics,
-    tied_best,
-)
+from app.results.diagnostics import learned_parameters_by_layer, summarise_diagnostics
+from app.results.failures import DEFAULT_CHANCE_MARGIN, TrainingSetup
 from app.results.plots import PlotData, plot
+from app.results.recommendation import RecommendationInputs, best_choices, recommend, untrained
 from app.results.statistics import (
     ResultOptions,
     StatisticsError,
@@ -182,10 +178,12 @@ def diagnostics_table(*, tables: ExperimentTables) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """The plain-language findings and the activations tied for best."""
+    """The plain-language findings, the best choices, what did not train, and the pairwise correction used."""
 
     sentences: list[str]
-    tied_best: list[str]
+    best_choices: list[str]
+    not_trained: list[str]
+    correction: str
 
 
 def _final_accuracy(tables: ExperimentTables, options: ResultOptions) -> dict[str, float]:
@@ -207,10 +205,11 @@ def recommendation(
     summary: pd.DataFrame | None = None,
     pairs: pd.DataFrame | None = None,
     diagnostics: pd.DataFrame | None = None,
+    chance_margin: float = DEFAULT_CHANCE_MARGIN,
 ) -> Recommendation:
-    """Findings built from the measured numbers only (see app.results.diagnostics.recommend)."""
+    """Findings built from the measured numbers only (see app.results.recommendation.recommend)."""
     if tables.runs.empty or tables.metrics.empty:
-        return Recommendation(["No epoch has finished yet, so there is nothing to compare."], [])
+        return Recommendation(["No epoch has finished yet, so there is nothing to compare."], [], [], "")
     summary = summary if summary is not None else summary_table(tables=tables, options=options)
     pairs = pairs if pairs is not None else pairs_table(tables=tables, options=options)
     diagnostics = diagnostics if diagnostics is not None else diagnostics_table(tables=tables)
@@ -221,8 +220,18 @@ def recommendation(
         final_accuracy=_final_accuracy(tables, options),
         classes=tables.classes,
         alpha=options.alpha,
+        chance_margin=chance_margin,
+        setup=TrainingSetup.from_spec(tables.spec),
+        experiment_id=str(tables.experiment.id),
     )
-    return Recommendation(recommend(inputs), tied_best(summary, pairs))
+    not_trained = untrained(inputs)
+    stated = pairs["correction"].dropna() if "correction" in pairs.columns else pd.Series(dtype=object)
+    return Recommendation(
+        sentences=recommend(inputs),
+        best_choices=best_choices(summary, pairs, excluded=set(not_trained)),
+        not_trained=sorted(not_trained, key=list(summary["activation"]).index),
+        correction=str(stated.iloc[0]) if len(stated) else "",
+    )
 
 
 def plot_image(*, tables: ExperimentTables, kind: str, image_format: str, options: ResultOptions) -> bytes:

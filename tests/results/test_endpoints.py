@@ -171,7 +171,7 @@ def test_recommendation_explains_the_failed_activation(client: TestClient, finis
     response = client.get(f"/v1/experiments/{finished_experiment}/recommendation")
     assert response.status_code == 200
     body = response.json()
-    assert body["tied_best"][0] in ("prelu", "swish_b", "relu")
+    assert body["best_choices"][0] in ("prelu", "swish_b", "relu")
     failure = next(sentence for sentence in body["sentences"] if sentence.startswith("sigmoid failed to train"))
     assert "diverged in 1 of 6 runs" in failure and "vanishing gradients" in failure
     assert any(sentence.startswith("Cost per epoch") for sentence in body["sentences"])
