@@ -45,7 +45,7 @@ def _colours(activations: Sequence[str]) -> dict[str, tuple[float, float, float,
 def critical_difference_figure(ranking: Ranking, *, title: str = "") -> Figure:
     """Demšar's critical-difference diagram of the ranking (a note when it is insufficient)."""
     labels = list(ranking.activations)
-    height = 1.2 + 0.35 * max(len(labels), 2)
+    height = 2.0 + 0.4 * max(len(labels), 2)
     figure = Figure(figsize=(7.0, height), dpi=DOTS_PER_INCH, layout="constrained")
     if ranking.status != "ok":
         _note(figure, f"No ranking: {ranking.reason}")
@@ -59,6 +59,7 @@ def critical_difference_figure(ranking: Ranking, *, title: str = "") -> Figure:
     scikit_posthocs.critical_difference_diagram(
         pd.Series(ranking.mean_ranks),
         matrix,
+        cd=ranking.critical_difference,
         alpha=ranking.alpha,
         ax=axes,
         color_palette={label: colour for label, colour in _colours(labels).items()},
@@ -66,12 +67,15 @@ def critical_difference_figure(ranking: Ranking, *, title: str = "") -> Figure:
         label_fmt_right="({rank:.2f}) {label}",
     )
     axes.set_xlim(1.0, float(max(len(labels), 2)))
+    # Room above the rank axis's labels for the CD bar that scikit-posthocs draws at height 0.5.
+    low, _ = axes.get_ylim()
+    axes.set_ylim(low, 1.6)
     decisive = ranking.iman_davenport_p if ranking.iman_davenport_p is not None else ranking.p_value
     test = "Iman-Davenport" if ranking.iman_davenport_p is not None else (ranking.test or "")
     cd = ranking.critical_difference or float("nan")
     heading = (
-        f"{title + ': ' if title else ''}mean rank of {ranking.metric} over {len(ranking.cells)} cells "
-        f"(1 = best); {test} p = {decisive:.3g}; CD = {cd:.2f} at alpha {ranking.alpha:g}"
+        f"{title + ': ' if title else ''}mean rank of {ranking.metric} over {len(ranking.cells)} cells (1 = best)\n"
+        f"{test} p = {decisive:.3g}; Nemenyi CD = {cd:.2f} at alpha {ranking.alpha:g}"
     )
     figure.suptitle(heading, fontsize="medium")
     return figure
