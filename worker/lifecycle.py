@@ -16,7 +16,8 @@ one experiment as one stacked model; every step they share is written here once:
 - where a run trains: its checkpoint file (kept after a failed or timed-out end, for POST
   /v1/experiments/{id}/retry to resume from: ``drop_checkpoint_after``), its device, the process's torch threads.
 
-Importing this module does not import torch.
+Importing this module does not import torch; the worker's main process imports it once, before its pool
+forks (``worker_init``), so no run pays the import.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_init
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -215,6 +217,15 @@ def configure_torch(settings: Settings) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
     _torch_configured = True
+
+
+@worker_init.connect
+def _import_torch_before_the_pool_forks(**_: Any) -> None:
+    # Pool processes fork from the worker's main process: importing torch there once (seconds idle,
+    # tens of seconds on a loaded machine) keeps the import out of every run, where it would run
+    # before the run's heartbeat starts (the reaper would take the run back) and under its soft
+    # time limit (a limit firing mid-import leaves the pool process's torch half-initialised).
+    import torch  # noqa: F401
 
 
 def with_database_retry(operation: Callable[[], T], *, what: str, seconds: float) -> T:
