@@ -155,7 +155,7 @@ def summary_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.Dat
 
 
 def pairs_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.DataFrame:
-    """Every ordered pair of activations with its paired test and win/tie/loss outcome."""
+    """Every ordered pair of activations with its paired tests and win/loss/equivalent/inconclusive outcome."""
     if tables.runs.empty:
         return with_trace(pd.DataFrame(columns=["activation", "opponent"]), tables.experiment)
     return with_trace(_statistics_call(compare_pairs, tables, options), tables.experiment)

@@ -104,7 +104,7 @@ def test_every_format_round_trips_through_pandas(client: TestClient, finished_ex
                 ], column
 
 
-def test_pairs_view_gives_the_win_tie_loss_matrix(client: TestClient, finished_experiment: uuid.UUID) -> None:
+def test_pairs_view_gives_the_outcome_matrix(client: TestClient, finished_experiment: uuid.UUID) -> None:
     pairs = _results(client, finished_experiment, view="pairs")
     assert len(pairs) == 12
     outcomes = pairs.set_index(["activation", "opponent"])["outcome"]
