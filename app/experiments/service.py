@@ -29,6 +29,7 @@ from app.runs.repository import RunCounts
 from app.schemas import as_utc
 from app.service_errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from app.spec import ExperimentSpec
+from app.spec_factors import arm_count, cell_columns, expand_cells
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ SERVER_OWNED_FIELDS = frozenset(
         "heartbeat_at",
         "finished_at",
         "cancel_requested_at",
+        "seed_extensions",
+        "seed_extension_id",
     }
 ) - frozenset(ExperimentSpec.model_fields)
 
@@ -233,6 +236,7 @@ def _build_rows(
 ) -> tuple[Experiment, list[Run]]:
     now = utc_now()
     arms = spec.arms()
+    cells = expand_cells(spec)
     experiment = Experiment(
         id=uuid.uuid4(),
         name=spec.name,
@@ -243,7 +247,7 @@ def _build_rows(
         spec_version=spec.version,
         device=spec.device,
         queue=queue,
-        total_epochs=len(arms) * spec.training.epochs,
+        total_epochs=len(cells) * len(arms) * spec.training.epochs,
         idempotency_key=idempotency_key,
         owner_id=owner_id,
         created_at=now,
@@ -261,7 +265,9 @@ def _build_rows(
             queue=queue,
             epochs_completed=0,
             created_at=now,
+            **cell_columns(cell),
         )
+        for cell in cells
         for arm in arms
     ]
     return experiment, runs
@@ -339,7 +345,7 @@ def submit_experiment(
         if existing is not None:
             return _replay(session=session, dispatcher=dispatcher, existing=existing, spec=spec, key=idempotency_key)
     if quotas is not None:
-        check_submission_quotas(session=session, owner_id=owner_id, new_arms=len(spec.arms()), quotas=quotas)
+        check_submission_quotas(session=session, owner_id=owner_id, new_arms=arm_count(spec), quotas=quotas)
     queue = dispatcher.choose_queue(session=session, device=spec.device)
     experiment, runs = _build_rows(
         spec=spec, payload=payload, queue=queue, idempotency_key=idempotency_key, owner_id=owner_id

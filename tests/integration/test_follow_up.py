@@ -68,7 +68,7 @@ def test_added_seeds_are_trained_paired_and_the_results_are_computed_over_every_
 
 @pytest.fixture
 def failing_epoch(stack: Stack) -> Iterator[Engine]:
-    """A trigger that fails the first attempt's epoch FAILING_EPOCH of the experiment named _FAILING_NAME."""
+    """A trigger that fails the first attempt's epoch FAILING_EPOCH of seed 0 of the experiment named _FAILING_NAME."""
     engine = make_engine(stack.database_url)
     with engine.begin() as connection:
         connection.execute(
@@ -78,7 +78,7 @@ def failing_epoch(stack: Stack) -> Iterator[Engine]:
                 BEGIN
                     IF NEW.epoch = :epoch AND NEW.attempt = 1 AND EXISTS (
                         SELECT 1 FROM runs JOIN experiments ON experiments.id = runs.experiment_id
-                        WHERE runs.id = NEW.run_id AND experiments.name = :name
+                        WHERE runs.id = NEW.run_id AND runs.seed = 0 AND experiments.name = :name
                     ) THEN
                         RAISE EXCEPTION 'injected failure at epoch %', NEW.epoch;
                     END IF;
@@ -113,14 +113,17 @@ def test_retry_resumes_a_failed_run_from_its_checkpoint_to_the_numbers_of_an_uni
     assert "injected failure at epoch 3" in run["error"]
     assert [row["epoch"] for row in api.get(f"/v1/experiments/{submitted['id']}/metrics").json()] == [1, 2]
 
+    # A seed added first changes the stored spec: the checkpoint must still be the failed run's own.
+    assert api.post(f"/v1/experiments/{submitted['id']}/seeds", json={"seeds": [1]}).status_code == 202
     response = api.post(f"/v1/experiments/{submitted['id']}/retry")
     assert response.status_code == 202, response.text
     assert [(item["id"], item["status"]) for item in response.json()["runs"]] == [(run["id"], "queued")]
 
     experiment = wait_for_experiment(api, submitted["id"], timeout=180)
-    (retried,) = experiment["runs"]
-    assert (experiment["status"], retried["status"], retried["attempt"]) == ("succeeded", "succeeded", 2)
-    rows = api.get(f"/v1/experiments/{submitted['id']}/metrics").json()
+    retried, added = experiment["runs"]
+    assert (experiment["status"], retried["status"], retried["attempt"]) == ("succeeded", "succeeded", 2), experiment
+    assert (added["seed"], added["status"]) == (1, "succeeded")
+    rows = api.get(f"/v1/experiments/{submitted['id']}/metrics", params={"run_id": run["id"]}).json()
     assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 5]
     # Resumed, not restarted: the second attempt wrote only the epochs after the last checkpoint (epoch 2's).
     with failing_epoch.connect() as connection:
