@@ -30,7 +30,8 @@ effects, one column per factor path holding the run's level as text (``"model.hi
   observations with type II sums of squares (statsmodels ``ols`` + ``anova_lm(typ=2)``), the effect size
   partial eta squared = SS_effect / (SS_effect + SS_residual) (Cohen 1973). It treats seeds as independent
   (pairing across cells is not modelled), and needs every (activation, level) observed and a positive
-  residual degree of freedom, else ``insufficient``.
+  residual degree of freedom and some spread between seeds (residual sum of squares above 1e-12 of the
+  total), else ``insufficient``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ Status = Literal["ok", "insufficient"]
 RUN_COLUMNS: tuple[str, ...] = ("cell", "activation", "seed", "value")
 MINIMUM_ACTIVATIONS = 2
 MINIMUM_CELLS = 2
+# A residual sum of squares below this share of the total is floating-point noise: the seeds agree exactly.
+RESIDUAL_TOLERANCE = 1e-12
 
 
 def _clean_runs(runs: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
@@ -354,7 +357,7 @@ def factor_effects(
 ) -> list[FactorEffect]:
     """Per factor: mean, SD and CI over seeds per (level, activation), and the activation x factor ANOVA."""
     table = _clean_runs(runs, extra=factors)
-    table = table[np.isfinite(table["value"])]
+    table = table[np.isfinite(table["value"])].copy()
     labels = _ordered(table["activation"], activations)
     effects = []
     for factor in factors:
@@ -415,6 +418,12 @@ def _anova(observations: pd.DataFrame, labels: list[str], order: list[str]) -> t
         warnings.simplefilter("ignore", RuntimeWarning)
         table = anova_lm(model, typ=2)
     residual = float(table.loc["Residual", "sum_sq"])
+    if residual <= RESIDUAL_TOLERANCE * float(table["sum_sq"].sum()):
+        return (
+            "insufficient",
+            "the seeds agree exactly in every (activation, level): no residual to test against",
+            empty,
+        )
     rows = []
     for term, name in ANOVA_TERMS.items():
         sum_sq = float(table.loc[term, "sum_sq"])

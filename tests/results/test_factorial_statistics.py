@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import xml.etree.ElementTree as ElementTree
 
@@ -217,6 +218,22 @@ def test_effects_with_one_seed_per_level_are_insufficient() -> None:
     assert effect.status == "insufficient"
     assert effect.term("interaction")["p_value"] is None
     assert effect.as_dict()["anova"] == []
+    exact = _depth_init_runs(interaction=True)
+    exact["value"] = exact["value"].round(1)
+    (effect,) = factor_effects(exact, factors=["model.hidden"])
+    assert effect.status == "insufficient"
+    assert "no residual" in (effect.reason or "")
+
+
+def test_views_are_json_ready() -> None:
+    ranking = rank_activations(_demsar_runs(), metric="test_accuracy")
+    encoded = json.loads(json.dumps(ranking.as_dict()))
+    assert encoded["mean_ranks"]["C4.5"] == pytest.approx(3.143, abs=5e-4)
+    assert encoded["pairs"][0]["different"] is False
+    effects = factor_effects(_depth_init_runs(interaction=True), factors=["model.hidden"])
+    encoded = json.loads(json.dumps([effect.as_dict() for effect in effects]))
+    assert [row["term"] for row in encoded[0]["anova"]] == ["activation", "factor", "interaction", "residual"]
+    assert encoded[0]["anova"][3]["p_value"] is None
 
 
 def test_mean_ranks_per_level_of_a_factor() -> None:
