@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.models import EpochMetric, Experiment, Run
 from app.results.plots import PLOT_KINDS
+from app.results.statistics import ResultOptions
 
 
 def _read(content: bytes, output_format: str) -> pd.DataFrame:
@@ -142,6 +143,18 @@ def test_bad_options_get_422_naming_the_parameter(
     detail = response.json()["detail"]
     assert detail[0]["loc"] == location
     assert fragment in detail[0]["msg"]
+
+
+def test_documented_option_defaults_are_the_ones_the_statistics_use(client: TestClient) -> None:
+    defaults = ResultOptions()
+    operations = client.app.openapi()["paths"]  # type: ignore[attr-defined]
+    documented = 0
+    for path in ("results", "recommendation", "plots/{filename}"):
+        for parameter in operations[f"/v1/experiments/{{experiment_id}}/{path}"]["get"]["parameters"]:
+            if parameter["in"] == "query" and hasattr(defaults, parameter["name"]):
+                assert parameter["schema"].get("default") == getattr(defaults, parameter["name"]), parameter
+                documented += 1
+    assert documented == 9 + 6 + 4
 
 
 def test_unknown_experiment_is_404(client: TestClient) -> None:
