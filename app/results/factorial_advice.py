@@ -146,7 +146,7 @@ def _factor_sentence(
     slices = _slices(cells, factor)
     p_value, eta = _interaction(effects, factor)
     tested = (
-        f" (activation x {factor} interaction: p = {_number(p_value)}, partial eta squared = {_number(eta or math.nan)})"
+        f" (activation x {factor} interaction: p = {_number(p_value)}, partial eta squared = {eta or 0.0:.2f})"
         if p_value is not None
         else ""
     )
@@ -170,13 +170,27 @@ def _factor_sentence(
         reason = "the best activation at one level is shown worse at another" if shown else ""
         if significant:
             reason = (reason + " and " if reason else "") + "the interaction with the activation is significant"
+        if not differs:
+            reason += ", though the best activation is the same at every level"
         return f"{factor} changes the ranking ({reason}): {bests}{tested}."
     if differs:
         return (
             f"{factor} may change the ranking, but the evidence is too weak to say: {bests}, "
             f"and no level's best is shown worse at another{tested}."
         )
-    return f"{factor} does not change the ranking in the measured cells: {bests}{tested}."
+    return (
+        f"{factor} does not change the ranking in the measured cells: the best activation is the same at "
+        f"{_join(levels)} with the other factors held fixed, {_bests_by_slice(slices, factor)}{tested}."
+    )
+
+
+def _bests_by_slice(slices: Sequence[dict[str, CellStanding]], factor: str) -> str:
+    phrases = []
+    for group in slices:
+        cell = next(iter(group.values()))
+        others = ", ".join(f"{path}={level}" for path, level in cell.levels.items() if path != factor)
+        phrases.append(f"{_join(cell.of('best'))}" + (f" where {others}" if others else ""))
+    return "; ".join(phrases)
 
 
 def how_to_choose(

@@ -306,6 +306,8 @@ def test_how_to_choose_says_depth_changes_the_ranking_and_init_does_not() -> Non
     assert "at model.hidden=16 the best is relu in 2 of 2 cells" in depth
     init = next(sentence for sentence in sentences if sentence.startswith("training.init"))
     assert init.startswith("training.init does not change the ranking in the measured cells")
+    assert "sigmoid where model.hidden=2; relu where model.hidden=16" in init
+    assert "activation x training.init interaction: p = 1, partial eta squared = 0.00" in init
     assert sentences[-1].startswith("These statements hold for the measured cells only")
     assert "model.hidden in 2, 16" in sentences[-1]
 
@@ -324,3 +326,19 @@ def test_how_to_choose_from_baseline_verdicts_and_with_weak_evidence() -> None:
     sentences = how_to_choose(close)
     assert any("not separated from it (evidence too weak)" in sentence for sentence in sentences)
     assert any(sentence.startswith("model.hidden may change the ranking") for sentence in sentences)
+
+
+def test_a_significant_interaction_changes_the_ranking_even_with_the_same_best() -> None:
+    cells, tables = [], []
+    for init, relu in (("auto", 0.80), ("default", 0.60)):
+        cell, per_run = _cell("2", init, {"relu": relu, "sigmoid": 0.90})
+        cells.append(cell)
+        tables.append(per_run)
+    effects = factor_effects(pd.concat(tables, ignore_index=True), factors=["training.init"])
+    sentences = how_to_choose(cells, effects=effects)
+    init = next(sentence for sentence in sentences if sentence.startswith("training.init"))
+    assert init.startswith(
+        "training.init changes the ranking (the interaction with the activation is significant, "
+        "though the best activation is the same at every level)"
+    )
+    assert "model.hidden" not in init
