@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from app.spec import ExperimentSpec
 
 FACTORIAL_SPEC_VERSION = 2
+MAX_CELL_LABEL = 500  # the width of runs.cell_label
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,14 @@ def check_factors(spec: ExperimentSpec, limits: SpecLimits) -> ExperimentSpec:
                 found = _attribute(detail, levels, factors, kind)
                 errors.setdefault(f"{found['loc']}\0{found['ctx']}", found)
     _raise(list(errors.values()))
+    long_label = next(
+        (label for levels in _combinations(factors) if len(label := cell_label(levels)) > MAX_CELL_LABEL), None
+    )
+    if long_label is not None:
+        message = (
+            f"the cell label {long_label[:60]!r}... is longer than {MAX_CELL_LABEL} characters; use shorter levels"
+        )
+        _raise([_error(("factors",), message, factors)])
     arms = len(cells) * len(spec.activations) * len(spec.seeds)
     if arms > limits.max_arms:
         message = (
@@ -233,6 +242,11 @@ def run_spec(stored_spec: dict[str, Any], cell_levels: dict[str, Any] | None) ->
     if not stored_spec.get("factors"):
         return load_stored_spec(stored_spec)
     return load_stored_spec(_apply(base_payload(stored_spec), cell_levels or {}))
+
+
+def cell_columns(cell: Cell) -> dict[str, Any]:
+    """The run columns that name a cell (``Run.cell_index``, ``cell_label``, ``cell_levels``; NULLs without factors)."""
+    return {"cell_index": cell.index, "cell_label": cell.label or None, "cell_levels": cell.levels or None}
 
 
 def arm_count(spec: ExperimentSpec) -> int:

@@ -35,7 +35,7 @@ from app.runs.state_repository import (
     record_epoch_progress,
     record_run_start,
 )
-from app.spec import load_stored_spec
+from app.spec_factors import run_spec
 from worker.lifecycle import (
     PeriodicRunHeartbeat,
     RunOutcome,
@@ -162,7 +162,7 @@ def _train(*, claimed: ClaimedRun, writer: _EpochWriter, settings: Settings, che
     from worker.training.trainer import train_arm
 
     configure_torch(settings)
-    spec = load_stored_spec(claimed.spec)
+    spec = run_spec(claimed.spec, claimed.cell_levels)
     return train_arm(
         spec,
         activation_index=claimed.activation_index,

@@ -68,7 +68,8 @@ from app.runs.state_repository import (
     record_epoch_progress_of_runs,
     record_run_start,
 )
-from app.spec import ExperimentSpec, load_stored_spec
+from app.spec import ExperimentSpec
+from app.spec_factors import run_spec
 from worker.lifecycle import (
     BatchOutcome,
     PeriodicRunHeartbeat,
@@ -131,7 +132,7 @@ def plan_stack(*, claimed: ClaimedRun, settings: Settings) -> StackPlan | None:
         from worker.training.stacked import member_memory_bytes, stacking_recommended
         from worker.training.trainer import resolve_device
 
-        spec = load_stored_spec(claimed.spec)
+        spec = run_spec(claimed.spec, claimed.cell_levels)
         device = training_device(spec_device=spec.device, queue=claimed.queue)
         recommended, reason = stacking_recommended(spec, device=device)
         if not recommended:
@@ -380,6 +381,7 @@ def _claim_companions(
             queue=first.queue,
             attempt_limit=max_attempts(settings),
             limit=wanted,
+            cell_index=first.cell_index,
         )
         claims: list[ClaimedRun] = []
         for candidate in candidates:

@@ -36,6 +36,7 @@ from app.quotas.service import SubmissionQuotas, check_submission_quotas
 from app.runs import repository as runs_repository
 from app.service_errors import ConflictError, InvalidInputError, NotFoundError
 from app.spec import ExperimentSpec
+from app.spec_factors import cell_columns, expand_cells
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +154,12 @@ def extend_seeds(
     _check_new_seeds(seeds=seeds, existing=existing)
     spec = _extended_spec(spec=experiment.spec, seeds=seeds, limits=limits)
     activations = spec.activations
+    cells = expand_cells(spec)
     if quotas is not None:
         check_submission_quotas(
             session=session,
             owner_id=experiment.owner_id,
-            new_arms=len(activations) * len(seeds),
+            new_arms=len(cells) * len(activations) * len(seeds),
             quotas=quotas,
             request="seed extension",
             smaller="add fewer seeds at a time",
@@ -181,13 +183,15 @@ def extend_seeds(
             epochs_completed=0,
             created_at=now,
             seed_extension_id=extension.id,
+            **cell_columns(cell),
         )
+        for cell in cells
         for index, activation in enumerate(activations)
         for seed in seeds
     ]
     # The spec hash stays the submitted spec's: the experiment is still the one that was asked for.
     experiment.spec = spec.model_dump(mode="json")
-    experiment.total_epochs = len(spec.arms()) * spec.training.epochs
+    experiment.total_epochs = len(cells) * len(spec.arms()) * spec.training.epochs
     try:
         repository.add_seed_extension(session=session, extension=extension, runs=runs)
         refresh_experiment_status(session=session, experiment_id=experiment.id)

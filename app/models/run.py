@@ -1,4 +1,4 @@
-"""The runs table: one (activation, seed) arm of an experiment."""
+"""The runs table: one (cell, activation, seed) arm of an experiment."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class Run(Base):
 
     __tablename__ = "runs"
     __table_args__ = (
-        UniqueConstraint("experiment_id", "activation_index", "seed"),
+        UniqueConstraint("experiment_id", "cell_index", "activation_index", "seed"),
         Index("ix_runs_status_heartbeat", "status", "heartbeat_at"),
     )
 
@@ -31,6 +31,11 @@ class Run(Base):
     activation_label: Mapped[str] = mapped_column(String(200))
     activation_name: Mapped[str] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(Integer)
+    # The run's cell of a factorial (version-2) spec, in app.spec_factors.expand_cells order; 0 with NULL label
+    # and levels for a version-1 spec. The worker trains it with run_spec(experiment.spec, cell_levels).
+    cell_index: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cell_label: Mapped[str | None] = mapped_column(String(500))
+    cell_levels: Mapped[dict[str, Any] | None] = mapped_column(JsonColumn)
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     # Incremented on every claim; metric writes carry it so a stale worker's rows are fenced off.
     attempt: Mapped[int] = mapped_column(Integer, default=0)

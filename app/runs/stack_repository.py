@@ -46,9 +46,18 @@ def runs_left_by_task(
 
 
 def queued_runs_to_stack(
-    *, session: Session, experiment_id: uuid.UUID, queue: str | None, attempt_limit: int, limit: int
+    *,
+    session: Session,
+    experiment_id: uuid.UUID,
+    queue: str | None,
+    attempt_limit: int,
+    limit: int,
+    cell_index: int = 0,
 ) -> list[uuid.UUID]:
-    """Up to ``limit`` queued runs of the experiment on ``queue`` that may still be started: highest seeds first.
+    """Up to ``limit`` queued runs of the experiment's cell ``cell_index`` on ``queue`` that may still be started.
+
+    One cell only: a factorial experiment's cells differ in architecture or training settings, which one
+    stack shares (so each cell stacks apart). Highest seeds first.
 
     Highest seed first, every activation of a seed together: each stack gets a mix of activations
     (cheap and dear ones), so the stacks of an experiment take about equally long. And the tasks are
@@ -64,6 +73,7 @@ def queued_runs_to_stack(
         .join(Experiment, Experiment.id == Run.experiment_id)
         .where(
             Run.experiment_id == experiment_id,
+            Run.cell_index == cell_index,
             Run.status == RunStatus.queued.value,
             Run.attempt < attempt_limit,
         )

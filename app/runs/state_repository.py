@@ -39,6 +39,9 @@ class ClaimedRun:
     queue: str | None
     spec: dict[str, Any]
     epochs_completed: int
+    # The run's cell (app.spec_factors): train it with run_spec(spec, cell_levels); 0 and None without factors.
+    cell_index: int = 0
+    cell_levels: dict[str, Any] | None = None
 
 
 def claim_run(
@@ -104,6 +107,8 @@ def claim_run(
         queue=run.queue or experiment_queue,
         spec=dict(spec),
         epochs_completed=run.epochs_completed,
+        cell_index=run.cell_index,
+        cell_levels=run.cell_levels,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -194,3 +195,38 @@ def test_the_catalog_lists_the_factor_paths(client: TestClient) -> None:
     assert paths["model.cell"]["model_kinds"] == ["rnn"]
     assert paths["dataset.name"]["changes_data"] is True
     assert paths["training.init"]["changes_data"] is False
+
+
+def test_one_run_per_cell_activation_and_seed_and_seed_extensions_cover_every_cell(
+    client: TestClient, db: Session, dispatcher: RecordingDispatcher
+) -> None:
+    from sqlalchemy import select
+
+    from app.models import Experiment, Run
+
+    spec = factorial({"model.hidden": [[8], [8, 8]], "training.init": ["auto", "default"]})
+    response = client.post("/v1/experiments", json=spec)
+    assert response.status_code == 202, response.text
+    experiment_id = response.json()["id"]
+    runs = db.execute(select(Run).where(Run.experiment_id == uuid.UUID(experiment_id))).scalars().all()
+    assert len(runs) == 4 * 2 * 2 == len(dispatcher.run_ids)
+    arms = {(run.cell_label, run.activation_label, run.seed) for run in runs}
+    assert len(arms) == 16
+    assert {run.cell_label for run in runs} == {
+        "hidden=8, init=auto",
+        "hidden=8, init=default",
+        "hidden=2x8, init=auto",
+        "hidden=2x8, init=default",
+    }
+    assert {run.cell_index for run in runs} == {0, 1, 2, 3}
+    assert all(run.cell_levels and set(run.cell_levels) == {"model.hidden", "training.init"} for run in runs)
+    experiment = db.get(Experiment, uuid.UUID(experiment_id))
+    assert experiment is not None and experiment.total_epochs == 16 * 3
+    extended = client.post(f"/v1/experiments/{experiment_id}/seeds", json={"seeds": [5]})
+    assert extended.status_code == 202, extended.text
+    db.expire_all()
+    runs = db.execute(select(Run).where(Run.experiment_id == uuid.UUID(experiment_id))).scalars().all()
+    added = [run for run in runs if run.seed == 5]
+    assert len(added) == 4 * 2
+    assert {run.cell_index for run in added} == {0, 1, 2, 3}
+    assert db.get(Experiment, uuid.UUID(experiment_id)).total_epochs == 24 * 3  # type: ignore[union-attr]
