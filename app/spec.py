@@ -319,7 +319,9 @@ def _check_depth(values: list[int], info: ValidationInfo, what: str) -> list[int
     return values
 
 
-PositiveInt = Annotated[Integer, Field(ge=1)]
+# The bound comes before the boolean check so that the JSON schema says "minimum" (as for plain fields).
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_not_boolean)]
+Seed = Annotated[int, Field(ge=0), BeforeValidator(_not_boolean)]
 
 
 class MlpSpec(StrictModel):
@@ -404,7 +406,9 @@ class TrainingSpec(StrictModel):
     momentum: Number = Field(0.9, ge=0.0, lt=1.0, description="Momentum of sgd and rmsprop (rmsprop default use: 0).")
     nesterov: bool = Field(False, description="Nesterov momentum (sgd).")
     weight_decay: Number = Field(0.0, ge=0.0, le=1.0)
-    grad_clip: Number | None = Field(None, gt=0.0, le=1e6, description="Clip the global gradient norm to this value.")
+    grad_clip: Annotated[float, Field(gt=0.0, le=1e6), BeforeValidator(_not_boolean)] | None = Field(
+        None, description="Clip the global gradient norm to this value."
+    )
     schedule: ScheduleName = "none"
     step_size: Integer = Field(10, ge=1, description="Epochs between decays (schedule step).")
     gamma: Number = Field(0.1, gt=0.0, le=1.0, description="Decay factor (schedule step).")
@@ -481,7 +485,7 @@ class ExperimentSpec(StrictModel):
     dataset: DatasetSpec
     model: ModelSpec
     activations: list[ActivationSpec] = Field(min_length=1)
-    seeds: list[Annotated[Integer, Field(ge=0)]] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     device: DeviceName = "auto"
     factors: dict[str, list[Any]] | None = Field(

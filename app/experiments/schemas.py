@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import ExperimentStatus, RunStatus
 from app.schemas import ResponseModel, UtcDateTime
-from app.spec import EXAMPLE_SPEC, Integer, StrictModel
+from app.spec import EXAMPLE_SPEC, Seed, StrictModel
 
 _EXAMPLE_ID = "0b5e9f2c-6c1d-4a43-9a57-1f7f6c2d9e11"
 
@@ -177,8 +177,7 @@ class SeedExtensionRequest(StrictModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"seeds": [3, 4]}]})
 
-    # WithJsonSchema: with Integer's before-validator, pydantic would document the bound as "ge", not "minimum".
-    seeds: list[Annotated[Integer, Field(ge=0), WithJsonSchema({"type": "integer", "minimum": 0})]] = Field(
+    seeds: list[Seed] = Field(
         min_length=1,
         description="New seeds (integers >= 0, none the experiment already has); each adds one run per activation.",
     )
