@@ -70,21 +70,32 @@ def describe(differences: np.ndarray, interval: tuple[float, float] | None, opti
         equivalence_ci_low=equivalence.ci_low,
         equivalence_ci_high=equivalence.ci_high,
         p_equivalence=equivalence.p_value,
-        seeds_needed=seeds_needed(difference=mean_difference, sd=spread, alpha=options.alpha, power=options.power),
-        seeds_needed_equivalence=seeds_needed_equivalence(
-            difference=mean_difference, sd=spread, margin=options.margin, alpha=options.alpha, power=options.power
-        ),
     )
     return columns
 
 
+def _add_seeds_needed(row: dict[str, Any], options: ResultOptions, family: int) -> None:
+    """Seeds needed at alpha / family: Holm's strictest step, so that the comparison is settled in its view."""
+    spread = row["difference_sd"]
+    if spread is None or row["mean_difference"] is None:
+        return
+    alpha = options.alpha / max(family, 1)
+    difference = float(row["mean_difference"])
+    row["seeds_needed"] = seeds_needed(difference=difference, sd=spread, alpha=alpha, power=options.power)
+    row["seeds_needed_equivalence"] = seeds_needed_equivalence(
+        difference=difference, sd=spread, margin=options.margin, alpha=alpha, power=options.power
+    )
+
+
 def decide_family(rows: Sequence[dict[str, Any]], options: ResultOptions, correction: str) -> list[str]:
-    """Holm over the family's difference and TOST p-values; sets p_holm, p_equivalence_holm and correction."""
+    """Holm over the family's difference and TOST p-values; sets p_holm, p_equivalence_holm, correction, seeds."""
     adjusted = verdicts.holm_adjust([row["p_value"] for row in rows])
     adjusted_equivalence = verdicts.holm_adjust([row["p_equivalence"] for row in rows])
+    family = sum(1 for p_holm in adjusted if p_holm is not None)
     decided = []
     for row, p_holm, p_equivalence_holm in zip(rows, adjusted, adjusted_equivalence, strict=True):
         row.update(p_holm=p_holm, p_equivalence_holm=p_equivalence_holm, correction=correction)
+        _add_seeds_needed(row, options, family)
         decided.append(
             verdicts.verdict(
                 mean_difference=row["mean_difference"],

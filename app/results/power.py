@@ -6,8 +6,11 @@ the sources: Colas et al. 2018 on seeds and power, Lakens 2017 on equivalence te
 - ``seeds_needed``: the smallest n for which the two-sided paired t-test at alpha has at least the wanted
   power when the true mean difference and the SD of the differences are the observed ones. Under that
   alternative the statistic follows a noncentral t with n - 1 degrees of freedom and noncentrality
-  d / sd * sqrt(n), so the power is P(T > t_crit) + P(T < -t_crit). None when the SD or the difference
-  is 0 (nothing to estimate, or nothing to detect).
+  d / sd * sqrt(n), so the power is P(T > t_crit) + P(T < -t_crit). From 6 pairs on the service uses
+  the Wilcoxon signed-rank test, whose smallest two-sided p-value is 2 / 2**n, so n is raised to where
+  that can fall below alpha. None when the SD or the difference is 0 (nothing to estimate, or nothing
+  to detect). The comparisons pass alpha divided by their family's size (app/results/comparisons.py):
+  Holm's first, strictest step, so the number settles the comparison in its view.
 - ``seeds_needed_equivalence``: the smallest n (at least the TOST's minimum of 3) for which the TOST at
   alpha shows equivalence within the margin with the wanted power when the true difference and SD are
   the observed ones. Its power is P(T1 > t_crit) + P(T2 < -t_crit) - 1, T1 and T2 the two one-sided
@@ -27,7 +30,7 @@ from collections.abc import Callable
 
 from scipy import stats
 
-from app.results.verdicts import MINIMUM_EQUIVALENCE_PAIRS
+from app.results.verdicts import MINIMUM_EQUIVALENCE_PAIRS, WILCOXON_MINIMUM_PAIRS
 
 DEFAULT_POWER = 0.8
 NORMAL_APPROXIMATION_SEEDS = 100_000
@@ -38,8 +41,9 @@ def paired_t_power(seeds: int, *, difference: float, sd: float, alpha: float) ->
     """Power of the two-sided paired t-test over ``seeds`` pairs for a true difference and SD of differences."""
     freedom = seeds - 1
     critical = stats.t.ppf(1.0 - alpha / 2.0, freedom)
-    noncentrality = difference / sd * math.sqrt(seeds)
-    return float(stats.nct.sf(critical, freedom, noncentrality) + stats.nct.cdf(-critical, freedom, noncentrality))
+    noncentrality = abs(difference) / sd * math.sqrt(seeds)
+    # P(T < -t_crit) as the upper tail of -T: scipy's lower tail is NaN far from a large noncentrality.
+    return float(stats.nct.sf(critical, freedom, noncentrality) + stats.nct.sf(critical, freedom, -noncentrality))
 
 
 def equivalence_power(seeds: int, *, difference: float, sd: float, margin: float, alpha: float) -> float:
@@ -48,7 +52,7 @@ def equivalence_power(seeds: int, *, difference: float, sd: float, margin: float
     critical = stats.t.ppf(1.0 - alpha, freedom)
     error = sd / math.sqrt(seeds)
     above_lower = stats.nct.sf(critical, freedom, (difference + margin) / error)
-    below_upper = stats.nct.cdf(-critical, freedom, (difference - margin) / error)
+    below_upper = stats.nct.sf(critical, freedom, (margin - difference) / error)
     return max(0.0, float(above_lower + below_upper - 1.0))
 
 
@@ -60,8 +64,11 @@ def _smallest(power_at: Callable[[int], float], *, start: float, minimum: int, p
     seeds = max(minimum, math.floor(start))
     while seeds > minimum and power_at(seeds - 1) >= power:
         seeds -= 1
-    while power_at(seeds) < power:
+    # "not >=" so that a NaN power keeps searching; the bound keeps a distribution failure from looping.
+    while not power_at(seeds) >= power:
         seeds += 1
+        if seeds > NORMAL_APPROXIMATION_SEEDS:
+            return None
     return seeds
 
 
@@ -70,12 +77,16 @@ def seeds_needed(*, difference: float, sd: float, alpha: float, power: float = D
     if not (math.isfinite(difference) and math.isfinite(sd)) or difference == 0.0 or sd <= 0.0:
         return None
     normal = ((stats.norm.ppf(1.0 - alpha / 2.0) + stats.norm.ppf(power)) * sd / abs(difference)) ** 2
-    return _smallest(
+    needed = _smallest(
         lambda seeds: paired_t_power(seeds, difference=difference, sd=sd, alpha=alpha),
         start=normal,
         minimum=2,
         power=power,
     )
+    if needed is not None and needed >= WILCOXON_MINIMUM_PAIRS:
+        # From 6 pairs on the service tests with Wilcoxon, whose smallest two-sided p is 2 / 2**n.
+        needed = max(needed, math.floor(math.log2(2.0 / alpha)) + 1)
+    return needed
 
 
 def seeds_needed_equivalence(

@@ -293,17 +293,22 @@ def _seed_sentences(inputs: RecommendationInputs, best: str, rows: Mapping[str, 
             continue
         detect = finite_or_none(pair.get("seeds_needed"))
         equivalence = finite_or_none(pair.get("seeds_needed_equivalence"))
+        have = int(pair.get("paired_n") or 0)
         if detect is not None:
-            parts.append(f"about {int(detect)} seeds per activation would settle {best} vs {label}")
-            needed_most = max(needed_most, int(detect))
+            # At 80% power a difference is missed one time in five: then the seeds it has can be "enough".
+            missed = f" (it has {have}: this draw missed)" if int(detect) <= have else ""
+            parts.append(f"about {int(detect)} seeds per activation would settle {best} vs {label}{missed}")
+            needed_most = max(needed_most, int(detect), have + 1)
         elif equivalence is not None:
             parts.append(f"about {int(equivalence)} seeds per activation would show {best} and {label} equivalent")
-            needed_most = max(needed_most, int(equivalence))
+            needed_most = max(needed_most, int(equivalence), have + 1)
     if not parts:
         return []
+    correction = next((str(pair["correction"]) for pair in rows.values() if pair.get("correction")), "Holm")
     return [
         f"From the observed spread of the paired differences, {'; '.join(parts)} (80% power at alpha "
-        f"{inputs.alpha:g}); add them with POST {target} and a body such as {_seed_request(inputs.summary, needed_most)}."
+        f"{inputs.alpha:g} under {correction}); add them with POST {target} and a body such as "
+        f"{_seed_request(inputs.summary, needed_most)}."
     ]
 
 

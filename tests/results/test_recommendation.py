@@ -108,9 +108,10 @@ def test_quick_digits_never_says_any_of_an_arm_not_shown_equivalent() -> None:
     sigmoid = next(sentence for sentence in sentences if sentence.startswith("sigmoid against relu"))
     assert "is inconclusive: mean difference -0.208 (95% bootstrap CI -0.244 to -0.172" in sigmoid
     advice = next(sentence for sentence in sentences if "seeds per activation would settle" in sentence)
-    assert "about 7 seeds per activation would settle relu vs tanh" in advice
-    assert "about 3 seeds per activation would settle relu vs sigmoid" in advice
-    assert 'POST /v1/experiments/e-1/seeds and a body such as {"seeds": [2, 3, 4, 5, 6]}' in advice
+    assert "about 9 seeds per activation would settle relu vs tanh" in advice
+    assert "about 4 seeds per activation would settle relu vs sigmoid" in advice
+    assert "(80% power at alpha 0.05 under Holm over all 3 pairs)" in advice
+    assert 'POST /v1/experiments/e-1/seeds and a body such as {"seeds": [2, 3, 4, 5, 6, 7, 8]}' in advice
     assert best_choices(summary, pairs) == ["relu"]
 
 
@@ -141,7 +142,7 @@ def test_an_inconclusive_comparison_over_few_seeds_says_how_many_seeds_would_set
     sentences = recommend(inputs)
     assert any(" is inconclusive: mean difference " in sentence for sentence in sentences)
     advice = next(sentence for sentence in sentences if "POST /v1/experiments/e-1/seeds" in sentence)
-    assert "(80% power at alpha 0.05)" in advice
+    assert "(80% power at alpha 0.05 under Holm over all 1 pair)" in advice
     needed = inputs.pairs["seeds_needed"].dropna()
     assert len(needed) and f"about {int(needed.iloc[0])} seeds per activation" in advice
 
@@ -287,3 +288,19 @@ def test_similar_epoch_times_are_reported_as_similar() -> None:
     )
     sentences = recommend(RecommendationInputs(summary=summary, pairs=None, diagnostics=None))
     assert "Cost per epoch: every activation is within 10% of the fastest (0.1 s)." in sentences
+
+
+def test_seed_advice_says_when_the_seeds_it_has_should_have_been_enough() -> None:
+    summary = _summary_frame(
+        [
+            {"activation": "relu", "mean": 0.9, "rank": 1.0, "n": 4, "seeds": "0;1;2;3"},
+            {"activation": "elu", "mean": 0.89, "rank": 2.0, "n": 4, "seeds": "0;1;2;3"},
+        ]
+    )
+    pairs = _pairs_frame({("elu", "relu"): "inconclusive", ("relu", "elu"): "inconclusive"})
+    pairs["paired_n"] = 4
+    pairs["seeds_needed"] = 3
+    sentences = recommend(RecommendationInputs(summary=summary, pairs=pairs, diagnostics=None, experiment_id="e-2"))
+    advice = next(sentence for sentence in sentences if "seeds per activation" in sentence)
+    assert "about 3 seeds per activation would settle relu vs elu (it has 4: this draw missed)" in advice
+    assert 'a body such as {"seeds": [4]}' in advice

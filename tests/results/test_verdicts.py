@@ -57,7 +57,9 @@ def test_quick_digits_two_seeds_is_inconclusive_not_tied() -> None:
     assert pd.isna(sigmoid["p_equivalence"])
     assert sigmoid["verdict"] == "inconclusive"
     assert sigmoid["probability_outperforms"] == 0.0
-    assert sigmoid["seeds_needed"] == 3
+    # Power at alpha / 2, Holm's strictest step over the 2 comparisons with the baseline.
+    assert sigmoid["seeds_needed"] == 4
+    assert seeds_needed(difference=-0.208, sd=sigmoid["difference_sd"], alpha=0.025) == 4
     assert sigmoid["correction"] == "Holm over the 2 comparisons with the baseline relu"
     pairs = compare_pairs(finals(QUICK_DIGITS), options=ResultOptions())
     assert set(pairs["outcome"]) <= {"win", "loss", "equivalent", "inconclusive", "insufficient"}
@@ -170,6 +172,15 @@ def test_seeds_needed_matches_the_closed_form_within_one_seed(effect: float) -> 
     assert needed is not None and abs(needed - closed_form) <= 1
     assert paired_t_power(needed, difference=0.02 * effect, sd=0.02, alpha=alpha) >= power
     assert paired_t_power(needed - 1, difference=0.02 * effect, sd=0.02, alpha=alpha) < power
+
+
+def test_from_six_seeds_on_seeds_needed_lets_wilcoxon_reach_alpha() -> None:
+    # The t-test would need 6 pairs, but from 6 pairs on Wilcoxon decides: 2 / 2**n < 0.005 needs 9.
+    assert paired_t_power(6, difference=3.0, sd=1.0, alpha=0.005) >= 0.8
+    assert seeds_needed(difference=3.0, sd=1.0, alpha=0.005) == 9
+    # Below 6 pairs the t-test decides and no floor applies (its power comes from the upper tails only).
+    assert seeds_needed(difference=6.0, sd=1.0, alpha=0.005) == 4
+    assert paired_t_power(3, difference=6.0, sd=1.0, alpha=0.005) < 0.8
 
 
 def test_seeds_needed_is_null_without_spread_or_difference_and_equivalence_needs_room() -> None:
