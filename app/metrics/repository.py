@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from app.models import EpochMetric, LayerMetric, Run
+from app.models import EpochMetric, Experiment, LayerMetric, Run
 from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
 
@@ -34,6 +35,7 @@ _EPOCH_COLUMNS: dict[str, Any] = {
     "run_id": Run.id,
     "activation": Run.activation_label,
     "seed": Run.seed,
+    "cell": Run.cell_label,
     "epoch": EpochMetric.epoch,
     **{name: getattr(EpochMetric, name) for name in EPOCH_VALUE_FIELDS},
 }
@@ -42,14 +44,40 @@ _LAYER_COLUMNS: dict[str, Any] = {
     "run_id": Run.id,
     "activation": Run.activation_label,
     "seed": Run.seed,
+    "cell": Run.cell_label,
     "epoch": LayerMetric.epoch,
     "layer": LayerMetric.layer,
     "layer_name": LayerMetric.layer_name,
     **{name: getattr(LayerMetric, name) for name in LAYER_VALUE_FIELDS},
 }
 
+# The columns of every experiment; a factorial one adds one column per factor path (metric_columns).
 EPOCH_METRIC_COLUMNS: tuple[str, ...] = tuple(_EPOCH_COLUMNS)
 LAYER_METRIC_COLUMNS: tuple[str, ...] = tuple(_LAYER_COLUMNS)
+
+
+def factor_paths(*, session: Session, experiment_id: uuid.UUID) -> list[str]:
+    """The experiment's factor paths, sorted (the cells' order); none for a version-1 spec."""
+    spec = session.execute(select(Experiment.spec).where(Experiment.id == experiment_id)).scalar_one_or_none()
+    return sorted((spec or {}).get("factors") or {})
+
+
+def metric_columns(*, session: Session, experiment_id: uuid.UUID, table: str) -> tuple[str, ...]:
+    """The columns of a metric table of this experiment: the fixed ones, then one per factor path."""
+    fixed = EPOCH_METRIC_COLUMNS if table == "epoch" else LAYER_METRIC_COLUMNS
+    return (*fixed, *factor_paths(session=session, experiment_id=experiment_id))
+
+
+def factor_text(value: Any) -> Any:
+    """A factor level as a table cell: lists and blocks as compact JSON text, scalars as they are."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True) if isinstance(value, list | dict) else value
+
+
+def _with_factor_values(rows: Iterator[Sequence[Any]], paths: list[str]) -> Iterator[Sequence[Any]]:
+    """Each row (its last column the run's cell levels) with that column replaced by one value per path."""
+    for row in rows:
+        levels = row[-1] or {}
+        yield (*row[:-1], *(factor_text(levels.get(path)) for path in paths))
 
 
 def _run_conditions(experiment_id: uuid.UUID, filters: MetricFilters) -> list[Any]:
@@ -64,22 +92,22 @@ def _run_conditions(experiment_id: uuid.UUID, filters: MetricFilters) -> list[An
 
 
 def epoch_metrics_statement(*, experiment_id: uuid.UUID, filters: MetricFilters) -> Select[Any]:
-    """Per-(run, epoch) rows in the order activation, seed, epoch."""
+    """Per-(run, epoch) rows in the order cell, activation, seed, epoch; the run's cell levels last."""
     conditions = _run_conditions(experiment_id, filters)
     if filters.epoch_min is not None:
         conditions.append(EpochMetric.epoch >= filters.epoch_min)
     if filters.epoch_max is not None:
         conditions.append(EpochMetric.epoch <= filters.epoch_max)
     return (
-        select(*_EPOCH_COLUMNS.values())
+        select(*_EPOCH_COLUMNS.values(), Run.cell_levels)
         .join(Run, EpochMetric.run_id == Run.id)
         .where(*conditions)
-        .order_by(Run.activation_index, Run.seed, EpochMetric.epoch)
+        .order_by(Run.cell_index, Run.activation_index, Run.seed, EpochMetric.epoch)
     )
 
 
 def layer_metrics_statement(*, experiment_id: uuid.UUID, filters: MetricFilters) -> Select[Any]:
-    """Per-(run, epoch, layer) rows in the order activation, seed, epoch, layer."""
+    """Per-(run, epoch, layer) rows in the order cell, activation, seed, epoch, layer; the run's cell levels last."""
     conditions = _run_conditions(experiment_id, filters)
     if filters.epoch_min is not None:
         conditions.append(LayerMetric.epoch >= filters.epoch_min)
@@ -88,10 +116,10 @@ def layer_metrics_statement(*, experiment_id: uuid.UUID, filters: MetricFilters)
     if filters.layer is not None:
         conditions.append(LayerMetric.layer == filters.layer)
     return (
-        select(*_LAYER_COLUMNS.values())
+        select(*_LAYER_COLUMNS.values(), Run.cell_levels)
         .join(Run, LayerMetric.run_id == Run.id)
         .where(*conditions)
-        .order_by(Run.activation_index, Run.seed, LayerMetric.epoch, LayerMetric.layer)
+        .order_by(Run.cell_index, Run.activation_index, Run.seed, LayerMetric.epoch, LayerMetric.layer)
     )
 
 
@@ -109,14 +137,16 @@ def stream_rows(
 def iterate_epoch_metrics(
     *, session: Session, experiment_id: uuid.UUID, filters: MetricFilters, batch_rows: int = FETCH_BATCH_ROWS
 ) -> Iterator[Sequence[Any]]:
-    """Epoch metric rows (columns EPOCH_METRIC_COLUMNS), streamed."""
+    """Epoch metric rows (columns ``metric_columns(table="epoch")``), streamed."""
     statement = epoch_metrics_statement(experiment_id=experiment_id, filters=filters)
-    return stream_rows(session=session, statement=statement, batch_rows=batch_rows)
+    paths = factor_paths(session=session, experiment_id=experiment_id)
+    return _with_factor_values(stream_rows(session=session, statement=statement, batch_rows=batch_rows), paths)
 
 
 def iterate_layer_metrics(
     *, session: Session, experiment_id: uuid.UUID, filters: MetricFilters, batch_rows: int = FETCH_BATCH_ROWS
 ) -> Iterator[Sequence[Any]]:
-    """Layer metric rows (columns LAYER_METRIC_COLUMNS), streamed."""
+    """Layer metric rows (columns ``metric_columns(table="layer")``), streamed."""
     statement = layer_metrics_statement(experiment_id=experiment_id, filters=filters)
-    return stream_rows(session=session, statement=statement, batch_rows=batch_rows)
+    paths = factor_paths(session=session, experiment_id=experiment_id)
+    return _with_factor_values(stream_rows(session=session, statement=statement, batch_rows=batch_rows), paths)

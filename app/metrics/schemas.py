@@ -18,6 +18,7 @@ class EpochMetricRow(BaseModel):
                     "run_id": "4c1f0a52-2d7e-4b8e-9a61-0f6f2b8d1c33",
                     "activation": "relu",
                     "seed": 0,
+                    "cell": None,
                     "epoch": 1,
                     "train_loss": 1.52,
                     "train_accuracy": 0.46,
@@ -38,6 +39,10 @@ class EpochMetricRow(BaseModel):
     run_id: uuid.UUID
     activation: str = Field(description="The activation label.")
     seed: int
+    cell: str | None = Field(
+        description="The run's cell label (hidden=16x32, init=default); empty without factors. A factorial experiment "
+        "adds one column per factor path after the fixed ones (lists as compact JSON text)."
+    )
     epoch: int = Field(description="1 for the first epoch.")
     train_loss: float | None = Field(description="Null in JSON (nan in CSV) when it was not finite.")
     train_accuracy: float | None
@@ -62,6 +67,7 @@ class LayerMetricRow(BaseModel):
                     "run_id": "4c1f0a52-2d7e-4b8e-9a61-0f6f2b8d1c33",
                     "activation": "prelu",
                     "seed": 0,
+                    "cell": None,
                     "epoch": 1,
                     "layer": 0,
                     "layer_name": "hidden.0",
@@ -80,6 +86,10 @@ class LayerMetricRow(BaseModel):
     run_id: uuid.UUID
     activation: str
     seed: int
+    cell: str | None = Field(
+        description="The run's cell label (hidden=16x32, init=default); empty without factors. A factorial experiment "
+        "adds one column per factor path after the fixed ones (lists as compact JSON text)."
+    )
     epoch: int
     layer: int = Field(description="0 for the layer nearest the input.")
     layer_name: str

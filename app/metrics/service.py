@@ -79,9 +79,9 @@ def stream_metric_table(
     The session is opened when the first chunk is requested and closed when the stream ends
     or the client goes away, so it outlives the request's own session.
     """
-    columns = repository.EPOCH_METRIC_COLUMNS if table == "epoch" else repository.LAYER_METRIC_COLUMNS
     iterate = repository.iterate_epoch_metrics if table == "epoch" else repository.iterate_layer_metrics
     encode = csv_chunks if output_format == "csv" else json_array_chunks
     with session_factory() as session:
+        columns = repository.metric_columns(session=session, experiment_id=experiment_id, table=table)
         rows = iterate(session=session, experiment_id=experiment_id, filters=filters, batch_rows=batch_rows)
         yield from encode(columns, rows, rows_per_chunk=batch_rows)

@@ -230,3 +230,57 @@ def test_one_run_per_cell_activation_and_seed_and_seed_extensions_cover_every_ce
     assert len(added) == 4 * 2
     assert {run.cell_index for run in added} == {0, 1, 2, 3}
     assert db.get(Experiment, uuid.UUID(experiment_id)).total_epochs == 24 * 3  # type: ignore[union-attr]
+
+
+def test_metric_tables_name_the_cell_and_each_factor_level(client: TestClient, db: Session) -> None:
+    import io
+
+    import pandas as pd
+    from sqlalchemy import select
+
+    from app.models import EpochMetric, LayerMetric, Run
+
+    spec = factorial({"model.hidden": [[8], [8, 8]], "training.init": ["auto", "default"]}, seeds=[0])
+    experiment_id = client.post("/v1/experiments", json=spec).json()["id"]
+    runs = db.execute(select(Run).where(Run.experiment_id == uuid.UUID(experiment_id))).scalars().all()
+    for run in runs:
+        db.add(EpochMetric(run_id=run.id, epoch=1, attempt=1, train_loss=1.0, test_accuracy=0.5))
+        db.add(LayerMetric(run_id=run.id, epoch=1, layer=0, layer_name="hidden.0", attempt=1, grad_norm=0.1))
+    db.commit()
+    rows = client.get(f"/v1/experiments/{experiment_id}/metrics?format=json").json()
+    assert len(rows) == 8
+    assert list(rows[0])[-2:] == ["model.hidden", "training.init"]
+    first = rows[0]
+    assert (first["cell"], first["model.hidden"], first["training.init"]) == ("hidden=8, init=auto", "[8]", "auto")
+    assert {(row["cell"], row["model.hidden"], row["training.init"]) for row in rows} == {
+        ("hidden=8, init=auto", "[8]", "auto"),
+        ("hidden=8, init=default", "[8]", "default"),
+        ("hidden=2x8, init=auto", "[8,8]", "auto"),
+        ("hidden=2x8, init=default", "[8,8]", "default"),
+    }
+    layers = pd.read_csv(io.StringIO(client.get(f"/v1/experiments/{experiment_id}/layer-metrics?format=csv").text))
+    assert set(layers["model.hidden"]) == {"[8]", "[8,8]"}
+    assert set(layers["cell"]) == {
+        "hidden=8, init=auto",
+        "hidden=8, init=default",
+        "hidden=2x8, init=auto",
+        "hidden=2x8, init=default",
+    }
+    # Without factors the cell column is empty and no factor columns follow.
+    plain_id = client.post("/v1/experiments", json=small_spec()).json()["id"]
+    plain = db.execute(select(Run).where(Run.experiment_id == uuid.UUID(plain_id))).scalars().first()
+    assert plain is not None
+    db.add(EpochMetric(run_id=plain.id, epoch=1, attempt=1, train_loss=1.0))
+    db.commit()
+    [plain_row] = client.get(f"/v1/experiments/{plain_id}/metrics?format=json").json()
+    assert plain_row["cell"] is None and "model.hidden" not in plain_row
+
+
+def test_the_example_depth_x_init_is_a_valid_six_cell_design() -> None:
+    import json
+    from pathlib import Path
+
+    example = json.loads((Path(__file__).resolve().parents[2] / "examples" / "depth_x_init.json").read_text())
+    spec = ExperimentSpec.model_validate(example)
+    labels = [cell.label for cell in expand_cells(spec)]
+    assert labels == [f"hidden={depth}x32, init={init}" for depth in (2, 8, 16) for init in ("auto", "default")]
