@@ -73,6 +73,8 @@ def _run_summary(run: Run) -> RunSummary:
         activation=run.activation_label,
         activation_name=run.activation_name,
         seed=run.seed,
+        cell=run.cell_label,
+        cell_levels=run.cell_levels,
         status=run.status,
         attempt=run.attempt,
         epochs_completed=run.epochs_completed,

@@ -63,6 +63,12 @@ class RunSummary(ResponseModel):
     activation: str = Field(description="The activation label (unique in the experiment).")
     activation_name: str = Field(description="The catalog name.")
     seed: int
+    cell: str | None = Field(
+        None, description="The run's cell label (hidden=16x32, init=default); null without factors."
+    )
+    cell_levels: dict[str, Any] | None = Field(
+        None, description="The cell's factor levels by spec path; null without factors."
+    )
     status: RunStatus
     attempt: int = Field(description="How many times a worker claimed the run.")
     epochs_completed: int

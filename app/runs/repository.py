@@ -26,8 +26,10 @@ def get_run(*, session: Session, run_id: uuid.UUID) -> Run | None:
 
 
 def list_runs_of_experiment(*, session: Session, experiment_id: uuid.UUID, refresh: bool = False) -> list[Run]:
-    """The runs of an experiment in grid order (activation, then seed); ``refresh`` rereads loaded rows."""
-    statement = select(Run).where(Run.experiment_id == experiment_id).order_by(Run.activation_index, Run.seed)
+    """The runs of an experiment in grid order (cell, activation, then seed); ``refresh`` rereads loaded rows."""
+    statement = (
+        select(Run).where(Run.experiment_id == experiment_id).order_by(Run.cell_index, Run.activation_index, Run.seed)
+    )
     if refresh:
         statement = statement.execution_options(populate_existing=True)
     return list(session.scalars(statement))

@@ -25,6 +25,8 @@ def run_detail(run: Run, experiment: Experiment) -> RunDetail:
         activation_name=run.activation_name,
         activation_index=run.activation_index,
         seed=run.seed,
+        cell=run.cell_label,
+        cell_levels=run.cell_levels,
         status=RunStatus(run.status),
         attempt=run.attempt,
         queue=run.queue,

@@ -85,6 +85,12 @@ class RunDetail(BaseModel):
     activation_name: str = Field(description="The catalog name.")
     activation_index: int = Field(description="Position of the activation in the spec.")
     seed: int
+    cell: str | None = Field(
+        None, description="The run's cell label (hidden=16x32, init=default); null without factors."
+    )
+    cell_levels: dict[str, Any] | None = Field(
+        None, description="The cell's factor levels by spec path; null without factors."
+    )
     status: RunStatus
     attempt: int = Field(description="How many times a worker claimed the run; above 1 after a redelivery.")
     queue: str | None

@@ -220,6 +220,10 @@ def test_one_run_per_cell_activation_and_seed_and_seed_extensions_cover_every_ce
     }
     assert {run.cell_index for run in runs} == {0, 1, 2, 3}
     assert all(run.cell_levels and set(run.cell_levels) == {"model.hidden", "training.init"} for run in runs)
+    listed = client.get(f"/v1/experiments/{experiment_id}").json()["runs"]
+    assert [run["cell"] for run in listed[:4]] == ["hidden=8, init=auto"] * 4
+    assert listed[-1]["cell"] == "hidden=2x8, init=default"
+    assert listed[-1]["cell_levels"] == {"model.hidden": [8, 8], "training.init": "default"}
     experiment = db.get(Experiment, uuid.UUID(experiment_id))
     assert experiment is not None and experiment.total_epochs == 16 * 3
     extended = client.post(f"/v1/experiments/{experiment_id}/seeds", json={"seeds": [5]})
