@@ -23,7 +23,7 @@ from app.dependencies import SettingsDependency
 from app.results import service
 from app.results.statistics import METRIC_COLUMNS, ResultOptions
 
-ResultView = Literal["summary", "pairs", "runs"]
+ResultView = Literal["summary", "pairs", "runs", "ranking", "effects"]
 
 FormatQuery = Annotated[
     Literal["json", "csv", "parquet"],
@@ -48,7 +48,10 @@ ViewQuery = Annotated[
     ResultView,
     Query(
         description="summary: one row per activation; pairs: win/loss/equivalent/inconclusive per ordered pair; "
-        "runs: one row per run."
+        "runs: one row per run (each inside its cell, with a cell column, when the experiment has factors); "
+        "ranking: each activation's mean rank over the cells with Friedman and Nemenyi; effects: per factor, "
+        "level and activation the mean over seeds and the activation x factor ANOVA (one-cell experiments: "
+        "status insufficient)."
     ),
 ]
 IncludeDivergedQuery = Annotated[

@@ -81,6 +81,24 @@ def runs_frame(*, session: Session, experiment_id: uuid.UUID) -> pd.DataFrame:
     return _frame(session, RUN_COLUMNS, statement)
 
 
+CELL_COLUMNS: dict[str, Any] = {
+    "run_id": Run.id,
+    "cell_index": Run.cell_index,
+    "cell_label": Run.cell_label,
+    "cell_levels": Run.cell_levels,
+}
+
+
+def run_cells_frame(*, session: Session, experiment_id: uuid.UUID) -> pd.DataFrame:
+    """Each run's cell of a factorial experiment (index, label, levels by path; NULLs without factors)."""
+    statement = (
+        select(*CELL_COLUMNS.values())
+        .where(Run.experiment_id == experiment_id)
+        .order_by(Run.cell_index, Run.activation_index, Run.seed)
+    )
+    return _frame(session, CELL_COLUMNS, statement)
+
+
 def epoch_metrics_frame(*, session: Session, experiment_id: uuid.UUID) -> pd.DataFrame:
     """Every (run, epoch) row of the experiment with its run's label, seed and status."""
     statement = (

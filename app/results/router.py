@@ -11,8 +11,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response
 
 from app.dependencies import SessionDependency, SettingsDependency
-from app.results import service
+from app.results import factorial_service, service
 from app.results.encoding import TABLE_MEDIA_TYPES, encode_table, image_media_type
+from app.results.factorial_plots import FACTORIAL_PLOT_KINDS
 from app.results.plots import IMAGE_FORMATS, PLOT_KINDS
 from app.results.queries import FormatQuery, ResultQuery, result_query
 from app.results.schemas import RecommendationResponse
@@ -20,6 +21,8 @@ from app.schemas import MessageResponse, ValidationErrorResponse
 from app.service_errors import InvalidInputError
 
 router = APIRouter(prefix="/v1/experiments", tags=["results"])
+
+ALL_PLOT_KINDS: dict[str, str] = {**PLOT_KINDS, **FACTORIAL_PLOT_KINDS}
 
 ResultsTableQuery = Annotated[
     ResultQuery,
@@ -82,7 +85,13 @@ def _table_response(content: bytes, output_format: str, experiment_id: uuid.UUID
         "equivalent | inconclusive | insufficient, and seeds_needed / seeds_needed_equivalence (paired seeds "
         "per activation for 80% power, noncentral t). `view=pairs` gives every ordered pair with the same "
         "columns and outcome win | loss | equivalent | inconclusive | insufficient (Holm over all pairs); "
-        "`view=runs` the per-run values. Every row states its summary."
+        "`view=runs` the per-run values. Every row states its summary. With factors (spec version 2) summary, "
+        "pairs and runs are computed inside each cell and carry the cell label and one column per factor path; "
+        "`view=ranking` gives each activation's mean rank over the cells (rank and seed mean per cell), the "
+        "Friedman test with Iman-Davenport's F (Wilcoxon for two activations), Nemenyi p-values and the "
+        "critical difference (Demšar 2006); `view=effects` one row per (factor, level, activation) with the "
+        "mean over seeds, its bootstrap CI and the activation x factor two-way ANOVA (F, p, partial eta "
+        "squared). Without factors ranking and effects answer status insufficient with the reason."
     ),
     responses=_TABLE_RESPONSES,
 )
@@ -99,6 +108,10 @@ def results(
         frame = service.pairs_table(tables=tables, options=options)
     elif query.view == "runs":
         frame = service.run_values_table(tables=tables, options=options)
+    elif query.view == "ranking":
+        frame = factorial_service.ranking_table(tables=tables, options=options)
+    elif query.view == "effects":
+        frame = factorial_service.effects_table(tables=tables, options=options)
     else:
         frame = service.summary_table(tables=tables, options=options)
     name = "results" if query.view == "summary" else f"results-{query.view}"
@@ -139,7 +152,7 @@ def recommendation(
     """The recommendation sentences."""
     options = query.options()
     tables = service.load_tables(session=session, experiment_id=experiment_id)
-    found = service.recommendation(tables=tables, options=options, chance_margin=settings.chance_margin)
+    found = factorial_service.recommendation(tables=tables, options=options, chance_margin=settings.chance_margin)
     return RecommendationResponse(
         experiment_id=experiment_id,
         metric=options.metric,
@@ -158,7 +171,7 @@ def recommendation(
     response_class=Response,
     summary="A plot as PNG or SVG",
     description="filename is KIND.png or KIND.svg; kinds: "
-    + "; ".join(f"`{kind}`: {text}" for kind, text in PLOT_KINDS.items()),
+    + "; ".join(f"`{kind}`: {text}" for kind, text in ALL_PLOT_KINDS.items()),
     responses={
         200: {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "The image."},
         404: {"model": MessageResponse},
@@ -169,11 +182,11 @@ def plot_image(experiment_id: uuid.UUID, filename: str, session: SessionDependen
     """One plot of the experiment."""
     kind, _, image_format = filename.rpartition(".")
     errors = []
-    if kind not in PLOT_KINDS:
+    if kind not in ALL_PLOT_KINDS:
         errors.append(
             {
                 "loc": "path.filename",
-                "msg": f"plot kind {kind or filename!r} is unknown; allowed: {', '.join(PLOT_KINDS)}",
+                "msg": f"plot kind {kind or filename!r} is unknown; allowed: {', '.join(ALL_PLOT_KINDS)}",
                 "type": "enum",
             }
         )
@@ -189,5 +202,8 @@ def plot_image(experiment_id: uuid.UUID, filename: str, session: SessionDependen
         raise InvalidInputError(errors)
     options = query.options()
     tables = service.load_tables(session=session, experiment_id=experiment_id)
-    content = service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)
+    if kind in FACTORIAL_PLOT_KINDS:
+        content = factorial_service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)
+    else:
+        content = service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)
     return Response(content, media_type=image_media_type(image_format), headers={"Cache-Control": "no-cache"})

@@ -8,8 +8,9 @@ traced back to its runs. Encoding the tables for a client is app.results.encodin
 
 from __future__ import annotations
 
+import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +35,7 @@ from app.results.statistics import (
 from app.schemas import as_utc
 from app.service_errors import InvalidInputError
 from app.spec import ActivationSpec, ExperimentSpec, load_stored_spec
+from app.spec_factors import cell_label, run_spec
 
 TRACE_COLUMNS: tuple[str, ...] = (
     "experiment_id",
@@ -54,6 +56,13 @@ class ExperimentTables:
     runs: pd.DataFrame
     metrics: pd.DataFrame
     layers: pd.DataFrame
+    # Each run's cell (app.results.repository.CELL_COLUMNS); its labels and levels are NULL without factors.
+    cells: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(repository.CELL_COLUMNS)))
+
+    @property
+    def factors(self) -> dict[str, list[Any]]:
+        """The spec's factors (path to levels); empty for an experiment without factors (version 1)."""
+        return dict(self.spec.factors) if self.spec is not None and self.spec.factors else {}
 
     @property
     def activations(self) -> dict[str, ActivationSpec]:
@@ -85,6 +94,58 @@ def load_tables(*, session: Session, experiment_id: uuid.UUID) -> ExperimentTabl
         runs=repository.runs_frame(session=session, experiment_id=experiment_id),
         metrics=repository.epoch_metrics_frame(session=session, experiment_id=experiment_id),
         layers=repository.layer_metrics_frame(session=session, experiment_id=experiment_id),
+        cells=repository.run_cells_frame(session=session, experiment_id=experiment_id),
+    )
+
+
+def level_text(value: Any) -> str:
+    """A factor level as a table cell holds it: text as is, numbers, lists and blocks as compact JSON."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class CellTables:
+    """One cell of a factorial experiment: its label, levels (as level_text by path) and its runs' tables."""
+
+    index: int
+    label: str
+    levels: dict[str, str]
+    tables: ExperimentTables
+
+
+def cell_tables(tables: ExperimentTables) -> list[CellTables]:
+    """The cells that have runs, in cell order, each with its runs' tables and its effective spec (no factors)."""
+    cells = []
+    for index, group in tables.cells.groupby("cell_index", sort=True):
+        levels = group["cell_levels"].iloc[0] or {}
+        run_ids = set(group["run_id"])
+        spec = run_spec(tables.experiment.spec, levels) if tables.spec is not None else None
+        label = group["cell_label"].iloc[0] or cell_label(levels)
+        part = ExperimentTables(
+            experiment=tables.experiment,
+            spec=spec,
+            runs=tables.runs[tables.runs["run_id"].isin(run_ids)].reset_index(drop=True),
+            metrics=tables.metrics[tables.metrics["run_id"].isin(run_ids)].reset_index(drop=True),
+            layers=tables.layers[tables.layers["run_id"].isin(run_ids)].reset_index(drop=True),
+        )
+        texts = {path: level_text(levels[path]) for path in tables.factors if path in levels}
+        cells.append(CellTables(index=int(index), label=str(label), levels=texts, tables=part))
+    return cells
+
+
+def _per_cell(tables: ExperimentTables, compute: Any) -> pd.DataFrame:
+    """``compute(cell tables)`` for every cell, stacked, with the cell's label and levels after the trace columns."""
+    frames = []
+    for cell in cell_tables(tables):
+        frame = compute(cell.tables)
+        position = len(TRACE_COLUMNS)
+        for offset, (column, value) in enumerate({"cell": cell.label, **cell.levels}.items()):
+            frame.insert(position + offset, column, pd.Series([value] * len(frame), index=frame.index, dtype=object))
+        frames.append(frame)
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else with_trace(pd.DataFrame(columns=["cell"]), tables.experiment)
     )
 
 
@@ -146,7 +207,10 @@ def _run_times(tables: ExperimentTables) -> pd.DataFrame:
 
 
 def summary_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.DataFrame:
-    """One row per activation: statistics, rank, baseline comparison, run ids, seeds and timestamps."""
+    """One row per activation (per cell and activation with factors): statistics, rank, baseline comparison, run
+    ids, seeds and timestamps, computed inside each cell."""
+    if tables.factors:
+        return _per_cell(tables, lambda part: summary_table(tables=part, options=options))
     if tables.runs.empty:
         return with_trace(pd.DataFrame(columns=["activation"]), tables.experiment)
     summary = _statistics_call(summarise_activations, tables, options)
@@ -155,14 +219,18 @@ def summary_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.Dat
 
 
 def pairs_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.DataFrame:
-    """Every ordered pair of activations with its paired tests and win/loss/equivalent/inconclusive outcome."""
+    """Every ordered pair of activations (inside each cell with factors) with its paired tests and outcome."""
+    if tables.factors:
+        return _per_cell(tables, lambda part: pairs_table(tables=part, options=options))
     if tables.runs.empty:
         return with_trace(pd.DataFrame(columns=["activation", "opponent"]), tables.experiment)
     return with_trace(_statistics_call(compare_pairs, tables, options), tables.experiment)
 
 
 def run_values_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.DataFrame:
-    """One row per run: its summary value of the metric and whether it entered the statistics."""
+    """One row per run: its summary value of the metric and whether it entered the statistics (with its cell)."""
+    if tables.factors:
+        return _per_cell(tables, lambda part: run_values_table(tables=part, options=options))
     if tables.runs.empty:
         return with_trace(pd.DataFrame(columns=["run_id"]), tables.experiment)
     return with_trace(_statistics_call(run_summaries, tables, options), tables.experiment)
