@@ -31,6 +31,17 @@ def default_worker_concurrency() -> int:
     return min(available_cores(), _MAX_DEFAULT_WORKER_PROCESSES)
 
 
+# Default connection pools (setting database_pool_size): SQLite connections are open files, cheap; each
+# PostgreSQL one is a server process, and the API shares the server's max_connections (100) with the workers.
+SQLITE_POOL_SIZE = 20
+POSTGRES_POOL_SIZE = 10
+
+
+def default_pool_size(database_url: str) -> int:
+    """The pool size of a database when the setting leaves it open: SQLite 20, others (PostgreSQL) 10."""
+    return SQLITE_POOL_SIZE if database_url.startswith("sqlite") else POSTGRES_POOL_SIZE
+
+
 def default_credentials_file() -> Path:
     """The CLI's credentials file: $XDG_CONFIG_HOME/actlab/credentials.json (default ~/.config)."""
     config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -159,7 +170,10 @@ class Settings(SpecLimits):
     )
     worker_heartbeat_seconds: float = Field(30.0, gt=0, description="Seconds between a worker's liveness records.")
     worker_fresh_seconds: float = Field(
-        120.0, gt=0, description="A worker seen within this many seconds counts as alive (device 'auto' routing)."
+        120.0,
+        gt=0,
+        description="A worker seen within this many seconds counts as alive (device 'auto' routing, the /readyz of "
+        "`actlab serve`).",
     )
     run_heartbeat_seconds: float = Field(30.0, gt=0, description="Seconds between heartbeats of a running run.")
     run_stale_seconds: float = Field(
@@ -167,6 +181,29 @@ class Settings(SpecLimits):
     )
     worker_soft_shutdown_timeout: float = Field(
         20.0, ge=0, description="On a cold shutdown, seconds a worker lets its runs go on before requeueing them."
+    )
+    # The worker of `actlab serve` (app/cli/supervisor.py, worker/parent_watch.py; docs/reliability.md).
+    worker_restart_limit: int = Field(
+        5,
+        ge=0,
+        description="`actlab serve`: restarts of its dead worker within worker_restart_window_seconds; past it the "
+        "worker stays down and /readyz answers 503 until the service is restarted. 0: never restart.",
+    )
+    worker_restart_window_seconds: float = Field(
+        600.0, gt=0, description="`actlab serve`: the window, in seconds, that worker_restart_limit counts restarts in."
+    )
+    worker_restart_backoff_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="`actlab serve`: seconds before the first restart of a dead worker, doubled for each further "
+        "restart within the window.",
+    )
+    worker_parent_watch_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="A worker started by `actlab serve`: seconds between its checks that the service is still its "
+        "parent; once it is not, the worker and its pool exit at once (on Linux the kernel's parent-death signal "
+        "does so immediately).",
     )
     # Self-healing (worker/maintenance.py, worker/db_retry.py; docs/reliability.md).
     maintenance_interval_seconds: float = Field(
@@ -205,6 +242,42 @@ class Settings(SpecLimits):
     seeds_power: float = Field(
         0.8, gt=0, lt=1, description="Power that seeds_needed and seeds_needed_equivalence are computed for."
     )
+    # Database connections and long responses of the API (app/db.py, app/streaming.py; docs/reliability.md).
+    database_pool_size: int | None = Field(
+        None,
+        ge=1,
+        description="Connections one API or worker process keeps in its pool; default 20 on SQLite, 10 on PostgreSQL "
+        "(each PostgreSQL connection is a server process; mind the server's max_connections).",
+    )
+    database_max_overflow: int = Field(
+        10, ge=0, description="Connections opened beyond the pool under load, closed again once returned."
+    )
+    database_pool_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a request waits for a free connection; then it is answered 503 with Retry-After.",
+    )
+    max_streaming_downloads: int | None = Field(
+        None,
+        ge=1,
+        description="Metric and layer-metric downloads streamed at once, one connection each; more are answered 503 "
+        "with Retry-After before anything is sent. Default: half the pool (10 on SQLite, 5 on PostgreSQL).",
+    )
+    max_event_streams: int = Field(
+        100, ge=1, description="Server-sent event streams open at once; more are answered 503 with Retry-After."
+    )
+    event_poll_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Event streams reading the database at the same moment, one connection each, the others waiting "
+        "their turn; default: a quarter of the pool (5 on SQLite, 2 on PostgreSQL).",
+    )
+    stream_retry_after_seconds: int = Field(
+        5,
+        ge=1,
+        description="The Retry-After of a download or event stream refused over its limit, and of a 503 "
+        "when no database connection came free.",
+    )
     # Authentication, quotas and operations (app/auth, app/quotas, app/monitoring, app/logging_config.py).
     auth_required: bool = Field(
         True,
@@ -225,6 +298,21 @@ class Settings(SpecLimits):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
 
     @property
+    def pool_size(self) -> int:
+        """The connection pool size in force: the setting, or the default of the database's kind."""
+        return self.database_pool_size or default_pool_size(self.database_url)
+
+    @property
+    def download_limit(self) -> int:
+        """Streaming downloads admitted at once: the setting, or half the pool."""
+        return self.max_streaming_downloads or max(1, self.pool_size // 2)
+
+    @property
+    def event_poll_limit(self) -> int:
+        """Event-stream database polls at once: the setting, or a quarter of the pool."""
+        return self.event_poll_concurrency or max(1, self.pool_size // 4)
+
+    @property
     def task_time_limit(self) -> int:
         """The hard time limit of a task in seconds: the soft limit plus the grace period."""
         return self.task_soft_time_limit + self.task_time_limit_grace
@@ -241,6 +329,14 @@ class Settings(SpecLimits):
             raise ValueError(
                 f"broker_visibility_timeout ({self.broker_visibility_timeout} s) must exceed the hard time limit "
                 f"task_soft_time_limit + task_time_limit_grace ({self.task_time_limit} s)"
+            )
+        # Streams hold their connection for as long as they run: they must leave connections for everything else.
+        streams = self.download_limit + self.event_poll_limit
+        if streams >= self.pool_size + self.database_max_overflow:
+            raise ValueError(
+                f"max_streaming_downloads ({self.download_limit}) + event_poll_concurrency ({self.event_poll_limit}) "
+                f"must stay below database_pool_size + database_max_overflow "
+                f"({self.pool_size} + {self.database_max_overflow}), leaving connections for other requests"
             )
         # A stale limit within one heartbeat interval would make the reaper requeue healthy runs.
         if self.run_stale_seconds <= self.run_heartbeat_seconds:

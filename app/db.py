@@ -11,7 +11,7 @@ from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from app.config import get_settings
+from app.config import Settings, default_pool_size, get_settings
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -36,11 +36,26 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and enforced foreign keys."""
-    database_url = normalise_database_url(url or get_settings().database_url)
+def make_engine(url: str | None = None, *, settings: Settings | None = None) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and enforced foreign keys.
+
+    The pool (both kinds) is sized by the settings database_pool_size (default by kind, see
+    app.config.default_pool_size), database_max_overflow and database_pool_timeout; a request that
+    waits longer than the timeout for a connection raises sqlalchemy.exc.TimeoutError, which the API
+    answers 503 with Retry-After.
+    """
+    settings = settings or get_settings()
+    database_url = normalise_database_url(url or settings.database_url)
+    pool = {
+        "pool_size": settings.database_pool_size or default_pool_size(database_url),
+        "max_overflow": settings.database_max_overflow,
+        "pool_timeout": settings.database_pool_timeout,
+    }
+    if database_url.startswith("sqlite:///:memory:") or database_url in ("sqlite://", "sqlite:///"):
+        # One in-memory database per connection: a pool of them would be many databases (SQLAlchemy's default).
+        pool = {}
     if database_url.startswith("sqlite"):
-        engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -51,7 +66,7 @@ def make_engine(url: str | None = None) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(database_url, pool_pre_ping=True, **pool)
 
 
 @lru_cache(maxsize=4)

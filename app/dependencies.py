@@ -23,6 +23,7 @@ from app.experiments import service as experiments_service
 from app.experiments.service import Dispatcher
 from app.runs import service as runs_service
 from app.service_errors import InvalidInputError, UnauthorizedError, UnavailableError
+from app.streaming import StreamLimits
 
 # Bearer for programs; Basic (any user name, the key as password) lets a browser open the HTML reports.
 AUTHENTICATE_CHALLENGE = 'Bearer realm="Activation Lab", Basic realm="Activation Lab"'
@@ -90,6 +91,12 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
     finally:
         session.close()
+
+
+def stream_limits(request: Request) -> StreamLimits:
+    """The admission limits of downloads and event streams (app.streaming)."""
+    limits: StreamLimits = request.app.state.stream_limits
+    return limits
 
 
 def get_dispatcher(request: Request) -> Dispatcher:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from importlib import metadata
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -41,6 +42,7 @@ from app.runs.router import router as runs_router
 from app.schemas import MessageResponse, ValidationErrorResponse
 from app.service_errors import InvalidInputError, ServiceError
 from app.spec import ExperimentSpec
+from app.streaming import StreamLimits
 
 DESCRIPTION = """\
 Controlled comparisons of neural-network activation functions.
@@ -112,6 +114,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidInputError)
     async def _invalid_input(_request: Request, error: InvalidInputError) -> JSONResponse:
         return JSONResponse({"detail": error.errors}, status_code=422)
+
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
+        # No free pooled connection within database_pool_timeout, or the database refused or locked:
+        # not the caller's fault and usually brief, so a 503 to retry rather than a 500.
+        retry_after = str(app.state.settings.stream_retry_after_seconds)
+        logger.warning("database unavailable for a request: %s", error)
+        return JSONResponse(
+            {"detail": f"the database is busy or unreachable ({type(error).__name__}); retry in {retry_after} s"},
+            status_code=503,
+            headers={"Retry-After": retry_after},
+        )
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, error: ServiceError) -> JSONResponse:
@@ -197,7 +212,7 @@ def _install_openapi(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for these settings (default: from the environment); the schema must already be migrated."""
     settings = settings or get_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, settings=settings)
 
     metrics = ServiceMetrics(settings=settings, session_factory=session_factory(engine))
 
@@ -221,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = metrics.session_factory
     app.state.dispatcher = CeleryDispatcher()
     app.state.metrics = metrics
+    app.state.stream_limits = StreamLimits.from_settings(settings)
 
     app.add_middleware(
         BodySizeLimitMiddleware,

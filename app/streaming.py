@@ -1,4 +1,12 @@
-"""Encode row iterators as streamed CSV or JSON, a batch at a time, so memory stays flat."""
+"""Long responses: row iterators encoded as streamed CSV or JSON a batch at a time (memory stays flat), and
+the admission limits that keep streams from exhausting the database pool.
+
+A stream (a metric download, an event stream) is admitted by a StreamLimit before its response
+starts: when the limit is reached the request is answered 503 with Retry-After at once, instead of
+waiting for a connection and failing half-way through a 200 (a truncated body). An admitted stream
+holds its permit, and at most one database connection, until AdmittedStreamingResponse ends, which
+is also when the client went away.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +14,21 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from app.config import Settings
+from app.schemas import MessageResponse
+from app.service_errors import UnavailableError
 
 # Rows are encoded this many at a time: one chunk per batch keeps the number of writes small.
 ROWS_PER_CHUNK = 1000
@@ -95,3 +114,140 @@ def json_array_chunks(
         yield ("" if first else ",\n") + encoded[1:-1]
         first = False
     yield "]\n"
+
+
+class StreamPermit:
+    """One admitted stream's place under its limit; release() gives it back (once, however often it is called)."""
+
+    def __init__(self, limit: StreamLimit) -> None:
+        self._limit = limit
+        self._released = False
+
+    def release(self) -> None:
+        """Give the place back."""
+        if not self._released:
+            self._released = True
+            self._limit._release()
+
+
+class StreamLimit:
+    """At most ``limit`` streams of one kind at once; admit() never waits (503 with Retry-After when full).
+
+    Thread-safe: permits are taken in the thread pool (sync endpoints) and given back on the event loop.
+    """
+
+    def __init__(self, *, what: str, limit: int, setting: str, retry_after_seconds: int) -> None:
+        self.what = what
+        self.limit = limit
+        self.setting = setting
+        self.retry_after_seconds = retry_after_seconds
+        self._lock = threading.Lock()
+        self._in_use = 0
+
+    @property
+    def in_use(self) -> int:
+        """Streams admitted and not yet ended."""
+        return self._in_use
+
+    def admit(self) -> StreamPermit:
+        """A permit, or UnavailableError (503, Retry-After) when ``limit`` streams already run."""
+        with self._lock:
+            if self._in_use >= self.limit:
+                raise UnavailableError(
+                    f"{self.limit} {self.what} are already running, the most this server streams at once "
+                    f"(setting {self.setting}); retry in {self.retry_after_seconds} s",
+                    headers={"Retry-After": str(self.retry_after_seconds)},
+                )
+            self._in_use += 1
+        return StreamPermit(self)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._in_use -= 1
+
+
+def stream_refused_response(setting: str) -> dict[str, Any]:
+    """The OpenAPI entry of a stream's 503: over its limit (``setting``) or no database connection came free."""
+    return {
+        "model": MessageResponse,
+        "description": f"Too many at once (setting {setting}) or the database is busy; nothing was sent. "
+        "Retry after the Retry-After header's seconds.",
+        "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+    }
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """The stream limits of one API process (app.state.stream_limits), built from its settings."""
+
+    downloads: StreamLimit
+    events: StreamLimit
+    # Event streams poll the database in the thread pool through this limiter, so that many streams
+    # polling at once take at most this many connections; the others wait on the event loop.
+    event_polls: anyio.CapacityLimiter
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamLimits:
+        """Limits as configured: max_streaming_downloads, max_event_streams, event_poll_concurrency."""
+        retry_after = settings.stream_retry_after_seconds
+        return cls(
+            downloads=StreamLimit(
+                what="metric downloads",
+                limit=settings.download_limit,
+                setting="ACTLAB_MAX_STREAMING_DOWNLOADS",
+                retry_after_seconds=retry_after,
+            ),
+            events=StreamLimit(
+                what="event streams",
+                limit=settings.max_event_streams,
+                setting="ACTLAB_MAX_EVENT_STREAMS",
+                retry_after_seconds=retry_after,
+            ),
+            event_polls=anyio.CapacityLimiter(settings.event_poll_limit),
+        )
+
+
+class ClosingStream:
+    """An iterator of chunks with a close() that frees what the chunks are read from, even if never iterated."""
+
+    def __init__(self, chunks: Iterator[str], *, close: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._close: Callable[[], None] | None = close
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Free the source (a database session); harmless when repeated."""
+        close, self._close = self._close, None
+        if close is not None:
+            close()
+
+
+class AdmittedStreamingResponse(StreamingResponse):
+    """A streaming response that gives its permit back, and closes its content, however the stream ends.
+
+    Whether the body was sent in full, the client went away (disconnect, reset) or the content
+    raised, the permit is released and ``content.close()`` runs once the response is done.
+    """
+
+    def __init__(self, content: ClosingStream | AsyncIterable[str], *, permit: StreamPermit, **options: Any) -> None:
+        super().__init__(content, **options)
+        self.content = content
+        self.permit = permit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                if isinstance(self.content, ClosingStream):
+                    # In the thread pool: closing a database session may wait on the network.
+                    await run_in_threadpool(self.content.close)
+                elif isinstance(self.content, AsyncGenerator):
+                    await self.content.aclose()
+            finally:
+                self.permit.release()

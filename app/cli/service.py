@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -21,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 QUEUE_NAMES = ("cpu", "gpu")
-# Seconds a stopping worker gets before its process group is killed.
-_WORKER_STOP_SECONDS = 30.0
 
 
 def register(subparsers: Any) -> None:
@@ -111,6 +108,10 @@ def run_worker(arguments: argparse.Namespace) -> int:
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     from app.config import get_settings
     from worker.celery_app import celery_app
+    from worker.parent_watch import watch_parent
+
+    # Started by `actlab serve`: exit within seconds should the service die (worker/parent_watch.py).
+    watch_parent()
 
     settings = get_settings()
     queues: list[str] = arguments.queues
@@ -167,9 +168,10 @@ def _single_instance(folder: Path) -> Iterator[bool]:
 def rebuild_embedded_queue() -> int:
     """Refill the embedded broker from the database; returns the number of runs queued.
 
-    The database is the source of truth. When the embedded service starts no worker can be
-    running, so runs left 'running' by a previous stop or crash go back to the queue (and
-    resume from their checkpoints), and every queued run gets exactly one message.
+    The database is the source of truth. When the embedded service starts its worker, or
+    restarts it after it died (app/cli/supervisor.py), no worker can be running, so runs left
+    'running' by a previous stop or crash go back to the queue (and resume from their
+    checkpoints), and every queued run gets exactly one message.
     """
     from app.config import get_settings
     from app.db import session_scope
@@ -191,6 +193,13 @@ def rebuild_embedded_queue() -> int:
     for queue, run_ids in by_queue.items():
         enqueue_runs(run_ids=run_ids, queue=queue)
     return len(pending)
+
+
+def _requeue_unfinished_runs() -> None:
+    """Before the embedded worker starts or restarts: rebuild the queue from the database, and say so."""
+    requeued = rebuild_embedded_queue()
+    if requeued:
+        print(f"re-queued {requeued} unfinished run(s) from the database", flush=True)
 
 
 def _announce_local_key(*, settings: Any, url: str) -> None:
@@ -221,61 +230,14 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _die_with_parent() -> None:
-    """In the worker child: get SIGTERM if `actlab serve` dies without stopping it (Linux only)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-def start_worker_process(*, concurrency: int, loglevel: str) -> subprocess.Popen[bytes]:
-    """Start `actlab worker --queues cpu,gpu` as a child in its own process group."""
-    command = [
-        sys.executable,
-        "-m",
-        "app.cli",
-        "worker",
-        "--queues=cpu,gpu",
-        f"--concurrency={concurrency}",
-        f"--loglevel={loglevel}",
-        "--hostname=actlab-embedded@%h",
-        # Stopping the embedded service should be quick: a running run goes back to the queue at
-        # once and resumes from its last finished epoch at the next start.
-        "--soft-shutdown-timeout=0",
-    ]
-    # Its own process group: Ctrl-C reaches only `actlab serve`, which then stops the worker in order.
-    return subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
-
-
-def stop_worker_process(process: subprocess.Popen[bytes], *, timeout: float = _WORKER_STOP_SECONDS) -> None:
-    """Cold-stop the worker (its running runs go back to the queue), then kill its group if it hangs."""
-    if process.poll() is not None:
-        return
-    # Only the main process: it stops its pool children itself and requeues what they were running.
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGQUIT)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    # Pool children that outlived their parent belong to the same group.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
 def serve(arguments: argparse.Namespace) -> int:
-    """Migrate, start one worker child, serve the API until Ctrl-C or SIGTERM, then stop the worker."""
+    """Migrate, start the supervised worker, serve the API until Ctrl-C or SIGTERM, then stop the worker."""
     import uvicorn
 
     from app.auth.service import AuthExposureError, check_auth_exposure
+    from app.cli.supervisor import EmbeddedWorker
     from app.config import get_settings
+    from app.main import create_app
     from app.migrate import upgrade_database
     from worker.celery_app import is_embedded_broker
 
@@ -303,32 +265,30 @@ def serve(arguments: argparse.Namespace) -> int:
         upgrade_database()
         url = f"http://{arguments.host}:{arguments.port}"
         _announce_local_key(settings=settings, url=url)
-        if embedded and not arguments.no_worker:
-            requeued = rebuild_embedded_queue()
-            if requeued:
-                print(f"re-queued {requeued} unfinished run(s) from the database")
-        worker: subprocess.Popen[bytes] | None = None
+        app = create_app(settings)
+        worker: EmbeddedWorker | None = None
         if not arguments.no_worker:
-            concurrency = arguments.concurrency or settings.worker_concurrency
-            worker = start_worker_process(concurrency=concurrency, loglevel=arguments.loglevel)
-            print(f"worker process {worker.pid} trains runs from the queues cpu and gpu", flush=True)
+            worker = EmbeddedWorker(
+                settings=settings,
+                concurrency=arguments.concurrency or settings.worker_concurrency,
+                loglevel=arguments.loglevel,
+                # No worker runs before this one starts, nor after it died: the database says what to train.
+                before_start=_requeue_unfinished_runs if embedded else None,
+            )
+            print(f"worker process {worker.start()} trains runs from the queues cpu and gpu", flush=True)
+            # /readyz answers 503 while this worker is down (app/meta/router.py).
+            app.state.worker_supervisor = worker
         print(f"Activation Lab is starting at {url}  (API docs: {url}/docs)", flush=True)
         print(f"database: {_display_url(settings.database_url)}  broker: {settings.broker_url}", flush=True)
         # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again with the handler it
         # found: make that a KeyboardInterrupt for SIGTERM too, so the worker below is stopped in every case.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            uvicorn.run(
-                "app.main:create_app",
-                factory=True,
-                host=arguments.host,
-                port=arguments.port,
-                log_level=arguments.loglevel,
-            )
+            uvicorn.run(app, host=arguments.host, port=arguments.port, log_level=arguments.loglevel)
         except KeyboardInterrupt:
             pass
         finally:
             if worker is not None:
                 print("stopping the worker (running runs go back to the queue)...", flush=True)
-                stop_worker_process(worker)
+                worker.stop()
     return 0

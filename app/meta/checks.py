@@ -1,9 +1,10 @@
-"""Readiness checks: can the service reach its database and its broker?"""
+"""Readiness checks: can the service reach its database and its broker, and is the worker of `actlab serve` up?"""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -12,6 +13,14 @@ from app.config import Settings
 
 # Readiness must answer quickly even when a dependency hangs.
 CHECK_TIMEOUT_SECONDS = 2.0
+
+
+class WorkerSupervision(Protocol):
+    """The worker supervisor of `actlab serve` (app/cli/supervisor.py), set as ``app.state.worker_supervisor``."""
+
+    def check(self) -> tuple[bool, str]:
+        """Whether its worker is up and consuming, and why not."""
+        ...
 
 
 def _describe(error: Exception) -> str:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from app.dependencies import SettingsDependency, get_current_principal
-from app.meta.checks import check_broker, check_database
+from app.meta.checks import WorkerSupervision, check_broker, check_database
 from app.meta.schemas import Catalog, CheckResult, Liveness, Readiness, build_catalog
 from app.schemas import MessageResponse
 
@@ -36,18 +36,25 @@ def healthz() -> Liveness:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="The database and the broker are reachable",
+    summary="The database and the broker are reachable (and the worker of `actlab serve` is up)",
+    description="Under `actlab serve` with its worker, the `worker` check also requires that worker to be running "
+    "and to have recorded since its last (re)start that it consumes the queues; a separate API (uvicorn) does not "
+    "depend on workers and has no such check.",
     responses={503: {"model": Readiness, "description": "A check failed; `checks` says which."}},
 )
 def readyz(request: Request, settings: SettingsDependency) -> JSONResponse:
-    """200 when the database and the broker answer, else 503 naming the failed check."""
+    """200 when every check passes, else 503 naming the failed check."""
     database_ok, database_detail = check_database(request.app.state.engine)
     broker_ok, broker_detail = check_broker(settings)
+    checks = {
+        "database": CheckResult(ok=database_ok, detail=database_detail),
+        "broker": CheckResult(ok=broker_ok, detail=broker_detail),
+    }
+    supervisor: WorkerSupervision | None = getattr(request.app.state, "worker_supervisor", None)
+    if supervisor is not None:
+        worker_ok, worker_detail = supervisor.check()
+        checks["worker"] = CheckResult(ok=worker_ok, detail=worker_detail)
     readiness = Readiness(
-        status="ready" if database_ok and broker_ok else "unavailable",
-        checks={
-            "database": CheckResult(ok=database_ok, detail=database_detail),
-            "broker": CheckResult(ok=broker_ok, detail=broker_detail),
-        },
+        status="ready" if all(check.ok for check in checks.values()) else "unavailable", checks=checks
     )
     return JSONResponse(readiness.model_dump(mode="json"), status_code=200 if readiness.status == "ready" else 503)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from app.auth.schemas import Principal
-from app.dependencies import PrincipalDependency, SessionDependency, SessionFactoryDependency
+from app.dependencies import PrincipalDependency, SessionFactoryDependency, stream_limits
 from app.metrics import service
 from app.metrics.repository import MetricFilters
 from app.metrics.schemas import EpochMetricRow, LayerMetricRow
 from app.metrics.service import MEDIA_TYPES, MetricTable, OutputFormat
 from app.schemas import MessageResponse, NoNulText, ValidationErrorResponse
+from app.streaming import AdmittedStreamingResponse, stream_refused_response
 
 router = APIRouter(prefix="/v1/experiments", tags=["metrics"])
 
@@ -35,12 +36,13 @@ def _responses(row_model: type[Any]) -> dict[int | str, dict[str, Any]]:
         },
         404: {"model": MessageResponse},
         422: {"model": ValidationErrorResponse},
+        503: stream_refused_response("max_streaming_downloads"),
     }
 
 
 def _stream(
     *,
-    session: SessionDependency,
+    request: Request,
     session_factory: SessionFactoryDependency,
     experiment_id: uuid.UUID,
     filters: MetricFilters,
@@ -48,17 +50,23 @@ def _stream(
     output_format: OutputFormat,
     principal: Principal,
 ) -> StreamingResponse:
-    service.check_metric_filters(session=session, experiment_id=experiment_id, filters=filters, viewer=principal)
-    chunks = service.stream_metric_table(
-        session_factory=session_factory,
-        experiment_id=experiment_id,
-        filters=filters,
-        table=table,
-        output_format=output_format,
-    )
+    # Admitted (or 503 with Retry-After) before any connection is taken; one session for checks and rows.
+    permit = stream_limits(request).downloads.admit()
+    try:
+        chunks = service.stream_metric_table(
+            session_factory=session_factory,
+            experiment_id=experiment_id,
+            filters=filters,
+            table=table,
+            output_format=output_format,
+            viewer=principal,
+        )
+    except BaseException:
+        permit.release()
+        raise
     name = "metrics" if table == "epoch" else "layer-metrics"
     headers = {"Content-Disposition": f'inline; filename="{experiment_id}-{name}.{output_format}"'}
-    return StreamingResponse(chunks, media_type=MEDIA_TYPES[output_format], headers=headers)
+    return AdmittedStreamingResponse(chunks, permit=permit, media_type=MEDIA_TYPES[output_format], headers=headers)
 
 
 @router.get(
@@ -71,7 +79,7 @@ def _stream(
 )
 def epoch_metrics(
     experiment_id: uuid.UUID,
-    session: SessionDependency,
+    request: Request,
     session_factory: SessionFactoryDependency,
     principal: PrincipalDependency,
     output_format: FormatQuery = "json",
@@ -84,7 +92,7 @@ def epoch_metrics(
     """The per-epoch metric table."""
     filters = MetricFilters(activation=activation, seed=seed, run_id=run_id, epoch_min=epoch_min, epoch_max=epoch_max)
     return _stream(
-        session=session,
+        request=request,
         session_factory=session_factory,
         experiment_id=experiment_id,
         filters=filters,
@@ -104,7 +112,7 @@ def epoch_metrics(
 )
 def layer_metrics(
     experiment_id: uuid.UUID,
-    session: SessionDependency,
+    request: Request,
     session_factory: SessionFactoryDependency,
     principal: PrincipalDependency,
     output_format: FormatQuery = "json",
@@ -120,7 +128,7 @@ def layer_metrics(
         activation=activation, seed=seed, run_id=run_id, epoch_min=epoch_min, epoch_max=epoch_max, layer=layer
     )
     return _stream(
-        session=session,
+        request=request,
         session_factory=session_factory,
         experiment_id=experiment_id,
         filters=filters,

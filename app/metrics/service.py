@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
-from collections.abc import Iterator
 from typing import Literal
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,7 +14,7 @@ from app.metrics import repository
 from app.metrics.repository import MetricFilters
 from app.runs import repository as runs_repository
 from app.service_errors import InvalidInputError
-from app.streaming import csv_chunks, json_array_chunks
+from app.streaming import ClosingStream, csv_chunks, json_array_chunks
 
 OutputFormat = Literal["json", "csv"]
 MetricTable = Literal["epoch", "layer"]
@@ -72,16 +72,25 @@ def stream_metric_table(
     filters: MetricFilters,
     table: MetricTable,
     output_format: OutputFormat,
+    viewer: Principal | None = None,
     batch_rows: int = repository.FETCH_BATCH_ROWS,
-) -> Iterator[str]:
-    """The metric table as CSV or JSON text chunks, read in batches from its own session.
+) -> ClosingStream:
+    """The metric table as CSV or JSON text chunks, all read on one session, ``batch_rows`` rows at a time.
 
-    The session is opened when the first chunk is requested and closed when the stream ends
-    or the client goes away, so it outlives the request's own session.
+    The filters are checked and the first batch is read before this returns, so a missing experiment,
+    a bad filter or a database that does not answer is an error response (404, 422, 503), never a 200
+    that stops half-way; the rest streams from the same session, closed by ClosingStream.close().
     """
-    iterate = repository.iterate_epoch_metrics if table == "epoch" else repository.iterate_layer_metrics
-    encode = csv_chunks if output_format == "csv" else json_array_chunks
-    with session_factory() as session:
+    session = session_factory()
+    try:
+        check_metric_filters(session=session, experiment_id=experiment_id, filters=filters, viewer=viewer)
         columns = repository.metric_columns(session=session, experiment_id=experiment_id, table=table)
+        iterate = repository.iterate_epoch_metrics if table == "epoch" else repository.iterate_layer_metrics
+        encode = csv_chunks if output_format == "csv" else json_array_chunks
         rows = iterate(session=session, experiment_id=experiment_id, filters=filters, batch_rows=batch_rows)
-        yield from encode(columns, rows, rows_per_chunk=batch_rows)
+        first_batch = list(itertools.islice(rows, batch_rows))
+        chunks = encode(columns, itertools.chain(first_batch, rows), rows_per_chunk=batch_rows)
+    except BaseException:
+        session.close()
+        raise
+    return ClosingStream(chunks, close=session.close)

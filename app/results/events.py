@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
+import sqlalchemy.exc
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from app.experiments.service import FINISHED_EXPERIMENT_STATUSES
 from app.results import repository
@@ -26,6 +28,7 @@ from app.results.encoding import json_ready
 
 _FINISHED = frozenset(str(status) for status in FINISHED_EXPERIMENT_STATUSES)
 RECONNECT_MILLISECONDS = 3000
+logger = logging.getLogger(__name__)
 
 
 def format_event(event: str, data: dict[str, Any]) -> str:
@@ -121,13 +124,26 @@ async def experiment_event_stream(
     experiment_id: uuid.UUID,
     poll_seconds: float = 1.0,
     heartbeat_seconds: float = 15.0,
+    poll_limiter: anyio.CapacityLimiter | None = None,
 ) -> AsyncIterator[str]:
-    """The same events for the HTTP endpoint: database polls in the thread pool, waits on the event loop."""
+    """The same events for the HTTP endpoint: database polls in the thread pool, waits on the event loop.
+
+    ``poll_limiter`` bounds how many streams poll (hold a connection) at the same moment. A poll the
+    database does not answer (no free connection, locked, unreachable) is skipped, not fatal: the
+    stream goes on and the next poll sends what was missed.
+    """
     poller = ExperimentEventPoller(session_factory=session_factory, experiment_id=experiment_id)
     yield f"retry: {RECONNECT_MILLISECONDS}\n\n"
     last_sent = time.monotonic()
     while True:
-        events, finished = await run_in_threadpool(poller.poll)
+        sent_epochs, sent_statuses = dict(poller.emitted_epochs), dict(poller.statuses)
+        try:
+            events, finished = await anyio.to_thread.run_sync(poller.poll, limiter=poll_limiter)
+        except (sqlalchemy.exc.TimeoutError, sqlalchemy.exc.OperationalError) as error:
+            # Forget what the failed poll had begun to emit, so that the next one sends it.
+            poller.emitted_epochs, poller.statuses = sent_epochs, sent_statuses
+            logger.warning("event stream of %s skipped a poll: %s", experiment_id, error)
+            events, finished = [], False
         if events:
             yield "".join(events)
             last_sent = time.monotonic()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from app.dependencies import SessionDependency, SessionFactoryDependency
+from app.dependencies import SessionFactoryDependency, stream_limits
 from app.experiments import service as experiments_service
 from app.results.events import experiment_event_stream
 from app.schemas import MessageResponse
+from app.streaming import AdmittedStreamingResponse, stream_refused_response
 
 # Live events belong with the results in the API description (one tag, as before they had their own router).
 router = APIRouter(prefix="/v1/experiments", tags=["results"])
@@ -24,16 +25,28 @@ router = APIRouter(prefix="/v1/experiments", tags=["results"])
     "epoch, metrics, epochs_finished, epochs_total), one `status` event per status change of a run "
     "(scope run) or of the experiment (scope experiment), comment heartbeats, and a final `end` event "
     "once the experiment has finished. Epochs already stored are sent first.",
-    responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": MessageResponse}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        404: {"model": MessageResponse},
+        503: stream_refused_response("max_event_streams"),
+    },
 )
-def events(
-    experiment_id: uuid.UUID, session: SessionDependency, session_factory: SessionFactoryDependency
-) -> StreamingResponse:
+def events(experiment_id: uuid.UUID, request: Request, session_factory: SessionFactoryDependency) -> StreamingResponse:
     """Stream the experiment's progress until it finishes."""
-    experiments_service.require_experiment(session=session, experiment_id=experiment_id)
-    session.close()
-    return StreamingResponse(
-        experiment_event_stream(session_factory=session_factory, experiment_id=experiment_id),
+    limits = stream_limits(request)
+    # Admitted (or 503 with Retry-After) before the stream starts; it holds a connection only while it polls.
+    permit = limits.events.admit()
+    try:
+        with session_factory() as session:
+            experiments_service.require_experiment(session=session, experiment_id=experiment_id)
+    except BaseException:
+        permit.release()
+        raise
+    return AdmittedStreamingResponse(
+        experiment_event_stream(
+            session_factory=session_factory, experiment_id=experiment_id, poll_limiter=limits.event_polls
+        ),
+        permit=permit,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -36,6 +36,11 @@ def upsert_worker_node(
         node.started_at = now
 
 
+def get_worker_node(*, session: Session, hostname: str) -> WorkerNode | None:
+    """The liveness row of the worker ``hostname``, if it ever recorded one."""
+    return session.get(WorkerNode, hostname)
+
+
 def workers_seen_since(*, session: Session, since: datetime) -> list[WorkerNode]:
     """Workers whose last liveness record is at or after ``since``."""
     return list(session.execute(select(WorkerNode).where(WorkerNode.last_seen_at >= since)).scalars().all())
