@@ -10,6 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from app.cli.results import print_results
+from tests.cli.test_results import _forwarding, build_parser
 from tests.results.synthetic_factorial import insert_factorial_experiment
 
 CELLS = [
@@ -139,3 +141,26 @@ def test_unknown_view_names_ranking_and_effects(client: TestClient, finished_exp
     assert response.status_code == 422
     assert "ranking" in response.text
     assert "effects" in response.text
+
+
+def _cli(client: TestClient, *arguments: str) -> str:
+    parsed = build_parser().parse_args(["results", *arguments, "--url", "http://service"])
+    output = io.StringIO()
+    print_results(parsed, output=output, transport=_forwarding(client))
+    return output.getvalue()
+
+
+def test_cli_prints_the_ranking_and_the_effects(client: TestClient, factorial_experiment: uuid.UUID) -> None:
+    ranking = _cli(client, str(factorial_experiment), "--view", "ranking").splitlines()
+    assert ranking[0].startswith("test_accuracy (final) over 4 cells: friedman statistic ")
+    assert [line.split()[1] for line in ranking[3:]] == ["relu", "tanh", "sigmoid"]
+    effects = _cli(client, str(factorial_experiment), "--view", "effects")
+    assert "activation x model.hidden: p = " in effects
+    assert any(line.split()[:2] == ["[16,16,16,16]", "sigmoid"] for line in effects.splitlines())
+    summary = _cli(client, str(factorial_experiment))
+    assert summary.startswith("cell hidden=16, lr=0.001\n")
+    assert summary.count("baseline relu") == 4
+
+
+def test_cli_says_a_one_cell_ranking_is_insufficient(client: TestClient, finished_experiment: uuid.UUID) -> None:
+    assert _cli(client, str(finished_experiment), "--view", "ranking").startswith("ranking insufficient: ")
