@@ -239,6 +239,8 @@ class QueryParameters:
 
     names: frozenset[str]
     single_valued: frozenset[str]
+    # Prefixes of parameter families an operation reads itself (its "x-query-prefixes"), e.g. "factor.".
+    prefixes: tuple[str, ...] = ()
 
 
 def declared_query_parameters(app: Any) -> dict[tuple[str, str], QueryParameters]:
@@ -254,6 +256,7 @@ def declared_query_parameters(app: Any) -> dict[tuple[str, str], QueryParameters
                     single_valued=frozenset(
                         parameter["name"] for parameter in query if not _takes_many_values(parameter.get("schema", {}))
                     ),
+                    prefixes=tuple(operation.get("x-query-prefixes", ())),
                 )
         app.state.declared_query_parameters = table
     return table
@@ -269,8 +272,10 @@ async def check_query_parameters(request: Request) -> None:
         return
     errors = []
     for name in dict.fromkeys(request.query_params.keys()):
-        if name not in declared.names:
-            allowed = ", ".join(sorted(declared.names)) or "none"
+        if name not in declared.names and not name.startswith(declared.prefixes):
+            allowed = (
+                ", ".join([*sorted(declared.names), *(f"{prefix}<name>" for prefix in declared.prefixes)]) or "none"
+            )
             message = f"unknown query parameter {name!r}; allowed: {allowed}"
             errors.append({"loc": f"query.{name}", "msg": message, "type": "unknown_parameter"})
         elif name in declared.single_valued and (count := len(request.query_params.getlist(name))) > 1:

@@ -244,6 +244,36 @@ def run_spec(stored_spec: dict[str, Any], cell_levels: dict[str, Any] | None) ->
     return load_stored_spec(_apply(base_payload(stored_spec), cell_levels or {}))
 
 
+class FactorQueryError(ValueError):
+    """A factor filter naming a path or level the experiment does not have."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def level_text(value: Any) -> str:
+    """A level as a query names it: strings as they are, anything else as compact JSON (``[16,16]``, ``0.003``)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def cells_at_levels(stored_spec: dict[str, Any], wanted: dict[str, str]) -> list[int]:
+    """Indexes of the cells at every wanted level (path -> ``level_text``); FactorQueryError for one it lacks."""
+    factors: dict[str, list[Any]] = stored_spec.get("factors") or {}
+    for path, text in wanted.items():
+        if path not in factors:
+            names = ", ".join(sorted(factors)) or "none (a version-1 spec)"
+            raise FactorQueryError(path, f"this experiment has no factor {path!r}; its factors: {names}")
+        allowed = [level_text(level) for level in factors[path]]
+        if text not in allowed:
+            raise FactorQueryError(path, f"{path} has no level {text!r}; allowed: {', '.join(allowed)}")
+    return [
+        index
+        for index, levels in enumerate(_combinations(factors))
+        if all(level_text(levels[path]) == text for path, text in wanted.items())
+    ]
+
+
 def cell_columns(cell: Cell) -> dict[str, Any]:
     """The run columns that name a cell (``Run.cell_index``, ``cell_label``, ``cell_levels``; NULLs without factors)."""
     return {"cell_index": cell.index, "cell_label": cell.label or None, "cell_levels": cell.levels or None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,9 @@ class MetricFilters:
     epoch_min: int | None = None
     epoch_max: int | None = None
     layer: int | None = None
+    # ?factor.<path>=<level> filters (path, level text), resolved to the matching cells when the rows are read.
+    factor_levels: tuple[tuple[str, str], ...] = ()
+    cell_indexes: tuple[int, ...] | None = None
 
 
 _EPOCH_COLUMNS: dict[str, Any] = {
@@ -88,7 +92,20 @@ def _run_conditions(experiment_id: uuid.UUID, filters: MetricFilters) -> list[An
         conditions.append(Run.seed == filters.seed)
     if filters.run_id is not None:
         conditions.append(Run.id == filters.run_id)
+    if filters.cell_indexes is not None:
+        conditions.append(Run.cell_index.in_(filters.cell_indexes))
     return conditions
+
+
+def _with_cells(*, session: Session, experiment_id: uuid.UUID, filters: MetricFilters) -> MetricFilters:
+    """The filters with their factor levels resolved to cell indexes (the service checked the levels exist)."""
+    if not filters.factor_levels:
+        return filters
+    from app.spec_factors import cells_at_levels
+
+    spec = session.execute(select(Experiment.spec).where(Experiment.id == experiment_id)).scalar_one_or_none()
+    cells = cells_at_levels(spec or {}, dict(filters.factor_levels))
+    return dataclasses.replace(filters, cell_indexes=tuple(cells))
 
 
 def epoch_metrics_statement(*, experiment_id: uuid.UUID, filters: MetricFilters) -> Select[Any]:
@@ -138,6 +155,7 @@ def iterate_epoch_metrics(
     *, session: Session, experiment_id: uuid.UUID, filters: MetricFilters, batch_rows: int = FETCH_BATCH_ROWS
 ) -> Iterator[Sequence[Any]]:
     """Epoch metric rows (columns ``metric_columns(table="epoch")``), streamed."""
+    filters = _with_cells(session=session, experiment_id=experiment_id, filters=filters)
     statement = epoch_metrics_statement(experiment_id=experiment_id, filters=filters)
     paths = factor_paths(session=session, experiment_id=experiment_id)
     return _with_factor_values(stream_rows(session=session, statement=statement, batch_rows=batch_rows), paths)
@@ -147,6 +165,7 @@ def iterate_layer_metrics(
     *, session: Session, experiment_id: uuid.UUID, filters: MetricFilters, batch_rows: int = FETCH_BATCH_ROWS
 ) -> Iterator[Sequence[Any]]:
     """Layer metric rows (columns ``metric_columns(table="layer")``), streamed."""
+    filters = _with_cells(session=session, experiment_id=experiment_id, filters=filters)
     statement = layer_metrics_statement(experiment_id=experiment_id, filters=filters)
     paths = factor_paths(session=session, experiment_id=experiment_id)
     return _with_factor_values(stream_rows(session=session, statement=statement, batch_rows=batch_rows), paths)

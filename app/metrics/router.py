@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Annotated, Any
 
@@ -18,6 +19,8 @@ from app.schemas import MessageResponse, NoNulText, ValidationErrorResponse
 from app.streaming import AdmittedStreamingResponse, stream_refused_response
 
 router = APIRouter(prefix="/v1/experiments", tags=["metrics"])
+
+FACTOR_QUERY = "factor."
 
 FormatQuery = Annotated[OutputFormat, Query(alias="format", description="json (an array of objects) or csv.")]
 ActivationQuery = Annotated[NoNulText | None, Query(max_length=200, description="Only this activation label.")]
@@ -50,6 +53,11 @@ def _stream(
     output_format: OutputFormat,
     principal: Principal,
 ) -> StreamingResponse:
+    # ?factor.<path>=<level> (any number, one per path): only the runs of the cells at those levels.
+    factor_levels = tuple(
+        (key[len(FACTOR_QUERY) :], value) for key, value in request.query_params.items() if key.startswith(FACTOR_QUERY)
+    )
+    filters = dataclasses.replace(filters, factor_levels=factor_levels)
     # Admitted (or 503 with Retry-After) before any connection is taken; one session for checks and rows.
     permit = stream_limits(request).downloads.admit()
     try:
@@ -74,8 +82,11 @@ def _stream(
     response_class=StreamingResponse,
     summary="Per-epoch metrics",
     description="One row per (run, epoch), ordered by activation (as in the spec), seed and epoch. "
-    "`format=csv` loads with `pandas.read_csv(url)` as it is. The table streams from the database.",
+    "`format=csv` loads with `pandas.read_csv(url)` as it is. The table streams from the database. A factorial "
+    "experiment adds a column per factor path; `factor.<path>=<level>` (e.g. `factor.training.init=auto`, "
+    "`factor.model.hidden=[16,16]`) keeps the runs of the cells at that level.",
     responses=_responses(EpochMetricRow),
+    openapi_extra={"x-query-prefixes": [FACTOR_QUERY]},
 )
 def epoch_metrics(
     experiment_id: uuid.UUID,
@@ -109,6 +120,7 @@ def epoch_metrics(
     description="One row per (run, epoch, layer), ordered by activation, seed, epoch and layer: gradient and "
     "weight norms, activation statistics, dead and saturated fractions, learned activation parameters.",
     responses=_responses(LayerMetricRow),
+    openapi_extra={"x-query-prefixes": [FACTOR_QUERY]},
 )
 def layer_metrics(
     experiment_id: uuid.UUID,

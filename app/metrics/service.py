@@ -14,6 +14,7 @@ from app.metrics import repository
 from app.metrics.repository import MetricFilters
 from app.runs import repository as runs_repository
 from app.service_errors import InvalidInputError
+from app.spec_factors import FactorQueryError, cells_at_levels
 from app.streaming import ClosingStream, csv_chunks, json_array_chunks
 
 OutputFormat = Literal["json", "csv"]
@@ -26,8 +27,13 @@ def check_metric_filters(
     *, session: Session, experiment_id: uuid.UUID, filters: MetricFilters, viewer: Principal | None = None
 ) -> None:
     """NotFoundError for an unknown (or another owner's) experiment; InvalidInputError for filters naming nothing in it."""
-    experiments_service.require_experiment(session=session, experiment_id=experiment_id, viewer=viewer)
+    experiment = experiments_service.require_experiment(session=session, experiment_id=experiment_id, viewer=viewer)
     errors = []
+    if filters.factor_levels:
+        try:
+            cells_at_levels(experiment.spec, dict(filters.factor_levels))
+        except FactorQueryError as error:
+            errors.append({"loc": f"query.factor.{error.path}", "msg": str(error), "type": "enum"})
     if filters.epoch_min is not None and filters.epoch_max is not None and filters.epoch_min > filters.epoch_max:
         errors.append(
             {"loc": "query.epoch_min", "msg": "epoch_min must not be greater than epoch_max", "type": "value_error"}

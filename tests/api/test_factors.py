@@ -270,6 +270,22 @@ def test_metric_tables_name_the_cell_and_each_factor_level(client: TestClient, d
         "hidden=2x8, init=auto",
         "hidden=2x8, init=default",
     }
+    base = f"/v1/experiments/{experiment_id}/metrics"
+    by_init = client.get(base, params={"factor.training.init": "default"}).json()
+    assert isinstance(by_init, list), by_init
+    assert {row["cell"] for row in by_init} == {"hidden=8, init=default", "hidden=2x8, init=default"}
+    both = client.get(base, params={"factor.training.init": "auto", "factor.model.hidden": "[8,8]"}).json()
+    assert {row["cell"] for row in both} == {"hidden=2x8, init=auto"} and len(both) == 2
+    layer_rows = client.get(f"/v1/experiments/{experiment_id}/layer-metrics?factor.model.hidden=[8]").json()
+    assert {row["model.hidden"] for row in layer_rows} == {"[8]"}
+    bad_level = client.get(base, params={"factor.training.init": "magic"})
+    assert bad_level.status_code == 422
+    assert (
+        _errors(bad_level)["query.factor.training.init"] == "training.init has no level 'magic'; allowed: auto, default"
+    )
+    bad_path = client.get(base, params={"factor.training.lr": "0.1"})
+    assert bad_path.status_code == 422
+    assert "no factor 'training.lr'" in _errors(bad_path)["query.factor.training.lr"]
     # Without factors the cell column is empty and no factor columns follow.
     plain_id = client.post("/v1/experiments", json=small_spec()).json()["id"]
     plain = db.execute(select(Run).where(Run.experiment_id == uuid.UUID(plain_id))).scalars().first()
