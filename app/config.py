@@ -71,6 +71,23 @@ class SpecLimits(BaseSettings):
         gt=0,
         description="Estimated cost of one experiment: arms x epochs x training examples x parameters, over all cells.",
     )
+    # Default: about the 6-hour task time limit of one run at 1e10 MACs/s, what float32 training sustains on a few
+    # CPU cores; an MNIST 784-256-256 MLP for 200 epochs is 1e13, a CIFAR-10 [32, 64, 128] CNN for 50 epochs 8.3e13.
+    max_run_macs: float = Field(
+        2e14,
+        gt=0,
+        description="Estimated multiply-accumulates of one run (each arm of each cell): epochs x (3 x training "
+        "examples + evaluated examples) x the model's forward MACs per example, counting every convolution "
+        "position and recurrent step (app/spec_cost.py). Raise it for GPU workers.",
+    )
+    # Default: a run's activations fit beside the other worker processes' on an ordinary machine; the CIFAR-10 CNN
+    # above needs 256 MiB at batch 128.
+    max_run_memory_mb: int = Field(
+        8192,
+        ge=1,
+        description="Estimated activation memory of one run in MiB: the larger of a training batch (batch_size x "
+        "every layer's outputs x 4 for autograd) and an evaluation batch of 1024, in float32 (app/spec_cost.py).",
+    )
     max_expression_length: int = Field(256, ge=1, description="Characters in a custom activation formula.")
     max_learnable_scalars: int = Field(8, ge=0, description="Learnable scalars in one custom activation.")
     max_seed_value: int = Field(2**31 - 1, ge=0, description="Largest accepted seed.")

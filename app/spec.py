@@ -44,7 +44,7 @@ from app.catalog import (
 )
 from app.config import SpecLimits, get_settings
 from app.expressions import ExpressionError, parse_expression
-from app.spec_cost import estimate_cost, estimate_parameters
+from app.spec_cost import RunEstimate, estimate_cost, estimate_parameters, estimate_run, format_amount
 
 SPEC_VERSION = 1
 
@@ -438,6 +438,23 @@ class TrainingSpec(StrictModel):
         return self
 
 
+def _check_run(run: RunEstimate, limits: SpecLimits) -> None:
+    """One run's compute and memory against ACTLAB_MAX_RUN_MACS and ACTLAB_MAX_RUN_MEMORY_MB (each cell's spec)."""
+    if run.macs > limits.max_run_macs:
+        raise ValueError(
+            f"model and training.epochs: one run is estimated {format_amount(run.macs)} MACs, limit "
+            f"{format_amount(limits.max_run_macs)} (setting ACTLAB_MAX_RUN_MACS): epochs x (3 x training + "
+            f"evaluated examples) x {format_amount(run.forward_macs)} MACs per example; use a smaller model, pooling "
+            "or fewer epochs"
+        )
+    if run.memory_mb > limits.max_run_memory_mb:
+        raise ValueError(
+            f"model and training.batch_size: one run's activations are estimated {run.memory_mb:,.0f} MiB, "
+            f"limit {limits.max_run_memory_mb:,} MiB (setting ACTLAB_MAX_RUN_MEMORY_MB); use a smaller "
+            "batch_size, a smaller model or pooling"
+        )
+
+
 @dataclass(frozen=True)
 class Arm:
     """One (activation, seed) pair of an experiment."""
@@ -578,6 +595,7 @@ class ExperimentSpec(StrictModel):
                 f"the estimated cost {cost:.3g} (arms x epochs x training examples x parameters) exceeds "
                 f"the limit of {limits.max_cost:.3g} (setting ACTLAB_MAX_COST)"
             )
+        _check_run(estimate_run(self), limits)
         return self
 
     def arms(self) -> list[Arm]:

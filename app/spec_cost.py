@@ -1,19 +1,42 @@
-"""How big a spec's work is, from the spec alone: the model's parameter count and the cost estimate.
+"""How big a spec's work is, from the spec alone: parameters, the cost estimate and each run's compute and memory.
 
-The spec checks both against its limits (``ACTLAB_MAX_PARAMETERS``, ``ACTLAB_MAX_COST``) and the
-stacked trainer plans memory with the parameter count, so the counts must equal what the worker
-builds (``tests/training/test_models.py`` compares them). Each model kind of the catalog has one
-counting function in ``_PARAMETER_COUNTS``; the activation's learned parameters come from the
-catalog (``learnable_parameters``, ``per_unit_mode``). No torch.
+The spec checks them against its limits (``ACTLAB_MAX_PARAMETERS``, ``ACTLAB_MAX_COST`` for the
+whole experiment, ``ACTLAB_MAX_RUN_MACS`` and ``ACTLAB_MAX_RUN_MEMORY_MB`` for each run of each
+cell) and the stacked trainer plans memory with the parameter count, so the counts must equal what
+the worker builds (``tests/training/test_models.py`` compares the parameters,
+``tests/api/test_cost_model.py`` the multiply-accumulates with forward hooks on the built model).
+Each model kind of the catalog has one counting function in ``_PARAMETER_COUNTS`` and one in
+``_FORWARD_WORK``; the activation's learned parameters come from the catalog
+(``learnable_parameters``, ``per_unit_mode``). No torch.
+
+The run estimate (``estimate_run``), documented in README.md (Limits):
+
+- Forward multiply-accumulates (MACs) of one example: every Linear, convolution and recurrent
+  matmul of ``worker/training/models.py``. A convolution (padding "same", stride 1) keeps its
+  input's positions, so it costs in x out x kernel^d per output position; a pooling block then
+  halves each side (rounded down). A recurrent layer reads one image row or signal sample per
+  step: steps x (step features + hidden) x hidden x gates (1 rnn, 3 gru, 4 lstm; the Elman layer
+  skips the recurrent matmul of its first step, whose state is zero). Norms, activations and
+  pooling are elementwise and not counted.
+- A run: epochs x (3 x forward MACs x training examples + forward MACs x evaluated examples). The
+  backward pass costs about twice the forward (gradients with respect to the inputs and to the
+  weights, one matmul each), hence 3 per trained example: the "6N FLOPs per token" rule of Kaplan
+  et al. 2020, "Scaling Laws for Neural Language Models", section 2.1. The test split (and the
+  validation split) is evaluated forward only every epoch.
+- Memory: the larger of a training batch, batch_size x (input + each layer's outputs x
+  ``AUTOGRAD_COPIES``), and an evaluation batch without gradients, ``EVALUATION_BATCH_SIZE`` x
+  the largest layer output x 2 (its input and output live together), in float32 (4 bytes).
+  Weights and optimizer state are bounded by ``ACTLAB_MAX_PARAMETERS`` and not counted here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.catalog import ACTIVATIONS
+from app.catalog import ACTIVATIONS, DATASETS
 
 if TYPE_CHECKING:
     from app.spec import CnnSpec, ExperimentSpec, MlpSpec, RnnSpec
@@ -76,6 +99,144 @@ _PARAMETER_COUNTS: dict[str, ParameterCount] = {
     "cnn": _cnn_parameters,
     "rnn": _rnn_parameters,
 }
+
+
+@dataclass(frozen=True)
+class ForwardWork:
+    """One example's forward pass: multiply-accumulates, values kept for backward, the largest layer output."""
+
+    macs: int
+    kept: int
+    largest: int
+
+
+# (model spec, input shape, classes) -> one example's forward work.
+ForwardCount = Callable[[Any, tuple[int, ...], int], ForwardWork]
+
+
+def _dense_work(features: int, widths: list[int], classes: int, work: ForwardWork) -> ForwardWork:
+    """``work`` followed by Linear layers of ``widths`` and the output layer, from ``features`` inputs."""
+    macs, kept, largest = work.macs, work.kept, work.largest
+    for width in [*widths, classes]:
+        macs += features * width
+        kept += width
+        largest = max(largest, width)
+        features = width
+    return ForwardWork(macs, kept, largest)
+
+
+def _mlp_work(model: MlpSpec, shape: tuple[int, ...], classes: int) -> ForwardWork:
+    features = math.prod(shape)
+    return _dense_work(features, list(model.hidden), classes, ForwardWork(0, 0, features))
+
+
+def _cnn_work(model: CnnSpec, shape: tuple[int, ...], classes: int) -> ForwardWork:
+    channels = shape[0]
+    spatial = list(shape[1:])
+    kernel_taps = model.kernel_size ** len(spatial)
+    macs, kept, largest = 0, 0, math.prod(shape)
+    for width in model.channels:
+        # padding "same", stride 1: the output has the input's positions.
+        outputs = width * math.prod(spatial)
+        macs += outputs * channels * kernel_taps
+        kept += outputs
+        largest = max(largest, outputs)
+        channels = width
+        if model.pooling != "none":
+            spatial = [size // 2 for size in spatial]
+    features = channels * math.prod(spatial)
+    return _dense_work(features, list(model.hidden), classes, ForwardWork(macs, kept, largest))
+
+
+def _rnn_work(model: RnnSpec, shape: tuple[int, ...], classes: int) -> ForwardWork:
+    # Image rows (channels x width features) or signal samples (channels features), as _rnn_parameters reads them.
+    steps = shape[1]
+    features = shape[0] * shape[-1] if len(shape) == 3 else shape[0]
+    hidden = model.hidden_size
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}[model.cell]
+    macs, kept, largest = 0, 0, math.prod(shape)
+    for _ in range(model.layers):
+        if model.cell == "rnn":
+            # The first step's state is zero: the Elman layer starts without W_hh h (RecurrentLayer.forward).
+            macs += steps * features * hidden + (steps - 1) * hidden * hidden
+            kept += steps * hidden
+        else:
+            macs += steps * gates * (features + hidden) * hidden
+            # Each step's gate values and output.
+            kept += steps * (gates + 1) * hidden
+        largest = max(largest, steps * gates * hidden)
+        features = hidden
+    widths = [] if model.cell == "rnn" else [model.head_hidden]
+    return _dense_work(features, widths, classes, ForwardWork(macs, kept, largest))
+
+
+_FORWARD_WORK: dict[str, ForwardCount] = {
+    "mlp": _mlp_work,
+    "cnn": _cnn_work,
+    "rnn": _rnn_work,
+}
+
+TRAINING_MACS_PER_FORWARD = 3
+"""Forward + backward of a trained example in forward MACs (Kaplan et al. 2020, section 2.1: 6N FLOPs)."""
+AUTOGRAD_COPIES = 4
+"""Tensors of each layer's output size alive in a training step: its output, the normalised and the activated
+values autograd keeps for backward, and the gradient during backward (``member_memory_bytes`` counts the same)."""
+EVALUATION_BATCH_SIZE = 1024
+"""Examples per evaluation batch: ``worker.training.trainer.EVALUATION_BATCH_SIZE`` (a test keeps them equal)."""
+_FLOAT_BYTES = 4
+_MIB = 2**20
+RUN_MACS_RULE = (
+    f"epochs x ({TRAINING_MACS_PER_FORWARD} x training examples + evaluated test and validation examples) x "
+    "forward MACs per example; the forward MACs count every Linear, every convolution at each output position "
+    "(padding same, stride 1, pooling halves each side) and every recurrent step ((step features + hidden) x hidden "
+    "x gates: 1 rnn, 3 gru, 4 lstm)"
+)
+RUN_MEMORY_RULE = (
+    f"the larger of a training batch (batch_size x (input + {AUTOGRAD_COPIES} x every layer's outputs)) and an "
+    f"evaluation batch of {EVALUATION_BATCH_SIZE} (2 x the largest layer output), {_FLOAT_BYTES} bytes a value, in "
+    "MiB; weights and optimizer state are not counted"
+)
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """What one run of a spec does: forward MACs per example, MACs of the whole run, peak activation memory."""
+
+    forward_macs: int
+    macs: float
+    memory_mb: float
+
+
+def forward_work(spec: ExperimentSpec) -> ForwardWork:
+    """One example's forward work for the spec's model (what ``worker.training.models`` builds)."""
+    count = _FORWARD_WORK.get(spec.model.kind)
+    if count is None:
+        raise AssertionError(f"no forward count for model kind {spec.model.kind!r}")
+    return count(spec.model, spec.dataset.input_shape, spec.dataset.classes)
+
+
+def estimate_run(spec: ExperimentSpec) -> RunEstimate:
+    """The compute and memory of one run (one arm of one cell) of this spec; see the module docstring."""
+    work = forward_work(spec)
+    train_size = spec.dataset.train_size
+    validation = (
+        math.floor(spec.training.validation_fraction * train_size + 0.5) if spec.training.validation_fraction else 0
+    )
+    entry = DATASETS[spec.dataset.name]
+    # A generated dataset keeps test examples in proportion to its training examples (a fifth of the samples).
+    test = entry.test_size * train_size / entry.train_size
+    trained = train_size - validation
+    macs = float(spec.training.epochs) * work.macs * (TRAINING_MACS_PER_FORWARD * trained + validation + test)
+    per_example = math.prod(spec.dataset.input_shape) + AUTOGRAD_COPIES * work.kept
+    training_bytes = spec.training.batch_size * per_example * _FLOAT_BYTES
+    evaluation_bytes = EVALUATION_BATCH_SIZE * 2 * work.largest * _FLOAT_BYTES
+    return RunEstimate(work.macs, macs, max(training_bytes, evaluation_bytes) / _MIB)
+
+
+def format_amount(value: float) -> str:
+    """A count in two significant digits as the limit messages write it: 9.3e14, 1e13, 512."""
+    mantissa, _, exponent = f"{value:.2g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
 
 
 def estimate_parameters(spec: ExperimentSpec) -> int:

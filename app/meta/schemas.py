@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from app import catalog
+from app import catalog, spec_cost
 from app.catalog import ParameterValue
 from app.config import Settings, SpecLimits
 from app.expressions import BINARY_OPERATORS, MAX_NODES, UNARY_OPERATORS
@@ -80,6 +80,22 @@ class LimitEntry(BaseModel):
     environment_variable: str
 
 
+class RunCostModel(BaseModel):
+    """How one run's compute and memory are estimated for ACTLAB_MAX_RUN_MACS and ACTLAB_MAX_RUN_MEMORY_MB."""
+
+    macs: str = Field(spec_cost.RUN_MACS_RULE, description="What one run's multiply-accumulates count.")
+    training_macs_per_forward: int = Field(
+        spec_cost.TRAINING_MACS_PER_FORWARD, description="Forward + backward of a trained example, in forward MACs."
+    )
+    memory: str = Field(spec_cost.RUN_MEMORY_RULE, description="What one run's activation memory counts.")
+    autograd_copies: int = Field(
+        spec_cost.AUTOGRAD_COPIES, description="Tensors of each layer's output size kept in a training step."
+    )
+    evaluation_batch_size: int = Field(
+        spec_cost.EVALUATION_BATCH_SIZE, description="Examples per evaluation batch (no gradients)."
+    )
+
+
 class ExpressionLanguage(BaseModel):
     """What a custom activation formula may use."""
 
@@ -115,6 +131,7 @@ class Catalog(BaseModel):
     factor_paths: list[FactorPathEntry] = Field(description="Paths a version-2 spec's factors may vary.")
     expression: ExpressionLanguage
     diagnostics: DiagnosticThresholds
+    run_cost: RunCostModel = Field(description="The estimate the per-run limits apply to (app/spec_cost.py).")
     limits: list[LimitEntry]
 
 
@@ -236,5 +253,6 @@ def build_catalog(settings: Settings) -> Catalog:
             saturated_share=catalog.SATURATED_SHARE,
             probe_examples=catalog.PROBE_EXAMPLES,
         ),
+        run_cost=RunCostModel(),
         limits=_limits(settings),
     )
