@@ -72,7 +72,9 @@ class SpecLimits(BaseSettings):
         description="Estimated cost of one experiment: arms x epochs x training examples x parameters, over all cells.",
     )
     # Default: about the 6-hour task time limit of one run at 1e10 MACs/s, what float32 training sustains on a few
-    # CPU cores; an MNIST 784-256-256 MLP for 200 epochs is 1e13, a CIFAR-10 [32, 64, 128] CNN for 50 epochs 8.3e13.
+    # CPU cores (measured on one core of a loaded 2-core machine, 1 thread, batch 128: 4e9 for an MNIST 784-256-256
+    # MLP, 2e9 for a CIFAR-10 16-32 CNN); that MLP for 200 epochs is 1e13, a CIFAR-10 [32, 64, 128] CNN for 50 epochs
+    # 8.3e13.
     max_run_macs: float = Field(
         2e14,
         gt=0,
