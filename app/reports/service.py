@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.experiments import service as experiments_service
 from app.experiments.service import FINISHED_EXPERIMENT_STATUSES
+from app.results import factorial_service
 from app.results import service as results_service
 from app.results.comparisons import family_disagreements
 from app.results.failures import DEFAULT_CHANCE_MARGIN
@@ -20,6 +21,7 @@ from app.results.plots import PLOT_KINDS
 from app.results.statistics import METRIC_COLUMNS, SUMMARY_KINDS, ResultOptions
 from app.results.verdicts import pair_matrix
 from app.schemas import as_utc
+from app.spec_factors import pairing_note
 
 FINISHED = frozenset(str(status) for status in FINISHED_EXPERIMENT_STATUSES)
 DASHBOARD_LIMIT = 100
@@ -174,6 +176,19 @@ def _table(frame: pd.DataFrame, columns: dict[str, str], *, sort: str | None = N
     return ReportTable(list(columns.values()), rows, classes)
 
 
+def _summary_table(summary: pd.DataFrame, *, factorial: bool) -> ReportTable:
+    """The results table, best rank first; with factors one block of rows per cell, in cell order."""
+    if "rank" not in summary.columns:
+        return _table(summary, {})
+    if not factorial:
+        return _table(summary, SUMMARY_COLUMNS, sort="rank")
+    cells = {cell: position for position, cell in enumerate(dict.fromkeys(summary["cell"]))}
+    ordered = summary.assign(_cell=summary["cell"].map(cells)).sort_values(
+        ["_cell", "rank", "activation_index"], kind="stable", na_position="last"
+    )
+    return _table(ordered, {"cell": "cell", **SUMMARY_COLUMNS})
+
+
 @dataclass
 class Report:
     """Everything the report page shows."""
@@ -207,6 +222,75 @@ class Report:
     runs: ReportTable
     metric_choices: tuple[str, ...] = METRIC_COLUMNS
     summary_choices: tuple[str, ...] = SUMMARY_KINDS
+    # Only for an experiment with factors (spec version 2): its cells, the ranking over them and its plots.
+    factorial: FactorialSection | None = None
+
+
+@dataclass
+class FactorialSection:
+    """The cells of a factorial experiment, the ranking over them, the test, and the across-cell plots."""
+
+    cells: ReportTable
+    ranking: ReportTable
+    test: str
+    pairing: str
+    plots: list[tuple[str, str, str]]
+
+
+FACTORIAL_PLOT_CAPTIONS: dict[str, str] = {
+    "critical-difference": "Critical-difference diagram: mean rank over the cells (Nemenyi)",
+    "interaction": "Interactions: the metric against each factor's levels, one line per activation",
+}
+
+
+def _ranking_test(ranking: dict[str, Any]) -> str:
+    """One sentence: the omnibus test over the cells and the critical difference, or why there is none."""
+    if ranking["status"] != "ok":
+        return f"No ranking: {ranking['reason']}."
+    if ranking["test"] == "wilcoxon":
+        test = f"Wilcoxon signed-rank over the cells, p = {format_number(ranking['p_value'], 3)}"
+    else:
+        test = (
+            f"Friedman chi-square {format_number(ranking['statistic'], 3)} (p = {format_number(ranking['p_value'], 3)}),"
+            f" Iman-Davenport p = {format_number(ranking['iman_davenport_p'], 3)}"
+        )
+    verdict = "the activations do not all rank alike" if ranking["rejected"] else "no difference in ranks is shown"
+    return (
+        f"{test}: {verdict} at alpha {ranking['alpha']}; Nemenyi critical difference "
+        f"{format_number(ranking['critical_difference'], 3)} over {len(ranking['cells'])} cells."
+    )
+
+
+def _factorial_section(
+    tables: results_service.ExperimentTables, options: ResultOptions, base: str, query: str
+) -> FactorialSection:
+    cells = results_service.cell_tables(tables)
+    found = factorial_service.ranking(tables=tables, options=options).as_dict()
+    by_cell: dict[tuple[str, str], float | None] = {
+        (str(row["cell"]), str(row["activation"])): row["rank"] for row in found["cell_ranks"]
+    }
+    order = sorted(found["activations"], key=lambda label: found["mean_ranks"].get(label) or math.inf)
+    ranking = ReportTable(
+        ["activation", "mean rank", *found["cells"]],
+        [
+            [label, format_number(found["mean_ranks"].get(label), 3)]
+            + [format_number(by_cell.get((cell, label)), 3) for cell in found["cells"]]
+            for label in order
+        ],
+    )
+    cell_table = ReportTable(
+        ["cell", *tables.factors, "runs"],
+        [
+            [cell.label, *[cell.levels.get(path, "") for path in tables.factors], str(len(cell.tables.runs))]
+            for cell in cells
+        ],
+    )
+    plots = [
+        (caption, f"{base}/plots/{kind}.svg?{query}", f"{base}/plots/{kind}.png?{query}")
+        for kind, caption in FACTORIAL_PLOT_CAPTIONS.items()
+    ]
+    pairing = pairing_note(tables.spec) if tables.spec is not None else ""
+    return FactorialSection(cells=cell_table, ranking=ranking, test=_ranking_test(found), pairing=pairing, plots=plots)
 
 
 def _description(tables: results_service.ExperimentTables) -> list[tuple[str, str]]:
@@ -278,16 +362,20 @@ def report(
     summary = results_service.summary_table(tables=tables, options=options)
     pairs = results_service.pairs_table(tables=tables, options=options)
     diagnostics = results_service.diagnostics_table(tables=tables)
-    found = results_service.recommendation(
-        tables=tables,
-        options=options,
-        summary=summary,
-        pairs=pairs,
-        diagnostics=diagnostics,
-        chance_margin=chance_margin,
-    )
+    if tables.factors:
+        found = factorial_service.recommendation(tables=tables, options=options, chance_margin=chance_margin)
+    else:
+        found = results_service.recommendation(
+            tables=tables,
+            options=options,
+            summary=summary,
+            pairs=pairs,
+            diagnostics=diagnostics,
+            chance_margin=chance_margin,
+        )
     labels = [str(label) for label in summary["activation"]] if "activation" in summary.columns else []
-    matrix_table = _matrix_table(pairs, labels)
+    # With factors the pairs are per cell: the ranking section relates the cells instead of one matrix.
+    matrix_table = _matrix_table(pairs, labels) if not tables.factors else ReportTable([], [])
     query = urlencode(
         {"metric": options.metric, "summary": options.summary, "k": options.k}
         | ({"include_diverged": "true"} if options.include_diverged else {})
@@ -344,17 +432,20 @@ def report(
         finished=str(experiment.status) in FINISHED,
         options=options,
         baseline=baseline,
-        summary=_table(summary, SUMMARY_COLUMNS, sort="rank") if "rank" in summary.columns else _table(summary, {}),
+        summary=_summary_table(summary, factorial=bool(tables.factors)),
         summary_label=options.summary_label,
         margin=options.margin,
         summary_correction=_correction(summary),
         matrix=matrix_table,
         matrix_correction=_correction(pairs),
-        disagreements=family_disagreements(summary, pairs) if "correction" in pairs.columns else [],
+        disagreements=family_disagreements(summary, pairs)
+        if "correction" in pairs.columns and not tables.factors
+        else [],
         diagnostics=_table(diagnostics, DIAGNOSTIC_COLUMNS),
         sentences=found.sentences,
         best_choices=found.best_choices,
         plots=plots,
         downloads=downloads,
         runs=ReportTable(["activation", "seed", "status", "epochs", "device", "seconds", "error"], run_rows),
+        factorial=_factorial_section(tables, options, base, query) if tables.factors else None,
     )
