@@ -164,3 +164,27 @@ def test_cli_prints_the_ranking_and_the_effects(client: TestClient, factorial_ex
 
 def test_cli_says_a_one_cell_ranking_is_insufficient(client: TestClient, finished_experiment: uuid.UUID) -> None:
     assert _cli(client, str(finished_experiment), "--view", "ranking").startswith("ranking insufficient: ")
+
+
+def test_report_shows_the_cells_the_ranking_and_the_across_cell_plots(
+    client: TestClient, factorial_experiment: uuid.UUID
+) -> None:
+    page = client.get(f"/experiments/{factorial_experiment}")
+    assert page.status_code == 200
+    html = page.text
+    assert '<h2 id="factorial">Across cells</h2>' in html
+    assert 'id="cells-table"' in html and 'id="ranking-table"' in html
+    assert all(cell in html for cell in CELLS)
+    assert "Friedman chi-square" in html
+    assert f"/v1/experiments/{factorial_experiment}/plots/critical-difference.png" in html
+    assert f"/v1/experiments/{factorial_experiment}/plots/interaction.png" in html
+    assert 'id="pairs-table"' not in html  # pairs are per cell: the ranking relates the cells instead
+    assert "In cell hidden=16, lr=0.001, relu is best" in html
+
+
+def test_report_of_a_one_cell_experiment_has_no_factorial_section(
+    client: TestClient, finished_experiment: uuid.UUID
+) -> None:
+    html = client.get(f"/experiments/{finished_experiment}").text
+    assert 'id="factorial"' not in html
+    assert 'id="pairs-table"' in html
