@@ -104,6 +104,18 @@ def _end_pool_process() -> None:
     os._exit(ORPHANED_EXIT_STATUS)
 
 
+def _arm(*, parent_pid: int, on_orphaned: Callable[[], None]) -> None:
+    """Arm the parent-death signal and start the watch thread; ``on_orphaned`` at once if the parent is gone."""
+    set_parent_death_signal()
+    watch = ParentWatch(
+        parent_pid=parent_pid, interval=get_settings().worker_parent_watch_seconds, on_orphaned=on_orphaned
+    )
+    # The parent may have died before the signal was armed: then the signal never comes.
+    if watch.orphaned():
+        on_orphaned()
+    watch.start()
+
+
 def watch_parent() -> bool:
     """In the worker's main process, before Celery starts: watch the parent named by ACTLAB_SUPERVISOR_PID.
 
@@ -113,16 +125,8 @@ def watch_parent() -> bool:
     text = os.environ.get(SUPERVISOR_PID_VARIABLE, "").strip()
     if not text.isdigit():
         return False
-    parent_pid = int(text)
     _main_pid = os.getpid()
-    set_parent_death_signal()
-    watch = ParentWatch(
-        parent_pid=parent_pid, interval=get_settings().worker_parent_watch_seconds, on_orphaned=_end_worker_tree
-    )
-    # The parent may have died before the signal was armed: then it never comes.
-    if watch.orphaned():
-        _end_worker_tree()
-    watch.start()
+    _arm(parent_pid=int(text), on_orphaned=_end_worker_tree)
     return True
 
 
@@ -130,12 +134,5 @@ def watch_parent() -> bool:
 def _watch_the_main_process(**_: Any) -> None:
     # A pool process of a watched worker: its parent is the worker's main process. The parent-death
     # signal is cleared by fork, and the main process's watch thread did not survive it: arm both again.
-    if _main_pid is None:
-        return
-    set_parent_death_signal()
-    watch = ParentWatch(
-        parent_pid=_main_pid, interval=get_settings().worker_parent_watch_seconds, on_orphaned=_end_pool_process
-    )
-    if watch.orphaned():
-        _end_pool_process()
-    watch.start()
+    if _main_pid is not None:
+        _arm(parent_pid=_main_pid, on_orphaned=_end_pool_process)

@@ -6,28 +6,22 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.integration import test_embedded
 from tests.integration.conftest import spirals_spec, wait_for_experiment, wait_until
 from tests.integration.test_embedded import EmbeddedService
 
 pytestmark = pytest.mark.integration
 
+# The fixture: `actlab serve` in the test's directory, stopped at the end.
+embedded = test_embedded.embedded
+
 EPOCHS = 8
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[EmbeddedService]:
-    embedded = EmbeddedService(tmp_path)
-    try:
-        yield embedded
-    finally:
-        if embedded.process is not None:
-            embedded.process.stop(timeout=30)
 
 
 def _state(pid: int) -> str | None:
@@ -55,19 +49,18 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _readiness(url: str) -> tuple[int, dict[str, object]] | None:
+def _readiness(url: str, status: int) -> dict[str, Any] | None:
+    """The body of GET /readyz when it answers ``status``, else None."""
     try:
         response = httpx.get(f"{url}/readyz", timeout=10)
     except httpx.TransportError:
         return None
-    return response.status_code, response.json()
+    body: dict[str, Any] = response.json()
+    return body if response.status_code == status else None
 
 
-def _wait_ready(url: str) -> dict[str, object]:
-    answer = wait_until(
-        lambda: (reply := _readiness(url)) is not None and reply[0] == 200 and reply, timeout=120, what="/readyz 200"
-    )
-    return answer[1]
+def _wait_ready(url: str) -> dict[str, Any]:
+    return wait_until(lambda: _readiness(url, 200), timeout=120, what="/readyz 200")
 
 
 def _start_a_long_run(api: httpx.Client) -> str:
@@ -83,28 +76,28 @@ def _start_a_long_run(api: httpx.Client) -> str:
 
 
 def test_a_killed_worker_is_restarted_readyz_says_so_and_its_run_finishes_with_every_epoch_once(
-    service: EmbeddedService,
+    embedded: EmbeddedService,
 ) -> None:
-    service.start()
-    ready = _wait_ready(service.url)
-    assert ready["checks"]["worker"]["ok"] is True  # type: ignore[index]
-    worker_pid = service.worker_pid()
-    with service.client() as api:
+    embedded.start()
+    ready = _wait_ready(embedded.url)
+    assert ready["checks"]["worker"]["ok"] is True, ready
+    worker_pid = embedded.worker_pid()
+    with embedded.client() as api:
         experiment_id = _start_a_long_run(api)
         # kill -9 of the worker's main process and its pool, at once (its process group).
         os.killpg(worker_pid, signal.SIGKILL)
 
         down = wait_until(
-            lambda: (reply := _readiness(service.url)) is not None and reply[0] == 503 and reply,
+            lambda: _readiness(embedded.url, 503),
             timeout=60,
             interval=0.02,
             what="/readyz to answer 503 after the worker was killed",
         )
-        assert down[1]["checks"]["worker"]["ok"] is False, down  # type: ignore[index]
-        back = _wait_ready(service.url)
-        detail = str(back["checks"]["worker"]["detail"])  # type: ignore[index]
-        assert str(worker_pid) not in detail, back
-        log = service.process.log() if service.process else ""
+        assert down["checks"]["worker"]["ok"] is False, down
+        assert down["checks"]["database"]["ok"] is True, down
+        back = _wait_ready(embedded.url)
+        assert str(worker_pid) not in back["checks"]["worker"]["detail"], back
+        log = embedded.process.log() if embedded.process else ""
         assert f"the worker process {worker_pid} was killed by SIGKILL; restarting it in" in log, log
 
         finished = wait_for_experiment(api, experiment_id, timeout=240)
@@ -115,15 +108,15 @@ def test_a_killed_worker_is_restarted_readyz_says_so_and_its_run_finishes_with_e
     assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))
 
 
-def test_a_worker_whose_service_is_killed_exits_with_its_pool(service: EmbeddedService) -> None:
-    serve = service.start()
-    _wait_ready(service.url)
-    worker_pid = service.worker_pid()
+def test_a_worker_whose_service_is_killed_exits_with_its_pool(embedded: EmbeddedService) -> None:
+    serve = embedded.start()
+    _wait_ready(embedded.url)
+    worker_pid = embedded.worker_pid()
     pool = _children(worker_pid)
     assert pool, "the worker has no pool processes"
     worker_tree = [worker_pid, *pool]
     try:
-        with service.client() as api:
+        with embedded.client() as api:
             # A pool process is busy training when the service dies.
             _start_a_long_run(api)
         os.kill(serve.pid, signal.SIGKILL)
