@@ -6,12 +6,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from app.cli import supervisor
+from app.cli.supervisor import EmbeddedWorker
+from app.config import Settings
 from tests.integration import test_embedded
 from tests.integration.conftest import spirals_spec, wait_for_experiment, wait_until
 from tests.integration.test_embedded import EmbeddedService
@@ -129,3 +134,40 @@ def test_a_worker_whose_service_is_killed_exits_with_its_pool(embedded: Embedded
         for pid in worker_tree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_that_keeps_dying_is_restarted_up_to_the_limit_then_left_down(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start_a_stand_in(**_: Any) -> subprocess.Popen[bytes]:
+        # A process that lives until it is killed stands in for `actlab worker`.
+        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(supervisor, "start_worker_process", start_a_stand_in)
+    settings = Settings(worker_restart_limit=1, worker_restart_backoff_seconds=0.01)
+    worker = EmbeddedWorker(settings=settings, concurrency=1, loglevel="info")
+    try:
+        first = worker.start()
+        os.kill(first, signal.SIGKILL)
+        second = wait_until(lambda: worker.pid != first and worker.pid, timeout=30, what="the restarted worker")
+        os.kill(second, signal.SIGKILL)
+
+        def given_up() -> tuple[bool, str] | None:
+            check = worker.check()
+            return check if "not restarted" in check[1] else None
+
+        ready, reason = wait_until(given_up, timeout=30, what="the supervisor to give up")
+    finally:
+        worker.stop(timeout=5)
+    assert ready is False
+    assert f"the worker process {second} was killed by SIGKILL; not restarted" in reason
+    assert "ACTLAB_WORKER_RESTART_LIMIT" in reason
+    assert len(started) == 2
+    printed = capsys.readouterr().err
+    assert (
+        f"the worker process {first} was killed by SIGKILL; restarting it in 0.01 s (restart 1 of at most 1" in printed
+    )
