@@ -134,3 +134,37 @@ def test_a_stack_takes_the_runs_of_one_cell_only_and_each_cell_keeps_its_numbers
         expected = _reference(run_spec(stored, run.cell_levels), run)
         assert _losses(engine, run.id) == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert _losses(engine, first_cell[0].id) != _losses(engine, second_cell[0].id)
+
+
+def test_a_seed_fixes_the_data_order_in_every_cell_unless_a_factor_changes_the_data() -> None:
+    import torch
+
+    from app.spec_factors import expand_cells, pairing_note
+    from worker.training.trainer import batch_indices
+
+    def orders(spec: ExperimentSpec) -> list[list[int]]:
+        return [
+            torch.cat(
+                batch_indices(
+                    seed=0,
+                    epoch=1,
+                    size=cell.spec.dataset.train_size,
+                    batch_size=cell.spec.training.batch_size,
+                    device=torch.device("cpu"),
+                )
+            ).tolist()
+            for cell in expand_cells(spec)
+        ]
+
+    paired = ExperimentSpec.model_validate(
+        {**TINY_SPEC, "version": 2, "factors": {"training.lr": [0.01, 0.1], "model.hidden": [[8], [8, 8]]}}
+    )
+    first, *others = orders(paired)
+    assert all(order == first for order in others)
+    assert "across cells" in pairing_note(paired)
+    by_data = ExperimentSpec.model_validate(
+        {**TINY_SPEC, "version": 2, "factors": {"dataset.params.samples": [300, 400]}}
+    )
+    small, large = orders(by_data)
+    assert len(small) != len(large)
+    assert pairing_note(by_data).startswith("seeds pair activations within each cell only")
