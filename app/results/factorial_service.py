@@ -5,7 +5,8 @@ pure statistics of app.results.factorial, factorial_plots and factorial_advice.
   its cell), with the run's cell label and one column per factor path (its level as ``service.level_text``).
   Only runs that entered the statistics count (``included``); the others are NaN, as the pure functions expect.
 - ``view=ranking`` (``ranking_table``): one row per activation with its mean rank over the cells, its rank and
-  seed mean in each cell, and the omnibus test, critical difference and Nemenyi pairs of the whole ranking.
+  seed mean in each cell, its mean rank per level of each factor (per dataset where ``dataset.name`` is a
+  factor), and the omnibus test, critical difference and Nemenyi pairs of the whole ranking.
 - ``view=effects`` (``effects_table``): one row per (factor, level, activation) with the mean over seeds and
   its interval, and the activation x factor ANOVA of that factor.
 - An experiment without factors (version 1) has one cell: both views answer rows with status
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from app.results import service
-from app.results.factorial import FactorEffect, Ranking, factor_effects, rank_activations
+from app.results.factorial import FactorEffect, Ranking, factor_effects, mean_ranks_by_level, rank_activations
 from app.results.factorial_advice import CellResult, how_to_choose
 from app.results.factorial_plots import FACTORIAL_PLOT_KINDS, factorial_plot
 from app.results.failures import DEFAULT_CHANCE_MARGIN
@@ -102,6 +103,7 @@ def ranking_table(*, tables: service.ExperimentTables, options: ResultOptions) -
         )
     found = ranking(tables=tables, options=options)
     summary = found.as_dict()
+    by_level = _mean_ranks_by_level(tables, found)
     shared = {
         key: summary[key]
         for key in (
@@ -128,6 +130,7 @@ def ranking_table(*, tables: service.ExperimentTables, options: ResultOptions) -
                 "mean_rank": summary["mean_ranks"].get(label),
                 "cell_ranks": dict(zip(own["cell"], own["rank"].astype(float), strict=True)) if own is not None else {},
                 "cell_means": dict(zip(own["cell"], own["mean"].astype(float), strict=True)) if own is not None else {},
+                "mean_rank_by_level": {factor: ranks.get(label, {}) for factor, ranks in by_level.items()},
                 "nemenyi_p": {
                     (pair["opponent"] if pair["activation"] == label else pair["activation"]): pair["p_value"]
                     for pair in pairs
@@ -145,6 +148,20 @@ def ranking_table(*, tables: service.ExperimentTables, options: ResultOptions) -
     if "mean_rank" in frame.columns and frame["mean_rank"].notna().any():
         frame = frame.sort_values("mean_rank", kind="stable").reset_index(drop=True)
     return service.with_trace(frame, tables.experiment)
+
+
+def _mean_ranks_by_level(tables: service.ExperimentTables, found: Ranking) -> dict[str, dict[str, dict[str, float]]]:
+    """Per factor, per activation: its mean rank over the ranked cells at each level (e.g. per dataset)."""
+    cells = service.cell_tables(tables)
+    levels = pd.DataFrame([{"cell": cell.label, **cell.levels} for cell in cells], columns=["cell", *tables.factors])
+    found_by_level: dict[str, dict[str, dict[str, float]]] = {}
+    for factor in tables.factors:
+        table = mean_ranks_by_level(found, levels, factor)
+        per_activation: dict[str, dict[str, float]] = {}
+        for row in table.to_dict("records"):
+            per_activation.setdefault(str(row["activation"]), {})[str(row["level"])] = float(row["mean_rank"])
+        found_by_level[factor] = per_activation
+    return found_by_level
 
 
 EFFECT_TERMS = ("activation", "factor", "interaction")

@@ -65,6 +65,8 @@ def test_ranking_gives_mean_ranks_over_the_cells_and_the_friedman_test(
     assert relu["test"] == "friedman"
     assert relu["cells"] == CELLS
     assert relu["cell_ranks"] == dict.fromkeys(CELLS, 1.0)
+    assert relu["mean_rank_by_level"]["model.hidden"] == {"[16]": 1.0, "[16,16,16,16]": 1.0}
+    assert rows[2]["mean_rank_by_level"]["training.lr"] == {"0.001": 3.0, "0.01": 3.0}
     assert relu["critical_difference"] > 0
     assert set(relu["nemenyi_p"]) == {"tanh", "sigmoid"}
     assert relu["metric"] == "test_accuracy"
