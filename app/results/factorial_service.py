@@ -31,6 +31,7 @@ from app.results.factorial_plots import FACTORIAL_PLOT_KINDS, factorial_plot
 from app.results.failures import DEFAULT_CHANCE_MARGIN
 from app.results.statistics import ResultOptions, StatisticsError, activation_order
 from app.service_errors import InvalidInputError
+from app.spec_factors import pairing_note
 
 ONE_CELL = "the experiment has one cell (no factors): ranking and effects compare activations across cells"
 
@@ -87,8 +88,10 @@ def effects(*, tables: service.ExperimentTables, options: ResultOptions) -> list
         raise _invalid(error) from None
 
 
-def _common(options: ResultOptions) -> dict[str, Any]:
-    return {"metric": options.metric, "summary": options.summary_label, "alpha": options.alpha}
+def _common(tables: service.ExperimentTables, options: ResultOptions) -> dict[str, Any]:
+    """Columns of every ranking and effects row: the metric, summary, alpha and which seed pairing holds."""
+    pairing = pairing_note(tables.spec) if tables.spec is not None else None
+    return {"metric": options.metric, "summary": options.summary_label, "alpha": options.alpha, "pairing": pairing}
 
 
 def ranking_table(*, tables: service.ExperimentTables, options: ResultOptions) -> pd.DataFrame:
@@ -96,10 +99,11 @@ def ranking_table(*, tables: service.ExperimentTables, options: ResultOptions) -
     labels, _ = _orders(tables)
     if not tables.factors:
         rows = [
-            {"activation": label, "status": "insufficient", "reason": ONE_CELL, **_common(options)} for label in labels
+            {"activation": label, "status": "insufficient", "reason": ONE_CELL, **_common(tables, options)}
+            for label in labels
         ]
         return service.with_trace(
-            pd.DataFrame(rows, columns=["activation", "status", "reason", *_common(options)]), tables.experiment
+            pd.DataFrame(rows, columns=["activation", "status", "reason", *_common(tables, options)]), tables.experiment
         )
     found = ranking(tables=tables, options=options)
     summary = found.as_dict()
@@ -141,7 +145,7 @@ def ranking_table(*, tables: service.ExperimentTables, options: ResultOptions) -
                     if pair["different"]
                 ],
                 **shared,
-                **_common(options),
+                **_common(tables, options),
             }
         )
     frame = pd.DataFrame(rows)
@@ -170,7 +174,7 @@ EFFECT_TERMS = ("activation", "factor", "interaction")
 def effects_table(*, tables: service.ExperimentTables, options: ResultOptions) -> pd.DataFrame:
     """One row per (factor, level, activation): mean over seeds with its interval, and the factor's ANOVA terms."""
     if not tables.factors:
-        row = {"factor": None, "status": "insufficient", "reason": ONE_CELL, **_common(options)}
+        row = {"factor": None, "status": "insufficient", "reason": ONE_CELL, **_common(tables, options)}
         return service.with_trace(pd.DataFrame([row]), tables.experiment)
     rows = []
     for effect in effects(tables=tables, options=options):
@@ -183,7 +187,7 @@ def effects_table(*, tables: service.ExperimentTables, options: ResultOptions) -
                     "status": effect.status,
                     "reason": effect.reason,
                     **terms,
-                    **_common(options),
+                    **_common(tables, options),
                 }
             )
     return service.with_trace(pd.DataFrame(rows), tables.experiment)

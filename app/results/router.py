@@ -144,7 +144,9 @@ def diagnostics(experiment_id: uuid.UUID, session: SessionDependency, output_for
     description="What failed to train (at most chance plus ACTLAB_CHANCE_MARGIN, or diverged) and the measured "
     "diagnostic that explains it, remedies as spec changes, then the ranking of the activations that trained "
     "(shown better, worse, equivalent or inconclusive against the best, with the seeds that would settle it) "
-    "and the cost per epoch; every sentence follows from the stored numbers.",
+    "and the cost per epoch; every sentence follows from the stored numbers. With factors it leads with how to "
+    "choose per condition (the best activations in each cell, the factors that change the ranking and those "
+    "that do not, for the measured cells only), then each cell's findings prefixed with the cell.",
     responses={404: {"model": MessageResponse}, 422: {"model": ValidationErrorResponse}},
 )
 def recommendation(

@@ -70,6 +70,9 @@ def test_ranking_gives_mean_ranks_over_the_cells_and_the_friedman_test(
     assert relu["critical_difference"] > 0
     assert set(relu["nemenyi_p"]) == {"tanh", "sigmoid"}
     assert relu["metric"] == "test_accuracy"
+    assert (
+        relu["pairing"] == "seeds pair activations within and across cells: a seed fixes the data order in every cell"
+    )
 
     as_csv = client.get(f"/v1/experiments/{factorial_experiment}/results", params={"view": "ranking", "format": "csv"})
     assert as_csv.headers["content-type"].startswith("text/csv")
