@@ -3,7 +3,9 @@
 This says that a worker is alive; it is not a run's heartbeat (``runs.heartbeat_at``, refreshed
 while the run trains by the run heartbeats of worker/lifecycle.py and read by the reaper).
 
-The API routes device 'auto' to the gpu queue while a GPU worker's row is fresh. The row is
+The API routes device 'auto' to the gpu queue while a GPU worker's row is fresh, and the /readyz
+of `actlab serve` waits for its worker's row to be written after that worker's start
+(app/cli/supervisor.py). The row is
 written from the worker's main process, which must never initialise CUDA (its pool
 children are forked from it), so the GPU is detected with ``nvidia-smi`` in a subprocess
 instead of torch: ``torch.cuda.is_available()`` initialises the CUDA driver in the calling
