@@ -182,7 +182,7 @@ AUTOGRAD_COPIES = 4
 """Tensors of each layer's output size alive in a training step: its output, the normalised and the activated
 values autograd keeps for backward, and the gradient during backward (``member_memory_bytes`` counts the same)."""
 EVALUATION_BATCH_SIZE = 1024
-"""Examples per evaluation batch: ``worker.training.trainer.EVALUATION_BATCH_SIZE`` (a test keeps them equal)."""
+"""Examples per evaluation batch: the trainers evaluate in batches of this size, and the memory estimate counts one."""
 _FLOAT_BYTES = 4
 _MIB = 2**20
 RUN_MACS_RULE = (

@@ -24,14 +24,12 @@ from app.config import SpecLimits
 from app.spec import ExperimentSpec
 from app.spec_cost import (
     AUTOGRAD_COPIES,
-    EVALUATION_BATCH_SIZE,
     TRAINING_MACS_PER_FORWARD,
     estimate_run,
     format_amount,
 )
 from app.spec_factors import expand_cells
 from tests.api.conftest import small_spec
-from worker.training import trainer
 from worker.training.models import build_model
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.json"))
@@ -197,10 +195,6 @@ def test_memory_estimate_bounds_what_autograd_saves_for_a_training_batch(dataset
     estimated = estimate_run(spec).memory_mb * 2**20
     # An upper bound that is not wildly above: autograd's saved tensors plus the logits.
     assert measured <= estimated <= 6 * measured
-
-
-def test_the_evaluation_batch_is_the_trainers() -> None:
-    assert EVALUATION_BATCH_SIZE == trainer.EVALUATION_BATCH_SIZE
 
 
 def unpooled_cifar_cnn(*, epochs: int) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional
 
 from app.spec import ActivationSpec, Arm, ExperimentSpec, TrainingSpec
+from app.spec_cost import EVALUATION_BATCH_SIZE
 from worker.training.datasets import DatasetSplits, load_dataset
 from worker.training.diagnostics import GradientFlowMonitor, LayerDiagnostics, probe_inputs
 from worker.training.epochs import run_epoch
@@ -37,7 +38,6 @@ from worker.training.models import ActivationNetwork, build_model
 from worker.training.reports import ArmOutcome, ArmStatus, EpochReport, LayerReport, RunInfo
 
 CHECKPOINT_FORMAT = 1
-EVALUATION_BATCH_SIZE = 1024
 
 Scheduler = torch.optim.lr_scheduler.LRScheduler
 

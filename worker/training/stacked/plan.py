@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 
 from app.spec import CnnSpec, ExperimentSpec, MlpSpec
-from app.spec_cost import estimate_parameters
-from worker.training.trainer import EVALUATION_BATCH_SIZE, resolve_device
+from app.spec_cost import EVALUATION_BATCH_SIZE, estimate_parameters
+from worker.training.trainer import resolve_device
 
 Member = tuple[int, int]
 """(activation_index, seed) of one member."""

@@ -25,6 +25,7 @@ from torch.nn import functional
 
 from app.catalog import PROBE_EXAMPLES
 from app.spec import ExperimentSpec
+from app.spec_cost import EVALUATION_BATCH_SIZE
 from worker.training.datasets import DatasetSplits
 from worker.training.diagnostics import (
     ActivationStatistics,
@@ -42,7 +43,7 @@ from worker.training.stacked.network import (
     copy_member_into,
     member_sources,
 )
-from worker.training.trainer import EVALUATION_BATCH_SIZE, ArmState, batch_indices, build_optimizer, build_scheduler
+from worker.training.trainer import ArmState, batch_indices, build_optimizer, build_scheduler
 
 # torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing; the same here, per member.
 _CLIP_EPSILON = 1e-6
