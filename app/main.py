@@ -12,10 +12,12 @@ from importlib import metadata
 from typing import Any
 
 import sqlalchemy.exc
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.allowed_methods import AllowedMethodsMiddleware
 from app.archives.router import router as archives_router
@@ -114,6 +116,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidInputError)
     async def _invalid_input(_request: Request, error: InvalidInputError) -> JSONResponse:
         return JSONResponse({"detail": error.errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+        # FastAPI answers a typed body it cannot decode (not UTF-8) with a bare 400 raised from the
+        # decoding error: the same 422 as every other body that is not JSON (app.dependencies.read_json_body).
+        if error.status_code == 400 and isinstance(error.__cause__, ValueError):
+            message = f"the request body is not valid JSON: {error.__cause__}"
+            return JSONResponse({"detail": [{"loc": "", "msg": message, "type": "json_invalid"}]}, status_code=422)
+        return await http_exception_handler(request, error)
 
     @app.exception_handler(sqlalchemy.exc.TimeoutError)
     @app.exception_handler(sqlalchemy.exc.OperationalError)

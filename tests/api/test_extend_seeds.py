@@ -161,6 +161,23 @@ def test_bad_seed_requests_get_422_naming_the_field(
     assert row_counts(db) == before
 
 
+def test_a_body_that_is_not_utf8_json_is_the_same_422_as_any_body_that_is_not_json(
+    client: TestClient, db: Session
+) -> None:
+    experiment = _submit(client)
+    before = row_counts(db)
+    response = client.post(
+        f"/v1/experiments/{experiment['id']}/seeds",
+        content=b'{"seeds": [\xff]}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["type"] == "json_invalid"
+    assert error["msg"].startswith("the request body is not valid JSON")
+    assert row_counts(db) == before
+
+
 def test_a_cancelled_experiment_cannot_take_seeds(client: TestClient, db: Session) -> None:
     experiment = _submit(client)
     assert client.post(f"/v1/experiments/{experiment['id']}/cancel").status_code == 200
