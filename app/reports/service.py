@@ -441,7 +441,9 @@ def report(
         disagreements=family_disagreements(summary, pairs)
         if "correction" in pairs.columns and not tables.factors
         else [],
-        diagnostics=_table(diagnostics, DIAGNOSTIC_COLUMNS),
+        diagnostics=_table(
+            diagnostics, {"cell": "cell", **DIAGNOSTIC_COLUMNS} if tables.factors else DIAGNOSTIC_COLUMNS
+        ),
         sentences=found.sentences,
         best_choices=found.best_choices,
         plots=plots,

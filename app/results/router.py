@@ -126,7 +126,8 @@ def results(
     description=(
         "One row per activation: the first-to-last layer gradient-norm ratio at each run's first and last "
         "epoch (geometric mean over seeds), vanishing/exploding flags (catalog thresholds), mean dead and "
-        "saturated unit fractions at the last epoch, and learned parameter values of learnable activations."
+        "saturated unit fractions at the last epoch, and learned parameter values of learnable activations. "
+        "With factors one row per (cell, activation), with the cell label and its levels."
     ),
     responses=_TABLE_RESPONSES,
 )

@@ -237,7 +237,10 @@ def run_values_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.
 
 
 def diagnostics_table(*, tables: ExperimentTables) -> pd.DataFrame:
-    """One row per activation: gradient-norm ratios and flags, dead and saturated fractions, learned parameters."""
+    """One row per activation (per cell and activation with factors): gradient-norm ratios and flags, dead and
+    saturated fractions, learned parameters."""
+    if tables.factors:
+        return _per_cell(tables, lambda part: diagnostics_table(tables=part))
     if tables.runs.empty:
         return with_trace(pd.DataFrame(columns=["activation"]), tables.experiment)
     layers = tables.layers if not tables.layers.empty else pd.DataFrame(columns=list(repository.LAYER_COLUMNS))

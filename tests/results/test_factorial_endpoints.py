@@ -193,3 +193,10 @@ def test_report_of_a_one_cell_experiment_has_no_factorial_section(
     html = client.get(f"/experiments/{finished_experiment}").text
     assert 'id="factorial"' not in html
     assert 'id="pairs-table"' in html
+
+
+def test_diagnostics_are_per_cell(client: TestClient, factorial_experiment: uuid.UUID) -> None:
+    rows = client.get(f"/v1/experiments/{factorial_experiment}/diagnostics").json()
+    assert [(row["cell"], row["activation"]) for row in rows] == [
+        (cell, label) for cell in CELLS for label in ("relu", "tanh", "sigmoid")
+    ]
