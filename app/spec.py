@@ -6,6 +6,8 @@ so an operator's environment override applies without a code change. Every name 
 may use, and every rule that differs between names, comes from ``app.catalog``; the
 parameter count and cost the limits apply to are estimated in ``app.spec_cost``. Version 2
 adds ``factors`` (a factorial design over spec paths); their rules and cells are ``app.spec_factors``.
+The field types and checks all the models share (strict models, numbers that are never booleans,
+one catalog parameter value) are ``app.spec_fields``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -37,14 +38,24 @@ from app.catalog import (
     MODEL_KINDS,
     OPTIMIZERS,
     SCHEDULES,
-    ParameterInfo,
     ParameterValue,
     activation_names,
     canonical_activation_name,
 )
-from app.config import SpecLimits, get_settings
+from app.config import SpecLimits
 from app.expressions import ExpressionError, parse_expression
 from app.spec_cost import RunEstimate, estimate_cost, estimate_parameters, estimate_run, format_amount
+from app.spec_fields import (
+    Integer,
+    Number,
+    PositiveInt,
+    Seed,
+    StrictModel,
+    check_parameter,
+    format_value,
+    limits_in_force,
+    not_boolean,
+)
 
 SPEC_VERSION = 1
 
@@ -63,64 +74,6 @@ else:
     ScheduleName = Literal[tuple(SCHEDULES)]
     InitSchemeName = Literal[tuple(INIT_SCHEMES)]
     DeviceName = Literal[DEVICES]
-
-
-def _limits(info: ValidationInfo | None = None) -> SpecLimits:
-    if info is not None and isinstance(info.context, dict) and isinstance(info.context.get("limits"), SpecLimits):
-        return info.context["limits"]
-    return get_settings()
-
-
-class StrictModel(BaseModel):
-    """Input model: unknown fields are errors."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-def _not_boolean(value: Any) -> Any:
-    # JSON true is not 1: pydantic's lax mode would train "seeds": [true] as seed 1.
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, not a boolean (got {str(value).lower()})")
-    return value
-
-
-Integer = Annotated[int, BeforeValidator(_not_boolean)]
-"""The spec's integer type: every integer field of an input model uses it (a guard test checks)."""
-Number = Annotated[float, BeforeValidator(_not_boolean)]
-"""The spec's real-number type: every float field of an input model uses it."""
-
-
-def _check_parameter(info: ParameterInfo, value: Any, where: str) -> ParameterValue:
-    """Validate one catalog parameter value; raise ValueError naming the problem."""
-    if info.kind == "choice":
-        if not isinstance(value, str) or value not in info.choices:
-            raise ValueError(f"{where} must be one of {', '.join(repr(c) for c in info.choices)}, got {value!r}")
-        return value
-    if info.kind == "bool":
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{where} must be a number, got {value!r}")
-    if info.kind == "int" and (not float(value).is_integer()):
-        raise ValueError(f"{where} must be an integer, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{where} must be finite, got {value!r}")
-    if info.minimum is not None:
-        if info.exclusive_minimum and number <= info.minimum:
-            raise ValueError(f"{where} must be greater than {info.minimum:g}, got {value!r}")
-        if not info.exclusive_minimum and number < info.minimum:
-            raise ValueError(f"{where} must be at least {info.minimum:g}, got {value!r}")
-    if info.maximum is not None and number > info.maximum:
-        raise ValueError(f"{where} must be at most {info.maximum:g}, got {value!r}")
-    return int(number) if info.kind == "int" else number
-
-
-def _format_value(value: ParameterValue) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 class ActivationSpec(StrictModel):
@@ -158,7 +111,7 @@ class ActivationSpec(StrictModel):
     def _parse_expression(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return value
-        limit = _limits(info).max_expression_length
+        limit = limits_in_force(info).max_expression_length
         if len(value) > limit:
             raise ValueError(f"expression is longer than {limit} characters")
         try:
@@ -190,13 +143,13 @@ class ActivationSpec(StrictModel):
     @field_validator("label")
     @classmethod
     def _label_length(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and len(value) > _limits(info).max_name_length:
-            raise ValueError(f"label is longer than {_limits(info).max_name_length} characters")
+        if value is not None and len(value) > limits_in_force(info).max_name_length:
+            raise ValueError(f"label is longer than {limits_in_force(info).max_name_length} characters")
         return value
 
     @model_validator(mode="after")
     def _check_params(self, info: ValidationInfo) -> ActivationSpec:
-        limits = _limits(info)
+        limits = limits_in_force(info)
         canonical = self.canonical_name
         catalog_entry = ACTIVATIONS[canonical]
         if canonical == "custom":
@@ -219,7 +172,7 @@ class ActivationSpec(StrictModel):
             if key not in known:
                 allowed = ", ".join(known) or "none"
                 raise ValueError(f"unknown parameter {key!r} for {canonical}; allowed: {allowed}")
-            checked[key] = _check_parameter(known[key], value, f"params.{key}")
+            checked[key] = check_parameter(known[key], value, f"params.{key}")
         if catalog_entry.bounds is not None:
             low, high = catalog_entry.bounds
             if float(checked.get(low, known[low].default)) >= float(checked.get(high, known[high].default)):
@@ -245,7 +198,7 @@ class ActivationSpec(StrictModel):
             return f"custom({self.expression})"
         entry = ACTIVATIONS[self.canonical_name]
         changed = [
-            f"{parameter.name}={_format_value(self.params[parameter.name])}"
+            f"{parameter.name}={format_value(self.params[parameter.name])}"
             for parameter in entry.parameters
             if parameter.name in self.params and self.params[parameter.name] != parameter.default
         ]
@@ -275,8 +228,8 @@ class DatasetSpec(StrictModel):
             if key not in known:
                 allowed = ", ".join(known) or "none"
                 raise ValueError(f"unknown parameter {key!r} for dataset {self.name}; allowed: {allowed}")
-            checked[key] = _check_parameter(known[key], value, f"params.{key}")
-        samples, limit = entry.samples_parameter, _limits(info).max_dataset_samples
+            checked[key] = check_parameter(known[key], value, f"params.{key}")
+        samples, limit = entry.samples_parameter, limits_in_force(info).max_dataset_samples
         if samples is not None and int(checked.get(samples, known[samples].default)) > limit:
             raise ValueError(f"params.{samples} must be at most {limit}")
         self.params = checked
@@ -304,24 +257,19 @@ class DatasetSpec(StrictModel):
 
 
 def _check_width(value: int, info: ValidationInfo, what: str) -> int:
-    limit = _limits(info).max_width
+    limit = limits_in_force(info).max_width
     if value > limit:
         raise ValueError(f"{what} must be at most {limit} (setting ACTLAB_MAX_WIDTH), got {value}")
     return value
 
 
 def _check_depth(values: list[int], info: ValidationInfo, what: str) -> list[int]:
-    limit = _limits(info).max_depth
+    limit = limits_in_force(info).max_depth
     if len(values) > limit:
         raise ValueError(f"{what} may have at most {limit} entries (setting ACTLAB_MAX_DEPTH), got {len(values)}")
     for value in values:
         _check_width(value, info, f"each entry of {what}")
     return values
-
-
-# The bound comes before the boolean check so that the JSON schema says "minimum" (as for plain fields).
-PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_not_boolean)]
-Seed = Annotated[int, Field(ge=0), BeforeValidator(_not_boolean)]
 
 
 class MlpSpec(StrictModel):
@@ -387,7 +335,7 @@ class RnnSpec(StrictModel):
     @field_validator("layers")
     @classmethod
     def _bounded_layers(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_depth
+        limit = limits_in_force(info).max_depth
         if value > limit:
             raise ValueError(f"layers must be at most {limit} (setting ACTLAB_MAX_DEPTH), got {value}")
         return value
@@ -406,7 +354,7 @@ class TrainingSpec(StrictModel):
     momentum: Number = Field(0.9, ge=0.0, lt=1.0, description="Momentum of sgd and rmsprop (rmsprop default use: 0).")
     nesterov: bool = Field(False, description="Nesterov momentum (sgd).")
     weight_decay: Number = Field(0.0, ge=0.0, le=1.0)
-    grad_clip: Annotated[float, Field(gt=0.0, le=1e6), BeforeValidator(_not_boolean)] | None = Field(
+    grad_clip: Annotated[float, Field(gt=0.0, le=1e6), BeforeValidator(not_boolean)] | None = Field(
         None, description="Clip the global gradient norm to this value."
     )
     schedule: ScheduleName = "none"
@@ -418,7 +366,7 @@ class TrainingSpec(StrictModel):
     @field_validator("epochs")
     @classmethod
     def _bounded_epochs(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_epochs
+        limit = limits_in_force(info).max_epochs
         if value > limit:
             raise ValueError(f"epochs must be at most {limit} (setting ACTLAB_MAX_EPOCHS), got {value}")
         return value
@@ -426,7 +374,7 @@ class TrainingSpec(StrictModel):
     @field_validator("batch_size")
     @classmethod
     def _bounded_batch(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_batch_size
+        limit = limits_in_force(info).max_batch_size
         if value > limit:
             raise ValueError(f"batch_size must be at most {limit} (setting ACTLAB_MAX_BATCH_SIZE), got {value}")
         return value
@@ -520,7 +468,7 @@ class ExperimentSpec(StrictModel):
     @field_validator("name")
     @classmethod
     def _bounded_name(cls, value: str, info: ValidationInfo) -> str:
-        limit = _limits(info).max_name_length
+        limit = limits_in_force(info).max_name_length
         if len(value) > limit:
             raise ValueError(f"name must be at most {limit} characters")
         return value
@@ -528,7 +476,7 @@ class ExperimentSpec(StrictModel):
     @field_validator("activations")
     @classmethod
     def _bounded_activations(cls, value: list[ActivationSpec], info: ValidationInfo) -> list[ActivationSpec]:
-        limit = _limits(info).max_activations
+        limit = limits_in_force(info).max_activations
         if len(value) > limit:
             raise ValueError(f"at most {limit} activations (setting ACTLAB_MAX_ACTIVATIONS), got {len(value)}")
         seen: dict[str, int] = {}
@@ -546,7 +494,7 @@ class ExperimentSpec(StrictModel):
     @field_validator("seeds")
     @classmethod
     def _bounded_seeds(cls, value: list[int], info: ValidationInfo) -> list[int]:
-        limits = _limits(info)
+        limits = limits_in_force(info)
         if len(value) > limits.max_seeds:
             raise ValueError(f"at most {limits.max_seeds} seeds (setting ACTLAB_MAX_SEEDS), got {len(value)}")
         if len(set(value)) != len(value):
@@ -558,7 +506,7 @@ class ExperimentSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check_grid(self, info: ValidationInfo) -> ExperimentSpec:
-        limits = _limits(info)
+        limits = limits_in_force(info)
         if self.factors is not None:
             from app.spec_factors import check_factors  # it builds cells with this class
 
@@ -615,7 +563,7 @@ class ExperimentSpec(StrictModel):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
-def stored_spec_limits() -> SpecLimits:
+def stored_speclimits_in_force() -> SpecLimits:
     """Limits that accept any stored spec: it was validated at submission, and a later, lower limit must not fail it."""
     unbounded: dict[str, Any] = {}
     for name, info in SpecLimits.model_fields.items():
@@ -625,4 +573,4 @@ def stored_spec_limits() -> SpecLimits:
 
 def load_stored_spec(spec: dict[str, Any]) -> ExperimentSpec:
     """A spec as the service stored it, read back under ``stored_spec_limits`` (ValidationError if it no longer parses)."""
-    return ExperimentSpec.model_validate(spec, context={"limits": stored_spec_limits()})
+    return ExperimentSpec.model_validate(spec, context={"limits": stored_speclimits_in_force()})

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import ExperimentStatus, RunStatus
 from app.schemas import ResponseModel, UtcDateTime
-from app.spec import EXAMPLE_SPEC, Seed, StrictModel
+from app.spec import EXAMPLE_SPEC
+from app.spec_fields import Seed, StrictModel
 
 _EXAMPLE_ID = "0b5e9f2c-6c1d-4a43-9a57-1f7f6c2d9e11"
 
