@@ -415,6 +415,13 @@ def report(
         ]
         for record in runs_frame.to_dict("records")
     ]
+    run_columns = ["activation", "seed", "status", "epochs", "device", "seconds", "error"]
+    if tables.factors:
+        cell_of = dict(zip(tables.cells["run_id"], tables.cells["cell_label"], strict=True))
+        run_columns = ["cell", *run_columns]
+        run_rows = [
+            [str(cell_of.get(run_id) or ""), *row] for run_id, row in zip(runs_frame["run_id"], run_rows, strict=True)
+        ]
     baseline = str(summary["baseline"].iloc[0]) if "baseline" in summary.columns and len(summary) else None
     return Report(
         experiment_id=experiment.id,
@@ -448,6 +455,6 @@ def report(
         best_choices=found.best_choices,
         plots=plots,
         downloads=downloads,
-        runs=ReportTable(["activation", "seed", "status", "epochs", "device", "seconds", "error"], run_rows),
+        runs=ReportTable(run_columns, run_rows),
         factorial=_factorial_section(tables, options, base, query) if tables.factors else None,
     )

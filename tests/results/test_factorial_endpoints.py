@@ -185,6 +185,10 @@ def test_report_shows_the_cells_the_ranking_and_the_across_cell_plots(
     assert f"/v1/experiments/{factorial_experiment}/plots/interaction.png" in html
     assert 'id="pairs-table"' not in html  # pairs are per cell: the ranking relates the cells instead
     assert "In cell hidden=16, lr=0.001, relu is best" in html
+    runs = html.split('id="runs-table"')[1].split("</table>")[0]
+    assert runs.count("<tr>") == 1 + 4 * 3 * 4
+    assert '<th class="text">cell</th>' in runs
+    assert runs.count(">hidden=4x16, lr=0.01</td>") == 3 * 4
 
 
 def test_report_of_a_one_cell_experiment_has_no_factorial_section(
