@@ -208,9 +208,8 @@ def plot_image(*, tables: service.ExperimentTables, kind: str, image_format: str
     )
 
 
-def how_to_choose_sentences(*, tables: service.ExperimentTables, options: ResultOptions) -> list[str]:
-    """The how-to-choose sentences per condition from the per-cell summaries and pairs and the ANOVA."""
-    cells = [
+def _cell_results(tables: service.ExperimentTables, options: ResultOptions) -> list[CellResult]:
+    return [
         CellResult(
             label=cell.label,
             levels=cell.levels,
@@ -219,7 +218,14 @@ def how_to_choose_sentences(*, tables: service.ExperimentTables, options: Result
         )
         for cell in service.cell_tables(tables)
     ]
-    return how_to_choose(cells, effects=effects(tables=tables, options=options), alpha=options.alpha)
+
+
+def how_to_choose_sentences(
+    *, tables: service.ExperimentTables, options: ResultOptions, cells: list[CellResult] | None = None
+) -> list[str]:
+    """The how-to-choose sentences per condition from the per-cell summaries and pairs and the ANOVA."""
+    found = cells if cells is not None else _cell_results(tables, options)
+    return how_to_choose(found, effects=effects(tables=tables, options=options), alpha=options.alpha)
 
 
 def recommendation(
@@ -232,12 +238,19 @@ def recommendation(
     """
     if not tables.factors or tables.runs.empty or tables.metrics.empty:
         return service.recommendation(tables=tables, options=options, chance_margin=chance_margin)
-    sentences = how_to_choose_sentences(tables=tables, options=options)
+    results = _cell_results(tables, options)
+    sentences = how_to_choose_sentences(tables=tables, options=options, cells=results)
     best: list[str] | None = None
     not_trained: list[str] = []
     corrections: list[str] = []
-    for cell in service.cell_tables(tables):
-        found = service.recommendation(tables=cell.tables, options=options, chance_margin=chance_margin)
+    for cell, result in zip(service.cell_tables(tables), results, strict=True):
+        found = service.recommendation(
+            tables=cell.tables,
+            options=options,
+            summary=result.summary,
+            pairs=result.pairs,
+            chance_margin=chance_margin,
+        )
         sentences.extend(f"In cell {cell.label}: {sentence}" for sentence in found.sentences)
         best = found.best_choices if best is None else [label for label in best if label in found.best_choices]
         not_trained.extend(label for label in found.not_trained if label not in not_trained)
