@@ -147,7 +147,7 @@ def summarise_diagnostics(layer_metrics: pd.DataFrame, *, runs: pd.DataFrame | N
         name = str(names.get(label, label))
         canonical = canonical_activation_name(name) or name
         info = ACTIVATIONS.get(canonical)
-        learnable = bool(info and (info.learnable or canonical == "custom"))
+        learnable = bool(info and info.can_learn)
         of_label = diagnosed[diagnosed["activation"] == label]
         first_ratios: list[float] = []
         last_ratios: list[float] = []

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from app.catalog import (
+    ACTIVATIONS,
     EXPLODING_RATIO,
     PROBE_EXAMPLES,
     SATURATED_SHARE,
@@ -123,10 +124,11 @@ def saturation_rule(module: nn.Module, activation: ActivationSpec) -> Saturation
     if kind == "sigmoid":
         return SaturationRule("sigmoid", 0.0, 1.0)
     if kind == "tanh":
-        if activation.canonical_name == "hardtanh":
-            # Hardtanh saturates at its own clip values, not at +-1.
+        bounds = ACTIVATIONS[activation.canonical_name].bounds
+        if bounds is not None:
+            # A clipping unit (hardtanh) saturates at its own clip values, not at +-1.
             params = activation.resolved_params()
-            return SaturationRule("tanh", float(params["min_val"]), float(params["max_val"]))
+            return SaturationRule("tanh", float(params[bounds[0]]), float(params[bounds[1]]))
         return SaturationRule("tanh", -1.0, 1.0)
     return None
 
