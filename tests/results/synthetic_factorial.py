@@ -40,8 +40,9 @@ def insert_factorial_experiment(
     *,
     spec_payload: dict[str, Any] = FACTORIAL_SPEC,
     accuracy: Callable[[Mapping[str, Any], str], float] = deep_sigmoid_fails,
+    failed: Callable[[Mapping[str, Any], str], bool] = lambda levels, label: False,
 ) -> uuid.UUID:
-    """Store a finished factorial experiment whose runs carry their cell; returns its id."""
+    """Store a finished factorial experiment whose runs carry their cell (``failed`` arms fail every seed)."""
     spec = ExperimentSpec.model_validate(spec_payload)
     start = datetime(2025, 11, 27, 10, 0, tzinfo=UTC)
     experiment = Experiment(
@@ -62,7 +63,12 @@ def insert_factorial_experiment(
     session.add(experiment)
     for cell in expand_cells(spec):
         arms = [
-            SyntheticArm(activation.display_label, activation.name, accuracy(cell.levels, activation.display_label))
+            SyntheticArm(
+                activation.display_label,
+                activation.name,
+                accuracy(cell.levels, activation.display_label),
+                statuses=dict.fromkeys(spec.seeds, "failed") if failed(cell.levels, activation.display_label) else {},
+            )
             for activation in spec.activations
         ]
         runs, metrics, _ = synthetic_tables(
@@ -76,7 +82,7 @@ def insert_factorial_experiment(
                 activation_label=record["activation"],
                 activation_name=record["activation_name"],
                 seed=int(record["seed"]),
-                status="succeeded",
+                status=record["status"],
                 attempt=1,
                 device="cpu",
                 epochs_completed=spec.training.epochs,

@@ -204,3 +204,18 @@ def test_diagnostics_are_per_cell(client: TestClient, factorial_experiment: uuid
     assert [(row["cell"], row["activation"]) for row in rows] == [
         (cell, label) for cell in CELLS for label in ("relu", "tanh", "sigmoid")
     ]
+
+
+def test_a_cell_where_an_activation_failed_is_left_out_of_the_ranking(client: TestClient, db: Session) -> None:
+    experiment_id = insert_factorial_experiment(
+        db, failed=lambda levels, label: label == "sigmoid" and levels == {"model.hidden": [16], "training.lr": 0.01}
+    )
+    rows = client.get(f"/v1/experiments/{experiment_id}/results", params={"view": "ranking"}).json()
+    assert rows[0]["status"] == "ok"
+    assert rows[0]["excluded_cells"] == ["hidden=16, lr=0.01"]
+    assert rows[0]["cells"] == [cell for cell in CELLS if cell != "hidden=16, lr=0.01"]
+    summary = client.get(f"/v1/experiments/{experiment_id}/results").json()
+    failed = next(row for row in summary if row["cell"] == "hidden=16, lr=0.01" and row["activation"] == "sigmoid")
+    assert (failed["n"], failed["failed"]) == (0, 4)
+    body = client.get(f"/v1/experiments/{experiment_id}/recommendation").json()
+    assert "In cell hidden=16, lr=0.01: Runs left out of the statistics: 4 failed." in body["sentences"]
