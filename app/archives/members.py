@@ -10,6 +10,7 @@ import io
 import json
 import math
 import zipfile
+import zlib
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,12 @@ ARCHIVE_FORMAT_VERSION = 1
 ARCHIVE_MEMBERS: tuple[str, ...] = ("spec.json", "runs.csv", "metrics.csv", "layer_metrics.csv", "results.csv")
 # Uncompressed size an archive may expand to: guards the server against zip bombs.
 ARCHIVE_MAX_UNCOMPRESSED_BYTES = 512 * 1024 * 1024
+# The methods GET .../export writes (deflate) and the plain one; zipfile's others (bzip2, lzma) are refused.
+ARCHIVE_COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+# How deep JSON in a member or a cell may nest: an export nests a few levels; a deeper one only recurses.
+ARCHIVE_MAX_JSON_DEPTH = 32
+# The integer columns are INTEGER on PostgreSQL (4 bytes), so a whole number must fit in int32 there and here.
+ARCHIVE_INTEGER_RANGE = (-(2**31), 2**31 - 1)
 
 
 def archive_error(location: str, message: str) -> InvalidInputError:
@@ -49,10 +56,41 @@ def read_members(content: bytes) -> dict[str, bytes]:
         if sum(info.file_size for info in infos.values()) > ARCHIVE_MAX_UNCOMPRESSED_BYTES:
             raise archive_error("zip", f"the archive expands beyond {ARCHIVE_MAX_UNCOMPRESSED_BYTES} bytes")
         wanted = ("spec.json", "experiment.json", "runs.csv", "metrics.csv", "layer_metrics.csv")
-        try:
-            return {name: archive.read(name) for name in wanted if name in infos}
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
-            raise archive_error("zip", f"the archive is damaged: {error}") from None
+        return {name: _read_member(archive, infos[name]) for name in wanted if name in infos}
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """One member's bytes; an encrypted, oddly compressed or damaged member is a 422 naming it."""
+    if info.flag_bits & 0x1:
+        raise archive_error(info.filename, "the member is encrypted; export archives are not, send one unencrypted")
+    if info.compress_type not in ARCHIVE_COMPRESSIONS:
+        raise archive_error(
+            info.filename,
+            f"compression method {info.compress_type} is not supported; "
+            f"use {' or '.join(f'{number} ({name})' for number, name in ARCHIVE_COMPRESSIONS.items())}",
+        )
+    try:
+        return archive.read(info)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError, NotImplementedError) as error:
+        raise archive_error(info.filename, f"the member is damaged and cannot be decompressed: {error}") from None
+
+
+def load_json(content: bytes | str, where: str) -> Any:
+    """JSON text as a value, nesting at most ARCHIVE_MAX_JSON_DEPTH levels; anything else is a 422 at WHERE."""
+    try:
+        loaded = json.loads(content)
+    except RecursionError:
+        raise archive_error(where, f"JSON nests deeper than {ARCHIVE_MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise archive_error(where, f"not valid JSON: {error}") from None
+    pending: list[tuple[Any, int]] = [(loaded, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > ARCHIVE_MAX_JSON_DEPTH:
+            raise archive_error(where, f"JSON nests deeper than {ARCHIVE_MAX_JSON_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return loaded
 
 
 def read_csv(name: str, content: bytes, required: tuple[str, ...]) -> pd.DataFrame:
@@ -71,10 +109,7 @@ def read_csv(name: str, content: bytes, required: tuple[str, ...]) -> pd.DataFra
 
 def parse_spec(content: bytes, limits: SpecLimits) -> tuple[Any, ExperimentSpec]:
     """spec.json as sent and as an ExperimentSpec validated against the limits in force."""
-    try:
-        payload = json.loads(content)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise archive_error("spec.json", f"not valid JSON: {error}") from None
+    payload = load_json(content, "spec.json")
     try:
         spec = ExperimentSpec.model_validate(payload, context={"limits": limits})
     except ValidationError as error:
@@ -92,10 +127,7 @@ def read_metadata(members: dict[str, bytes]) -> dict[str, Any]:
     """experiment.json as a dict; an archive without it gives an empty one."""
     if "experiment.json" not in members:
         return {}
-    try:
-        loaded = json.loads(members["experiment.json"])
-    except (ValueError, UnicodeDecodeError) as error:
-        raise archive_error("experiment.json", f"not valid JSON: {error}") from None
+    loaded = load_json(members["experiment.json"], "experiment.json")
     if not isinstance(loaded, dict):
         raise archive_error("experiment.json", "must hold a JSON object")
     return loaded
@@ -112,18 +144,36 @@ def optional(value: Any) -> Any:
     return value
 
 
-def optional_integer(value: Any, where: str) -> int | None:
-    """A cell holding a whole number or nothing."""
+def optional_number(value: Any, where: str) -> float | None:
+    """A cell holding a number or nothing."""
     value = optional(value)
     if value is None or value == "":
         return None
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        raise archive_error(where, f"{value!r} is not a whole number") from None
+        raise archive_error(where, f"{value!r} is not a number") from None
+
+
+def optional_integer(value: Any, where: str) -> int | None:
+    """A cell holding a whole number an integer column can hold, or nothing."""
+    number = optional_number(value, where)
+    if number is None:
+        return None
     if not number.is_integer():
         raise archive_error(where, f"{value!r} is not a whole number")
+    low, high = ARCHIVE_INTEGER_RANGE
+    if not low <= number <= high:
+        raise archive_error(where, f"{value!r} lies outside the integer range {low} to {high}")
     return int(number)
+
+
+def optional_text(value: Any, where: str) -> str | None:
+    """A field holding text or nothing (a number or an object there is a 422)."""
+    value = optional(value)
+    if value is None or isinstance(value, str):
+        return value
+    raise archive_error(where, f"{value!r} must be text or empty")
 
 
 def optional_datetime(value: Any, where: str) -> datetime | None:
@@ -146,10 +196,7 @@ def optional_json(value: Any, where: str) -> Any:
     value = optional(value)
     if value is None or value == "":
         return None
-    try:
-        return json.loads(value) if isinstance(value, str) else value
-    except ValueError:
-        raise archive_error(where, f"{value!r} is not JSON") from None
+    return load_json(value, where) if isinstance(value, str) else value
 
 
 def numeric(frame: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
@@ -171,5 +218,14 @@ def integers(frame: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
     numeric(frame, columns, name)
     for column in columns:
         values = frame[column]
-        if values.isna().any() or not np.all(np.equal(np.mod(values.to_numpy(dtype=float), 1), 0)):
+        numbers = values.to_numpy(dtype=float)
+        if values.isna().any() or not np.all(np.equal(np.mod(numbers, 1), 0)):
             raise archive_error(f"{name}.{column}", "every value must be a whole number")
+        low, high = ARCHIVE_INTEGER_RANGE
+        outside = (numbers < low) | (numbers > high)
+        if outside.any():
+            row = int(np.flatnonzero(outside)[0])
+            raise archive_error(
+                f"{name}.{column}",
+                f"row {row + 1}: {values.iloc[row]!r} lies outside the integer range {low} to {high}",
+            )
