@@ -125,6 +125,15 @@ class Settings(SpecLimits):
     max_import_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest accepted archive upload (POST /v1/experiments/import)."
     )
+    max_import_uncompressed_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Largest size an imported archive's members may expand to (zip bombs)."
+    )
+    max_import_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most metric rows (metrics.csv plus layer_metrics.csv) one import may hold; a larger archive is a "
+        "422. Below this, the archive's own spec bounds it (runs x epochs, x layers of the model for layer rows).",
+    )
     page_size_limit: int = Field(500, ge=1, description="Largest page of a list endpoint.")
     task_soft_time_limit: int = Field(6 * 3600, ge=1, description="Seconds a run may train before it is stopped.")
     task_max_retries: int = Field(5, ge=0, description="Retries of a run after transient failures.")

@@ -25,8 +25,6 @@ from app.spec import ExperimentSpec
 
 ARCHIVE_FORMAT_VERSION = 1
 ARCHIVE_MEMBERS: tuple[str, ...] = ("spec.json", "runs.csv", "metrics.csv", "layer_metrics.csv", "results.csv")
-# Uncompressed size an archive may expand to: guards the server against zip bombs.
-ARCHIVE_MAX_UNCOMPRESSED_BYTES = 512 * 1024 * 1024
 # The methods GET .../export writes (deflate) and the plain one; zipfile's others (bzip2, lzma) are refused.
 ARCHIVE_COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 # How deep JSON in a member or a cell may nest: an export nests a few levels; a deeper one only recurses.
@@ -40,7 +38,7 @@ def archive_error(location: str, message: str) -> InvalidInputError:
     return InvalidInputError([{"loc": f"archive.{location}", "msg": message, "type": "invalid_archive"}])
 
 
-def read_members(content: bytes) -> dict[str, bytes]:
+def read_members(content: bytes, *, max_uncompressed_bytes: int) -> dict[str, bytes]:
     """The members an import reads (spec.json, experiment.json if present, the three metric CSVs)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(content))
@@ -53,8 +51,11 @@ def read_members(content: bytes) -> dict[str, bytes]:
             raise archive_error(
                 "zip", f"the archive lacks {', '.join(missing)}; it must hold {', '.join(ARCHIVE_MEMBERS)}"
             )
-        if sum(info.file_size for info in infos.values()) > ARCHIVE_MAX_UNCOMPRESSED_BYTES:
-            raise archive_error("zip", f"the archive expands beyond {ARCHIVE_MAX_UNCOMPRESSED_BYTES} bytes")
+        if sum(info.file_size for info in infos.values()) > max_uncompressed_bytes:
+            raise archive_error(
+                "zip",
+                f"the archive expands beyond {max_uncompressed_bytes} bytes (setting ACTLAB_MAX_IMPORT_UNCOMPRESSED_BYTES)",
+            )
         wanted = ("spec.json", "experiment.json", "runs.csv", "metrics.csv", "layer_metrics.csv")
         return {name: _read_member(archive, infos[name]) for name in wanted if name in infos}
 
@@ -93,14 +94,17 @@ def load_json(content: bytes | str, where: str) -> Any:
     return loaded
 
 
-def read_csv(name: str, content: bytes, required: tuple[str, ...]) -> pd.DataFrame:
-    """One CSV member as a table; an empty member is a table with the required columns."""
+def read_csv(name: str, content: bytes, required: tuple[str, ...], *, max_rows: int) -> pd.DataFrame:
+    """One CSV member as a table of at most MAX_ROWS rows (more is a 422; parsing stops there); an empty
+    member is a table with the required columns."""
     try:
-        frame = pd.read_csv(io.BytesIO(content), dtype={"run_id": str}, keep_default_na=True)
+        frame = pd.read_csv(io.BytesIO(content), dtype={"run_id": str}, keep_default_na=True, nrows=max_rows + 1)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame(columns=list(required))
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise archive_error(name, f"not readable as CSV: {error}") from None
+    if len(frame) > max_rows:
+        raise archive_error(name, f"holds more than the {max_rows} rows this archive's spec and the limits allow")
     missing = [column for column in required if column not in frame.columns]
     if missing:
         raise archive_error(name, f"missing columns {', '.join(missing)}")

@@ -55,7 +55,7 @@ async def import_experiment(
     """Store an archive as a new experiment owned by the caller."""
     content = await _upload_bytes(request)
     outcome = await run_in_threadpool(
-        lambda: service.import_archive(session=session, content=content, limits=settings, owner_id=principal.owner_id)
+        lambda: service.import_archive(session=session, content=content, settings=settings, owner_id=principal.owner_id)
     )
     experiment = outcome.experiment
     base = f"/v1/experiments/{experiment.id}"

@@ -39,7 +39,7 @@ from app.archives.members import (
     read_members,
     read_metadata,
 )
-from app.config import SpecLimits
+from app.config import Settings
 from app.experiments import service as experiments_service
 from app.models import Experiment, Run, RunStatus
 from app.models.epoch_metric import EPOCH_NUMBER_FIELDS
@@ -50,11 +50,9 @@ from app.results import service as results_service
 from app.results.encoding import encode_table, timestamps_utc
 from app.results.statistics import ResultOptions
 from app.schemas import as_utc
-from app.spec import ExperimentSpec
+from app.spec import CnnSpec, ExperimentSpec, MlpSpec
 
 ARCHIVE_MEDIA_TYPE = "application/zip"
-# Layers a model may report: hidden layers, conv blocks' linear layers, the output layer.
-ARCHIVE_MAX_LAYERS_PER_EPOCH = 256
 
 
 @dataclass(frozen=True)
@@ -239,22 +237,44 @@ def _metric_rows(
     return rows
 
 
+def layers_per_epoch(spec: ExperimentSpec) -> int:
+    """Layer rows a run records each epoch: the layers with weights of its model, output last (as the worker's
+    ``diagnostic_layers`` lists them: MLP hidden + output; CNN conv + hidden + output; RNN recurrent + output,
+    and a head for GRU/LSTM)."""
+    model = spec.model
+    if isinstance(model, MlpSpec):
+        return len(model.hidden) + 1
+    if isinstance(model, CnnSpec):
+        return len(model.channels) + len(model.hidden) + 1
+    return model.layers + (1 if model.cell == "rnn" else 2)
+
+
 def import_archive(
-    *, session: Session, content: bytes, limits: SpecLimits, owner_id: uuid.UUID | None = None
+    *, session: Session, content: bytes, settings: Settings, owner_id: uuid.UUID | None = None
 ) -> ImportOutcome:
-    """Store an archive from GET .../export as a new experiment with its runs and metrics (statuses kept)."""
-    members = read_members(content)
-    payload, spec = parse_spec(members["spec.json"], limits)
+    """Store an archive from GET .../export as a new experiment with its runs and metrics (statuses kept).
+
+    Rows are bounded by what the archive's spec could have produced (runs: its arms; epoch rows: runs x epochs;
+    layer rows: epoch rows x the model's layers) and by ACTLAB_MAX_IMPORT_ROWS in all; a CSV is parsed only up
+    to its bound, so an oversized one is refused before it takes memory."""
+    members = read_members(content, max_uncompressed_bytes=settings.max_import_uncompressed_bytes)
+    payload, spec = parse_spec(members["spec.json"], settings)
     metadata = read_metadata(members)
     experiment_id = uuid.uuid4()
     runs_frame = read_csv(
-        "runs.csv", members["runs.csv"], ("run_id", "activation", "activation_index", "seed", "status")
+        "runs.csv",
+        members["runs.csv"],
+        ("run_id", "activation", "activation_index", "seed", "status"),
+        max_rows=len(spec.arms()),
     )
     runs, mapping, unfinished = _build_runs(runs_frame, spec, experiment_id)
     epochs = spec.training.epochs
-    epoch_frame = read_csv("metrics.csv", members["metrics.csv"], ("run_id", "epoch"))
-    if len(epoch_frame) > len(runs) * epochs:
-        raise archive_error("metrics.csv", f"{len(epoch_frame)} rows exceed arms x epochs = {len(runs) * epochs}")
+    epoch_frame = read_csv(
+        "metrics.csv",
+        members["metrics.csv"],
+        ("run_id", "epoch"),
+        max_rows=min(len(runs) * epochs, settings.max_import_rows),
+    )
     epoch_rows = _metric_rows(
         epoch_frame,
         name="metrics.csv",
@@ -271,10 +291,11 @@ def import_archive(
             raise archive_error("metrics.csv.gradient_flag", f"{flag!r} must be vanishing, exploding or empty")
         row["gradient_flag"] = flag
     layer_frame = read_csv(
-        "layer_metrics.csv", members["layer_metrics.csv"], ("run_id", "epoch", "layer", "layer_name")
+        "layer_metrics.csv",
+        members["layer_metrics.csv"],
+        ("run_id", "epoch", "layer", "layer_name"),
+        max_rows=min(len(runs) * epochs * layers_per_epoch(spec), settings.max_import_rows - len(epoch_frame)),
     )
-    if len(layer_frame) > len(runs) * epochs * ARCHIVE_MAX_LAYERS_PER_EPOCH:
-        raise archive_error("layer_metrics.csv", "more rows than arms x epochs x layers allows")
     layer_rows = _metric_rows(
         layer_frame,
         name="layer_metrics.csv",

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.archives.members import ARCHIVE_MAX_JSON_DEPTH
+from app.config import Settings
 from app.models import EpochMetric, Experiment, LayerMetric, Run
 from tests.results import conftest as results_fixtures
 
@@ -196,3 +197,50 @@ def test_a_malformed_archive_is_a_422_naming_the_member_and_writes_nothing(
     details = response.json()["detail"]
     assert any(location in detail["loc"] and problem in detail["msg"] for detail in details), details
     assert _table_counts(db) == before
+
+
+def _repeated_rows(name: str, times: int) -> Callable[[Members], bytes]:
+    def tamper(members: Members) -> bytes:
+        frame = pd.read_csv(io.BytesIO(members[name]), dtype=str, keep_default_na=False)
+        members[name] = pd.concat([frame] * times).to_csv(index=False).encode()
+        return _zip(members)
+
+    return tamper
+
+
+def test_an_archive_with_more_rows_than_its_spec_could_produce_is_refused(
+    client: TestClient, finished_experiment: uuid.UUID, db: Session
+) -> None:
+    # The fake spec (24 arms, 4 epochs, an MLP of 2 hidden layers + output) allows 24 x 4 x 3 = 288 layer rows.
+    exported = client.get(f"/v1/experiments/{finished_experiment}/export")
+    before = _table_counts(db)
+    for name, times in (("layer_metrics.csv", 2), ("metrics.csv", 2), ("runs.csv", 2)):
+        archive = _repeated_rows(name, times)(_members(exported.content))
+        response = client.post("/v1/experiments/import", content=archive, headers={"Content-Type": "application/zip"})
+        assert response.status_code == 422, response.text
+        (detail,) = response.json()["detail"]
+        assert detail["loc"] == f"archive.{name}"
+        assert "more than the" in detail["msg"]
+    assert _table_counts(db) == before
+
+
+def test_the_import_row_limit_counts_epoch_and_layer_rows_together(
+    client: TestClient, finished_experiment: uuid.UUID, settings: Settings, db: Session
+) -> None:
+    exported = client.get(f"/v1/experiments/{finished_experiment}/export")
+    members = _members(exported.content)
+    rows = {name: len(pd.read_csv(io.BytesIO(members[name]))) for name in ("metrics.csv", "layer_metrics.csv")}
+    settings.max_import_rows = sum(rows.values()) - 1
+    before = _table_counts(db)
+    response = client.post(
+        "/v1/experiments/import", content=exported.content, headers={"Content-Type": "application/zip"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == "archive.layer_metrics.csv"
+    assert f"{rows['layer_metrics.csv'] - 1} rows" in response.json()["detail"][0]["msg"]
+    assert _table_counts(db) == before
+    settings.max_import_rows = sum(rows.values())
+    response = client.post(
+        "/v1/experiments/import", content=exported.content, headers={"Content-Type": "application/zip"}
+    )
+    assert response.status_code == 201, response.text
