@@ -26,6 +26,7 @@ from app.config import Settings, get_settings
 from app.db import make_engine, session_factory
 from app.dependencies import CeleryDispatcher, authorize_path_resources, check_query_parameters, split_challenges
 from app.experiments.router import router as experiments_router
+from app.meta.docs import router as docs_router
 from app.meta.router import router as meta_router
 from app.metrics.router import router as metrics_router
 from app.middleware import (
@@ -241,6 +242,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=OPENAPI_TAGS,
         lifespan=lifespan,
+        # /docs and /redoc come from app.meta.docs, with their assets served here rather than from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -267,6 +271,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs_router, **protected)
     app.include_router(metrics_router, **protected)
     app.include_router(meta_router)
+    app.include_router(docs_router)
     app.include_router(auth_router, **protected)
     app.include_router(monitoring_router)
     app.include_router(results_router, **protected)
