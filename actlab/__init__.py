@@ -1,17 +1,30 @@
-"""The Python client of an Activation Lab service: HTTP plumbing (``actlab.http``) and event following
-(``actlab.events``).
+"""The Python client of an Activation Lab service.
 
-The ``actlab`` commands that talk to a service (``submit``, ``status``, ``results``, in ``app.cli``)
-are built on these two modules; they import nothing of the service itself (no ``app``, no ``worker``).
+    from actlab import Client
 
-    from actlab import ServiceClient
+    with Client() as client:  # $ACTLAB_URL, $ACTLAB_API_KEY or the key `actlab serve` saved, as the CLI
+        experiment = client.submit("spec.json")
+        experiment.wait()
+        table = experiment.results()  # a pandas DataFrame
 
-    with ServiceClient("http://127.0.0.1:8000", api_key="al_...") as client:
-        experiment = client.get_json(f"/v1/experiments/{experiment_id}")
+``actlab.client`` (Client, Experiment, Plot) is built on the HTTP plumbing (``actlab.http``), the errors
+(``actlab.errors``), where the service is and which key to send (``actlab.connection``) and event following
+(``actlab.events``). The ``actlab`` commands that talk to a service (in ``app.cli``) use the same modules;
+none of them imports the service itself (no ``app``, no ``worker``).
 """
 
 from __future__ import annotations
 
+from actlab.client import Client, Experiment, Plot
+from actlab.errors import (
+    AuthError,
+    ClientError,
+    Conflict,
+    NotFound,
+    QuotaExceeded,
+    ServiceUnreachableError,
+    SpecError,
+)
 from actlab.events import (
     ExperimentFollower,
     ExperimentProgress,
@@ -19,16 +32,24 @@ from actlab.events import (
     ServerSentEventParser,
     WaitTimeoutError,
 )
-from actlab.http import DEFAULT_URL, ClientError, ServiceClient, ServiceUnreachableError
+from actlab.http import DEFAULT_URL, ServiceClient
 
 __all__ = [
     "DEFAULT_URL",
+    "AuthError",
+    "Client",
     "ClientError",
+    "Conflict",
+    "Experiment",
     "ExperimentFollower",
     "ExperimentProgress",
+    "NotFound",
+    "Plot",
+    "QuotaExceeded",
     "ServerSentEvent",
     "ServerSentEventParser",
     "ServiceClient",
     "ServiceUnreachableError",
+    "SpecError",
     "WaitTimeoutError",
 ]

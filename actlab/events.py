@@ -171,6 +171,23 @@ class ExperimentProgress:
         return False
 
 
+def draw_progress(bar: Any) -> Callable[[ExperimentProgress], None]:
+    """A callback that redraws ``bar`` (tqdm) from the progress: finished epochs, status, runs, the latest epoch."""
+
+    def draw(progress: ExperimentProgress) -> None:
+        bar.total = progress.total_epochs
+        bar.n = (
+            min(progress.finished_epochs, progress.total_epochs) if progress.total_epochs else progress.finished_epochs
+        )
+        postfix = f"{progress.status}, runs {progress.runs_finished}/{progress.runs_total}"
+        if progress.latest:
+            postfix += f", {progress.latest}"
+        bar.set_postfix_str(postfix, refresh=False)
+        bar.refresh()
+
+    return draw
+
+
 def deadline_after(seconds: float | None) -> float | None:
     """The deadline ``seconds`` from now on the time.monotonic() clock; None: no limit."""
     return None if seconds is None else time.monotonic() + seconds

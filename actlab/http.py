@@ -11,29 +11,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
+from actlab.errors import (
+    ERRORS_BY_STATUS,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    ClientError,
+    QuotaExceeded,
+    ServiceUnreachableError,
+    SpecError,
+)
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 REQUEST_TIMEOUT_SECONDS = 30.0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 # Error statuses that mean the request itself was wrong (exit status EXIT_BAD_INPUT, not EXIT_FAILED).
 BAD_INPUT_STATUSES = frozenset({400, 404, 409, 413, 422})
-
-
-class ClientError(Exception):
-    """A problem to report to the user, with the exit status to end with."""
-
-    def __init__(self, message: str, *, exit_status: int = EXIT_FAILED, http_status: int | None = None) -> None:
-        super().__init__(message)
-        self.exit_status = exit_status
-        self.http_status = http_status
-
-
-class ServiceUnreachableError(ClientError):
-    """The service did not answer at all (connection refused, timeout, broken connection)."""
 
 
 def detail_lines(response: httpx.Response) -> list[str]:
@@ -57,7 +52,45 @@ def detail_lines(response: httpx.Response) -> list[str]:
     return [str(detail)]
 
 
-class ServiceClient:
+def detail_items(response: httpx.Response) -> list[dict[str, Any]]:
+    """The server's field-level problems of a 422 as it sent them ({loc, msg, ...}); one item for a plain detail."""
+    try:
+        body = response.json()
+    except ValueError:
+        return [{"loc": [], "msg": response.text.strip() or response.reason_phrase}]
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):
+        return [item if isinstance(item, dict) else {"loc": [], "msg": str(item)} for item in detail]
+    return [{"loc": [], "msg": str(detail)}]
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The Retry-After header in seconds (the delay form; an HTTP date or nothing gives None)."""
+    try:
+        return float(response.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+class Closing:
+    """Use as a context manager: ``close()`` at the end of the block."""
+
+    def close(self) -> None:
+        """Release what the object holds."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exception_type: type[BaseException] | None,
+        exception: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ServiceClient(Closing):
     """A connection to one Activation Lab service: its address, the bearer key, and errors as ``ClientError``."""
 
     def __init__(
@@ -89,18 +122,21 @@ class ServiceClient:
             ) from error
         if response.status_code == 422:
             lines = detail_lines(response)
-            raise ClientError(
+            raise SpecError(
                 "the service rejected the request:\n" + "\n".join(f"  {line}" for line in lines),
+                errors=detail_items(response),
                 exit_status=EXIT_BAD_INPUT,
                 http_status=422,
             )
         if response.status_code >= 400:
             status = EXIT_BAD_INPUT if response.status_code in BAD_INPUT_STATUSES else EXIT_FAILED
-            raise ClientError(
-                f"HTTP {response.status_code}: " + "; ".join(detail_lines(response)),
-                exit_status=status,
-                http_status=response.status_code,
-            )
+            message = f"HTTP {response.status_code}: " + "; ".join(detail_lines(response))
+            if response.status_code == 429:
+                raise QuotaExceeded(
+                    message, retry_after=retry_after(response), exit_status=status, http_status=response.status_code
+                )
+            error_class = ERRORS_BY_STATUS.get(response.status_code, ClientError)
+            raise error_class(message, exit_status=status, http_status=response.status_code)
         return response
 
     def get_json(self, path: str, **options: Any) -> Any:
@@ -116,14 +152,3 @@ class ServiceClient:
     def close(self) -> None:
         """Close the connections."""
         self._http.close()
-
-    def __enter__(self) -> ServiceClient:
-        return self
-
-    def __exit__(
-        self,
-        exception_type: type[BaseException] | None,
-        exception: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

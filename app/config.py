@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actlab.connection import default_credentials_file
+
 # More worker processes than this by default would mostly multiply the memory of in-memory datasets.
 _MAX_DEFAULT_WORKER_PROCESSES = 8
 
@@ -40,12 +42,6 @@ POSTGRES_POOL_SIZE = 10
 def default_pool_size(database_url: str) -> int:
     """The pool size of a database when the setting leaves it open: SQLite 20, others (PostgreSQL) 10."""
     return SQLITE_POOL_SIZE if database_url.startswith("sqlite") else POSTGRES_POOL_SIZE
-
-
-def default_credentials_file() -> Path:
-    """The CLI's credentials file: $XDG_CONFIG_HOME/actlab/credentials.json (default ~/.config)."""
-    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config_home) / "actlab" / "credentials.json"
 
 
 class SpecLimits(BaseSettings):
@@ -133,6 +129,12 @@ class Settings(SpecLimits):
         ge=1,
         description="Most metric rows (metrics.csv plus layer_metrics.csv) one import may hold; a larger archive is a "
         "422. Below this, the archive's own spec bounds it (runs x epochs, x layers of the model for layer rows).",
+    )
+    import_batch_rows: int = Field(
+        5_000,
+        ge=1,
+        description="Metric rows an import writes per transaction; each batch commits, so on SQLite a worker's "
+        "heartbeat can write between batches.",
     )
     page_size_limit: int = Field(500, ge=1, description="Largest page of a list endpoint.")
     task_soft_time_limit: int = Field(6 * 3600, ge=1, description="Seconds a run may train before it is stopped.")

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
+from actlab.connection import is_loopback_host, read_saved_key, service_address
 from app.auth import service
 from app.config import Settings, get_settings
 from app.models.types import utc_now
@@ -28,19 +29,6 @@ from app.models.types import utc_now
 logger = logging.getLogger(__name__)
 
 LOCAL_KEY_NAME = "local admin (actlab serve)"
-
-
-def service_address(url: str) -> str:
-    """The URL reduced to scheme://host:port, with every loopback name spelled 127.0.0.1."""
-    parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
-    scheme = (parts.scheme or "http").lower()
-    host = (parts.hostname or "127.0.0.1").lower()
-    if service.is_loopback_host(host):
-        host = "127.0.0.1"
-    elif ":" in host:
-        host = f"[{host}]"
-    port = parts.port or (443 if scheme == "https" else 80)
-    return f"{scheme}://{host}:{port}"
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -56,11 +44,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 def read_local_key(url: str, *, path: Path | None = None) -> str | None:
     """The key stored for this service URL in the credentials file (default: the setting), or None."""
-    credentials = _read_file(path or get_settings().credentials_file)
-    services = credentials.get("services")
-    entry = services.get(service_address(url)) if isinstance(services, dict) else None
-    key = entry.get("key") if isinstance(entry, dict) else None
-    return key if isinstance(key, str) and key else None
+    return read_saved_key(url, path=path or get_settings().credentials_file)
 
 
 def write_local_key(url: str, key: str, *, path: Path) -> None:
@@ -95,7 +79,7 @@ def ensure_local_key(*, settings: Settings, session: Session, url: str) -> str |
     if not settings.auth_required:
         return None
     host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
-    if not service.is_loopback_host(host):
+    if not is_loopback_host(host):
         return None
     stored = read_local_key(url, path=settings.credentials_file)
     if stored is not None:

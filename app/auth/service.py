@@ -12,7 +12,6 @@ when the router does not pass the caller along.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from contextvars import ContextVar, Token
 
 from sqlalchemy.orm import Session
 
+from actlab.connection import is_loopback_host
 from app.auth import repository
 from app.auth.schemas import CreatedApiKey, Principal
 from app.config import Settings
@@ -138,17 +138,6 @@ def acting_as(principal: Principal | None) -> Iterator[None]:
         yield
     finally:
         _current_principal.reset(token)
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1 (also in [brackets]); names other than localhost are not resolved."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def check_auth_exposure(*, settings: Settings, host: str) -> None:

@@ -5,12 +5,13 @@ the key ``actlab serve`` stored), the client built from that, and the experiment
 from __future__ import annotations
 
 import argparse
-import os
 import uuid
 
 import httpx
 
-from actlab.http import DEFAULT_URL, EXIT_BAD_INPUT, ClientError, ServiceClient
+from actlab.connection import read_saved_key, resolve_api_key, resolve_url
+from actlab.errors import EXIT_BAD_INPUT, ClientError
+from actlab.http import DEFAULT_URL, ServiceClient
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,20 +30,19 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 def service_url(arguments: argparse.Namespace) -> str:
     """The service URL: --url, else $ACTLAB_URL, else the local default."""
-    return str(arguments.url or os.environ.get("ACTLAB_URL") or DEFAULT_URL).rstrip("/")
+    return resolve_url(arguments.url)
 
 
 def stored_key(url: str) -> str | None:
     """The key `actlab serve` stored for this URL in the credentials file, if any."""
-    from app.auth.local import read_local_key
-
-    return read_local_key(url)
+    return read_saved_key(url)
 
 
 def make_client(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> ServiceClient:
     """A client of the service, with the bearer key when one is configured (--api-key, $ACTLAB_API_KEY, stored)."""
     url = service_url(arguments)
-    api_key = arguments.api_key or os.environ.get("ACTLAB_API_KEY") or stored_key(url)
+    # The rule of actlab.connection.resolve_api_key, through stored_key so tests can keep the user's file out.
+    api_key = resolve_api_key(arguments.api_key, url, saved_key=stored_key)
     return ServiceClient(url, api_key=api_key, transport=transport)
 
 

@@ -12,26 +12,10 @@ from actlab.events import (
     ExperimentFollower,
     ExperimentProgress,
     deadline_after,
+    draw_progress,
     request_timeout,
 )
 from actlab.http import REQUEST_TIMEOUT_SECONDS, ServiceClient
-
-
-def draw_progress(bar: Any) -> Callable[[ExperimentProgress], None]:
-    """A callback that redraws ``bar`` (tqdm) from the progress: finished epochs, status, runs, the latest epoch."""
-
-    def draw(progress: ExperimentProgress) -> None:
-        bar.total = progress.total_epochs
-        bar.n = (
-            min(progress.finished_epochs, progress.total_epochs) if progress.total_epochs else progress.finished_epochs
-        )
-        postfix = f"{progress.status}, runs {progress.runs_finished}/{progress.runs_total}"
-        if progress.latest:
-            postfix += f", {progress.latest}"
-        bar.set_postfix_str(postfix, refresh=False)
-        bar.refresh()
-
-    return draw
 
 
 def wait_for_experiment(
