@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,8 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
-    arguments = parser.parse_args(argv)
-    status = arguments.handler(arguments)
+    try:
+        try:
+            arguments = parser.parse_args(argv)
+            status = arguments.handler(arguments)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`actlab status ID | head`): stop without a traceback. As the Python docs advise
+        # (signal module, "Note on SIGPIPE"), stdout now writes to devnull so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return int(status or 0)
 
 
