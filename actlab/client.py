@@ -23,15 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from actlab.connection import resolve_api_key, resolve_url
-from actlab.events import (
-    EVENTS_STALL_SECONDS,
-    RECONNECT_ATTEMPTS,
-    ExperimentFollower,
-    ExperimentProgress,
-    deadline_after,
-    draw_progress,
-    request_timeout,
-)
+from actlab.events import EVENTS_STALL_SECONDS, RECONNECT_ATTEMPTS, follow_with_bar
 from actlab.http import REQUEST_TIMEOUT_SECONDS, Closing, ServiceClient
 
 if TYPE_CHECKING:
@@ -179,32 +171,24 @@ class Experiment:
 
         WaitTimeoutError when ``timeout`` seconds ran out first; the experiment goes on.
         """
-        deadline = deadline_after(timeout)
-        http = self.client.http
-        state = ExperimentProgress(http.get_json(self.path, timeout=request_timeout(deadline)))
-        bar = None
+        make_bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=state.total_epochs, unit="epoch", leave=True)
-            state.on_update = draw_progress(bar)
-        try:
-            ExperimentFollower(
-                client=http,
-                experiment_id=self.id,
-                progress=state,
+            def make_bar(total: int) -> Any:
+                return tqdm(total=total, unit="epoch", leave=True)
+
+        return self._remember(
+            follow_with_bar(
+                self.client.http,
+                self.id,
+                make_bar=make_bar,
                 poll_seconds=poll_seconds,
-                deadline=deadline,
+                timeout_seconds=timeout,
                 reconnect_attempts=reconnect_attempts,
                 stall_seconds=stall_seconds,
-            ).follow()
-            # The end event carries the status only; the errors come with the experiment.
-            detail = self._remember(http.get_json(self.path, timeout=REQUEST_TIMEOUT_SECONDS))
-            state.apply_experiment(detail)
-        finally:
-            if bar is not None:
-                bar.close()
-        return detail
+            )
+        )
 
     def cancel(self) -> dict[str, Any]:
         """Cancel it: queued runs never start, running runs stop at their next epoch; its state after."""

@@ -395,3 +395,47 @@ class ExperimentFollower:
                 continue
             failures = 0
             self.progress.apply_experiment(experiment)
+
+
+def follow_with_bar(
+    client: ServiceClient,
+    experiment_id: str,
+    *,
+    make_bar: Callable[[int], Any] | None,
+    poll_seconds: float,
+    timeout_seconds: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    reconnect_attempts: int = RECONNECT_ATTEMPTS,
+    reconnect_delay_seconds: float | None = None,
+    stall_seconds: float = EVENTS_STALL_SECONDS,
+) -> dict[str, Any]:
+    """Follow the experiment until it ends, drawing ``make_bar(total_epochs)`` (a tqdm) if given; its final state.
+
+    Raises WaitTimeoutError when ``timeout_seconds`` ran out first; the experiment goes on.
+    """
+    deadline = deadline_after(timeout_seconds)
+    path = f"/v1/experiments/{experiment_id}"
+    experiment: dict[str, Any] = client.get_json(path, timeout=request_timeout(deadline))
+    total = int((experiment.get("progress") or {}).get("total_epochs") or 0)
+    bar = make_bar(total) if make_bar is not None else None
+    try:
+        progress = ExperimentProgress(experiment, on_update=draw_progress(bar) if bar is not None else None)
+        ExperimentFollower(
+            client=client,
+            experiment_id=experiment_id,
+            progress=progress,
+            poll_seconds=poll_seconds,
+            deadline=deadline,
+            sleep=sleep,
+            reconnect_attempts=reconnect_attempts,
+            reconnect_delay_seconds=reconnect_delay_seconds,
+            stall_seconds=stall_seconds,
+        ).follow()
+        # The end event carries the status only; the error summary comes with the experiment. The wait is
+        # over, so this request is not cut by the timeout.
+        experiment = client.get_json(path, timeout=REQUEST_TIMEOUT_SECONDS)
+        progress.apply_experiment(experiment)
+        return experiment
+    finally:
+        if bar is not None:
+            bar.close()
