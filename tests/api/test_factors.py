@@ -296,6 +296,36 @@ def test_metric_tables_name_the_cell_and_each_factor_level(client: TestClient, d
     assert plain_row["cell"] is None and "model.hidden" not in plain_row
 
 
+@pytest.mark.parametrize(
+    ("example", "labels"),
+    [
+        (
+            "depth_x_norm.json",
+            [f"hidden={depth}x32, norm={norm}" for depth in (2, 16) for norm in ("none", "batch")],
+        ),
+        (
+            "architecture.json",
+            [
+                "model=mlp(hidden=2x64)",
+                "model=cnn(channels=16-32,hidden=64,kernel_size=5,pooling=max)",
+                "model=rnn(cell=rnn,hidden_size=64,layers=1)",
+            ],
+        ),
+    ],
+)
+def test_the_remedy_and_architecture_examples_expand_to_their_cells(example: str, labels: list[str]) -> None:
+    import json
+    from pathlib import Path
+
+    spec = ExperimentSpec.model_validate(
+        json.loads((Path(__file__).resolve().parents[2] / "examples" / example).read_text())
+    )
+    assert [cell.label for cell in expand_cells(spec)] == labels
+    assert {cell.spec.model.kind for cell in expand_cells(spec)} == (
+        {"mlp", "cnn", "rnn"} if example == "architecture.json" else {"mlp"}
+    )
+
+
 def test_the_example_depth_x_init_is_a_valid_six_cell_design() -> None:
     import json
     from pathlib import Path
