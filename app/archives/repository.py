@@ -1,30 +1,36 @@
-"""SQL of archives: store an imported experiment with its runs and metric rows."""
+"""SQL of archives: store an imported experiment with its runs and metric rows in batches, or remove it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.models import EpochMetric, Experiment, LayerMetric, Run
 
 
-def insert_experiment_archive(
-    *,
-    session: Session,
-    experiment: Experiment,
-    runs: Sequence[Run],
-    epoch_rows: Sequence[dict[str, Any]],
-    layer_rows: Sequence[dict[str, Any]],
-) -> None:
-    """Stage an imported experiment, its runs and metric rows (bulk inserts); the caller commits."""
+def insert_experiment_with_runs(*, session: Session, experiment: Experiment, runs: Sequence[Run]) -> None:
+    """Stage an imported experiment and its runs; the caller commits."""
     session.add(experiment)
     session.add_all(runs)
     session.flush()
-    if epoch_rows:
-        session.execute(insert(EpochMetric), list(epoch_rows))
-    if layer_rows:
-        session.execute(insert(LayerMetric), list(layer_rows))
-    session.flush()
+
+
+def insert_metric_rows(
+    *, session: Session, model: type[EpochMetric] | type[LayerMetric], rows: Sequence[dict[str, Any]]
+) -> None:
+    """Stage one batch of metric rows (a bulk insert); the caller commits."""
+    if rows:
+        session.execute(insert(model), list(rows))
+
+
+def delete_experiment(*, session: Session, experiment_id: uuid.UUID) -> None:
+    """Stage deleting an experiment with its runs and metric rows (an import that failed midway)."""
+    runs = select(Run.id).where(Run.experiment_id == experiment_id)
+    session.execute(delete(LayerMetric).where(LayerMetric.run_id.in_(runs)))
+    session.execute(delete(EpochMetric).where(EpochMetric.run_id.in_(runs)))
+    session.execute(delete(Run).where(Run.experiment_id == experiment_id))
+    session.execute(delete(Experiment).where(Experiment.id == experiment_id))

@@ -13,7 +13,7 @@ import io
 import json
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,7 +41,7 @@ from app.archives.members import (
 )
 from app.config import Settings
 from app.experiments import service as experiments_service
-from app.models import Experiment, Run, RunStatus
+from app.models import EpochMetric, Experiment, LayerMetric, Run, RunStatus
 from app.models.epoch_metric import EPOCH_NUMBER_FIELDS
 from app.models.layer_metric import LAYER_NUMBER_FIELDS
 from app.models.status import FINISHED_RUN_STATUSES
@@ -201,17 +201,44 @@ def _build_runs(
     return runs, mapping, unfinished
 
 
-def _metric_rows(
-    frame: pd.DataFrame,
-    *,
-    name: str,
-    mapping: Mapping[str, uuid.UUID],
-    keys: tuple[str, ...],
-    values: tuple[str, ...],
-    maximum_epoch: int,
-) -> list[dict[str, Any]]:
+def _epoch_cells(row: dict[str, Any], record: dict[str, Any], position: int) -> None:
+    flag = optional(record.get("gradient_flag"))
+    if flag is not None and flag not in ("vanishing", "exploding"):
+        raise archive_error(
+            f"metrics.csv.row {position}.gradient_flag", f"{flag!r} must be vanishing, exploding or empty"
+        )
+    row["gradient_flag"] = flag
+
+
+def _layer_cells(row: dict[str, Any], record: dict[str, Any], position: int) -> None:
+    row["layer_name"] = str(record["layer_name"])[:80]
+    row["activation_parameters"] = optional_json(
+        record.get("activation_parameters"), f"layer_metrics.csv.row {position}.activation_parameters"
+    )
+
+
+@dataclass(frozen=True)
+class _MetricTable:
+    """A metric CSV of an archive: its name, table, key and number columns, and how its other cells are read."""
+
+    name: str
+    model: type[EpochMetric] | type[LayerMetric]
+    keys: tuple[str, ...]
+    values: tuple[str, ...]
+    cells: Callable[[dict[str, Any], dict[str, Any], int], None]
+
+
+_EPOCH_TABLE = _MetricTable("metrics.csv", EpochMetric, ("epoch",), EPOCH_NUMBER_FIELDS, _epoch_cells)
+_LAYER_TABLE = _MetricTable("layer_metrics.csv", LayerMetric, ("epoch", "layer"), LAYER_NUMBER_FIELDS, _layer_cells)
+
+
+def _check_metric_frame(
+    frame: pd.DataFrame, table: _MetricTable, *, mapping: Mapping[str, uuid.UUID], maximum_epoch: int
+) -> None:
+    """Whole-table checks of a metric CSV (numbers, known runs, unique keys, epochs in range), before any write."""
+    name, keys = table.name, table.keys
     integers(frame, keys, name)
-    numeric(frame, values, name)
+    numeric(frame, table.values, name)
     unknown = ~frame["run_id"].astype(str).isin(set(mapping))
     if unknown.any():
         position = int(np.flatnonzero(unknown.to_numpy())[0])
@@ -227,14 +254,22 @@ def _metric_rows(
     epochs = frame["epoch"]
     if len(frame) and (epochs.min() < 0 or epochs.max() > maximum_epoch):
         raise archive_error(f"{name}.epoch", f"epochs must lie between 0 and the spec's {maximum_epoch}")
-    rows = []
-    for record in frame.to_dict("records"):
-        row: dict[str, Any] = {"run_id": mapping[str(record["run_id"])]}
-        row.update({key: int(record[key]) for key in keys})
-        row.update({value: optional(record.get(value)) for value in values})
-        row["attempt"] = optional_integer(record.get("attempt"), f"{name}.attempt") or 0
-        rows.append(row)
-    return rows
+
+
+def _metric_batches(
+    frame: pd.DataFrame, table: _MetricTable, *, mapping: Mapping[str, uuid.UUID], size: int
+) -> Iterator[list[dict[str, Any]]]:
+    """A checked metric table as insert rows, SIZE at a time: only one batch of row dicts is alive at once."""
+    for start in range(0, len(frame), size):
+        batch = []
+        for offset, record in enumerate(frame.iloc[start : start + size].to_dict("records")):
+            row: dict[str, Any] = {"run_id": mapping[str(record["run_id"])]}
+            row.update({key: int(record[key]) for key in table.keys})
+            row.update({value: optional(record.get(value)) for value in table.values})
+            row["attempt"] = optional_integer(record.get("attempt"), f"{table.name}.attempt") or 0
+            table.cells(row, record, start + offset + 1)
+            batch.append(row)
+        yield batch
 
 
 def layers_per_epoch(spec: ExperimentSpec) -> int:
@@ -275,41 +310,15 @@ def import_archive(
         ("run_id", "epoch"),
         max_rows=min(len(runs) * epochs, settings.max_import_rows),
     )
-    epoch_rows = _metric_rows(
-        epoch_frame,
-        name="metrics.csv",
-        mapping=mapping,
-        keys=("epoch",),
-        values=EPOCH_NUMBER_FIELDS,
-        maximum_epoch=epochs,
-    )
-    for row, flag in zip(
-        epoch_rows, epoch_frame.get("gradient_flag", pd.Series([None] * len(epoch_frame))), strict=True
-    ):
-        flag = optional(flag)
-        if flag is not None and flag not in ("vanishing", "exploding"):
-            raise archive_error("metrics.csv.gradient_flag", f"{flag!r} must be vanishing, exploding or empty")
-        row["gradient_flag"] = flag
+    _check_metric_frame(epoch_frame, _EPOCH_TABLE, mapping=mapping, maximum_epoch=epochs)
     layer_frame = read_csv(
         "layer_metrics.csv",
         members["layer_metrics.csv"],
         ("run_id", "epoch", "layer", "layer_name"),
         max_rows=min(len(runs) * epochs * layers_per_epoch(spec), settings.max_import_rows - len(epoch_frame)),
     )
-    layer_rows = _metric_rows(
-        layer_frame,
-        name="layer_metrics.csv",
-        mapping=mapping,
-        keys=("epoch", "layer"),
-        values=LAYER_NUMBER_FIELDS,
-        maximum_epoch=epochs,
-    )
-    parameters = layer_frame.get("activation_parameters", pd.Series([None] * len(layer_frame)))
-    for position, (row, names, value) in enumerate(
-        zip(layer_rows, layer_frame["layer_name"], parameters, strict=True), start=1
-    ):
-        row["layer_name"] = str(names)[:80]
-        row["activation_parameters"] = optional_json(value, f"layer_metrics.csv.row {position}.activation_parameters")
+    del members
+    _check_metric_frame(layer_frame, _LAYER_TABLE, mapping=mapping, maximum_epoch=epochs)
     cancel_requested = optional_datetime(metadata.get("cancel_requested_at"), "experiment.json.cancel_requested_at")
     if unfinished and cancel_requested is None:
         cancel_requested = utc_now()
@@ -338,15 +347,27 @@ def import_archive(
         or (max(finished) if finished else utc_now()),
         cancel_requested_at=cancel_requested,
     )
-    repository.insert_experiment_archive(
-        session=session, experiment=experiment, runs=runs, epoch_rows=epoch_rows, layer_rows=layer_rows
-    )
+    tables = ((epoch_frame, _EPOCH_TABLE), (layer_frame, _LAYER_TABLE))
+    # Short transactions: the experiment and its runs, then each batch of metric rows, each committed, so a
+    # worker's heartbeat can write between them on SQLite. Atomic for the user: a failure midway deletes the
+    # partly imported experiment (and its rows) before the error reaches them.
+    repository.insert_experiment_with_runs(session=session, experiment=experiment, runs=runs)
     session.commit()
+    try:
+        for frame, table in tables:
+            for batch in _metric_batches(frame, table, mapping=mapping, size=settings.import_batch_rows):
+                repository.insert_metric_rows(session=session, model=table.model, rows=batch)
+                session.commit()
+    except BaseException:
+        session.rollback()
+        repository.delete_experiment(session=session, experiment_id=experiment_id)
+        session.commit()
+        raise
     imported_from = metadata.get("experiment_id")
     return ImportOutcome(
         experiment=experiment,
         imported_from=str(imported_from) if imported_from else None,
         runs=len(runs),
-        epoch_metrics=len(epoch_rows),
-        layer_metrics=len(layer_rows),
+        epoch_metrics=len(epoch_frame),
+        layer_metrics=len(layer_frame),
     )

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import uuid
 import zipfile
 from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -20,6 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.archives import repository
 from app.archives.members import ARCHIVE_MAX_JSON_DEPTH
 from app.config import Settings
 from app.models import EpochMetric, Experiment, LayerMetric, Run
@@ -244,3 +247,52 @@ def test_the_import_row_limit_counts_epoch_and_layer_rows_together(
         "/v1/experiments/import", content=exported.content, headers={"Content-Type": "application/zip"}
     )
     assert response.status_code == 201, response.text
+
+
+def test_an_import_that_fails_midway_leaves_nothing_behind(
+    client: TestClient, finished_experiment: uuid.UUID, settings: Settings, db: Session
+) -> None:
+    # Small batches: the epoch rows and most layer rows are committed before the last layer row fails.
+    settings.import_batch_rows = 10
+    exported = client.get(f"/v1/experiments/{finished_experiment}/export")
+    members = _members(exported.content)
+    frame = pd.read_csv(io.BytesIO(members["layer_metrics.csv"]), dtype=str, keep_default_na=False)
+    frame.loc[len(frame) - 1, "activation_parameters"] = "{not json"
+    members["layer_metrics.csv"] = frame.to_csv(index=False).encode()
+    before = _table_counts(db)
+    response = client.post("/v1/experiments/import", content=_zip(members), headers={"Content-Type": "application/zip"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == f"archive.layer_metrics.csv.row {len(frame)}.activation_parameters"
+    assert _table_counts(db) == before
+
+
+def test_a_large_import_lets_another_writer_in_between_its_batches(
+    client: TestClient, finished_experiment: uuid.UUID, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two batches the import holds no write lock: a writer that will not wait (timeout 0) gets in,
+    as a worker's heartbeat must."""
+    settings.import_batch_rows = 50
+    database = settings.database_url.removeprefix("sqlite:///")
+    writes_between_batches: list[bool] = []
+    insert_batch = repository.insert_metric_rows
+
+    def checking_insert(**arguments: Any) -> None:
+        other = sqlite3.connect(database, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            writes_between_batches.append(True)
+        except sqlite3.OperationalError:
+            writes_between_batches.append(False)
+        finally:
+            other.close()
+        insert_batch(**arguments)
+
+    monkeypatch.setattr(repository, "insert_metric_rows", checking_insert)
+    exported = client.get(f"/v1/experiments/{finished_experiment}/export")
+    response = client.post(
+        "/v1/experiments/import", content=exported.content, headers={"Content-Type": "application/zip"}
+    )
+    assert response.status_code == 201, response.text
+    assert len(writes_between_batches) > 2
+    assert all(writes_between_batches)
