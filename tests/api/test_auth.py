@@ -22,7 +22,16 @@ from app.config import Settings, get_settings
 from app.models import Experiment, ExperimentStatus, Run, RunStatus
 from tests.api.conftest import bearer, make_key, small_spec
 
-OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+OPEN_PATHS = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/docs/assets/{name}",
+    "/redoc",
+}
 
 
 def _routes(app: FastAPI) -> list[tuple[str, str]]:
