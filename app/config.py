@@ -125,10 +125,11 @@ class Settings(SpecLimits):
         512 * 1024 * 1024, ge=1024, description="Largest size an imported archive's members may expand to (zip bombs)."
     )
     max_import_rows: int = Field(
-        1_000_000,
+        500_000,
         ge=1,
         description="Most metric rows (metrics.csv plus layer_metrics.csv) one import may hold; a larger archive is a "
-        "422. Below this, the archive's own spec bounds it (runs x epochs, x layers of the model for layer rows).",
+        "422 (500,000 keep an import's peak memory near 100 MiB, bench/import_memory.py). Below this, the "
+        "archive's own spec bounds it (runs x epochs, x layers of the model for layer rows).",
     )
     import_batch_rows: int = Field(
         5_000,
