@@ -17,8 +17,7 @@ from sqlalchemy.engine import Engine
 import app.models  # noqa: F401  (registers every table)
 from app.db import Base
 from app.migrate import alembic_config, current_revision, head_revision, upgrade_database
-
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from tests.fixtures import fresh_postgres_database
 
 
 def _differences(engine: Engine, metadata: MetaData) -> list[Any]:
@@ -44,20 +43,8 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, uniquely named PostgreSQL database, dropped afterwards."""
-    name = f"actlab_migrations_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # pragma: no cover - depends on the machine
-        admin.dispose()
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not available: {error}")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database("actlab_migrations") as url:
+        yield url
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import insert, select
 
 from app.config import Settings
 from app.dependencies import get_dispatcher
@@ -18,32 +18,18 @@ from app.main import create_app
 from app.migrate import upgrade_database
 from app.models import EpochMetric, Run
 from tests.api.conftest import RecordingDispatcher, bearer, make_key, small_spec
-
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from tests.fixtures import fresh_postgres_database
 
 
 @pytest.fixture
 def postgres_client(tmp_path: Path) -> Iterator[TestClient]:
-    name = f"actlab_api_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # pragma: no cover - depends on the machine
-        admin.dispose()
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not available: {error}")
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with fresh_postgres_database("actlab_api") as url:
         upgrade_database(url)
         application = create_app(Settings(DATABASE_URL=url, BROKER_URL="filesystem://", broker_folder=tmp_path / "b"))
         application.dependency_overrides[get_dispatcher] = RecordingDispatcher
         key = make_key(application, name="postgres owner")
         with TestClient(application, headers=bearer(key)) as client:
             yield client
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_submit_stream_and_cancel_on_postgres(postgres_client: TestClient) -> None:

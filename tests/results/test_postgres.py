@@ -3,42 +3,27 @@
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Iterator
 
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
 from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade_database
+from tests.fixtures import fresh_postgres_database
 from tests.results.conftest import insert_experiment
 
 pytestmark = pytest.mark.integration
-SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh database of its own, dropped afterwards."""
-    name = f"actlab_results_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(f"{SERVER_URL}/test", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # pragma: no cover - only without the server
-        admin.dispose()
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {error}")
-    url = f"{SERVER_URL}/{name}"
-    try:
+    with fresh_postgres_database("actlab_results") as url:
         upgrade_database(url)
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_results_export_and_import_on_postgresql(postgres_url: str) -> None:
