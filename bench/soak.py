@@ -43,14 +43,11 @@ from typing import Any
 import httpx
 
 from tests.fixtures import REPOSITORY, free_port, fresh_postgres_database, uvicorn_command, wait_until_healthy
-from tests.integration.conftest import REDIS_URL, ManagedProcess
+from tests.integration.conftest import REDIS_URL, ManagedProcess, stack_environment
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled", "partial", "timed_out"})
 # Request kinds and their weights in the mix.
 MIX = {"submit": 2.0, "status": 5.0, "metrics_csv": 2.0, "metrics_json": 2.0, "events": 1.0, "cancel": 0.5}
-# Broker timings short enough that a killed worker's run comes back within about a minute, keeping the
-# production invariant visibility timeout > hard time limit > soft time limit.
-SOFT_TIME_LIMIT, TIME_LIMIT_GRACE, VISIBILITY_TIMEOUT = 60, 3, 70
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -322,26 +319,10 @@ def _soak(arguments: argparse.Namespace, workdir: Path, database_url: str) -> in
     upgrade_database(database_url)
     key = _create_key(database_url)
     key_prefix = f"actlab-soak-{uuid.uuid4().hex[:12]}:"
-    base = {
-        k: v for k, v in os.environ.items() if not k.startswith("ACTLAB_") and k not in ("DATABASE_URL", "BROKER_URL")
-    }
-    environment = {
-        **base,
-        "DATABASE_URL": database_url,
-        "BROKER_URL": REDIS_URL,
-        "ACTLAB_BROKER_KEY_PREFIX": key_prefix,
-        "ACTLAB_TASK_SOFT_TIME_LIMIT": str(SOFT_TIME_LIMIT),
-        "ACTLAB_TASK_TIME_LIMIT_GRACE": str(TIME_LIMIT_GRACE),
-        "ACTLAB_BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
-        "ACTLAB_BROKER_RESTORE_INTERVAL": "1",
-        "ACTLAB_WORKER_SOFT_SHUTDOWN_TIMEOUT": "0",
-        "ACTLAB_CHECKPOINT_DIR": str(workdir / "checkpoints"),
-        "ACTLAB_CHECKPOINT_INTERVAL_SECONDS": "0",
-        "ACTLAB_DATA_DIR": str(workdir / "data"),
-        "ACTLAB_TORCH_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": str(REPOSITORY),
-    }
+    # The integration stack's environment (its broker timings: a killed worker's run comes back within
+    # the visibility timeout), importable from the repository.
+    environment = stack_environment(database_url=database_url, key_prefix=key_prefix, workdir=workdir)
+    environment["PYTHONPATH"] = str(REPOSITORY)
 
     def process(name: str, command: list[str]) -> ManagedProcess:
         return ManagedProcess(name, command, workdir / f"{name}.log", environment, REPOSITORY).start()

@@ -196,21 +196,17 @@ def redis_client() -> Iterator[Any]:
     client.close()
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_client: Any) -> Iterator[Stack]:
-    """The service environment: PostgreSQL, Redis keys under a unique prefix, short broker timings."""
-    from app.migrate import upgrade_database
-
-    workdir = tmp_path_factory.mktemp("stack")
-    key_prefix = f"actlab-test-{uuid.uuid4().hex[:12]}:"
+def stack_environment(*, database_url: str, key_prefix: str, workdir: Path) -> dict[str, str]:
+    """The environment of the stack's API and workers (also bench/soak.py's): none of the caller's ACTLAB_*
+    settings, PostgreSQL, Redis keys under ``key_prefix``, short broker timings, a checkpoint every epoch."""
     base = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith("ACTLAB_") and key not in ("DATABASE_URL", "BROKER_URL")
     }
-    environment = {
+    return {
         **base,
-        "DATABASE_URL": postgres_url,
+        "DATABASE_URL": database_url,
         "BROKER_URL": REDIS_URL,
         "ACTLAB_BROKER_KEY_PREFIX": key_prefix,
         "ACTLAB_TASK_SOFT_TIME_LIMIT": str(SOFT_TIME_LIMIT),
@@ -225,6 +221,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_cli
         "ACTLAB_TORCH_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_client: Any) -> Iterator[Stack]:
+    """The service environment: PostgreSQL, Redis keys under a unique prefix, short broker timings."""
+    from app.migrate import upgrade_database
+
+    workdir = tmp_path_factory.mktemp("stack")
+    key_prefix = f"actlab-test-{uuid.uuid4().hex[:12]}:"
+    environment = stack_environment(database_url=postgres_url, key_prefix=key_prefix, workdir=workdir)
     upgrade_database(postgres_url)
     running = Stack(
         environment=environment,
