@@ -591,7 +591,19 @@ def test_ctrl_c_stops_waiting_cleanly_and_names_the_experiment(served: Served, t
     name = f"interrupted {uuid.uuid4().hex[:8]}"
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps({**TINY_EXPERIMENT, "name": name}))
-    command = [sys.executable, "-m", "app.cli", "submit", str(spec_path), "--wait", "--url", served.url]
+    # As from a terminal: SIGINT raises KeyboardInterrupt. A test run started in the background (CI, `make
+    # test &`) hands its children SIGINT ignored, and Python then leaves it ignored.
+    command = [
+        sys.executable,
+        "-c",
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'actlab'; runpy.run_module('app.cli', run_name='__main__')",
+        "submit",
+        str(spec_path),
+        "--wait",
+        "--url",
+        served.url,
+    ]
     environment = {name: value for name, value in os.environ.items() if not name.startswith("ACTLAB_")}
     environment["ACTLAB_API_KEY"] = served.key
     process = subprocess.Popen(
