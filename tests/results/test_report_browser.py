@@ -12,10 +12,7 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,17 +26,12 @@ from app.auth.service import create_api_key
 from app.db import make_engine, session_factory
 from app.migrate import upgrade_database
 from app.results.plots import PLOT_KINDS
+from tests.fixtures import uvicorn_server
 from tests.results.conftest import insert_experiment
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install -y chromium")
 BROWSER_SECONDS = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(params=["auth-off", "api-key"])
@@ -58,7 +50,6 @@ def served_report(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tu
         experiment_id = insert_experiment(session)
         key = create_api_key(session=session, name="browser", is_admin=True).key if with_key else None
     engine.dispose()
-    port = _free_port()
     log_path = tmp_path / "uvicorn.log"
     # The server listens on 127.0.0.1 only; the browser opens the report as the local admin.
     environment = {
@@ -67,40 +58,12 @@ def served_report(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tu
         "BROKER_URL": "filesystem://",
         "ACTLAB_AUTH_REQUIRED": "true" if with_key else "false",
     }
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"uvicorn did not start:\n{log_path.read_text()}")
-            time.sleep(0.2)
+    with uvicorn_server(environment=environment, log_path=log_path, options=("--workers", "1")) as url:
         if with_key:
             assert httpx.get(f"{url}/experiments/{experiment_id}").status_code == 401
-            yield f"http://reader:{key}@127.0.0.1:{port}", experiment_id, log_path
+            yield url.replace("http://", f"http://reader:{key}@"), experiment_id, log_path
         else:
             yield url, experiment_id, log_path
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def _chromium(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
