@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
-from app.archives import service
+from app.archives import service, tensorboard
 from app.archives.schemas import ImportResponse
+from app.archives.tensorboard import TENSORBOARD_EXTRA
 from app.dependencies import PrincipalDependency, SessionDependency, SettingsDependency
 from app.models import ExperimentStatus
 from app.schemas import MessageResponse, ValidationErrorResponse
@@ -17,19 +20,38 @@ from app.service_errors import InvalidInputError
 # Archives belong with the results in the API description (one tag, as before they had their own router).
 router = APIRouter(prefix="/v1/experiments", tags=["results"])
 
+ExportFormat = Literal["zip", "tensorboard"]
+
 
 @router.get(
     "/{experiment_id}/export",
     response_class=Response,
     summary="Archive an experiment as a zip",
-    description="spec.json (the canonical spec; POST it to /v1/experiments to rerun), experiment.json, "
-    "runs.csv, metrics.csv, layer_metrics.csv, results.csv and diagnostics.csv. "
-    "POST /v1/experiments/import loads it back.",
-    responses={200: {"content": {"application/zip": {}}}, 404: {"model": MessageResponse}},
+    description="format=zip (the default): spec.json (the canonical spec; POST it to /v1/experiments to rerun), "
+    "experiment.json, runs.csv, metrics.csv, layer_metrics.csv, results.csv and diagnostics.csv; "
+    "POST /v1/experiments/import loads it back. format=tensorboard: one TensorBoard event folder per run "
+    "(scalars per epoch, per-layer gradient norms and dead/saturated fractions, hparams with the activation, "
+    "seed and cell levels); unzip it and run `tensorboard --logdir`. It needs the tensorboard extra "
+    f"({TENSORBOARD_EXTRA}); without it the answer is 501.",
+    responses={
+        200: {"content": {"application/zip": {}}},
+        404: {"model": MessageResponse},
+        501: {"model": MessageResponse},
+    },
 )
-def export(experiment_id: uuid.UUID, session: SessionDependency) -> Response:
-    """The experiment as a zip archive."""
-    archive = service.export_archive(session=session, experiment_id=experiment_id)
+def export(
+    experiment_id: uuid.UUID,
+    session: SessionDependency,
+    format: Annotated[ExportFormat, Query(description="zip (re-importable) or tensorboard (event files)")] = "zip",
+) -> Response:
+    """The experiment as a zip archive (re-importable, or TensorBoard event files)."""
+    if format == "tensorboard":
+        try:
+            archive = tensorboard.export_tensorboard(session=session, experiment_id=experiment_id)
+        except tensorboard.TensorBoardUnavailableError as error:
+            return JSONResponse({"detail": str(error)}, status_code=501)
+    else:
+        archive = service.export_archive(session=session, experiment_id=experiment_id)
     headers = {"Content-Disposition": f'attachment; filename="{archive.filename}"'}
     return Response(archive.content, media_type=service.ARCHIVE_MEDIA_TYPE, headers=headers)
 
