@@ -58,14 +58,65 @@ class ActivationInfo:
     # The parameter holding the negative slope that Kaiming initialisation uses (leaky ReLU family).
     slope_parameter: str | None = None
     # Upper bound of the activation's learned parameters in one model, for the cost estimate;
-    # under ``per_unit_mode`` (parameter, value) there is one per unit and the bound is the units.
+    # under ``per_unit_mode`` (parameter, value) there is one per unit and the bound is the units;
+    # with a ``hypernetwork`` the count per layer width is exact and this field only marks that it learns.
     learnable_parameters: int = 0
     per_unit_mode: tuple[str, str] | None = None
+    # Input-conditioned units (dynamic ReLU, Meta-ACON): a small hyper-network computes their
+    # coefficients from the layer input, so ``formula`` is the function at a stated fixed context and
+    # the parameter count depends on the layer widths (``Hypernetwork.parameters``).
+    hypernetwork: Hypernetwork | None = None
+
+    @property
+    def input_conditioned(self) -> bool:
+        """True where the unit's coefficients are computed from its input by a hyper-network."""
+        return self.hypernetwork is not None
 
     @property
     def can_learn(self) -> bool:
         """True where a spec of it may carry learned parameters (learnable units, custom formulas)."""
         return self.learnable or self.family == "custom"
+
+
+HYPERNETWORK_MIN_HIDDEN = 4
+"""Fewest hidden units of an input-conditioned unit's hyper-network, however narrow its layer."""
+
+
+@dataclass(frozen=True)
+class Hypernetwork:
+    """The hyper-network of an input-conditioned unit on a layer of C channels (hidden units or feature maps).
+
+    context (C: the layer input averaged over positions, or the input vector itself) -> Linear(C, H)
+    -> Linear(H, outputs x C), with H = max(HYPERNETWORK_MIN_HIDDEN, C // reduction); the unit also
+    keeps ``own_per_channel`` learned values per channel. One home for the width rule: the torch
+    modules and the parameter count of ``app.spec_cost`` both read it.
+    """
+
+    outputs_per_channel: int = 1
+    # Parameter multiplying ``outputs_per_channel`` (dynamic ReLU's K pieces), if any.
+    outputs_parameter: str | None = None
+    own_per_channel: int = 0
+    reduction_parameter: str = "reduction"
+
+    def hidden(self, width: int, params: Mapping[str, ParameterValue]) -> int:
+        """Hidden units H of the hyper-network on a layer of ``width`` channels."""
+        return max(HYPERNETWORK_MIN_HIDDEN, width // int(params[self.reduction_parameter]))
+
+    def outputs(self, params: Mapping[str, ParameterValue]) -> int:
+        """Generated coefficients per channel."""
+        factor = int(params[self.outputs_parameter]) if self.outputs_parameter else 1
+        return self.outputs_per_channel * factor
+
+    def parameters(self, width: int, params: Mapping[str, ParameterValue]) -> int:
+        """Learned values of the unit on one layer: both Linear maps with biases, plus its own per channel."""
+        hidden = self.hidden(width, params)
+        generated = self.outputs(params) * width
+        return width * hidden + hidden + hidden * generated + generated + self.own_per_channel * width
+
+    def macs(self, width: int, params: Mapping[str, ParameterValue]) -> int:
+        """Multiply-accumulates of the hyper-network for one example on one layer."""
+        hidden = self.hidden(width, params)
+        return width * hidden + hidden * self.outputs(params) * width
 
 
 def _float(
@@ -262,6 +313,49 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             learnable=True,
             reference="Molina et al. 2020",
             learnable_parameters=10 * 32,
+        ),
+        ActivationInfo(
+            "dyrelu",
+            "learnable",
+            "Dynamic ReLU, variant B (DY-ReLU-B): y_c = max_k (a_c^k x_c + b_c^k) with channel-wise "
+            "coefficients computed from the layer input by a hyper-network (input averaged over positions -> "
+            "Linear -> ReLU -> Linear -> 2K per channel -> 2 sigmoid - 1, scaled by lambda_a and lambda_b around "
+            "the initial a^1 = 1, a^k = 0 (k > 1), b^k = 0). Input-conditioned: the formula is the function at a "
+            "zero hyper-network output, which is ReLU.",
+            "max(x, 0) at a zero hyper-network output; in general max_k (a_k(input) * x + b_k(input))",
+            "kaiming_relu",
+            parameters=(
+                ParameterInfo("pieces", "int", 2, "Linear pieces K of the maximum.", 1, 4),
+                ParameterInfo(
+                    "reduction", "int", 4, "Reduction ratio R of the hyper-network (H = max(4, C // R)).", 1, 64
+                ),
+                _float("lambda_a", 1.0, "Range of the slopes a_k around their initial values.", 0.0, 10.0),
+                _float("lambda_b", 0.5, "Range of the intercepts b_k around 0.", 0.0, 10.0),
+            ),
+            learnable=True,
+            reference="Chen et al. 2020, Dynamic ReLU (ECCV)",
+            learnable_parameters=1,
+            hypernetwork=Hypernetwork(outputs_per_channel=2, outputs_parameter="pieces"),
+        ),
+        ActivationInfo(
+            "meta_acon",
+            "learnable",
+            "Meta-ACON-C: (p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x with learned p1, p2 per channel and a "
+            "channel-wise beta = sigmoid(Linear(Linear(input averaged over positions))) generated from the layer "
+            "input (the authors' layout without their BatchNorm layers). Starts at p1 = 1, p2 = 0. "
+            "Input-conditioned: the formula is the function at a zero hyper-network output, beta = 0.5.",
+            "(p1 - p2) * x * sigmoid(beta * (p1 - p2) * x) + p2 * x, beta = sigmoid(hyper-network(input)); "
+            "x * sigmoid(0.5 * x) at the start with a zero hyper-network output",
+            "kaiming_relu",
+            parameters=(
+                ParameterInfo(
+                    "reduction", "int", 16, "Reduction ratio r of the hyper-network (H = max(4, C // r)).", 1, 64
+                ),
+            ),
+            learnable=True,
+            reference="Ma et al. 2021, Activate or Not: Learning Customized Activation (CVPR)",
+            learnable_parameters=1,
+            hypernetwork=Hypernetwork(outputs_per_channel=1, own_per_channel=2),
         ),
         ActivationInfo(
             "custom",

@@ -17,7 +17,9 @@ The run estimate (``estimate_run``), documented in README.md (Limits):
   halves each side (rounded down). A recurrent layer reads one image row or signal sample per
   step: steps x (step features + hidden) x hidden x gates (1 rnn, 3 gru, 4 lstm; the Elman layer
   skips the recurrent matmul of its first step, whose state is zero). Norms, activations and
-  pooling are elementwise and not counted.
+  pooling are elementwise and not counted; the hyper-network of an input-conditioned activation
+  (dyrelu, meta_acon: two Linear maps per layer, per step in an Elman recurrence) is, for the
+  activation of the spec with the most.
 - A run: epochs x (3 x forward MACs x training examples + forward MACs x evaluated examples). The
   backward pass costs about twice the forward (gradients with respect to the inputs and to the
   weights, one matmul each), hence 3 per trained example: the "6N FLOPs per token" rule of Kaplan
@@ -212,7 +214,25 @@ def forward_work(spec: ExperimentSpec) -> ForwardWork:
     count = _FORWARD_WORK.get(spec.model.kind)
     if count is None:
         raise AssertionError(f"no forward count for model kind {spec.model.kind!r}")
-    return count(spec.model, spec.dataset.input_shape, spec.dataset.classes)
+    work = count(spec.model, spec.dataset.input_shape, spec.dataset.classes)
+    return ForwardWork(work.macs + _hypernetwork_macs(spec), work.kept, work.largest)
+
+
+def _hypernetwork_macs(spec: ExperimentSpec) -> int:
+    """The largest forward MACs of one example's activation hyper-networks among the spec's activations.
+
+    A hyper-network runs once per example on each layer (on each step of an Elman recurrence).
+    """
+    model = spec.model
+    calls = spec.dataset.input_shape[1] if model.kind == "rnn" and model.cell == "rnn" else 1
+    largest = 0
+    for activation in spec.activations:
+        hypernetwork = ACTIVATIONS[activation.canonical_name].hypernetwork
+        if hypernetwork is not None:
+            params = activation.resolved_params()
+            macs = calls * sum(hypernetwork.macs(width, params) for width in activation_widths(model))
+            largest = max(largest, macs)
+    return largest
 
 
 def estimate_run(spec: ExperimentSpec) -> RunEstimate:
@@ -248,12 +268,24 @@ def estimate_parameters(spec: ExperimentSpec) -> int:
     return weights + _learnable_per_model(spec, units)
 
 
+def activation_widths(model: MlpSpec | CnnSpec | RnnSpec) -> list[int]:
+    """Width (units or channels) of every activation module the model builds, first to last."""
+    if model.kind == "mlp":
+        return list(model.hidden)
+    if model.kind == "cnn":
+        return [*model.channels, *model.hidden]
+    return [model.hidden_size] * model.layers if model.cell == "rnn" else [model.head_hidden]
+
+
 def _learnable_per_model(spec: ExperimentSpec, units: int) -> int:
-    """Upper bound of activation parameters in one model (per-unit PReLU dominates)."""
+    """Upper bound of activation parameters in one model (per-unit PReLU dominates); exact for hyper-networks."""
     largest = 0
     for activation in spec.activations:
         info = ACTIVATIONS[activation.canonical_name]
         bound = info.learnable_parameters
+        if info.hypernetwork is not None:
+            params = activation.resolved_params()
+            bound = sum(info.hypernetwork.parameters(width, params) for width in activation_widths(spec.model))
         if info.per_unit_mode is not None:
             parameter, per_unit = info.per_unit_mode
             if activation.resolved_params()[parameter] == per_unit:

@@ -37,6 +37,11 @@ class ActivationEntry(BaseModel):
     parameters: list[ParameterEntry]
     aliases: list[str]
     learnable: bool
+    input_conditioned: bool = Field(
+        False,
+        description="Whether a hyper-network computes its coefficients from the layer input (dyrelu, meta_acon); "
+        "its formula is then the function at the fixed context it states.",
+    )
     can_die: bool = Field(description="Whether dead units (never positive, zero gradient) are reported for it.")
     saturation: str | None
     reference: str
@@ -204,6 +209,7 @@ def build_catalog(settings: Settings) -> Catalog:
                 parameters=[_parameter(parameter) for parameter in info.parameters],
                 aliases=list(info.aliases),
                 learnable=info.learnable,
+                input_conditioned=info.input_conditioned,
                 can_die=info.can_die,
                 saturation=info.saturation,
                 reference=info.reference,

@@ -3,7 +3,10 @@
 Covers every catalog activation that can learn (``ActivationInfo.can_learn``), one entry of
 ``_SHAPES`` each, from the parameter values the engine stores per layer (``activation_parameters``):
 prelu (``slope``, or ``slope_mean`` in per-unit mode), swish_beta (``beta``), pau (``a0``..``a5``,
-``b1``..``b4`` with the safe denominator 1 + sum |b_i| |x|^i) and custom formulas with learnable
+``b1``..``b4`` with the safe denominator 1 + sum |b_i| |x|^i), the input-conditioned dyrelu and
+meta_acon at a fixed context (at the start: a zero hyper-network output; learned: the probe-set means
+of the generated coefficients ``a<k>_mean``/``b<k>_mean`` or ``beta_mean``, with ``p1_mean``/``p2_mean``)
+and custom formulas with learnable
 scalars, evaluated from the ``app.expressions`` tree with ``_FUNCTIONS``, the numpy twin of the
 catalog's expression functions. A guard test checks both tables against the catalog and the
 shapes against the torch modules.
@@ -142,6 +145,48 @@ def _custom_learned(activation: ActivationSpec, parameters: Mapping[str, float],
     return evaluate_expression(tree, x, {scalar: float(parameters[scalar]) for scalar in scalars})
 
 
+def dynamic_relu(x: np.ndarray, slopes: list[float], intercepts: list[float]) -> np.ndarray:
+    """max_k (a_k x + b_k): dynamic ReLU at fixed coefficients."""
+    pieces = [slope * x + intercept for slope, intercept in zip(slopes, intercepts, strict=True)]
+    return np.asarray(np.max(np.stack(pieces), axis=0), dtype=float)
+
+
+def acon_c(x: np.ndarray, p1: float, p2: float, beta: float) -> np.ndarray:
+    """(p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x: ACON-C at a fixed beta."""
+    difference = (p1 - p2) * x
+    return np.asarray(difference * special.expit(beta * difference) + p2 * x, dtype=float)
+
+
+def _dyrelu_start(activation: ActivationSpec, x: np.ndarray) -> np.ndarray | None:
+    # A zero hyper-network output leaves the paper's initial coefficients a = (1, 0, ...), b = 0: ReLU.
+    pieces = int(activation.resolved_params()["pieces"])
+    return dynamic_relu(x, [1.0] + [0.0] * (pieces - 1), [0.0] * pieces)
+
+
+def _dyrelu_learned(activation: ActivationSpec, parameters: Mapping[str, float], x: np.ndarray) -> np.ndarray | None:
+    # The generated coefficients vary with the input: draw the function at their probe-set means.
+    pieces = int(activation.resolved_params()["pieces"])
+    slopes = [parameters.get(f"a{k + 1}_mean") for k in range(pieces)]
+    intercepts = [parameters.get(f"b{k + 1}_mean") for k in range(pieces)]
+    if any(value is None for value in (*slopes, *intercepts)):
+        return None
+    return dynamic_relu(x, [float(v) for v in slopes if v is not None], [float(v) for v in intercepts if v is not None])
+
+
+def _meta_acon_start(activation: ActivationSpec, x: np.ndarray) -> np.ndarray | None:
+    # p1 = 1, p2 = 0 and beta = sigmoid(0) = 0.5 at a zero hyper-network output.
+    return acon_c(x, 1.0, 0.0, 0.5)
+
+
+def _meta_acon_learned(activation: ActivationSpec, parameters: Mapping[str, float], x: np.ndarray) -> np.ndarray | None:
+    # At the channel means of p1 and p2 and the probe-set mean of the generated beta.
+    values = [parameters.get(name) for name in ("p1_mean", "p2_mean", "beta_mean")]
+    if any(value is None for value in values):
+        return None
+    p1, p2, beta = (float(value) for value in values if value is not None)
+    return acon_c(x, p1, p2, beta)
+
+
 @dataclass(frozen=True)
 class LearnableShape:
     """How to draw one learnable activation: the function it starts as and the one it learned."""
@@ -154,6 +199,8 @@ _SHAPES: dict[str, LearnableShape] = {
     "prelu": LearnableShape(_prelu_start, _prelu_learned),
     "swish_beta": LearnableShape(_swish_beta_start, _swish_beta_learned),
     "pau": LearnableShape(_pau_start, _pau_learned),
+    "dyrelu": LearnableShape(_dyrelu_start, _dyrelu_learned),
+    "meta_acon": LearnableShape(_meta_acon_start, _meta_acon_learned),
     "custom": LearnableShape(_custom_start, _custom_learned),
 }
 

@@ -231,7 +231,8 @@ def test_value_and_derivative_match_the_closed_form(case: str) -> None:
 
 def test_every_catalog_activation_has_a_closed_form_test() -> None:
     tested = {ActivationSpec.model_validate(spec).canonical_name for spec, _, _ in CLOSED_FORMS.values()}
-    assert set(ACTIVATIONS) - tested == {"pau"}  # PAU has its own tests below
+    # PAU has its own tests below; the input-conditioned units theirs in test_adaptive_activations.py.
+    assert set(ACTIVATIONS) - tested == {"pau"} | {name for name, info in ACTIVATIONS.items() if info.input_conditioned}
 
 
 def test_every_expression_function_of_the_catalog_has_a_closed_form_test() -> None:
@@ -263,7 +264,10 @@ LEARNABLE_SHAPES: dict[str, Any] = {
 
 
 def test_every_activation_that_can_learn_has_a_plot_shape_row() -> None:
-    assert set(LEARNABLE_SHAPES) == {name for name, info in ACTIVATIONS.items() if info.can_learn}
+    # Input-conditioned units are drawn at a fixed context: test_adaptive_activations.py has their rows.
+    assert set(LEARNABLE_SHAPES) == {
+        name for name, info in ACTIVATIONS.items() if info.can_learn and not info.input_conditioned
+    }
 
 
 @pytest.mark.parametrize("name", sorted(LEARNABLE_SHAPES))

@@ -2,9 +2,12 @@
 
 Pure PyTorch. ``build_activation`` is the one entry point; each catalog name maps to one
 builder function in ``_BUILDERS``, and each function of the catalog's expression language to one
-torch function in ``_EXPRESSION_FUNCTIONS`` (guard tests check both). Every module is elementwise; per-unit parameters (PReLU
-mode "unit") broadcast over dimension 1, the unit/channel dimension of (batch, width) and
-(batch, channels, *spatial) tensors.
+torch function in ``_EXPRESSION_FUNCTIONS`` (guard tests check both). Every module is elementwise
+except the input-conditioned ones (dyrelu, meta_acon), whose coefficients depend on the example's
+whole input to the layer; per-unit parameters (PReLU mode "unit") and channel-wise coefficients
+broadcast over dimension 1, the unit/channel dimension of (batch, width) and
+(batch, channels, *spatial) tensors. In an Elman recurrence the input-conditioned units see the
+step's pre-activation vector, as in an MLP (coefficients per step).
 
 Derivatives at kinks are those of PyTorch's kernels, and the tests pin them:
 
@@ -19,6 +22,7 @@ Derivatives at kinks are those of PyTorch's kernels, and the tests pin them:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -168,6 +172,168 @@ class PadeActivation(ActivationModule):
         denominator = self.denominator.detach().double().cpu().tolist()
         values: ParameterValues = {f"a{index}": value for index, value in enumerate(numerator)}
         values.update({f"b{index + 1}": value for index, value in enumerate(denominator)})
+        return values
+
+
+def _linear_parameters(out_features: int, in_features: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """Weight and bias initialised as nn.Linear does (Kaiming uniform with a = sqrt(5), bias U(+-1/sqrt(in)))."""
+    weight = torch.empty(out_features, in_features)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    bound = 1.0 / math.sqrt(in_features)
+    bias = torch.empty(out_features).uniform_(-bound, bound)
+    return nn.Parameter(weight), nn.Parameter(bias)
+
+
+class InputConditionedActivation(ActivationModule):
+    """A unit whose channel-wise coefficients come from its input through a small hyper-network.
+
+    Channels are dimension 1: hidden units of (batch, width) inputs, feature maps of
+    (batch, channels, *positions) inputs; the context is the input itself or its mean over positions.
+    The hyper-network's own parameters are named ``hyper_*`` (not ``weight``), so the model's init
+    scheme leaves them at their nn.Linear-style start, drawn from the seeded global stream.
+
+    Coefficient statistics: every forward pass in eval mode adds the generated coefficients to running
+    sums, which ``train(False)`` clears. Both trainers call ``model.eval()`` right before their
+    diagnostics probe and read ``parameter_values()`` right after it, so the mean and std reported per
+    epoch are over the probe set's examples and channels (and positions of an Elman recurrence).
+    """
+
+    def __init__(self, spec: ActivationSpec, *, width: int, coefficients: tuple[str, ...]) -> None:
+        super().__init__(spec)
+        hypernetwork = ACTIVATIONS[spec.canonical_name].hypernetwork
+        assert hypernetwork is not None
+        params = spec.resolved_params()
+        self.width = width
+        self.hidden = hypernetwork.hidden(width, params)
+        self.coefficient_names = coefficients
+        self.hyper_in_weight, self.hyper_in_bias = _linear_parameters(self.hidden, width)
+        self.hyper_out_weight, self.hyper_out_bias = _linear_parameters(len(coefficients) * width, self.hidden)
+        self._sums: Tensor | None = None
+        self._squares: Tensor | None = None
+        self._count = 0
+
+    def context(self, x: Tensor) -> Tensor:
+        """(batch, channels): the input averaged over positions, after checking dimension 1 is the channels."""
+        if x.dim() < 2 or x.shape[1] != self.width:
+            raise ValueError(
+                f"{self.name} of {self.width} channels got input of shape {tuple(x.shape)}; "
+                "dimension 1 must be the channels"
+            )
+        return x.mean(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x
+
+    def broadcast(self, coefficients: Tensor, x: Tensor) -> Tensor:
+        """(batch, channels, n) coefficients shaped to broadcast against x, coefficient index last."""
+        return coefficients.reshape(*coefficients.shape[:2], *([1] * (x.dim() - 2)), coefficients.shape[2])
+
+    def record(self, coefficients: Tensor) -> None:
+        """Fold (batch, channels, n) coefficients into the eval-mode statistics."""
+        if self.training:
+            return
+        values = coefficients.detach().double().reshape(-1, coefficients.shape[-1])
+        sums, squares = values.sum(dim=0), values.square().sum(dim=0)
+        self._sums = sums if self._sums is None else self._sums + sums
+        self._squares = squares if self._squares is None else self._squares + squares
+        self._count += values.shape[0]
+
+    def train(self, mode: bool = True) -> InputConditionedActivation:
+        if not mode:
+            self._sums, self._squares, self._count = None, None, 0
+        return super().train(mode)
+
+    def coefficient_statistics(self) -> ParameterValues:
+        """``<name>_mean`` and ``<name>_std`` of every generated coefficient since the module entered eval mode."""
+        if self._sums is None or self._squares is None or self._count == 0:
+            return {}
+        mean = self._sums / self._count
+        std = (self._squares / self._count - mean.square()).clamp(min=0.0).sqrt()
+        values: ParameterValues = {}
+        for name, average, spread in zip(self.coefficient_names, mean.tolist(), std.tolist(), strict=True):
+            values[f"{name}_mean"] = average
+            values[f"{name}_std"] = spread
+        return values
+
+    def parameter_values(self) -> ParameterValues:
+        """Statistics of the generated coefficients (empty before any eval-mode pass)."""
+        return self.coefficient_statistics()
+
+    def extra_repr(self) -> str:
+        return f"label={self.label!r}, channels={self.width}, hidden={self.hidden}"
+
+
+class DynamicReLUActivation(InputConditionedActivation):
+    """DY-ReLU-B (Chen et al. 2020): y_c = max_k (a_c^k x_c + b_c^k), coefficients from the input.
+
+    theta = Linear(ReLU(Linear(context))) gives 2K values per channel, normalised by 2 sigmoid - 1
+    to [-1, 1]; a^k = alpha^k + lambda_a theta_a^k and b^k = beta^k + lambda_b theta_b^k around the
+    paper's initial values alpha = (1, 0, ...), beta = 0 (so a zero hyper-network output is ReLU).
+    At a tie between pieces no gradient flows (as the custom ``max``), so at a zero hyper-network output
+    the derivative at 0 is ReLU's 0.
+    """
+
+    def __init__(self, spec: ActivationSpec, *, width: int, pieces: int, lambda_a: float, lambda_b: float) -> None:
+        names = tuple(f"a{k + 1}" for k in range(pieces)) + tuple(f"b{k + 1}" for k in range(pieces))
+        super().__init__(spec, width=width, coefficients=names)
+        self.pieces = pieces
+        initial = torch.zeros(2 * pieces)
+        initial[0] = 1.0
+        scale = torch.tensor([lambda_a] * pieces + [lambda_b] * pieces)
+        self.initial: Tensor
+        self.scale: Tensor
+        self.register_buffer("initial", initial, persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
+
+    def coefficients(self, x: Tensor) -> Tensor:
+        """(batch, channels, 2K): a^1..a^K, then b^1..b^K of every example and channel."""
+        hidden = torch.relu(F.linear(self.context(x), self.hyper_in_weight, self.hyper_in_bias))
+        theta = 2.0 * torch.sigmoid(F.linear(hidden, self.hyper_out_weight, self.hyper_out_bias)) - 1.0
+        return theta.view(x.shape[0], self.width, 2 * self.pieces) * self.scale + self.initial
+
+    def forward(self, x: Tensor) -> Tensor:
+        coefficients = self.coefficients(x)
+        self.record(coefficients)
+        shaped = self.broadcast(coefficients, x)
+        best = x * shaped[..., 0] + shaped[..., self.pieces]
+        for k in range(1, self.pieces):
+            piece = x * shaped[..., k] + shaped[..., self.pieces + k]
+            best = torch.where(best == piece, best.detach(), torch.maximum(best, piece))
+        return best
+
+
+class MetaAconActivation(InputConditionedActivation):
+    """Meta-ACON-C (Ma et al. 2021): (p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x, beta from the input.
+
+    beta = sigmoid(Linear(Linear(context))) per example and channel, as in the authors' code but
+    without its BatchNorm layers (an example's output would depend on its batch); p1 and p2 are
+    learned per channel from 1 and 0, so a zero hyper-network output starts as x sigmoid(0.5 x).
+    """
+
+    def __init__(self, spec: ActivationSpec, *, width: int) -> None:
+        super().__init__(spec, width=width, coefficients=("beta",))
+        self.p1 = nn.Parameter(torch.ones(width))
+        self.p2 = nn.Parameter(torch.zeros(width))
+
+    def coefficients(self, x: Tensor) -> Tensor:
+        """(batch, channels, 1): beta of every example and channel."""
+        hidden = F.linear(self.context(x), self.hyper_in_weight, self.hyper_in_bias)
+        beta = torch.sigmoid(F.linear(hidden, self.hyper_out_weight, self.hyper_out_bias))
+        return beta.unsqueeze(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        coefficients = self.coefficients(x)
+        self.record(coefficients)
+        beta = self.broadcast(coefficients, x)[..., 0]
+        shape = (1, self.width, *([1] * (x.dim() - 2)))
+        p1, p2 = self.p1.view(shape), self.p2.view(shape)
+        difference = (p1 - p2) * x
+        return difference * torch.sigmoid(beta * difference) + p2 * x
+
+    def parameter_values(self) -> ParameterValues:
+        """beta's statistics since eval mode began, and the mean and std of the learned p1 and p2."""
+        values = self.coefficient_statistics()
+        for name, parameter in (("p1", self.p1), ("p2", self.p2)):
+            learned = parameter.detach().double().cpu()
+            values[f"{name}_mean"] = float(learned.mean())
+            values[f"{name}_std"] = float(learned.std(unbiased=False))
         return values
 
 
@@ -334,6 +500,20 @@ def _build_pau(spec: ActivationSpec, params: dict[str, ParameterValue], width: i
     return PadeActivation(spec, negative_slope=float(params["negative_slope"]))
 
 
+def _build_dyrelu(spec: ActivationSpec, params: dict[str, ParameterValue], width: int) -> ActivationModule:
+    return DynamicReLUActivation(
+        spec,
+        width=width,
+        pieces=int(params["pieces"]),
+        lambda_a=float(params["lambda_a"]),
+        lambda_b=float(params["lambda_b"]),
+    )
+
+
+def _build_meta_acon(spec: ActivationSpec, params: dict[str, ParameterValue], width: int) -> ActivationModule:
+    return MetaAconActivation(spec, width=width)
+
+
 def _build_custom(spec: ActivationSpec, params: dict[str, ParameterValue], width: int) -> ActivationModule:
     return CustomActivation(spec)
 
@@ -357,6 +537,8 @@ _BUILDERS: dict[str, Builder] = {
     "prelu": _build_prelu,
     "swish_beta": _build_swish_beta,
     "pau": _build_pau,
+    "dyrelu": _build_dyrelu,
+    "meta_acon": _build_meta_acon,
     "custom": _build_custom,
 }
 
