@@ -29,6 +29,8 @@ from actlab.http import REQUEST_TIMEOUT_SECONDS, Closing, ServiceClient
 if TYPE_CHECKING:
     import pandas as pd
 
+    from actlab.mlflow import MirrorSummary
+
 POLL_SECONDS = 2.0
 IMAGE_MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml"}
 
@@ -249,6 +251,17 @@ class Experiment:
         """One plot as PNG or SVG bytes (``bytes(plot)``), shown inline by Jupyter."""
         response = self.client.http.request("GET", f"{self.path}/plots/{kind}.{format}", params=_query(options))
         return Plot(response.content, format)
+
+    def to_mlflow(
+        self, tracking_uri: str | None = None, experiment_name: str | None = None, *, artifacts: bool = True
+    ) -> MirrorSummary:
+        """Mirror it into MLflow (runs, params, per-epoch metrics, artifacts); again later, append what is new.
+
+        Needs the MLflow client (``pip install 'activation-lab[mlflow]'``); see actlab/mlflow.py.
+        """
+        from actlab.mlflow import mirror_to_mlflow
+
+        return mirror_to_mlflow(self, tracking_uri=tracking_uri, experiment_name=experiment_name, artifacts=artifacts)
 
 
 __all__ = ["Client", "Experiment", "Plot"]

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "app.cli.results",
     "app.cli.keys",
     "app.cli.maintain",
+    "app.cli.interop",
 )
 
 
