@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from actlab.client import Experiment
 
 MLFLOW_EXTRA = "activation-lab[mlflow]"
-# Epoch columns logged as MLflow metrics (step = epoch); the rest of a metrics row is keys and trace.
+# Epoch columns logged as MLflow metrics (step = epoch); the rest of a metrics row is keys and trace. The
+# server's EPOCH_NUMBER_FIELDS (app/models/epoch_metric.py) as the API serves them: the client imports nothing
+# of the server, and a column the server adds later is not logged until it is named here.
 EPOCH_METRICS = (
     "train_loss",
     "train_accuracy",

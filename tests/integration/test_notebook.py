@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.integration.test_embedded import EmbeddedService
+from tests.integration.test_embedded import EmbeddedService, embedded
 
 pytestmark = pytest.mark.integration
+
+__all__ = ["embedded"]  # the embedded service fixture of test_embedded.py, used as it is
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "classic_five.ipynb"
 CLASSIC_FIVE = ("sigmoid", "tanh", "relu", "leaky_relu", "elu")
 # A hang guard per cell (the wait cell trains 15 small runs), not a timing margin.
 CELL_GUARD_SECONDS = 600
-
-
-@pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[EmbeddedService]:
-    service = EmbeddedService(tmp_path)
-    try:
-        yield service
-    finally:
-        if service.process is not None:
-            service.process.stop(timeout=30)
 
 
 def _text(cell: nbformat.NotebookNode) -> str:
