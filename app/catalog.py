@@ -429,6 +429,12 @@ class DatasetInfo:
     # The parameter that sets the total examples, where one does (else the fixed sizes): the
     # generator keeps a fifth (rounded down) for the test split, and a setting bounds it.
     samples_parameter: str | None = None
+    # The parameter that sets the training share of the samples, where one does (mnist1d's train_split):
+    # the first int(samples x share) examples train, the rest test, as the generator splits them.
+    train_split_parameter: str | None = None
+    # Whether the generator makes the same number of examples of every class, rounding the samples down
+    # to a multiple of the classes (mnist1d: num_samples // 10 per class).
+    whole_classes: bool = False
 
     def classes_with(self, params: Mapping[str, ParameterValue]) -> int:
         """Number of classes under these resolved parameters."""
@@ -440,8 +446,27 @@ class DatasetInfo:
         """Training examples (before any validation split) under these resolved parameters."""
         if self.samples_parameter is None:
             return self.train_size
-        samples = int(params[self.samples_parameter])
+        samples = self.samples_with(params)
+        if self.train_split_parameter is not None:
+            # Python float arithmetic, exactly as the generator computes its split index.
+            return int(samples * float(params[self.train_split_parameter]))
         return samples - samples // 5
+
+    def test_size_with(self, params: Mapping[str, ParameterValue]) -> int:
+        """Test examples under these resolved parameters."""
+        if self.samples_parameter is None:
+            return self.test_size
+        return self.samples_with(params) - self.train_size_with(params)
+
+    def samples_with(self, params: Mapping[str, ParameterValue]) -> int:
+        """Examples generated in all (train + test) under these resolved parameters (the fixed sizes' sum if fixed)."""
+        if self.samples_parameter is None:
+            return self.train_size + self.test_size
+        samples = int(params[self.samples_parameter])
+        if self.whole_classes:
+            classes = self.classes_with(params)
+            samples = classes * (samples // classes)
+        return samples
 
     @property
     def is_image(self) -> bool:
@@ -468,12 +493,45 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         DatasetInfo(
             "mnist1d",
-            "MNIST-1D generated locally with mnist1d's make_dataset defaults: 40-sample signals.",
+            "MNIST-1D generated locally by mnist1d's make_dataset (its defaults unless params say otherwise): "
+            "40-sample signals, num_samples // 10 per class, the first train_split of them for training.",
             (1, 40),
             10,
             4000,
             1000,
             "offline",
+            parameters=(
+                ParameterInfo(
+                    "num_samples",
+                    "int",
+                    5000,
+                    "Examples generated (train + test), rounded down to whole "
+                    "classes; at most the setting max_dataset_samples.",
+                    100,
+                    None,
+                ),
+                _float("train_split", 0.8, "Share of the examples that train; the rest test.", 0.05, 0.95),
+                _float(
+                    "scale_coeff", 0.4, "Range of the random scaling of each template (1 +- scale_coeff / 2).", 0.0, 1.9
+                ),
+                ParameterInfo(
+                    "max_translation",
+                    "int",
+                    48,
+                    "Random circular shifts are 0 to max_translation - 1 positions of the 72-position padded template.",
+                    1,
+                    72,
+                ),
+                _float("corr_noise_scale", 0.25, "Scale of the smoothed (correlated) background noise.", 0.0, 10.0),
+                _float("iid_noise_scale", 0.02, "Scale of the independent per-position Gaussian noise.", 0.0, 10.0),
+                _float("shear_scale", 0.75, "Range of the random linear shear added to each signal.", 0.0, 10.0),
+                ParameterInfo(
+                    "seed", "int", 42, "Seed of the generator (numpy's global seed in mnist1d).", 0, 2**32 - 1
+                ),
+            ),
+            samples_parameter="num_samples",
+            train_split_parameter="train_split",
+            whole_classes=True,
         ),
         DatasetInfo(
             "mnist_5k",

@@ -109,6 +109,17 @@ class Settings(SpecLimits):
     broker_folder: Path = Field(Path(".actlab/broker"), description="Folder of the embedded broker.")
     data_dir: Path = Field(Path("data"), description="Where torchvision datasets live (mnist, fashion_mnist, cifar10).")
     allow_download: bool = Field(False, description="Let torchvision download missing datasets into data_dir.")
+    dataset_cache_dir: Path | None = Field(
+        None,
+        description="Where generated and bundled datasets (mnist1d, spirals, digits, mnist_5k) are cached on disk, "
+        "shared by `actlab train` and the workers; default: data_dir/cache.",
+    )
+    dataset_cache_max_mb: int = Field(
+        1024,
+        ge=0,
+        description="Size of the on-disk dataset cache in MiB; past it the least recently used entries are removed. "
+        "0 turns the cache off (every process generates its datasets itself).",
+    )
     checkpoint_dir: Path = Field(Path(".actlab/checkpoints"), description="Per-run checkpoints for resuming.")
     checkpoint_interval_seconds: float = Field(
         10.0,
@@ -327,6 +338,11 @@ class Settings(SpecLimits):
     )
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or as one JSON object each.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+
+    @property
+    def dataset_cache_path(self) -> Path:
+        """The on-disk dataset cache in force: the setting, or data_dir/cache."""
+        return self.dataset_cache_dir if self.dataset_cache_dir is not None else self.data_dir / "cache"
 
     @property
     def pool_size(self) -> int:

@@ -255,6 +255,11 @@ class DatasetSpec(StrictModel):
         """Training examples before any validation split."""
         return DATASETS[self.name].train_size_with(self.resolved_params())
 
+    @property
+    def test_size(self) -> int:
+        """Test examples."""
+        return DATASETS[self.name].test_size_with(self.resolved_params())
+
 
 def _check_width(value: int, info: ValidationInfo, what: str) -> int:
     limit = limits_in_force(info).max_width

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.catalog import ACTIVATIONS, DATASETS
+from app.catalog import ACTIVATIONS
 
 if TYPE_CHECKING:
     from app.spec import CnnSpec, ExperimentSpec, MlpSpec, RnnSpec
@@ -242,9 +242,7 @@ def estimate_run(spec: ExperimentSpec) -> RunEstimate:
     validation = (
         math.floor(spec.training.validation_fraction * train_size + 0.5) if spec.training.validation_fraction else 0
     )
-    entry = DATASETS[spec.dataset.name]
-    # A generated dataset keeps test examples in proportion to its training examples (a fifth of the samples).
-    test = entry.test_size * train_size / entry.train_size
+    test = spec.dataset.test_size
     trained = train_size - validation
     macs = float(spec.training.epochs) * work.macs * (TRAINING_MACS_PER_FORWARD * trained + validation + test)
     per_example = math.prod(spec.dataset.input_shape) + AUTOGRAD_COPIES * work.kept

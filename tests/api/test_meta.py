@@ -40,6 +40,17 @@ def test_catalog_lists_activations_datasets_and_limits(client: TestClient) -> No
     datasets = {entry["name"]: entry for entry in catalog["datasets"]}
     assert set(datasets) == set(DATASETS)
     assert datasets["mnist1d"]["input_shape"] == [1, 40]
+    mnist1d_defaults = {entry["name"]: entry["default"] for entry in datasets["mnist1d"]["parameters"]}
+    assert mnist1d_defaults == {
+        "num_samples": 5000,
+        "train_split": 0.8,
+        "scale_coeff": 0.4,
+        "max_translation": 48,
+        "corr_noise_scale": 0.25,
+        "iid_noise_scale": 0.02,
+        "shear_scale": 0.75,
+        "seed": 42,
+    }
     assert (datasets["digits"]["classes"], datasets["digits"]["train_size"]) == (10, 1437)
     assert [entry["name"] for entry in catalog["model_kinds"]] == ["mlp", "cnn", "rnn"]
     assert {entry["name"] for entry in catalog["optimizers"]} == {"adam", "adamw", "sgd", "rmsprop"}

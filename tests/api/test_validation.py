@@ -91,6 +91,24 @@ def _errors(response: Any) -> dict[str, str]:
             ["params.samples must be at most"],
             id="spirals samples above the setting",
         ),
+        pytest.param(
+            {"dataset": {"name": "mnist1d", "params": {"num_samples": 10**9}}},
+            "dataset",
+            ["params.num_samples must be at most"],
+            id="mnist1d samples above the setting",
+        ),
+        pytest.param(
+            {"dataset": {"name": "mnist1d", "params": {"train_split": 1.0}}},
+            "dataset",
+            ["params.train_split must be at most 0.95"],
+            id="mnist1d train_split out of range",
+        ),
+        pytest.param(
+            {"dataset": {"name": "mnist1d", "params": {"template_len": 20}}},
+            "dataset",
+            ["unknown parameter 'template_len'", "num_samples", "train_split", "iid_noise_scale", "seed"],
+            id="mnist1d unknown parameter lists the allowed ones",
+        ),
         pytest.param({"seeds": [0, 0]}, "seeds", ["unique"], id="duplicate seeds"),
         # PostgreSQL cannot store NUL in text: refused up front instead of failing in the database.
         pytest.param({"name": "a\u0000b"}, "name", ["NUL character"], id="NUL in text"),

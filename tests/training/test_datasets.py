@@ -164,6 +164,40 @@ def test_spirals_with_custom_samples_and_classes(classes: int, tmp_path: Path) -
     assert set(splits.test_y.tolist()) == set(range(classes))
 
 
+def test_mnist1d_default_params_generate_exactly_what_the_package_does(tmp_path: Path) -> None:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    catalog_defaults = {parameter.name: parameter.default for parameter in DATASETS["mnist1d"].parameters}
+    package_defaults = get_dataset_args(as_dict=True)
+    assert {name: package_defaults[name] for name in catalog_defaults} == catalog_defaults
+
+    reference = make_dataset()
+    explicit = DatasetSpec(name="mnist1d", params=dict(catalog_defaults))
+    splits = load_dataset(explicit, settings=settings_for(tmp_path))
+    assert torch.equal(splits.train_y, torch.from_numpy(reference["y"]).long())
+    assert torch.equal(splits.test_y, torch.from_numpy(reference["y_test"]).long())
+    # Same examples, so the standardised inputs equal those of the spec without params, bit for bit.
+    assert digest(splits) == digest(load_dataset(DatasetSpec(name="mnist1d"), settings=settings_for(tmp_path)))
+
+
+def test_mnist1d_params_change_the_data_and_the_split_sizes(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    base = {"num_samples": 1000}
+    small = load_dataset(DatasetSpec(name="mnist1d", params=base), settings=settings)
+    assert small.train_x.shape == (800, 1, 40) and small.test_x.shape == (200, 1, 40)
+
+    spec = DatasetSpec(name="mnist1d", params={"num_samples": 997, "train_split": 0.7})
+    split = load_dataset(spec, settings=settings)
+    # 99 per class (990 in all), of which int(990 * 0.7) train: the catalog's size rule is the generator's.
+    assert (len(split.train_y), len(split.test_y)) == (spec.train_size, spec.test_size) == (693, 297)
+    assert torch.bincount(torch.cat([split.train_y, split.test_y])).tolist() == [99] * 10
+
+    for changed in ({"seed": 7}, {"iid_noise_scale": 0.5}, {"shear_scale": 0.0}, {"max_translation": 10}):
+        other = load_dataset(DatasetSpec(name="mnist1d", params={**base, **changed}), settings=settings)
+        assert other.train_x.shape == small.train_x.shape, changed
+        assert not torch.equal(other.train_x, small.train_x), changed
+
+
 def nearest_neighbour_accuracy(splits: DatasetSplits) -> float:
     nearest = torch.cdist(splits.test_x, splits.train_x).argmin(dim=1)
     return (splits.train_y[nearest] == splits.test_y).double().mean().item()
@@ -486,3 +520,96 @@ def test_failed_download_becomes_a_dataset_error(tmp_path: Path, monkeypatch: py
         DatasetUnavailableError, match=r"'cifar10' .* could not be downloaded .* network is unreachable"
     ):
         load_dataset(DatasetSpec(name="cifar10"), settings=settings_for(tmp_path, allow_download=True))
+
+
+# ---------------------------------------------------------------------------------------------- disk cache
+
+
+def cache_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    return Settings(data_dir=tmp_path / "data", dataset_cache_dir=tmp_path / "cache", **overrides)
+
+
+def test_a_second_process_reads_the_disk_cache_bit_identically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.training.datasets as datasets
+
+    settings = cache_settings(tmp_path)
+    spec = DatasetSpec(name="mnist1d", params={"num_samples": 500})
+    clear_dataset_cache()
+    generated = load_dataset(spec, validation_fraction=0.1, settings=settings)
+    entries = list((tmp_path / "cache").glob("*.npz"))
+    assert len(entries) == 1 and entries[0].name.startswith("mnist1d-")
+
+    # As a fresh process would: nothing in memory, and generating is not possible.
+    clear_dataset_cache()
+
+    def no_generation(request: Any) -> Any:
+        raise AssertionError("generated again despite the cache")
+
+    monkeypatch.setitem(datasets._LOADERS, "mnist1d", no_generation)
+    cached = load_dataset(spec, validation_fraction=0.1, settings=settings)
+    assert digest(cached) == digest(generated)
+
+    # A parameter change is another key: another entry, other data.
+    monkeypatch.undo()
+    other = load_dataset(DatasetSpec(name="mnist1d", params={"num_samples": 500, "seed": 1}), settings=settings)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    assert not torch.equal(other.train_x, load_dataset(spec, settings=settings).train_x)
+    assert list((tmp_path / "cache").glob("*.tmp")) == []
+
+
+def test_the_cache_key_covers_name_every_parameter_the_generator_and_the_format() -> None:
+    from worker.training.dataset_cache import CACHE_FORMAT, key_document
+
+    base = key_document("mnist1d", {"num_samples": 500, "seed": 42}, "mnist1d==1.0")
+    assert key_document("mnist1d", {"seed": 42, "num_samples": 500}, "mnist1d==1.0") == base
+    assert key_document("mnist1d", {"num_samples": 500, "seed": 43}, "mnist1d==1.0") != base
+    assert key_document("mnist1d", {"num_samples": 500, "seed": 42}, "mnist1d==1.1") != base
+    assert key_document("spirals", {"num_samples": 500, "seed": 42}, "mnist1d==1.0") != base
+    assert f'"format":{CACHE_FORMAT}' in base
+
+
+def test_an_unreadable_entry_is_rebuilt_and_a_zero_size_turns_the_cache_off(tmp_path: Path) -> None:
+    spec = DatasetSpec(name="spirals", params={"samples": 300})
+    settings = cache_settings(tmp_path)
+    clear_dataset_cache()
+    expected = digest(load_dataset(spec, settings=settings))
+    (entry,) = (tmp_path / "cache").glob("*.npz")
+    entry.write_bytes(b"not a numpy archive")
+    clear_dataset_cache()
+    assert digest(load_dataset(spec, settings=settings)) == expected
+    assert entry.read_bytes().startswith(b"PK")  # written again as a whole archive
+
+    off = Settings(data_dir=tmp_path / "data", dataset_cache_dir=tmp_path / "off", dataset_cache_max_mb=0)
+    clear_dataset_cache()
+    assert digest(load_dataset(spec, settings=off)) == expected
+    assert not (tmp_path / "off").exists()
+
+
+def test_the_least_recently_used_entries_go_past_the_size_setting(tmp_path: Path) -> None:
+    settings = cache_settings(tmp_path, dataset_cache_max_mb=1)
+    clear_dataset_cache()
+    # 2,000 signals of 40 float64 values are 640 KiB: two entries exceed 1 MiB, so the older one goes.
+    load_dataset(DatasetSpec(name="mnist1d", params={"num_samples": 2000}), settings=settings)
+    (first,) = (tmp_path / "cache").glob("*.npz")
+    load_dataset(DatasetSpec(name="mnist1d", params={"num_samples": 2000, "seed": 1}), settings=settings)
+    remaining = list((tmp_path / "cache").glob("*.npz"))
+    assert len(remaining) == 1 and remaining[0] != first
+
+
+def test_processes_building_one_entry_at_once_all_get_the_same_bits(tmp_path: Path) -> None:
+    script = (
+        "import hashlib, sys\n"
+        "from app.config import Settings\n"
+        "from app.spec import DatasetSpec\n"
+        "from worker.training.datasets import load_dataset\n"
+        "settings = Settings(data_dir=sys.argv[1], dataset_cache_dir=sys.argv[2])\n"
+        "splits = load_dataset(DatasetSpec(name='mnist1d', params={'num_samples': 400}), settings=settings)\n"
+        "print(hashlib.sha256(splits.train_x.numpy().tobytes() + splits.test_x.numpy().tobytes()).hexdigest())\n"
+    )
+    command = [sys.executable, "-c", script, str(tmp_path / "data"), str(tmp_path / "cache")]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [process.communicate(timeout=300)[0].strip() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0]
+    assert len(set(outputs)) == 1 and len(outputs[0]) == 64
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    assert list((tmp_path / "cache").glob("*.tmp")) == []

