@@ -18,7 +18,10 @@ _EXAMPLE_ID = "0b5e9f2c-6c1d-4a43-9a57-1f7f6c2d9e11"
 class Progress(BaseModel):
     """How far an experiment is."""
 
-    finished_epochs: int = Field(description="Epochs trained so far, summed over the runs.")
+    finished_epochs: int = Field(
+        description="Epochs trained so far, summed over the runs (the trained-epoch count: a run that ended early adds only the "
+        "epochs it trained, so finished_epochs / total_epochs can stay below fraction)."
+    )
     total_epochs: int = Field(description="Planned epochs: runs x epochs.")
     fraction: float = Field(
         ge=0.0,

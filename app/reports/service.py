@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.experiments import service as experiments_service
 from app.experiments.service import FINISHED_EXPERIMENT_STATUSES
+from app.reports.progress import ProgressView, progress_view
 from app.results import factorial_service
 from app.results import service as results_service
 from app.results.comparisons import family_disagreements
@@ -67,7 +68,7 @@ class DashboardRow:
     status: str
     created_at: str
     finished_at: str
-    progress_percent: int
+    progress: ProgressView
     runs: str
 
 
@@ -99,7 +100,11 @@ def dashboard(*, session: Session, page_size_limit: int) -> tuple[list[Dashboard
                 status=str(experiment.status),
                 created_at=format_time(experiment.created_at),
                 finished_at=format_time(experiment.finished_at),
-                progress_percent=round(100 * progress.fraction) if progress is not None else 0,
+                progress=(
+                    progress_view(progress=progress, status=str(experiment.status))
+                    if progress is not None
+                    else ProgressView(percent=0, epochs="no runs")
+                ),
                 runs=runs,
             )
         )
@@ -202,8 +207,7 @@ class Report:
     finished_at: str
     error: str | None
     description: list[tuple[str, str]]
-    progress_percent: int
-    progress_text: str
+    progress: ProgressView
     finished: bool
     options: ResultOptions
     baseline: str | None
@@ -433,9 +437,7 @@ def report(
         finished_at=format_time(experiment.finished_at),
         error=experiment.error,
         description=_description(tables),
-        progress_percent=round(100 * progress.fraction),
-        progress_text=f"{progress.finished_epochs} of {progress.total_epochs} epochs, "
-        f"{progress.runs_finished} of {progress.runs_total} runs finished",
+        progress=progress_view(progress=progress, status=str(experiment.status)),
         finished=str(experiment.status) in FINISHED,
         options=options,
         baseline=baseline,
