@@ -30,25 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# The PAU's starting coefficients are closed forms the API also draws; their one home is app.activation_shapes.
+from app.activation_shapes import PAU_ABS_MAX_ERROR, PAU_FIT_RANGE, pau_initial_coefficients
 from app.catalog import ACTIVATIONS, EXPRESSION_FUNCTIONS, ParameterValue
 from app.expressions import BinaryOperation, Call, Node, Number, UnaryOperation, Variable, parse_expression
 from app.spec import ActivationSpec
 
 ParameterValues = dict[str, float | list[float]]
-
-# Even rational approximation of |x| on [-3, 3]:
-#   |x| ~ (P0 + P2 x^2 + P4 x^4) / (1 + Q2 x^2 + Q4 x^4),  max error 0.02616 on [-3, 3].
-# Derived once (near-minimax: least squares, then Nelder-Mead on the L^p norm of the error on a
-# 6,001-point grid with p raised to 512). Because leaky_relu(x) = (1+s)/2 x + (1-s)/2 |x|, the
-# P5/Q4 coefficients of a PAU that starts as leaky ReLU with slope s follow in closed form (see
-# ``pau_initial_coefficients``), with max error (1-s)/2 * 0.02616 <= 0.0131 on [-3, 3].
-_ABS_P0 = 0.02615636109
-_ABS_P2 = 5.520269530
-_ABS_P4 = 5.067421870
-_ABS_Q2 = 8.925367380
-_ABS_Q4 = 0.9059494400
-PAU_FIT_RANGE = 3.0
-PAU_ABS_MAX_ERROR = 0.02616
+__all__ = ["PAU_ABS_MAX_ERROR", "PAU_FIT_RANGE", "build_activation", "pau_initial_coefficients"]
 
 
 class ActivationModule(nn.Module):
@@ -127,15 +116,6 @@ class SwishBetaActivation(ActivationModule):
     def parameter_values(self) -> ParameterValues:
         """The current beta."""
         return {"beta": float(self.beta.detach())}
-
-
-def pau_initial_coefficients(negative_slope: float) -> tuple[list[float], list[float]]:
-    """Numerator a0..a5 and denominator b1..b4 of a PAU approximating leaky ReLU on [-3, 3]."""
-    odd = (1.0 + negative_slope) / 2.0
-    even = (1.0 - negative_slope) / 2.0
-    numerator = [even * _ABS_P0, odd, even * _ABS_P2, odd * _ABS_Q2, even * _ABS_P4, odd * _ABS_Q4]
-    denominator = [0.0, _ABS_Q2, 0.0, _ABS_Q4]
-    return numerator, denominator
 
 
 def _safe_abs(value: Tensor) -> Tensor:
