@@ -18,7 +18,7 @@ from app.results import factorial_service
 from app.results import service as results_service
 from app.results.comparisons import family_disagreements
 from app.results.failures import DEFAULT_CHANCE_MARGIN
-from app.results.plots import PLOT_KINDS
+from app.results.plots import plot_kinds_with_content
 from app.results.statistics import METRIC_COLUMNS, SUMMARY_KINDS, ResultOptions
 from app.results.verdicts import pair_matrix
 from app.schemas import as_utc
@@ -161,6 +161,16 @@ DIAGNOSTIC_COLUMNS: dict[str, str] = {
 }
 
 
+# Diagnostics flags a reader should not miss: a raised one is highlighted in the table.
+FLAG_COLUMNS = frozenset({"vanishing", "exploding"})
+
+
+def _cell_class(column: str, value: Any, cell: str) -> str:
+    if column == "verdict":
+        return f"verdict-{value}"
+    return "flag-raised" if column in FLAG_COLUMNS and cell == "yes" else ""
+
+
 def _table(frame: pd.DataFrame, columns: dict[str, str], *, sort: str | None = None) -> ReportTable:
     if frame.empty:
         return ReportTable(list(columns.values()), [])
@@ -177,7 +187,9 @@ def _table(frame: pd.DataFrame, columns: dict[str, str], *, sort: str | None = N
             else:
                 cells.append(format_number(value))
         rows.append(cells)
-        classes.append([f"verdict-{record.get('verdict')}" if column == "verdict" else "" for column in columns])
+        classes.append(
+            [_cell_class(column, record.get(column), cell) for column, cell in zip(columns, cells, strict=True)]
+        )
     return ReportTable(list(columns.values()), rows, classes)
 
 
@@ -385,10 +397,11 @@ def report(
         | ({"include_diverged": "true"} if options.include_diverged else {})
     )
     base = f"/v1/experiments/{experiment_id}"
+    drawn = plot_kinds_with_content(activations=tables.activations, layer_metrics=tables.layers)
     plots = [
         (caption, f"{base}/plots/{kind}.svg?{query}", f"{base}/plots/{kind}.png?{query}")
         for kind, caption in PLOT_CAPTIONS.items()
-        if kind in PLOT_KINDS
+        if kind in drawn
     ]
     results_query = urlencode(
         {"metric": options.metric, "summary": options.summary, "k": options.k, "alpha": options.alpha}

@@ -236,11 +236,26 @@ def _seed_values(run_values: pd.DataFrame, label: str) -> list[float]:
     return [float(value) for value in chosen]
 
 
+def learnable_activations(activations: Mapping[str, ActivationSpec]) -> dict[str, ActivationSpec]:
+    """The activations with a starting shape to compare against, by label (the learned-functions panels)."""
+    return {label: spec for label, spec in activations.items() if starting_shape(spec, np.zeros(1)) is not None}
+
+
+def plot_kinds_with_content(*, activations: Mapping[str, ActivationSpec], layer_metrics: pd.DataFrame) -> list[str]:
+    """The plot kinds that have something to draw: no learned-functions panel without a learnable activation,
+    no unit-health panel when no layer records a dead or saturated fraction."""
+    kinds = list(PLOT_KINDS)
+    if not learnable_activations(activations):
+        kinds.remove("learned-functions")
+    fractions = [column for column in ("dead_fraction", "saturated_fraction") if column in layer_metrics.columns]
+    if not layer_metrics.empty and not any(layer_metrics[column].notna().any() for column in fractions):
+        kinds.remove("unit-health")
+    return kinds
+
+
 def learned_functions_figure(data: PlotData) -> Figure:
     """One panel per learnable activation: the starting shape (dashed) and the learned function per layer."""
-    learnable = {
-        label: spec for label, spec in data.activations.items() if starting_shape(spec, np.zeros(1)) is not None
-    }
+    learnable = learnable_activations(data.activations)
     columns = max(1, min(3, len(learnable)))
     rows = max(1, math.ceil(len(learnable) / columns))
     figure = _new_figure(4.2 * columns + 0.5, 3.4 * rows + 0.6, data.title or "Learned activation functions")
