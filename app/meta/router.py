@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from app.dependencies import SettingsDependency, get_current_principal
 from app.meta.checks import WorkerSupervision, check_broker, check_database
 from app.meta.schemas import Catalog, CheckResult, Liveness, Readiness, build_catalog
-from app.schemas import MessageResponse
+from app.results.encoding import image_media_type
+from app.results.gallery import gallery_image
+from app.results.plots import IMAGE_FORMATS
+from app.schemas import MessageResponse, ValidationErrorResponse
+from app.service_errors import InvalidInputError
+from app.spec import ActivationSpec
 
 router = APIRouter(tags=["meta"])
 
@@ -25,6 +33,47 @@ router = APIRouter(tags=["meta"])
 def get_catalog(settings: SettingsDependency) -> Catalog:
     """The catalog."""
     return build_catalog(settings)
+
+
+@router.get(
+    "/v1/catalog/activations/{name}/{filename}",
+    response_class=Response,
+    summary="f(x) and f'(x) of one catalog activation as SVG or PNG",
+    description="filename is plot.svg or plot.png; the activation at its default parameters (learnable units at "
+    "their start, input-conditioned ones at a zero hyper-network output). `custom` needs `expression`.",
+    dependencies=[Depends(get_current_principal)],
+    responses={
+        200: {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "The image."},
+        401: {"model": MessageResponse},
+        422: {"model": ValidationErrorResponse},
+    },
+)
+def catalog_activation_plot(
+    name: str,
+    filename: str,
+    expression: Annotated[str | None, Query(max_length=2000, description="Formula over x (custom only).")] = None,
+) -> Response:
+    """The catalog entry's closed forms drawn from numpy."""
+    stem, _, image_format = filename.rpartition(".")
+    if stem != "plot" or image_format not in IMAGE_FORMATS:
+        raise InvalidInputError(
+            [
+                {
+                    "loc": "path.filename",
+                    "msg": f"filename must be one of {', '.join(f'plot.{kind}' for kind in IMAGE_FORMATS)}; "
+                    f"got {filename!r}",
+                    "type": "enum",
+                }
+            ]
+        )
+    try:
+        spec = ActivationSpec.model_validate({"name": name, "expression": expression})
+    except ValidationError as error:
+        raise InvalidInputError(
+            [{"loc": "path.name", "msg": detail["msg"], "type": detail["type"]} for detail in error.errors()]
+        ) from None
+    content = gallery_image({spec.display_label: spec}, image_format=image_format, title=spec.display_label)
+    return Response(content, media_type=image_media_type(image_format))
 
 
 @router.get("/healthz", response_model=Liveness, summary="The process is up")

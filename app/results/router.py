@@ -14,6 +14,7 @@ from app.dependencies import SessionDependency, SettingsDependency
 from app.results import factorial_service, service
 from app.results.encoding import TABLE_MEDIA_TYPES, encode_table, image_media_type
 from app.results.factorial_plots import FACTORIAL_PLOT_KINDS
+from app.results.gallery import GALLERY_PLOT_KINDS
 from app.results.plots import IMAGE_FORMATS, PLOT_KINDS
 from app.results.queries import FormatQuery, ResultQuery, result_query
 from app.results.schemas import RecommendationResponse
@@ -22,7 +23,7 @@ from app.service_errors import InvalidInputError
 
 router = APIRouter(prefix="/v1/experiments", tags=["results"])
 
-ALL_PLOT_KINDS: dict[str, str] = {**PLOT_KINDS, **FACTORIAL_PLOT_KINDS}
+ALL_PLOT_KINDS: dict[str, str] = {**PLOT_KINDS, **FACTORIAL_PLOT_KINDS, **GALLERY_PLOT_KINDS}
 
 ResultsTableQuery = Annotated[
     ResultQuery,
@@ -206,7 +207,9 @@ def plot_image(experiment_id: uuid.UUID, filename: str, session: SessionDependen
         raise InvalidInputError(errors)
     options = query.options()
     tables = service.load_tables(session=session, experiment_id=experiment_id)
-    if kind in FACTORIAL_PLOT_KINDS:
+    if kind in GALLERY_PLOT_KINDS:
+        content = service.gallery_image(tables=tables, image_format=image_format)
+    elif kind in FACTORIAL_PLOT_KINDS:
         content = factorial_service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)
     else:
         content = service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.experiments import service as experiments_service
 from app.models import Experiment
-from app.results import repository
+from app.results import gallery, repository
 from app.results.diagnostics import learned_parameters_by_layer, summarise_diagnostics
 from app.results.failures import DEFAULT_CHANCE_MARGIN, TrainingSetup
 from app.results.plots import PlotData, plot
@@ -302,6 +302,14 @@ def recommendation(
         best_choices=best_choices(summary, pairs, excluded=set(not_trained)),
         not_trained=sorted(not_trained, key=list(summary["activation"]).index),
         correction=str(stated.iloc[0]) if len(stated) else "",
+    )
+
+
+def gallery_image(*, tables: ExperimentTables, image_format: str) -> bytes:
+    """f(x) and f'(x) of every activation of the experiment, learned ones per layer, as PNG or SVG bytes."""
+    learned = learned_parameters_by_layer(tables.layers) if not tables.layers.empty else None
+    return gallery.gallery_image(
+        tables.activations, image_format=image_format, learned_by_layer=learned, title=tables.experiment.name
     )
 
 
