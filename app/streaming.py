@@ -210,14 +210,14 @@ class StreamLimits:
 class ClosingStream:
     """An iterator of chunks with a close() that frees what the chunks are read from, even if never iterated."""
 
-    def __init__(self, chunks: Iterator[str], *, close: Callable[[], None]) -> None:
-        self._chunks = chunks
+    def __init__(self, chunks: Iterator[str] | Iterator[bytes], *, close: Callable[[], None]) -> None:
+        self._chunks: Iterator[str | bytes] = chunks
         self._close: Callable[[], None] | None = close
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[str | bytes]:
         return self
 
-    def __next__(self) -> str:
+    def __next__(self) -> str | bytes:
         return next(self._chunks)
 
     def close(self) -> None:

@@ -169,3 +169,14 @@ def iterate_layer_metrics(
     statement = layer_metrics_statement(experiment_id=experiment_id, filters=filters)
     paths = factor_paths(session=session, experiment_id=experiment_id)
     return _with_factor_values(stream_rows(session=session, statement=statement, batch_rows=batch_rows), paths)
+
+
+def column_python_types(table: str) -> dict[str, type[Any] | None]:
+    """The Python type of each fixed column of a metric table (None where the database type has none, e.g. JSON)."""
+    types: dict[str, type[Any] | None] = {}
+    for name, column in (_EPOCH_COLUMNS if table == "epoch" else _LAYER_COLUMNS).items():
+        try:
+            types[name] = column.type.python_type
+        except NotImplementedError:
+            types[name] = None
+    return types

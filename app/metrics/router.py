@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/experiments", tags=["metrics"])
 
 FACTOR_QUERY = "factor."
 
-FormatQuery = Annotated[OutputFormat, Query(alias="format", description="json (an array of objects) or csv.")]
+FormatQuery = Annotated[OutputFormat, Query(alias="format", description="json (an array of objects), csv or parquet.")]
 ActivationQuery = Annotated[NoNulText | None, Query(max_length=200, description="Only this activation label.")]
 SeedQuery = Annotated[int | None, Query(ge=0, le=2**63 - 1, description="Only this seed.")]
 RunQuery = Annotated[uuid.UUID | None, Query(description="Only this run.")]
@@ -35,7 +35,10 @@ def _responses(row_model: type[Any]) -> dict[int | str, dict[str, Any]]:
         200: {
             "model": list[row_model],  # type: ignore[valid-type]
             "description": "The rows; CSV has a header row and the same columns, empty cells for missing values.",
-            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                MEDIA_TYPES["parquet"]: {"schema": {"type": "string", "format": "binary"}},
+            },
         },
         404: {"model": MessageResponse},
         422: {"model": ValidationErrorResponse},
@@ -82,7 +85,8 @@ def _stream(
     response_class=StreamingResponse,
     summary="Per-epoch metrics",
     description="One row per (run, epoch), ordered by activation (as in the spec), seed and epoch. "
-    "`format=csv` loads with `pandas.read_csv(url)` as it is. The table streams from the database. A factorial "
+    "`format=csv` loads with `pandas.read_csv(url)` as it is, `format=parquet` with `pandas.read_parquet` (one row "
+    "group per 50,000 rows; measurements as 64-bit floats, NaN where not finite; factor columns as text). The table streams from the database. A factorial "
     "experiment adds a column per factor path; `factor.<path>=<level>` (e.g. `factor.training.init=auto`, "
     "`factor.model.hidden=[16,16]`) keeps the runs of the cells at that level.",
     responses=_responses(EpochMetricRow),

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Iterator
 from typing import Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.schemas import Principal
 from app.experiments import service as experiments_service
-from app.metrics import repository
+from app.metrics import parquet, repository
 from app.metrics.repository import MetricFilters
 from app.runs import repository as runs_repository
 from app.service_errors import InvalidInputError
 from app.spec_factors import FactorQueryError, cells_at_levels
 from app.streaming import ClosingStream, csv_chunks, json_array_chunks
 
-OutputFormat = Literal["json", "csv"]
+OutputFormat = Literal["json", "csv", "parquet"]
 MetricTable = Literal["epoch", "layer"]
 
-MEDIA_TYPES: dict[str, str] = {"json": "application/json", "csv": "text/csv; charset=utf-8"}
+MEDIA_TYPES: dict[str, str] = {
+    "json": "application/json",
+    "csv": "text/csv; charset=utf-8",
+    "parquet": parquet.MEDIA_TYPE,
+}
 
 
 def check_metric_filters(
@@ -81,7 +86,7 @@ def stream_metric_table(
     viewer: Principal | None = None,
     batch_rows: int = repository.FETCH_BATCH_ROWS,
 ) -> ClosingStream:
-    """The metric table as CSV or JSON text chunks, all read on one session, ``batch_rows`` rows at a time.
+    """The metric table as CSV or JSON text chunks (Parquet bytes, one row group per ``parquet.ROWS_PER_GROUP``), all read on one session, ``batch_rows`` rows at a time.
 
     The filters are checked and the first batch is read before this returns, so a missing experiment,
     a bad filter or a database that does not answer is an error response (404, 422, 503), never a 200
@@ -92,10 +97,15 @@ def stream_metric_table(
         check_metric_filters(session=session, experiment_id=experiment_id, filters=filters, viewer=viewer)
         columns = repository.metric_columns(session=session, experiment_id=experiment_id, table=table)
         iterate = repository.iterate_epoch_metrics if table == "epoch" else repository.iterate_layer_metrics
-        encode = csv_chunks if output_format == "csv" else json_array_chunks
         rows = iterate(session=session, experiment_id=experiment_id, filters=filters, batch_rows=batch_rows)
         first_batch = list(itertools.islice(rows, batch_rows))
-        chunks = encode(columns, itertools.chain(first_batch, rows), rows_per_chunk=batch_rows)
+        all_rows = itertools.chain(first_batch, rows)
+        chunks: Iterator[str] | Iterator[bytes]
+        if output_format == "parquet":
+            chunks = parquet.parquet_chunks(parquet.metric_schema(columns, table), all_rows)
+        else:
+            encode = csv_chunks if output_format == "csv" else json_array_chunks
+            chunks = encode(columns, all_rows, rows_per_chunk=batch_rows)
     except BaseException:
         session.close()
         raise

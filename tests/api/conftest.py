@@ -6,6 +6,9 @@ database; ``make_key`` creates more keys (owners) for tests of ownership.
 
 from __future__ import annotations
 
+import io
+import json
+import math
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,3 +144,17 @@ def row_counts(session: Session) -> dict[str, int]:
         model.__tablename__: int(session.scalar(select(func.count()).select_from(model)) or 0)
         for model in (Experiment, Run, EpochMetric, LayerMetric)
     }
+
+
+def parquet_rows(content: bytes) -> list[dict[str, Any]]:
+    """A Parquet body as JSON-like rows: NaN/infinity as null and JSON text parsed, as the JSON table has them."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(io.BytesIO(content)).to_pylist()
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                row[key] = None
+        if row.get("activation_parameters") is not None:
+            row["activation_parameters"] = json.loads(row["activation_parameters"])
+    return rows

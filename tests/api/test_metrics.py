@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.metrics.repository import EPOCH_METRIC_COLUMNS, LAYER_METRIC_COLUMNS, MetricFilters
 from app.metrics.service import stream_metric_table
 from app.models import EpochMetric, LayerMetric, Run, RunStatus
-from tests.api.conftest import small_spec
+from tests.api.conftest import parquet_rows, small_spec
 
 
 def _submit_finished(client: TestClient, db: Session, *, with_validation: bool = False) -> tuple[str, list[Run]]:
@@ -191,7 +191,7 @@ def test_an_experiment_without_metrics_gives_empty_tables(client: TestClient) ->
 @pytest.mark.parametrize(
     ("params", "location", "fragment"),
     [
-        ({"format": "xml"}, "query.format", "'json' or 'csv'"),
+        ({"format": "xml"}, "query.format", "'json', 'csv' or 'parquet'"),
         ({"epoch_min": -1}, "query.epoch_min", "greater than or equal to 0"),
         ({"epoch_min": 3, "epoch_max": 1}, "query.epoch_min", "not be greater than epoch_max"),
         ({"seed": "one"}, "query.seed", "valid integer"),
@@ -245,3 +245,68 @@ def test_fifty_thousand_rows_stream_in_batches(client: TestClient, db: Session, 
     sizes = [len(chunk) for chunk in chunks]
     assert len(sizes) == 1 + 13 + 1  # "[", 13 batches for 12,500 rows, "]"
     assert max(sizes) < sum(sizes) / 10  # no chunk holds more than its batch
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("metrics", {}),
+        ("metrics", {"activation": "tanh", "epoch_min": 2}),
+        ("layer-metrics", {}),
+        ("layer-metrics", {"layer": 0, "seed": 1}),
+    ],
+)
+def test_parquet_tables_hold_the_json_rows(client: TestClient, db: Session, path: str, params: dict[str, Any]) -> None:
+    experiment_id, runs = _submit_finished(client, db)
+    metric = db.scalars(select(EpochMetric).where(EpochMetric.run_id == runs[0].id, EpochMetric.epoch == 3)).one()
+    metric.train_loss = math.inf
+    db.commit()
+
+    expected = client.get(f"/v1/experiments/{experiment_id}/{path}", params=params).json()
+    response = client.get(f"/v1/experiments/{experiment_id}/{path}", params={**params, "format": "parquet"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/vnd.apache.parquet"
+    assert response.headers["content-disposition"].endswith('.parquet"')
+    rows = parquet_rows(response.content)
+    assert rows == expected
+    assert len(rows) > 0
+    frame = pd.read_parquet(io.BytesIO(response.content))
+    assert list(frame.columns) == list(EPOCH_METRIC_COLUMNS if path == "metrics" else LAYER_METRIC_COLUMNS)
+
+
+def test_parquet_of_an_empty_table_has_the_columns(client: TestClient) -> None:
+    experiment_id = client.post("/v1/experiments", json=small_spec()).json()["id"]
+    frame = pd.read_parquet(io.BytesIO(client.get(f"/v1/experiments/{experiment_id}/metrics?format=parquet").content))
+    assert list(frame.columns) == list(EPOCH_METRIC_COLUMNS)
+    assert frame.empty
+    assert str(frame["train_loss"].dtype) == "float64"
+
+
+def test_parquet_streams_one_row_group_per_batch(app: FastAPI, client: TestClient, db: Session) -> None:
+    import pyarrow.parquet as pq
+
+    from app.metrics import parquet
+
+    experiment_id, _runs = _submit_finished(client, db)
+    chunks = list(
+        parquet.parquet_chunks(
+            parquet.metric_schema(EPOCH_METRIC_COLUMNS, "epoch"),
+            _epoch_rows(app, experiment_id),
+            rows_per_group=5,
+        )
+    )
+    # 12 rows in groups of 5: three row groups, each sent as written, then the footer.
+    assert len(chunks) == 4
+    assert all(chunks)
+    table = pq.ParquetFile(io.BytesIO(b"".join(chunks)))
+    assert table.metadata.num_row_groups == 3
+    assert table.metadata.num_rows == 12
+
+
+def _epoch_rows(app: FastAPI, experiment_id: str) -> list[Any]:
+    from app.metrics.repository import iterate_epoch_metrics
+
+    with app.state.session_factory() as session:
+        return list(
+            iterate_epoch_metrics(session=session, experiment_id=uuid.UUID(experiment_id), filters=MetricFilters())
+        )

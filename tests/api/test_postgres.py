@@ -17,7 +17,7 @@ from app.dependencies import get_dispatcher
 from app.main import create_app
 from app.migrate import upgrade_database
 from app.models import EpochMetric, Run
-from tests.api.conftest import RecordingDispatcher, bearer, make_key, small_spec
+from tests.api.conftest import RecordingDispatcher, bearer, make_key, parquet_rows, small_spec
 from tests.fixtures import fresh_postgres_database
 
 
@@ -57,7 +57,11 @@ def test_submit_stream_and_cancel_on_postgres(postgres_client: TestClient) -> No
     frame = pd.read_csv(io.StringIO(csv_text))
     assert len(frame) == 6000
     assert frame.groupby("run_id")["epoch"].max().tolist() == [1500] * 4
-    assert len(client.get(f"/v1/experiments/{experiment_id}/metrics", params={"seed": 1}).json()) == 3000
+    seed_rows = client.get(f"/v1/experiments/{experiment_id}/metrics", params={"seed": 1}).json()
+    assert len(seed_rows) == 3000
+    # Parquet holds the JSON rows, read through the same server-side cursor.
+    parquet = client.get(f"/v1/experiments/{experiment_id}/metrics", params={"seed": 1, "format": "parquet"})
+    assert parquet_rows(parquet.content) == seed_rows
 
     nul = client.get("/v1/experiments", params={"name": "a\u0000"})
     assert nul.status_code == 422
