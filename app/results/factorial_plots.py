@@ -1,7 +1,7 @@
 """Plots across the cells of a factorial experiment as PNG or SVG bytes: the critical-difference diagram, interactions.
 
 Standalone matplotlib figures rendered by app/results/plots.py ``render`` (no pyplot state), each activation
-in its spec colour (``colour_for``). An insufficient ranking or effect still gives a valid image with its reason.
+in its label's colour (``app.results.colours``). An insufficient ranking or effect still gives a valid image with its reason.
 
 - ``critical-difference``: Demšar's (2006) diagram drawn by scikit-posthocs ``critical_difference_diagram``:
   the mean ranks over cells on an axis (1 the best), a bar of length CD, and crossbars joining the
@@ -20,8 +20,9 @@ import pandas as pd
 import scikit_posthocs
 from matplotlib.figure import Figure
 
+from app.results.colours import colour_of, colours_of
 from app.results.factorial import FactorEffect, Ranking
-from app.results.plots import DOTS_PER_INCH, colour_for, render
+from app.results.plots import DOTS_PER_INCH, render
 
 FACTORIAL_PLOT_KINDS: dict[str, str] = {
     "critical-difference": "Mean rank of each activation over the cells with the Nemenyi critical difference.",
@@ -36,10 +37,6 @@ def _note(figure: Figure, message: str) -> None:
     axes.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=axes.transAxes, color="0.4")
     axes.set_xticks([])
     axes.set_yticks([])
-
-
-def _colours(activations: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
-    return {label: colour_for(index) for index, label in enumerate(activations)}
 
 
 def critical_difference_figure(ranking: Ranking, *, title: str = "") -> Figure:
@@ -62,7 +59,7 @@ def critical_difference_figure(ranking: Ranking, *, title: str = "") -> Figure:
         cd=ranking.critical_difference,
         alpha=ranking.alpha,
         ax=axes,
-        color_palette={label: colour for label, colour in _colours(labels).items()},
+        color_palette=colours_of(labels),
         label_fmt_left="{label} ({rank:.2f})",
         label_fmt_right="({rank:.2f}) {label}",
     )
@@ -93,7 +90,7 @@ def interaction_figure(
         _note(figure, "No factors: the experiment varies only the activation and the seed.")
         return figure
     order = list(activations) if activations is not None else list(pd.unique(effects[0].means["activation"]))
-    colours = _colours(order)
+    colours = colours_of(order)
     grid = figure.subplots(1, panels, squeeze=False)[0]
     for axes, effect in zip(grid, effects, strict=True):
         positions = np.arange(len(effect.levels))
@@ -101,7 +98,7 @@ def interaction_figure(
             rows = effect.means[effect.means["activation"] == label].set_index("level").reindex(effect.levels)
             if rows["mean"].isna().all():
                 continue
-            colour = colours.get(label, colour_for(len(colours)))
+            colour = colours.get(label, colour_of(label))
             axes.plot(positions, rows["mean"].to_numpy(dtype=float), marker="o", color=colour, label=label)
             axes.fill_between(
                 positions,

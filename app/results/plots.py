@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from app.results.colours import colour_of
 from app.results.functions import learned_shape, starting_shape
 from app.results.statistics import learning_curves
 from app.spec import ActivationSpec
@@ -50,12 +51,6 @@ class PlotData:
     learned_by_layer: pd.DataFrame | None = None
     run_values: pd.DataFrame | None = None
     title: str = ""
-
-
-def colour_for(index: int) -> tuple[float, float, float, float]:
-    """A stable colour for the activation at this position of the spec."""
-    palette = matplotlib.colormaps["tab10" if index < 10 else "tab20"]
-    return tuple(palette(index % palette.N))  # type: ignore[return-value]
 
 
 def render(figure: Figure, image_format: str) -> bytes:
@@ -103,8 +98,8 @@ def learning_curves_figure(data: PlotData) -> Figure:
             if curves.empty:
                 _empty(axes, f"no {metric} yet")
                 continue
-            for (label, index), curve in curves.groupby(["activation", "activation_index"], sort=False):
-                colour = colour_for(int(index))
+            for (label, _index), curve in curves.groupby(["activation", "activation_index"], sort=False):
+                colour = colour_of(str(label))
                 axes.plot(curve["epoch"], curve["mean"], color=colour, label=str(label), linewidth=1.6)
                 band = curve.dropna(subset=["ci_low", "ci_high"])
                 if not band.empty:
@@ -188,9 +183,9 @@ def unit_health_figure(data: PlotData) -> Figure:
             _empty(axes, f"{column.replace('_', ' ')}: not measured for these activations")
             axes.set_title(title)
             continue
-        for label, index in _activation_labels(measured):
+        for label, _index in _activation_labels(measured):
             curve = measured[measured["activation"] == label].groupby("epoch")[column].mean()
-            axes.plot(curve.index, curve.to_numpy(), color=colour_for(index), label=label, marker="o", markersize=3)
+            axes.plot(curve.index, curve.to_numpy(), color=colour_of(label), label=label, marker="o", markersize=3)
         axes.set_ylim(-0.02, 1.02)
         axes.set_title(title)
         axes.set_xlabel("epoch")
@@ -214,7 +209,7 @@ def final_metric_figure(data: PlotData) -> Figure:
     positions = np.arange(len(summary))[::-1]
     run_values = data.run_values if data.run_values is not None else pd.DataFrame()
     for position, row in zip(positions, summary.itertuples(index=False), strict=True):
-        colour = colour_for(int(row.activation_index))
+        colour = colour_of(str(row.activation))
         if not (isinstance(row.mean, float) and math.isnan(row.mean)):
             if not math.isnan(row.ci_low):
                 axes.plot([row.ci_low, row.ci_high], [position, position], color=colour, linewidth=2.5)
