@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 
 from app import activation_shapes
 from app.catalog import ACTIVATIONS
-from app.results.plots import CURVE_RANGE, DOTS_PER_INCH, colour_for, render
+from app.results.colours import colour_of
+from app.results.plots import CURVE_RANGE, DOTS_PER_INCH, render
 from app.spec import ActivationSpec
 
 GALLERY_PLOT_KINDS: dict[str, str] = {
@@ -49,8 +50,8 @@ def gallery_figure(
         value, slope = activation_shapes.curves(spec, x)
         start_label = "start" if info.can_learn else label
         style = "--" if info.can_learn else "-"
-        value_axes.plot(x, value, linestyle=style, color=colour_for(index), label=start_label)
-        slope_axes.plot(x, slope, linestyle=style, color=colour_for(index), label=start_label)
+        value_axes.plot(x, value, linestyle=style, color=colour_of(label), label=start_label)
+        slope_axes.plot(x, slope, linestyle=style, color=colour_of(label), label=start_label)
         of_label = (
             learned[learned["activation"] == label] if info.can_learn and not learned.empty else learned.iloc[0:0]
         )
