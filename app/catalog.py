@@ -607,13 +607,15 @@ MODEL_KINDS: dict[str, ModelKindInfo] = {
         ModelKindInfo("mlp", "Fully connected layers; optional batch/layer norm, dropout and residual connections."),
         ModelKindInfo(
             "cnn",
-            "Conv blocks (Conv2d for images, Conv1d for 1-D signals) with pooling, then a linear head.",
+            "Conv blocks (Conv2d for images, Conv1d for 1-D signals) with pooling, then a linear head; version 2 "
+            "sets kernel_sizes, strides and padding per block (a block outputs floor((L + 2 x padding - kernel) / "
+            "stride) + 1 positions per side).",
             needs_image_or_sequence=True,
         ),
         ModelKindInfo(
             "rnn",
             "Recurrent net over image rows or the 1-D signal; cell rnn uses the activation inside the "
-            "recurrence, gru/lstm keep their gates and use the activation in the head.",
+            "recurrence, gru/lstm keep their gates and use the activation in the head (version 2: bidirectional).",
             needs_image_or_sequence=True,
         ),
     )
@@ -682,7 +684,11 @@ FACTOR_PATHS: dict[str, FactorPathInfo] = {
         FactorPathInfo("model.dropout", "Dropout probability.", ("mlp", "cnn")),
         FactorPathInfo("model.residual", "Skip connections between hidden layers of equal width.", ("mlp",)),
         FactorPathInfo("model.channels", "Channels per conv block.", ("cnn",)),
+        FactorPathInfo("model.kernel_sizes", "Kernel size per conv block.", ("cnn",)),
+        FactorPathInfo("model.strides", "Stride per conv block.", ("cnn",)),
+        FactorPathInfo("model.padding", "Zero padding per conv block (integers or 'same').", ("cnn",)),
         FactorPathInfo("model.cell", "Recurrent cell: rnn, gru or lstm.", ("rnn",)),
+        FactorPathInfo("model.bidirectional", "Both directions in each gru/lstm layer (true/false).", ("rnn",)),
         FactorPathInfo("training.optimizer", "The optimizer."),
         FactorPathInfo("training.lr", "The learning rate."),
         FactorPathInfo("training.batch_size", "The mini-batch size."),

@@ -23,12 +23,13 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.catalog import (
     ACTIVATIONS,
@@ -44,17 +45,27 @@ from app.catalog import (
 )
 from app.config import SpecLimits
 from app.expressions import ExpressionError, parse_expression
-from app.spec_cost import RunEstimate, estimate_cost, estimate_parameters, estimate_run, format_amount
+from app.spec_cost import (
+    RunEstimate,
+    cnn_layer_shapes,
+    estimate_cost,
+    estimate_parameters,
+    estimate_run,
+    format_amount,
+)
 from app.spec_fields import (
     Integer,
     Number,
     PositiveInt,
     Seed,
     StrictModel,
+    VersionedModel,
     check_parameter,
     format_value,
     limits_in_force,
     not_boolean,
+    version_2_field,
+    version_2_fields_set,
 )
 
 SPEC_VERSION = 1
@@ -292,15 +303,37 @@ class MlpSpec(StrictModel):
         return _check_depth(value, info, "hidden")
 
 
-class CnnSpec(StrictModel):
+MAX_KERNEL_SIZE = 11
+MAX_STRIDE = 11
+ConvKernel = Annotated[int, Field(ge=1, le=MAX_KERNEL_SIZE), BeforeValidator(not_boolean)]
+ConvStride = Annotated[int, Field(ge=1, le=MAX_STRIDE), BeforeValidator(not_boolean)]
+ConvPadding = Annotated[int, Field(ge=0), BeforeValidator(not_boolean)] | Literal["same"]
+
+
+class CnnSpec(VersionedModel):
     """A small conv net: Conv2d for images, Conv1d for 1-D signals."""
 
     kind: Literal["cnn"] = "cnn"
     channels: list[PositiveInt] = Field(
         default_factory=lambda: [16, 32], min_length=1, description="Channels per conv block."
     )
-    kernel_size: Integer = Field(3, ge=1, le=11)
-    pooling: Literal["max", "avg", "none"] = "max"
+    kernel_size: Integer = Field(3, ge=1, le=MAX_KERNEL_SIZE, description="Kernel size of every conv block.")
+    kernel_sizes: list[ConvKernel] | None = version_2_field(
+        None,
+        description="Kernel size per conv block, one per entry of channels; overrides kernel_size.",
+    )
+    strides: list[ConvStride] | None = version_2_field(
+        None, description="Stride per conv block, one per entry of channels (default: 1 each)."
+    )
+    padding: list[ConvPadding] | None = version_2_field(
+        None,
+        description="Zero padding per conv block, one per entry of channels: an integer below the block's kernel "
+        "size, or 'same' (stride 1 only; the default). A block outputs floor((L + 2 x padding - kernel) / stride) + 1 "
+        "positions per side.",
+    )
+    pooling: Literal["max", "avg", "none"] = Field(
+        "max", description="Pooling after each conv block (halves each side)."
+    )
     norm: Literal["none", "batch", "layer"] = "none"
     dropout: Number = Field(0.0, ge=0.0, lt=1.0)
     hidden: list[PositiveInt] = Field(
@@ -317,8 +350,52 @@ class CnnSpec(StrictModel):
     def _bounded_hidden(cls, value: list[int], info: ValidationInfo) -> list[int]:
         return _check_depth(value, info, "hidden")
 
+    @field_validator("kernel_sizes", "strides", "padding")
+    @classmethod
+    def _one_per_block(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        channels = info.data.get("channels")
+        if value is None or channels is None:
+            return value
+        if len(value) != len(channels):
+            raise ValueError(
+                f"{info.field_name} needs one entry per conv block: channels has {len(channels)}, "
+                f"{info.field_name} has {len(value)}"
+            )
+        if info.field_name != "padding":
+            return value
+        kernels = info.data.get("kernel_sizes") or [info.data.get("kernel_size", 3)] * len(value)
+        strides = info.data.get("strides") or [1] * len(value)
+        for index, (padding, kernel, stride) in enumerate(zip(value, kernels, strides, strict=False)):
+            if padding == "same" and stride != 1:
+                raise ValueError(
+                    f"entry {index} is 'same', which needs stride 1 (strides has {stride}); give an integer"
+                )
+            if padding != "same" and padding >= kernel:
+                raise ValueError(
+                    f"entry {index} must be below its block's kernel size {kernel} (0 to {kernel - 1}), got {padding}"
+                )
+        return value
 
-class RnnSpec(StrictModel):
+    @model_validator(mode="after")
+    def _strides_need_padding(self) -> CnnSpec:
+        if self.padding is None and self.strides is not None and any(stride != 1 for stride in self.strides):
+            # The default padding is 'same', which torch (and the spec) allow at stride 1 only.
+            raise ValueError(
+                "strides above 1 need integer padding: padding defaults to 'same' (stride 1 only); give padding, "
+                "e.g. [1, 1] for kernels of 3"
+            )
+        return self
+
+    def conv_layers(self) -> list[tuple[int, int, int | str]]:
+        """(kernel, stride, padding) of every conv block, first to last, defaults filled in."""
+        blocks = len(self.channels)
+        kernels = self.kernel_sizes or [self.kernel_size] * blocks
+        strides = self.strides or [1] * blocks
+        padding: list[int | str] = list(self.padding) if self.padding is not None else ["same"] * blocks
+        return list(zip(kernels, strides, padding, strict=True))
+
+
+class RnnSpec(VersionedModel):
     """A recurrent net reading image rows or the 1-D signal as a sequence."""
 
     kind: Literal["rnn"] = "rnn"
@@ -331,6 +408,20 @@ class RnnSpec(StrictModel):
     head_hidden: Integer = Field(
         64, ge=1, description="Width of the head layer that applies the activation (gru/lstm)."
     )
+    bidirectional: bool = version_2_field(
+        False,
+        description="Run each gru/lstm layer in both directions; the head reads the last state of each direction "
+        "(2 x hidden_size features). Not for cell rnn.",
+    )
+
+    @model_validator(mode="after")
+    def _bidirectional_needs_gates(self) -> RnnSpec:
+        if self.bidirectional and self.cell == "rnn":
+            raise ValueError(
+                "bidirectional needs cell 'gru' or 'lstm'; the Elman cell 'rnn' runs forward only (its activation "
+                "sits in the recurrence)"
+            )
+        return self
 
     @field_validator("hidden_size", "head_hidden")
     @classmethod
@@ -389,6 +480,34 @@ class TrainingSpec(StrictModel):
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
             raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
         return self
+
+
+def _check_conv_shapes(model: CnnSpec, dataset: str, input_shape: tuple[int, ...]) -> None:
+    """Every conv block must output, and keep after pooling, at least one position per side."""
+    layers = cnn_layer_shapes(model, input_shape)
+    if model.conv_layers() == [(model.kernel_size, 1, "same")] * len(layers):
+        # Today's geometry: only pooling shrinks the input.
+        spatial = min(input_shape[1:])
+        if min(layers[-1].pooled_size) < 1:
+            raise ValueError(
+                f"model.channels: {len(layers)} pooling blocks shrink the {spatial}-wide input of {dataset} "
+                "below one; use fewer blocks or pooling 'none'"
+            )
+        return
+    for index, layer in enumerate(layers):
+        size = min(layer.input_size)
+        if min(layer.output_size) < 1:
+            raise ValueError(
+                f"model: conv block {index + 1} (kernel {layer.kernel}, stride {layer.stride}, padding "
+                f"{layer.padding}) gets {size} positions per side and would output {min(layer.output_size)}: "
+                "floor((L + 2 x padding - kernel) / stride) + 1 must be at least 1; use a smaller kernel or stride, "
+                "more padding or fewer blocks"
+            )
+        if min(layer.pooled_size) < 1:
+            raise ValueError(
+                f"model: the pooling after conv block {index + 1} shrinks its {min(layer.output_size)} positions per "
+                "side below one; use fewer blocks, smaller strides or pooling 'none'"
+            )
 
 
 def _check_run(run: RunEstimate, limits: SpecLimits) -> None:
@@ -510,6 +629,29 @@ class ExperimentSpec(StrictModel):
         return value
 
     @model_validator(mode="after")
+    def _version_2_fields(self) -> ExperimentSpec:
+        # Runs before _check_grid (pydantic runs after-validators in definition order).
+        if self.version == 1:
+            named = version_2_fields_set(self)
+            if named:
+                from app.errors import clean_location
+
+                message = 'only in spec version 2; add "version": 2 (a version-1 spec keeps today\'s fields)'
+                errors = []
+                for location in named:
+                    path = ".".join(str(part) for part in clean_location(location, ExperimentSpec))
+                    text = f"{path} is {message}"
+                    errors.append(
+                        InitErrorDetails(
+                            type=PydanticCustomError("version_2_field", "{message}", {"message": text}),
+                            loc=location,
+                            input=None,
+                        )
+                    )
+                raise ValidationError.from_exception_data("ExperimentSpec", errors)
+        return self
+
+    @model_validator(mode="after")
     def _check_grid(self, info: ValidationInfo) -> ExperimentSpec:
         limits = limits_in_force(info)
         if self.factors is not None:
@@ -523,14 +665,8 @@ class ExperimentSpec(StrictModel):
                 "model kind '{kind}' needs image or sequence data; dataset '{dataset}' has flat features: use 'mlp'",
                 {"kind": self.model.kind, "dataset": self.dataset.name},
             )
-        if isinstance(self.model, CnnSpec) and self.model.pooling != "none":
-            spatial = min(dataset.input_shape[1:])
-            blocks = len(self.model.channels)
-            if spatial // (2**blocks) < 1:
-                raise ValueError(
-                    f"model.channels: {blocks} pooling blocks shrink the {spatial}-wide input of {self.dataset.name} "
-                    "below one; use fewer blocks or pooling 'none'"
-                )
+        if isinstance(self.model, CnnSpec):
+            _check_conv_shapes(self.model, self.dataset.name, dataset.input_shape)
         arms = len(self.activations) * len(self.seeds)
         if arms > limits.max_arms:
             raise ValueError(

@@ -12,11 +12,13 @@ Each model kind of the catalog has one counting function in ``_PARAMETER_COUNTS`
 The run estimate (``estimate_run``), documented in README.md (Limits):
 
 - Forward multiply-accumulates (MACs) of one example: every Linear, convolution and recurrent
-  matmul of ``worker/training/models.py``. A convolution (padding "same", stride 1) keeps its
-  input's positions, so it costs in x out x kernel^d per output position; a pooling block then
-  halves each side (rounded down). A recurrent layer reads one image row or signal sample per
-  step: steps x (step features + hidden) x hidden x gates (1 rnn, 3 gru, 4 lstm; the Elman layer
-  skips the recurrent matmul of its first step, whose state is zero). Norms, activations and
+  matmul of ``worker/training/models.py``. A convolution outputs floor((L + 2p - k) / s) + 1
+  positions per side (``conv_output_length``; the default padding "same" at stride 1 keeps L) and
+  costs in x out x kernel^d per output position; a pooling block then halves each side (rounded
+  down). A recurrent layer reads one image row or signal sample per step: steps x (step features +
+  hidden) x hidden x gates (1 rnn, 3 gru, 4 lstm; twice for a bidirectional gru/lstm, whose upper
+  layers read 2 x hidden features; the Elman layer skips the recurrent matmul of its first step,
+  whose state is zero). Norms, activations and
   pooling are elementwise and not counted; the hyper-network of an input-conditioned activation
   (dyrelu, meta_acon: two Linear maps per layer, per step in an Elman recurrence) is, for the
   activation of the spec with the most.
@@ -58,18 +60,61 @@ def _mlp_parameters(model: MlpSpec, shape: tuple[int, ...], classes: int) -> tup
     return total + features * classes + classes, sum(model.hidden)
 
 
+def conv_output_length(length: int, *, kernel: int, stride: int, padding: int | str) -> int:
+    """Positions a convolution outputs along one side: floor((L + 2p - k) / s) + 1; padding "same" keeps L.
+
+    The one home of the rule: spec validation, the parameter and work counts here, the stacked trainer's
+    memory plan and the conv net's flattened width all read it (and torch's Conv1d/Conv2d agree, tested).
+    "same" is only valid with stride 1 (the spec refuses it otherwise, as torch does).
+    """
+    if padding == "same":
+        return length
+    return (length + 2 * int(padding) - kernel) // stride + 1
+
+
+def pooled_length(length: int, pooling: str) -> int:
+    """Positions along one side after a conv block's pooling: halved, rounded down (none: unchanged)."""
+    return length if pooling == "none" else length // 2
+
+
+@dataclass(frozen=True)
+class ConvLayerShape:
+    """One conv block of a cnn: its kernel, stride and padding, and the positions per side in, out and pooled."""
+
+    kernel: int
+    stride: int
+    padding: int | str
+    input_size: tuple[int, ...]
+    output_size: tuple[int, ...]
+    pooled_size: tuple[int, ...]
+
+
+def cnn_layer_shapes(model: CnnSpec, shape: tuple[int, ...]) -> list[ConvLayerShape]:
+    """Every conv block's geometry for inputs of ``shape`` (channels, *spatial), first to last.
+
+    Sizes below one are returned as computed (the spec refuses them naming the block, ``app.spec``).
+    """
+    spatial = tuple(shape[1:])
+    layers = []
+    for kernel, stride, padding in model.conv_layers():
+        output = tuple(conv_output_length(size, kernel=kernel, stride=stride, padding=padding) for size in spatial)
+        pooled = tuple(pooled_length(size, model.pooling) for size in output)
+        layers.append(ConvLayerShape(kernel, stride, padding, spatial, output, pooled))
+        spatial = pooled
+    return layers
+
+
 def _cnn_parameters(model: CnnSpec, shape: tuple[int, ...], classes: int) -> tuple[int, int]:
     channels = shape[0]
-    spatial = list(shape[1:])
-    dimensions = len(spatial)
+    dimensions = len(shape) - 1
+    spatial = tuple(shape[1:])
     total = 0
-    for width in model.channels:
-        total += channels * width * model.kernel_size**dimensions + width
+    for width, layer in zip(model.channels, cnn_layer_shapes(model, shape), strict=True):
+        total += channels * width * layer.kernel**dimensions + width
         if model.norm != "none":
             total += 2 * width
         channels = width
-        if model.pooling != "none":
-            spatial = [max(1, size // 2) for size in spatial]
+        spatial = layer.pooled_size
     features = channels * math.prod(spatial)
     for width in model.hidden:
         total += features * width + width
@@ -83,13 +128,17 @@ def _rnn_parameters(model: RnnSpec, shape: tuple[int, ...], classes: int) -> tup
     gates = {"rnn": 1, "gru": 3, "lstm": 4}[model.cell]
     # nn.GRU/nn.LSTM carry two bias vectors per gate; the Elman cell of "rnn" needs only one.
     biases = 1 if model.cell == "rnn" else 2
+    # A bidirectional layer has a reverse copy of every weight, and the layer above reads both directions.
+    directions = 2 if model.bidirectional else 1
     total = 0
     features = step_features
     for _ in range(model.layers):
-        total += gates * (
-            features * model.hidden_size + model.hidden_size * model.hidden_size + biases * model.hidden_size
+        total += (
+            directions
+            * gates
+            * (features * model.hidden_size + model.hidden_size * model.hidden_size + biases * model.hidden_size)
         )
-        features = model.hidden_size
+        features = directions * model.hidden_size
     if model.cell == "rnn":
         return total + features * classes + classes, model.hidden_size * model.layers
     total += features * model.head_hidden + model.head_hidden + model.head_hidden * classes + classes
@@ -134,18 +183,17 @@ def _mlp_work(model: MlpSpec, shape: tuple[int, ...], classes: int) -> ForwardWo
 
 def _cnn_work(model: CnnSpec, shape: tuple[int, ...], classes: int) -> ForwardWork:
     channels = shape[0]
-    spatial = list(shape[1:])
-    kernel_taps = model.kernel_size ** len(spatial)
+    dimensions = len(shape) - 1
+    spatial = tuple(shape[1:])
     macs, kept, largest = 0, 0, math.prod(shape)
-    for width in model.channels:
-        # padding "same", stride 1: the output has the input's positions.
-        outputs = width * math.prod(spatial)
-        macs += outputs * channels * kernel_taps
+    for width, layer in zip(model.channels, cnn_layer_shapes(model, shape), strict=True):
+        # in x out x kernel taps at each output position (conv_output_length).
+        outputs = width * math.prod(layer.output_size)
+        macs += outputs * channels * layer.kernel**dimensions
         kept += outputs
         largest = max(largest, outputs)
         channels = width
-        if model.pooling != "none":
-            spatial = [size // 2 for size in spatial]
+        spatial = layer.pooled_size
     features = channels * math.prod(spatial)
     return _dense_work(features, list(model.hidden), classes, ForwardWork(macs, kept, largest))
 
@@ -156,6 +204,7 @@ def _rnn_work(model: RnnSpec, shape: tuple[int, ...], classes: int) -> ForwardWo
     features = shape[0] * shape[-1] if len(shape) == 3 else shape[0]
     hidden = model.hidden_size
     gates = {"rnn": 1, "gru": 3, "lstm": 4}[model.cell]
+    directions = 2 if model.bidirectional else 1
     macs, kept, largest = 0, 0, math.prod(shape)
     for _ in range(model.layers):
         if model.cell == "rnn":
@@ -163,11 +212,11 @@ def _rnn_work(model: RnnSpec, shape: tuple[int, ...], classes: int) -> ForwardWo
             macs += steps * features * hidden + (steps - 1) * hidden * hidden
             kept += steps * hidden
         else:
-            macs += steps * gates * (features + hidden) * hidden
-            # Each step's gate values and output.
-            kept += steps * (gates + 1) * hidden
-        largest = max(largest, steps * gates * hidden)
-        features = hidden
+            macs += directions * steps * gates * (features + hidden) * hidden
+            # Each step's gate values and output, per direction.
+            kept += directions * steps * (gates + 1) * hidden
+        largest = max(largest, directions * steps * gates * hidden)
+        features = directions * hidden
     widths = [] if model.cell == "rnn" else [model.head_hidden]
     return _dense_work(features, widths, classes, ForwardWork(macs, kept, largest))
 
@@ -190,8 +239,9 @@ _MIB = 2**20
 RUN_MACS_RULE = (
     f"epochs x ({TRAINING_MACS_PER_FORWARD} x training examples + evaluated test and validation examples) x "
     "forward MACs per example; the forward MACs count every Linear, every convolution at each output position "
-    "(padding same, stride 1, pooling halves each side) and every recurrent step ((step features + hidden) x hidden "
-    "x gates: 1 rnn, 3 gru, 4 lstm)"
+    "(floor((L + 2 x padding - kernel) / stride) + 1 positions per side, padding same keeping L; pooling halves each "
+    "side) and every recurrent step ((step features + hidden) x hidden x gates: 1 rnn, 3 gru, 4 lstm; x 2 directions "
+    "when bidirectional)"
 )
 RUN_MEMORY_RULE = (
     f"the larger of a training batch (batch_size x (input + {AUTOGRAD_COPIES} x every layer's outputs)) and an "

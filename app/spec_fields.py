@@ -1,7 +1,8 @@
 """Field types and checks that every model of the experiment spec shares (``app.spec``).
 
-The limits a validation runs under, the strict input model, numbers that are never booleans, and the
-check of one catalog parameter value (activation and dataset parameters).
+The limits a validation runs under, the strict input model, numbers that are never booleans, the
+check of one catalog parameter value (activation and dataset parameters), and the fields that exist
+in spec version 2 only (``version_2_field``, ``VersionedModel``, ``version_2_fields_set``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,16 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    model_serializer,
+)
+from pydantic.fields import FieldInfo
 
 from app.catalog import ParameterInfo, ParameterValue
 from app.config import SpecLimits, get_settings
@@ -26,6 +36,65 @@ class StrictModel(BaseModel):
     """Input model: unknown fields are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+VERSION_2_MARK = "x-spec-version"
+"""The JSON-schema key that marks a field of spec version 2 only (value 2); GET /v1/catalog lists the fields."""
+
+
+def version_2_field(default: Any, *, description: str, **constraints: Any) -> Any:
+    """A field that exists in spec version 2 only: a version-1 spec naming it is a 422, and a spec that does not
+    give it dumps without it (``VersionedModel``), so that a spec without it dumps, hashes and trains exactly as before."""
+    return Field(
+        default,
+        description=f"Version 2 only. {description}",
+        json_schema_extra={VERSION_2_MARK: 2},
+        **constraints,
+    )
+
+
+def is_version_2(info: FieldInfo) -> bool:
+    """Whether a model field was declared with ``version_2_field``."""
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and extra.get(VERSION_2_MARK) == 2
+
+
+class VersionedModel(BaseModel):
+    """Input model with version-2 fields: unknown fields are errors, and a version-2 field the input did not give is
+    not dumped (the canonical JSON and spec hash of a version-1 spec stay what they were)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_version_2_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
+        dumped = handler(self)
+        if not isinstance(dumped, dict):
+            return dumped
+        for name, info in type(self).model_fields.items():
+            if is_version_2(info) and name in dumped and name not in self.model_fields_set:
+                del dumped[name]
+        return dumped
+
+
+def version_2_fields_set(model: BaseModel, location: tuple[int | str, ...] = ()) -> list[tuple[int | str, ...]]:
+    """Where a validated spec names version-2 fields (given in the input), nested models included.
+
+    Each place is a validation location: a discriminated union's tag is in it (``("model", "rnn",
+    "bidirectional")``), as pydantic writes it and ``app.errors`` reads it; drop the tags for display.
+    """
+    found: list[tuple[int | str, ...]] = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if is_version_2(info) and name in model.model_fields_set:
+            found.append((*location, name))
+        if isinstance(value, BaseModel):
+            tag = getattr(value, info.discriminator, None) if isinstance(info.discriminator, str) else None
+            found += version_2_fields_set(value, (*location, name, *([tag] if isinstance(tag, str) else [])))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    found += version_2_fields_set(item, (*location, name, index))
+    return found
 
 
 def not_boolean(value: Any) -> Any:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import typing
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -10,6 +11,8 @@ from app import catalog, spec_cost
 from app.catalog import ParameterValue
 from app.config import Settings, SpecLimits
 from app.expressions import BINARY_OPERATORS, MAX_NODES, UNARY_OPERATORS
+from app.spec import ModelSpec
+from app.spec_fields import is_version_2
 
 
 class ParameterEntry(BaseModel):
@@ -65,6 +68,26 @@ class NamedEntry(BaseModel):
 
     name: str
     description: str
+
+
+class SpecFieldEntry(BaseModel):
+    """One field of a spec block: its JSON schema, default and the spec version it needs."""
+
+    name: str
+    description: str
+    default: Any = Field(description="The value an omitted field takes (null: unset, today's behaviour).")
+    version: Literal[1, 2] = Field(
+        description="The spec version the field needs; a version-1 spec naming a 2 is a 422."
+    )
+    json_schema: dict[str, Any] = Field(description="The field's JSON schema: its type, bounds and allowed values.")
+
+
+class ModelKindEntry(BaseModel):
+    """A model kind a spec may name, and the fields of its model block."""
+
+    name: str
+    description: str
+    fields: list[SpecFieldEntry]
 
 
 class FactorPathEntry(BaseModel):
@@ -128,7 +151,7 @@ class Catalog(BaseModel):
 
     activations: list[ActivationEntry]
     datasets: list[DatasetEntry]
-    model_kinds: list[NamedEntry]
+    model_kinds: list[ModelKindEntry]
     optimizers: list[NamedEntry]
     schedules: list[NamedEntry]
     init_schemes: list[NamedEntry]
@@ -171,6 +194,27 @@ def _parameter(info: catalog.ParameterInfo) -> ParameterEntry:
         exclusive_minimum=info.exclusive_minimum,
         choices=list(info.choices),
     )
+
+
+def spec_field_entries(block: type[BaseModel]) -> list[SpecFieldEntry]:
+    """Every field of a spec block (``app.spec``'s classes) as the catalog lists it."""
+    properties = block.model_json_schema()["properties"]
+    return [
+        SpecFieldEntry(
+            name=name,
+            description=info.description or "",
+            default=info.get_default(call_default_factory=True),
+            version=2 if is_version_2(info) else 1,
+            json_schema={key: value for key, value in properties[name].items() if key != "x-spec-version"},
+        )
+        for name, info in block.model_fields.items()
+    ]
+
+
+def _model_blocks() -> dict[str, type[BaseModel]]:
+    """The spec class of each model kind, by kind."""
+    (union, _) = typing.get_args(ModelSpec)
+    return {block.model_fields["kind"].default: block for block in typing.get_args(union)}
 
 
 def _limits(settings: Settings) -> list[LimitEntry]:
@@ -229,7 +273,12 @@ def build_catalog(settings: Settings) -> Catalog:
             )
             for info in catalog.DATASETS.values()
         ],
-        model_kinds=[NamedEntry(name=info.name, description=info.description) for info in catalog.MODEL_KINDS.values()],
+        model_kinds=[
+            ModelKindEntry(
+                name=info.name, description=info.description, fields=spec_field_entries(_model_blocks()[info.name])
+            )
+            for info in catalog.MODEL_KINDS.values()
+        ],
         optimizers=[NamedEntry(name=name, description=text) for name, text in catalog.OPTIMIZERS.items()],
         schedules=[NamedEntry(name=name, description=text) for name, text in catalog.SCHEDULES.items()],
         init_schemes=[NamedEntry(name=name, description=text) for name, text in catalog.INIT_SCHEMES.items()],

@@ -317,9 +317,14 @@ def _description(tables: results_service.ExperimentTables) -> list[tuple[str, st
     if model.kind == "mlp":
         shape = f"MLP, hidden {model.hidden}, norm {model.norm}"
     elif model.kind == "cnn":
-        shape = f"CNN, channels {model.channels}, kernel {model.kernel_size}, pooling {model.pooling}"
+        shape = f"CNN, channels {model.channels}, kernel {model.kernel_sizes or model.kernel_size}"
+        if model.strides is not None or model.padding is not None:
+            strides = [stride for _, stride, _ in model.conv_layers()]
+            shape += f", strides {strides}, padding {[padding for _, _, padding in model.conv_layers()]}"
+        shape += f", pooling {model.pooling}"
     else:
-        shape = f"RNN ({model.cell}), hidden {model.hidden_size} x {model.layers}"
+        cell = f"{model.cell}, bidirectional" if model.bidirectional else model.cell
+        shape = f"RNN ({cell}), hidden {model.hidden_size} x {model.layers}"
     training = spec.training
     return [
         ("dataset", f"{spec.dataset.name} ({spec.dataset.classes} classes)"),

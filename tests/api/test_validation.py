@@ -160,7 +160,10 @@ def _number_fields() -> list[Any]:
         for name, field in model.model_fields.items():
             if not numeric(field.annotation):
                 continue
-            is_list = get_origin(field.annotation) is list
+            # A list field, optional or not (version-2 per-block lists are ``list[...] | None``).
+            is_list = get_origin(field.annotation) is list or any(
+                get_origin(argument) is list for argument in get_args(field.annotation)
+            )
             value: Any = [True] if is_list else True
             location = ".".join(part for part in (section, name, "0" if is_list else "") if part)
             overrides = {section: {**base, name: value}} if section else {name: value}

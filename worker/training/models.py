@@ -29,6 +29,7 @@ from torch import nn
 
 from app.catalog import MODEL_KINDS
 from app.spec import ActivationSpec, CnnSpec, ExperimentSpec, MlpSpec, RnnSpec
+from app.spec_cost import conv_output_length, pooled_length
 from worker.training.activations import ActivationModule, build_activation
 
 ActivationFactory = Callable[[int], ActivationModule]
@@ -166,7 +167,7 @@ class ConvolutionalNetwork(ActivationNetwork):
         *,
         input_shape: Sequence[int],
         channels: Sequence[int],
-        kernel_size: int,
+        conv_layers: Sequence[tuple[int, int, int | str]],
         pooling: str,
         norm: str,
         dropout: float,
@@ -184,19 +185,24 @@ class ConvolutionalNetwork(ActivationNetwork):
         self.activations = nn.ModuleList()
         self.pools = nn.ModuleList()
         self.dropouts = nn.ModuleList()
+        if len(conv_layers) != len(channels):
+            raise ValueError(f"one (kernel, stride, padding) per conv block is needed, got {len(conv_layers)}")
         in_channels = input_shape[0]
         spatial = list(input_shape[1:])
-        for width in channels:
-            self.convolutions.append(convolution(in_channels, width, kernel_size, padding="same"))
+        for index, (width, (kernel, stride, padding)) in enumerate(zip(channels, conv_layers, strict=True)):
+            self.convolutions.append(convolution(in_channels, width, kernel, stride=stride, padding=padding))
             self.norms.append(_channel_norm(norm, width, dimensions))
             self.activations.append(make_activation(width))
             self.pools.append(_pool(pooling, dimensions))
             self.dropouts.append(_dropout(dropout))
             in_channels = width
-            if pooling != "none":
-                spatial = [size // 2 for size in spatial]
-        if min(spatial) < 1:
-            raise ValueError(f"{len(channels)} pooling blocks shrink the input {tuple(input_shape)} below one")
+            # The spec's rule (app.spec_cost.conv_output_length) sizes the flattened features.
+            spatial = [
+                pooled_length(conv_output_length(size, kernel=kernel, stride=stride, padding=padding), pooling)
+                for size in spatial
+            ]
+            if min(spatial) < 1:
+                raise ValueError(f"conv block {index + 1} shrinks the input {tuple(input_shape)} below one position")
         features = in_channels * math.prod(spatial)
         self.linears = nn.ModuleList()
         self.hidden_activations = nn.ModuleList()
@@ -327,26 +333,43 @@ class GatedRecurrentNetwork(ActivationNetwork):
         head_hidden: int,
         classes: int,
         make_activation: ActivationFactory,
+        bidirectional: bool = False,
     ) -> None:
         super().__init__()
         recurrent_class = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
         self.cell = cell
-        self.recurrent = recurrent_class(step_features, hidden_size, num_layers=layers, batch_first=True)
-        self.head = nn.Linear(hidden_size, head_hidden)
+        self.bidirectional = bidirectional
+        self.recurrent = recurrent_class(
+            step_features, hidden_size, num_layers=layers, batch_first=True, bidirectional=bidirectional
+        )
+        self.head = nn.Linear((2 if bidirectional else 1) * hidden_size, head_hidden)
         self.head_activation = make_activation(head_hidden)
         self.output = nn.Linear(head_hidden, classes)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Logits from the head applied to the last step's output of the top layer."""
-        states, _ = self.recurrent(as_sequence(inputs))
-        return self.output(self.head_activation(self.head(states[:, -1])))
+        """Logits from the head applied to the top layer's last state (of each direction, when bidirectional)."""
+        states, final = self.recurrent(as_sequence(inputs))
+        if self.bidirectional:
+            # The forward direction's last state is at the last step, the reverse direction's at the first:
+            # the top layer's final states of both, side by side (2 x hidden features).
+            last = final[0] if isinstance(final, tuple) else final
+            summary = torch.cat([last[-2], last[-1]], dim=1)
+        else:
+            summary = states[:, -1]
+        return self.output(self.head_activation(self.head(summary)))
 
     def diagnostic_layers(self) -> list[DiagnosticLayer]:
-        """gru1..N or lstm1..N (no activation of ours), head, output."""
+        """gru1..N or lstm1..N (no activation of ours; a bidirectional layer's norms join both directions), head,
+        output."""
+        suffixes = ("", "_reverse") if self.bidirectional else ("",)
         layers = [
             DiagnosticLayer(
                 f"{self.cell}{index + 1}",
-                (getattr(self.recurrent, f"weight_ih_l{index}"), getattr(self.recurrent, f"weight_hh_l{index}")),
+                tuple(
+                    getattr(self.recurrent, f"weight_{kind}_l{index}{suffix}")
+                    for suffix in suffixes
+                    for kind in ("ih", "hh")
+                ),
                 None,
                 self.recurrent.hidden_size,
             )
@@ -380,7 +403,7 @@ def _build_cnn(
     return ConvolutionalNetwork(
         input_shape=shape,
         channels=model.channels,
-        kernel_size=model.kernel_size,
+        conv_layers=model.conv_layers(),
         pooling=model.pooling,
         norm=model.norm,
         dropout=model.dropout,
@@ -410,6 +433,7 @@ def _build_rnn(
         head_hidden=model.head_hidden,
         classes=classes,
         make_activation=make_activation,
+        bidirectional=model.bidirectional,
     )
 
 

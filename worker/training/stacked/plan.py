@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from app.spec import CnnSpec, ExperimentSpec, MlpSpec
-from app.spec_cost import EVALUATION_BATCH_SIZE, estimate_parameters
+from app.spec_cost import EVALUATION_BATCH_SIZE, cnn_layer_shapes, estimate_parameters
 from worker.training.trainer import resolve_device
 
 Member = tuple[int, int]
@@ -79,14 +79,13 @@ def member_memory_bytes(spec: ExperimentSpec) -> int:
     if isinstance(model, MlpSpec):
         units += 4 * sum(model.hidden)
     elif isinstance(model, CnnSpec):
-        spatial = list(shape[1:])
-        for width in model.channels:
-            units += 4 * width * math.prod(spatial)
-            if model.pooling != "none":
-                spatial = [max(1, size // 2) for size in spatial]
+        # Each block's output positions by the spec's rule (strides, padding; app.spec_cost.cnn_layer_shapes).
+        for width, layer in zip(model.channels, cnn_layer_shapes(model, shape), strict=True):
+            units += 4 * width * math.prod(layer.output_size)
         units += 4 * sum(model.hidden)
     else:
-        units += 4 * model.hidden_size * shape[-1] * model.layers
+        directions = 2 if model.bidirectional else 1
+        units += 4 * directions * model.hidden_size * shape[-1] * model.layers
     examples = max(training.batch_size, EVALUATION_BATCH_SIZE)
     # Twice: a captured CUDA graph keeps its own pool next to the eager step's.
     activation_bytes = 2 * examples * units * _FLOAT_BYTES
