@@ -241,6 +241,15 @@ def submit(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | No
                 f"experiment {experiment_id} {verb}: {len(runs)} run(s) on queue {experiment.get('queue')}",
                 file=output,
             )
+            links = experiment.get("links") or {}
+            plots = links.get("plots") or {}
+            for name, path in (
+                ("report", links.get("report")),
+                ("learning curves", plots.get("learning-curves")),
+                ("activations", plots.get("activations")),
+            ):
+                if path:
+                    print(f"{name}: {client.base_url.join(path)}", file=output)
             output.flush()
             if not arguments.wait:
                 print(f"follow it with: actlab status {experiment_id}", file=output)

@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import ExperimentStatus, RunStatus
+from app.results.gallery import GALLERY_PLOT_KINDS
+from app.results.plots import PLOT_KINDS
 from app.schemas import ResponseModel, UtcDateTime
 from app.spec import EXAMPLE_SPEC
 from app.spec_fields import Seed, StrictModel
@@ -44,6 +46,9 @@ class ExperimentLinks(BaseModel):
     cancel: str
     seeds: str = Field(description="POST more seeds here.")
     retry: str = Field(description="POST here to retry the failed and timed-out runs.")
+    results: str = Field(description="The results table (statistics per activation).")
+    report: str = Field(description="The HTML report.")
+    plots: dict[str, str] = Field(description="Each plot kind as SVG (PNG: the same path ending in .png).")
 
 
 def experiment_links(experiment_id: uuid.UUID) -> ExperimentLinks:
@@ -57,6 +62,9 @@ def experiment_links(experiment_id: uuid.UUID) -> ExperimentLinks:
         cancel=f"{base}/cancel",
         seeds=f"{base}/seeds",
         retry=f"{base}/retry",
+        results=f"{base}/results",
+        report=f"/experiments/{experiment_id}",
+        plots={kind: f"{base}/plots/{kind}.svg" for kind in (*PLOT_KINDS, *GALLERY_PLOT_KINDS)},
     )
 
 

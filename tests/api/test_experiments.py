@@ -51,6 +51,9 @@ def test_submit_stores_experiment_and_one_run_per_arm_then_enqueues(
     assert body["name"] == "tiny grid"
     assert len(body["spec_hash"]) == 64
     assert body["links"]["metrics"] == f"/v1/experiments/{body['id']}/metrics"
+    assert body["links"]["report"] == f"/experiments/{body['id']}"
+    assert body["links"]["plots"]["activations"] == f"/v1/experiments/{body['id']}/plots/activations.svg"
+    assert client.get(body["links"]["plots"]["learning-curves"]).status_code == 200
     assert [(run["activation"], run["seed"], run["status"]) for run in body["runs"]] == [
         ("relu", 0, "queued"),
         ("relu", 1, "queued"),

@@ -571,6 +571,8 @@ def test_submit_wait_follows_the_live_event_stream_of_the_real_service(
     captured = capsys.readouterr()
     experiment_id = _experiment_named(served, name)
     assert f"experiment {experiment_id} submitted: 4 run(s)" in captured.out
+    assert f"report: {served.url}/experiments/{experiment_id}\n" in captured.out
+    assert f"activations: {served.url}/v1/experiments/{experiment_id}/plots/activations.svg" in captured.out
     assert f"experiment {experiment_id} succeeded" in captured.out
     # The bar climbed epoch by epoch to the end, and showed runs finishing.
     for finished in range(1, 9):
