@@ -51,6 +51,8 @@ class PlotData:
     learned_by_layer: pd.DataFrame | None = None
     run_values: pd.DataFrame | None = None
     title: str = ""
+    # Accuracy of a model that did not learn (app.results.failures.chance_accuracy); None when unknown.
+    chance: float | None = None
 
 
 def render(figure: Figure, image_format: str) -> bytes:
@@ -104,6 +106,8 @@ def learning_curves_figure(data: PlotData) -> Figure:
                 band = curve.dropna(subset=["ci_low", "ci_high"])
                 if not band.empty:
                     axes.fill_between(band["epoch"], band["ci_low"], band["ci_high"], color=colour, alpha=0.2)
+            if family == "accuracy" and data.chance is not None:
+                _chance_axis(axes, curves, chance=data.chance)
             axes.set_title(metric.replace("_", " "))
             axes.set_xlabel("epoch")
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -116,6 +120,22 @@ def learning_curves_figure(data: PlotData) -> Figure:
             handles, labels = panels[1][1].get_legend_handles_labels()
         figure.legend(handles, labels, loc="outside right upper", fontsize="small")
     return figure
+
+
+# An accuracy axis spans at least from chance to chance plus this share of the way to 1, so the noise of a
+# run that did not train stays flat instead of being zoomed into the whole panel.
+ACCURACY_MIN_SPAN = 0.25
+
+
+def _chance_axis(axes: Axes, curves: pd.DataFrame, *, chance: float) -> None:
+    """A dotted chance-level line, and y limits that span at least chance .. best (never zoomed into noise)."""
+    axes.axhline(chance, color="0.35", linestyle=":", linewidth=1.2, label="chance")
+    values = pd.concat([curves[column] for column in ("mean", "ci_low", "ci_high") if column in curves.columns])
+    values = values.dropna()
+    low = min(chance, float(values.min())) if not values.empty else chance
+    high = max(chance + ACCURACY_MIN_SPAN * (1.0 - chance), float(values.max()) if not values.empty else chance)
+    pad = 0.03 * (high - low)
+    axes.set_ylim(max(0.0, low - pad), min(1.0, high) + pad)
 
 
 def _activation_labels(frame: pd.DataFrame) -> list[tuple[str, int]]:

@@ -22,7 +22,7 @@ from app.experiments import service as experiments_service
 from app.models import Experiment
 from app.results import gallery, repository
 from app.results.diagnostics import learned_parameters_by_layer, summarise_diagnostics
-from app.results.failures import DEFAULT_CHANCE_MARGIN, TrainingSetup
+from app.results.failures import DEFAULT_CHANCE_MARGIN, TrainingSetup, chance_accuracy
 from app.results.plots import PlotData, plot
 from app.results.recommendation import RecommendationInputs, best_choices, recommend, untrained
 from app.results.statistics import (
@@ -331,6 +331,7 @@ def plot_image(*, tables: ExperimentTables, kind: str, image_format: str, option
         learned_by_layer=learned,
         run_values=run_values,
         title=tables.experiment.name,
+        chance=chance_accuracy(classes=tables.classes),
     )
     try:
         return plot(kind, data=data, image_format=image_format)
