@@ -285,6 +285,15 @@ def wait_for_experiment(
     return wait_until(reached, timeout=timeout, what=f"experiment {experiment_id} to reach {sorted(until)}")
 
 
+def train_to_success(api: httpx.Client, spec: dict[str, Any], *, timeout: float = 180) -> dict[str, Any]:
+    """Submit a spec, wait for the experiment to finish and check it succeeded; returns its last state."""
+    response = api.post("/v1/experiments", json=spec)
+    assert response.status_code == 202, response.text
+    experiment = wait_for_experiment(api, response.json()["id"], timeout=timeout)
+    assert experiment["status"] == "succeeded", experiment
+    return experiment
+
+
 def spirals_spec(
     *,
     name: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.conftest import ManagedProcess, wait_for_experiment
+from tests.integration.conftest import ManagedProcess, train_to_success
 
 pytestmark = pytest.mark.integration
 
@@ -22,10 +22,7 @@ def test_dynamic_relu_and_meta_acon_train_on_the_worker_and_their_coefficients_a
         "training": {"epochs": 2, "batch_size": 64, "lr": 0.01},
         "device": "cpu",
     }
-    response = api.post("/v1/experiments", json=spec)
-    assert response.status_code == 202, response.text
-    experiment = wait_for_experiment(api, response.json()["id"], timeout=180)
-    assert experiment["status"] == "succeeded", experiment
+    experiment = train_to_success(api, spec)
     layers = api.get(f"/v1/experiments/{experiment['id']}/layer-metrics").json()
     hidden = {(row["activation"], row["epoch"]): row for row in layers if row["layer_name"] == "hidden1"}
     dyrelu = hidden[("dyrelu(pieces=3)", 2)]["activation_parameters"]

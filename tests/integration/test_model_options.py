@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.conftest import ManagedProcess, wait_for_experiment
+from tests.integration.conftest import ManagedProcess, train_to_success
 from tests.training.test_model_options import STRIDED
 
 pytestmark = pytest.mark.integration
@@ -31,10 +31,7 @@ def test_a_strided_conv_net_and_a_bidirectional_gru_train_on_the_worker(
         "training": {"epochs": 1, "batch_size": 128},
         "device": "cpu",
     }
-    response = api.post("/v1/experiments", json=spec)
-    assert response.status_code == 202, response.text
-    experiment = wait_for_experiment(api, response.json()["id"], timeout=180)
-    assert experiment["status"] == "succeeded", experiment
+    experiment = train_to_success(api, spec)
     runs = api.get(f"/v1/experiments/{experiment['id']}/runs").json()
     counts = sorted(run["parameter_count"] for run in (runs["items"] if isinstance(runs, dict) else runs))
     # gru: 2 directions x 3 gates x (1 x 4 + 4 x 4 + 2 x 4) = 168, head Linear(8, 4) 36, output Linear(4, 10) 50.
