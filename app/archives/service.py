@@ -1,9 +1,10 @@
 """Rules of archives: export an experiment as a zip, import one as a new experiment.
 
-An archive holds spec.json (the canonical spec), experiment.json (status and timestamps), runs.csv,
+An archive holds spec.json (the canonical spec), experiment.json (status and timestamps), runs.csv
+(with each run's cell_index in a factorial experiment: runs are keyed by cell, activation and seed),
 metrics.csv and layer_metrics.csv (the stored rows with trace columns), and results.csv and
 diagnostics.csv (the default result tables, for reading without the service). An import checks every
-member against the spec's arms and the limits in force, and stores nothing unless all of it is valid;
+member against the spec's arms (in every cell) and the limits in force, and stores nothing unless all of it is valid;
 nothing is trained.
 """
 
@@ -51,6 +52,7 @@ from app.results.encoding import encode_table, timestamps_utc
 from app.results.statistics import ResultOptions
 from app.schemas import as_utc
 from app.spec import CnnSpec, ExperimentSpec, MlpSpec
+from app.spec_factors import arm_count, cell_columns, expand_cells
 
 ARCHIVE_MEDIA_TYPE = "application/zip"
 
@@ -90,6 +92,14 @@ def archive_filename(experiment: Experiment) -> str:
     return f"actlab-{experiment.id}.zip"
 
 
+def _runs_with_cells(tables: results_service.ExperimentTables) -> pd.DataFrame:
+    """The runs table with each run's cell index (what an import keys runs by, with activation and seed)."""
+    if tables.cells.empty:
+        return tables.runs
+    cells = tables.cells[["run_id", "cell_index"]]
+    return tables.runs.merge(cells, on="run_id", how="left")
+
+
 def export_archive(*, session: Session, experiment_id: uuid.UUID) -> ExportedArchive:
     """The experiment as a zip; NotFoundError when it does not exist."""
     tables = results_service.load_tables(session=session, experiment_id=experiment_id)
@@ -98,7 +108,9 @@ def export_archive(*, session: Session, experiment_id: uuid.UUID) -> ExportedArc
     members: dict[str, bytes] = {
         "spec.json": json.dumps(experiment.spec, indent=2, sort_keys=True).encode(),
         "experiment.json": json.dumps(_experiment_metadata(experiment), indent=2).encode(),
-        "runs.csv": encode_table(results_service.with_trace(timestamps_utc(tables.runs), experiment), "csv"),
+        "runs.csv": encode_table(
+            results_service.with_trace(timestamps_utc(_runs_with_cells(tables)), experiment), "csv"
+        ),
         "metrics.csv": encode_table(results_service.with_trace(timestamps_utc(tables.metrics), experiment), "csv"),
         "layer_metrics.csv": encode_table(results_service.with_trace(tables.layers, experiment), "csv"),
         "results.csv": encode_table(results_service.summary_table(tables=tables, options=options), "csv"),
@@ -132,20 +144,28 @@ class ImportOutcome:
 def _build_runs(
     runs_frame: pd.DataFrame, spec: ExperimentSpec, experiment_id: uuid.UUID
 ) -> tuple[list[Run], dict[str, uuid.UUID], bool]:
-    """New Run rows for the archive's runs (checked against the spec's arms) and the old -> new id map."""
-    integers(runs_frame, ("activation_index", "seed"), "runs.csv")
-    expected = {(arm.activation_index, arm.seed): arm.label for arm in spec.arms()}
-    seen: set[tuple[int, int]] = set()
+    """New Run rows for the archive's runs (checked against the spec's arms in every cell) and the old -> new id map.
+
+    A run is keyed by (cell_index, activation_index, seed); an archive without a cell_index column (a
+    version-1 experiment) has every run in cell 0."""
+    if "cell_index" not in runs_frame.columns:
+        runs_frame = runs_frame.assign(cell_index=0)
+    runs_frame = runs_frame.assign(cell_index=runs_frame["cell_index"].fillna(0))
+    integers(runs_frame, ("cell_index", "activation_index", "seed"), "runs.csv")
+    cells = expand_cells(spec)
+    expected = {(cell.index, arm.activation_index, arm.seed): arm.label for cell in cells for arm in cell.spec.arms()}
+    seen: set[tuple[int, int, int]] = set()
     mapping: dict[str, uuid.UUID] = {}
     runs: list[Run] = []
     unfinished = False
     for position, row in enumerate(runs_frame.to_dict("records"), start=1):
         where = f"runs.csv.row {position}"
-        key = (int(row["activation_index"]), int(row["seed"]))
+        key = (int(row["cell_index"]), int(row["activation_index"]), int(row["seed"]))
+        arm_text = f"cell_index {key[0]}, activation_index {key[1]} with seed {key[2]}"
         if key not in expected:
-            raise archive_error(where, f"activation_index {key[0]} with seed {key[1]} is not an arm of spec.json")
+            raise archive_error(where, f"{arm_text} is not an arm of spec.json")
         if key in seen:
-            raise archive_error(where, f"activation_index {key[0]} with seed {key[1]} appears twice")
+            raise archive_error(where, f"{arm_text} appears twice")
         seen.add(key)
         if str(row["activation"]) != expected[key]:
             raise archive_error(where, f"activation {row['activation']!r} should be {expected[key]!r} as in spec.json")
@@ -163,15 +183,16 @@ def _build_runs(
             unfinished = True
             error = f"imported while {status}; stored as cancelled"
             status = str(RunStatus.cancelled)
-        arm_spec = spec.activations[key[0]]
+        arm_spec = spec.activations[key[1]]
         runs.append(
             Run(
                 id=new_id,
                 experiment_id=experiment_id,
-                activation_index=key[0],
+                activation_index=key[1],
                 activation_label=expected[key],
                 activation_name=arm_spec.canonical_name,
-                seed=key[1],
+                seed=key[2],
+                **cell_columns(cells[key[0]]),
                 status=status,
                 attempt=optional_integer(row.get("attempt"), f"{where}.attempt") or 0,
                 queue=optional(row.get("queue")),
@@ -194,9 +215,11 @@ def _build_runs(
         )
     missing = sorted(set(expected) - seen)
     if missing:
-        index, seed = missing[0]
+        cell, index, seed = missing[0]
+        where = f" in cell {cells[cell].label}" if cells[cell].label else ""
         raise archive_error(
-            "runs.csv", f"{len(missing)} arm(s) of spec.json have no run, e.g. {expected[(index, seed)]!r} seed {seed}"
+            "runs.csv",
+            f"{len(missing)} arm(s) of spec.json have no run, e.g. {expected[(cell, index, seed)]!r} seed {seed}{where}",
         )
     return runs, mapping, unfinished
 
@@ -300,7 +323,7 @@ def import_archive(
         "runs.csv",
         members["runs.csv"],
         ("run_id", "activation", "activation_index", "seed", "status"),
-        max_rows=len(spec.arms()),
+        max_rows=arm_count(spec),
     )
     runs, mapping, unfinished = _build_runs(runs_frame, spec, experiment_id)
     epochs = spec.training.epochs
@@ -315,7 +338,10 @@ def import_archive(
         "layer_metrics.csv",
         members["layer_metrics.csv"],
         ("run_id", "epoch", "layer", "layer_name"),
-        max_rows=min(len(runs) * epochs * layers_per_epoch(spec), settings.max_import_rows - len(epoch_frame)),
+        max_rows=min(
+            len(runs) * epochs * max(layers_per_epoch(cell.spec) for cell in expand_cells(spec)),
+            settings.max_import_rows - len(epoch_frame),
+        ),
     )
     del members
     _check_metric_frame(layer_frame, _LAYER_TABLE, mapping=mapping, maximum_epoch=epochs)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.models import EpochMetric, Experiment, LayerMetric, Run
 from tests.results import conftest as results_fixtures
 from tests.results.conftest import FAKE_SPEC
+from tests.results.synthetic_factorial import insert_factorial_experiment
 
 # The results tests' app and fake finished experiment (tests/results/conftest.py), used here as they are.
 settings = results_fixtures.settings
@@ -145,3 +146,37 @@ def test_import_accepts_an_archive_larger_than_the_spec_body_limit(
     assert len(padded) > client.app.state.settings.max_body_bytes  # type: ignore[attr-defined]
     response = client.post("/v1/experiments/import", content=padded, headers={"Content-Type": "application/zip"})
     assert response.status_code == 201, response.text
+
+
+def test_a_factorial_experiment_exported_and_imported_keeps_its_cells_metrics_and_ranking(
+    client: TestClient, db: Session
+) -> None:
+    original = insert_factorial_experiment(db)
+    archive = _export(client, original)
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        runs = pd.read_csv(opened.open("runs.csv"))
+    assert sorted(set(runs["cell_index"])) == [0, 1, 2, 3]
+    response = client.post("/v1/experiments/import", content=archive, headers={"Content-Type": "application/zip"})
+    assert response.status_code == 201, response.text
+    imported = uuid.UUID(response.json()["id"])
+    cells = {
+        experiment: sorted(
+            db.execute(
+                select(Run.cell_index, Run.cell_label, Run.activation_label, Run.seed).where(
+                    Run.experiment_id == experiment
+                )
+            ).all()
+        )
+        for experiment in (original, imported)
+    }
+    assert cells[imported] == cells[original] and len(cells[imported]) == 48
+    dropped = {"run_id", "run_ids", "recorded_at", "spec_hash", "experiment_id"}  # ids are new on import
+    for path in ("metrics", "results", "results?view=pairs", "results?view=ranking", "results?view=effects"):
+        tables = []
+        for experiment in (original, imported):
+            answer = client.get(f"/v1/experiments/{experiment}/{path}")
+            assert answer.status_code == 200, (path, answer.text)
+            frame = pd.DataFrame(json.loads(answer.content))
+            tables.append(frame.drop(columns=[column for column in dropped if column in frame.columns]))
+        assert not tables[0].empty, path
+        pd.testing.assert_frame_equal(tables[0], tables[1], obj=path)
