@@ -591,6 +591,42 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 @dataclass(frozen=True)
+class TransformInfo:
+    """Catalog entry of one input transform of ``dataset.transforms`` (spec version 2)."""
+
+    name: str
+    description: str
+    parameters: tuple[ParameterInfo, ...]
+
+
+_TRANSFORM_SEED = ParameterInfo("seed", "int", 0, "Seed of the transform's own generator.", 0, None)
+
+TRANSFORMS: dict[str, TransformInfo] = {
+    info.name: info
+    for info in (
+        TransformInfo(
+            "permute",
+            "A fixed permutation of the input positions (pixels, or signal positions), the same for every channel "
+            "and every split (train, validation, test).",
+            (_TRANSFORM_SEED,),
+        ),
+        TransformInfo(
+            "gaussian_noise",
+            "Additive Gaussian noise of standard deviation std in standardised input units, drawn once from its "
+            "own seed: a fixed noisy dataset, every split alike.",
+            (_float("std", 0.1, "Standard deviation of the noise.", 0.0, 10.0, True), _TRANSFORM_SEED),
+        ),
+        TransformInfo(
+            "subset",
+            "A stratified subset of the training examples (each class its share, largest remainder); validation "
+            "and test sets and the standardisation statistics stay those of the whole training split.",
+            (ParameterInfo("size", "int", 1000, "Training examples kept.", 1, None), _TRANSFORM_SEED),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
 class ModelKindInfo:
     """Catalog entry of one model kind (its hyperparameters are its spec class in ``app.spec``)."""
 
@@ -678,6 +714,11 @@ FACTOR_PATHS: dict[str, FactorPathInfo] = {
             "dataset.name", "The dataset; the base spec's dataset parameters apply to each.", changes_data=True
         ),
         FactorPathInfo("dataset.params.*", "One parameter of the dataset (see its catalog entry).", changes_data=True),
+        FactorPathInfo(
+            "dataset.transforms",
+            "The input transforms, each level a whole list ([] for none; see transforms).",
+            changes_data=True,
+        ),
         FactorPathInfo("model", "A whole model block, so kinds may differ between cells."),
         FactorPathInfo("model.hidden", "Hidden layer widths (mlp; fully connected widths of a cnn).", ("mlp", "cnn")),
         FactorPathInfo("model.norm", "Normalisation: none, batch or layer.", ("mlp", "cnn")),

@@ -91,6 +91,7 @@ class SpecLimits(BaseSettings):
     max_seed_value: int = Field(2**31 - 1, ge=0, description="Largest accepted seed.")
     max_name_length: int = Field(200, ge=1, description="Characters in an experiment name or activation label.")
     max_dataset_samples: int = Field(1_000_000, ge=1, description="Samples of a synthetic dataset.")
+    max_dataset_transforms: int = Field(8, ge=0, description="Input transforms in one dataset.transforms list.")
 
 
 class Settings(SpecLimits):

@@ -66,7 +66,9 @@ from app.spec_fields import (
     not_boolean,
     version_2_field,
     version_2_fields_set,
+    without_unset,
 )
+from app.spec_transforms import TransformSpec
 
 SPEC_VERSION = 1
 
@@ -221,7 +223,7 @@ class ActivationSpec(StrictModel):
         return self.label or self.default_label()
 
 
-class DatasetSpec(StrictModel):
+class DatasetSpec(VersionedModel):
     """Which dataset to train on."""
 
     name: DatasetName = Field(description="Dataset name (see GET /v1/catalog).")
@@ -229,6 +231,18 @@ class DatasetSpec(StrictModel):
         default_factory=dict,
         description=f"Dataset parameters ({', '.join(name for name, info in DATASETS.items() if info.parameters)} only).",
     )
+
+    transforms: list[TransformSpec] | None = version_2_field(
+        None, description="Input transforms applied in order to every split (see transforms in GET /v1/catalog)."
+    )
+
+    @field_validator("transforms")
+    @classmethod
+    def _bounded_transforms(cls, value: list[TransformSpec] | None, info: ValidationInfo) -> list[TransformSpec] | None:
+        limit = limits_in_force(info).max_dataset_transforms
+        if value is not None and len(value) > limit:
+            raise ValueError(f"at most {limit} transforms (setting ACTLAB_MAX_DATASET_TRANSFORMS), got {len(value)}")
+        return value
 
     @model_validator(mode="after")
     def _check_params(self, info: ValidationInfo) -> DatasetSpec:
@@ -527,6 +541,36 @@ def _check_run(run: RunEstimate, limits: SpecLimits) -> None:
         )
 
 
+def _check_transforms(spec: ExperimentSpec) -> None:
+    """Each subset of ``dataset.transforms`` must fit the training examples and hold every class (version 2 is
+    checked with every version-2 field)."""
+    transforms = spec.dataset.transforms
+    if transforms is None:
+        return
+    errors: list[InitErrorDetails] = []
+
+    def error(loc: tuple[str | int, ...], message: str, value: Any) -> None:
+        context = {"message": message}
+        details = PydanticCustomError("transforms", "{message}", context)
+        errors.append(InitErrorDetails(type=details, loc=loc, input=value, ctx=context))
+
+    train = spec.dataset.train_size
+    fraction = spec.training.validation_fraction
+    available = train - (max(1, math.floor(fraction * train + 0.5)) if fraction > 0 else 0)
+    classes = spec.dataset.classes
+    for index, transform in enumerate(transforms):
+        if transform.kind == "subset" and transform.size is not None:
+            if transform.size > available:
+                message = f"size must be at most the {available} training examples of {spec.dataset.name}"
+                error(("dataset", "transforms", index, "size"), message, transform.size)
+            elif transform.size < classes:
+                message = f"size must be at least the {classes} classes, so that every class is drawn"
+                error(("dataset", "transforms", index, "size"), message, transform.size)
+            available = min(available, transform.size)
+    if errors:
+        raise ValidationError.from_exception_data("ExperimentSpec", errors)
+
+
 @dataclass(frozen=True)
 class Arm:
     """One (activation, seed) pair of an experiment."""
@@ -585,9 +629,7 @@ class ExperimentSpec(StrictModel):
 
     @model_serializer(mode="wrap")
     def _without_absent_factors(self, handler: SerializerFunctionWrapHandler) -> Any:
-        # A spec without factors dumps (and hashes) exactly as before version 2.
-        dumped = handler(self)
-        return {key: value for key, value in dumped.items() if key != "factors" or value is not None}
+        return without_unset(handler(self), "factors")
 
     @field_validator("name")
     @classmethod
@@ -654,6 +696,7 @@ class ExperimentSpec(StrictModel):
     @model_validator(mode="after")
     def _check_grid(self, info: ValidationInfo) -> ExperimentSpec:
         limits = limits_in_force(info)
+        _check_transforms(self)
         if self.factors is not None:
             from app.spec_factors import check_factors  # it builds cells with this class
 

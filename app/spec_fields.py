@@ -97,6 +97,13 @@ def version_2_fields_set(model: BaseModel, location: tuple[int | str, ...] = ())
     return found
 
 
+def without_unset(dumped: Any, *names: str) -> Any:
+    """A model's dump without the named version-2 fields where they are None, so older specs dump (and hash) as before."""
+    if not isinstance(dumped, dict):
+        return dumped
+    return {key: value for key, value in dumped.items() if key not in names or value is not None}
+
+
 def not_boolean(value: Any) -> Any:
     # JSON true is not 1: pydantic's lax mode would train "seeds": [true] as seed 1.
     if isinstance(value, bool):

@@ -63,6 +63,14 @@ class DatasetEntry(BaseModel):
     parameters: list[ParameterEntry]
 
 
+class TransformEntry(BaseModel):
+    """An input transform a version-2 spec may list in dataset.transforms."""
+
+    kind: str
+    description: str
+    parameters: list[ParameterEntry]
+
+
 class NamedEntry(BaseModel):
     """A name and what it means."""
 
@@ -151,6 +159,7 @@ class Catalog(BaseModel):
 
     activations: list[ActivationEntry]
     datasets: list[DatasetEntry]
+    transforms: list[TransformEntry] = Field(description="Input transforms of dataset.transforms (version 2).")
     model_kinds: list[ModelKindEntry]
     optimizers: list[NamedEntry]
     schedules: list[NamedEntry]
@@ -272,6 +281,14 @@ def build_catalog(settings: Settings) -> Catalog:
                 parameters=[_parameter(parameter) for parameter in info.parameters],
             )
             for info in catalog.DATASETS.values()
+        ],
+        transforms=[
+            TransformEntry(
+                kind=info.name,
+                description=info.description,
+                parameters=[_parameter(parameter) for parameter in info.parameters],
+            )
+            for info in catalog.TRANSFORMS.values()
         ],
         model_kinds=[
             ModelKindEntry(

@@ -33,6 +33,13 @@ ROWS: dict[str, tuple[str, dict[str, Any], list[Any], Any, str]] = {
         99,
         "at most 5",
     ),
+    "dataset.transforms": (
+        "dataset.transforms",
+        {},
+        [[], [{"kind": "permute", "seed": 3}]],
+        [{"kind": "subset", "size": 5000}],
+        "at most the 1437 training examples",
+    ),
     "model": ("model", {}, [{"kind": "mlp", "hidden": [8]}, RNN], {"kind": "rnn", "cell": "bad"}, "Input should be"),
     "model.hidden": ("model.hidden", {}, [[8], [8, 8]], [5000], "at most 4096"),
     "model.norm": ("model.norm", {}, ["none", "batch"], "group", "Input should be"),

@@ -30,6 +30,7 @@ checked here. A download, when allowed, still verifies the archive's MD5.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import math
 import pickle
 import random
@@ -54,6 +55,10 @@ from worker.training.dataset_cache import ARRAY_NAMES, DatasetCache, key_documen
 _TEST_SPLIT_SEED = 20_170_001
 _VALIDATION_SPLIT_SEED = 20_170_002
 _SPIRALS_SEED = 20_170_003
+# Streams of the input transforms, each mixed with the transform's own seed.
+_SUBSET_STREAM = 20_170_004
+_PERMUTE_STREAM = 20_170_005
+_NOISE_STREAM = 20_170_006
 
 # Examples per chunk when accumulating statistics, to bound float64 temporaries on large datasets.
 _STATISTICS_CHUNK = 1024
@@ -118,7 +123,7 @@ class _SourceArrays:
 
 _ParametersKey = tuple[tuple[str, ParameterValue], ...]
 _SourceKey = tuple[str, _ParametersKey, str]
-_SplitsKey = tuple[str, _ParametersKey, str, float]
+_SplitsKey = tuple[str, _ParametersKey, str, float, str]
 
 # Sources are compact (uint8 for the torchvision sets); finished splits are float32 and large.
 _SOURCE_CACHE_SIZE = 3
@@ -146,7 +151,8 @@ def load_dataset(
     parameters = _parameters_key(spec)
     # Only the torchvision datasets live in data_dir; the others are the same whatever it is.
     location = str(data_dir) if DATASETS[spec.name].source == "torchvision" else ""
-    splits_key: _SplitsKey = (spec.name, parameters, location, float(validation_fraction))
+    transforms = json.dumps([transform.model_dump() for transform in spec.transforms or []], sort_keys=True)
+    splits_key: _SplitsKey = (spec.name, parameters, location, float(validation_fraction), transforms)
     with _cache_lock:
         splits = _splits_cache.get(splits_key)
         if splits is None:
@@ -245,9 +251,17 @@ def _build_splits(spec: DatasetSpec, source: _SourceArrays, validation_fraction:
         val_x, val_y = train_x[held_out], train_y[held_out]
         train_x, train_y = train_x[kept], train_y[kept]
     mean, std = _channel_statistics(train_x)
+    # Subsets pick from the whole training split, whose statistics standardise every split: the validation
+    # and test sets are the same whatever the subset.
+    kept = np.arange(len(train_y))
+    for transform in spec.transforms or []:
+        if transform.kind == "subset":
+            assert transform.size is not None and transform.seed is not None
+            _, chosen = _stratified_split(train_y[kept], transform.size, seed=(_SUBSET_STREAM, transform.seed))
+            kept = kept[chosen]
 
-    def inputs(array: Array) -> torch.Tensor:
-        return torch.from_numpy(_standardise(array, mean, std))
+    def inputs(array: Array, split: int) -> torch.Tensor:
+        return torch.from_numpy(_input_transforms(spec, _standardise(array, mean, std), split))
 
     def labels(array: Array) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
@@ -256,16 +270,39 @@ def _build_splits(spec: DatasetSpec, source: _SourceArrays, validation_fraction:
         name=spec.name,
         input_shape=tuple(int(size) for size in train_x.shape[1:]),
         classes=spec.classes,
-        train_x=inputs(train_x),
-        train_y=labels(train_y),
-        test_x=inputs(source.test_x),
+        train_x=inputs(train_x, 0)[torch.from_numpy(kept)] if len(kept) < len(train_y) else inputs(train_x, 0),
+        train_y=labels(train_y[kept]),
+        test_x=inputs(source.test_x, 1),
         test_y=labels(source.test_y),
-        val_x=None if val_x is None else inputs(val_x),
+        val_x=None if val_x is None else inputs(val_x, 2),
         val_y=None if val_y is None else labels(val_y),
     )
 
 
-def _stratified_split(labels: Array, holdout: int, *, seed: int) -> tuple[Array, Array]:
+def _input_transforms(spec: DatasetSpec, inputs: npt.NDArray[np.float32], split: int) -> npt.NDArray[np.float32]:
+    """The spec's permute and gaussian_noise transforms, in order, on one standardised split.
+
+    A permutation reorders the positions of every channel alike and is the same for every split. Noise is
+    drawn for the split's examples before any subset, from (transform seed, split), so it is one fixed
+    noisy dataset: the same examples get the same noise whatever else the spec says.
+    """
+    result = inputs
+    for transform in spec.transforms or []:
+        if transform.kind == "permute":
+            assert transform.seed is not None
+            positions = math.prod(result.shape[2:]) if result.ndim > 2 else result.shape[1]
+            order = np.random.default_rng((_PERMUTE_STREAM, transform.seed)).permutation(positions)
+            flat = result.reshape(result.shape[0], -1, positions) if result.ndim > 2 else result
+            result = np.ascontiguousarray(flat[..., order]).reshape(result.shape)
+        elif transform.kind == "gaussian_noise":
+            assert transform.seed is not None and transform.std is not None
+            generator = np.random.default_rng((_NOISE_STREAM, transform.seed, split))
+            noise = generator.standard_normal(result.shape) * transform.std
+            result = (result + noise.astype(np.float32)).astype(np.float32)
+    return result
+
+
+def _stratified_split(labels: Array, holdout: int, *, seed: int | tuple[int, ...]) -> tuple[Array, Array]:
     """Indices (kept, held out), each sorted; each class gives its share of ``holdout`` (largest remainder)."""
     classes, counts = np.unique(labels, return_counts=True)
     exact = counts * (holdout / len(labels))
