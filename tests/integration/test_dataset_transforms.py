@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.conftest import ManagedProcess, wait_for_experiment
+from tests.integration.conftest import ManagedProcess, train_to_success
 
 pytestmark = pytest.mark.integration
 
@@ -23,10 +23,7 @@ def test_a_transforms_factor_trains_each_cell_on_its_own_data(api: httpx.Client,
         "device": "cpu",
         "factors": {"dataset.transforms": [[], subset]},
     }
-    response = api.post("/v1/experiments", json=spec)
-    assert response.status_code == 202, response.text
-    experiment = wait_for_experiment(api, response.json()["id"], timeout=180)
-    assert experiment["status"] == "succeeded", experiment
+    experiment = train_to_success(api, spec)
 
     rows = api.get(f"/v1/experiments/{experiment['id']}/metrics").json()
     final = {(row["activation"], row["dataset.transforms"]): row for row in rows if row["epoch"] == 2}
