@@ -1,8 +1,10 @@
 """``actlab train SPEC.json``: train every arm of a spec locally, print a summary, write CSVs.
 
-No service needed: the spec is validated exactly as the API validates it, every
-(activation, seed) arm is trained in this process, and the per-epoch and per-layer
-metrics go to CSV files that pandas or a spreadsheet read directly.
+No service needed: the spec is validated exactly as the API validates it, every arm of every
+cell (a factorial spec's combinations of levels, or the one cell of a plain spec) is trained on
+this machine as the worker trains it (``worker.local_runner``: stacked where that is faster, one
+process per core with one torch thread each), and the per-epoch and per-layer metrics go to CSV
+files that pandas or a spreadsheet read directly, with the cell and one column per factor.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from app.errors import format_validation_errors
 from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
 from app.spec import ExperimentSpec
+from app.spec_factors import level_text
 
 if TYPE_CHECKING:
-    from app.spec import Arm
+    from worker.local_runner import LocalArm
     from worker.training.reports import ArmOutcome, EpochReport
 
 EPOCH_COLUMNS = (
@@ -64,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--device", choices=("cpu", "cuda", "auto"), help="override the spec's device (default: the spec's)"
     )
+    parser.add_argument(
+        "--processes",
+        type=_positive,
+        metavar="N",
+        help="training processes on a CPU (default: one per available core, each with one torch thread)",
+    )
     parser.set_defaults(handler=run_train)
 
 
@@ -89,12 +98,26 @@ def load_spec(path: Path, *, error_stream: TextIO) -> ExperimentSpec | None:
         return None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 @dataclass
 class _Collected:
     """Every arm's epochs as they arrive, so an interrupted run still writes what it has."""
 
-    epochs: list[tuple[Arm, EpochReport]] = field(default_factory=list)
-    outcomes: dict[tuple[int, int], ArmOutcome] = field(default_factory=dict)
+    epochs: list[tuple[LocalArm, EpochReport]] = field(default_factory=list)
+    outcomes: dict[tuple[int, int, int], ArmOutcome] = field(default_factory=dict)
+
+    def ordered_epochs(self) -> list[tuple[LocalArm, EpochReport]]:
+        """Rows in a fixed order (cell, activation, seed, epoch), whatever order the processes finished in."""
+        return sorted(self.epochs, key=lambda item: (*item[0].key, item[1].epoch))
 
 
 def _cell(value: Any) -> Any:
@@ -105,76 +128,107 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def _arm_columns(arm: LocalArm, factors: Mapping[str, Any], levels: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    columns: dict[str, Any] = {
+        "activation": arm.label,
+        "activation_index": arm.activation_index,
+        "seed": arm.seed,
+    }
+    if factors:
+        columns["cell_index"] = arm.cell_index
+        columns["cell"] = arm.cell_label
+        columns.update({path: level_text(levels[arm.cell_index][path]) for path in factors})
+    return columns
+
+
+def _cell_levels(spec: ExperimentSpec) -> dict[int, dict[str, Any]]:
+    from app.spec_factors import expand_cells
+
+    return {cell.index: cell.levels for cell in expand_cells(spec)} if spec.factors else {}
+
+
+def _factor_columns(spec: ExperimentSpec) -> tuple[str, ...]:
+    return ("cell_index", "cell", *spec.factors) if spec.factors else ()
+
+
 def write_epoch_csv(
-    path: Path, collected: Iterable[tuple[Arm, EpochReport]], statuses: Mapping[tuple[int, int], str]
+    path: Path,
+    spec: ExperimentSpec,
+    collected: Iterable[tuple[LocalArm, EpochReport]],
+    statuses: Mapping[tuple[int, int, int], str],
 ) -> None:
-    """One row per (arm, epoch)."""
+    """One row per (arm, epoch); a factorial spec adds the cell and one column per factor (levels as query text)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    factors, levels = spec.factors or {}, _cell_levels(spec)
+    head, tail = EPOCH_COLUMNS[:3], EPOCH_COLUMNS[3:]
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=EPOCH_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=(*head, *_factor_columns(spec), *tail), extrasaction="ignore")
         writer.writeheader()
         for arm, report in collected:
             row = {
                 **report.as_row(),
-                "activation": arm.label,
-                "activation_index": arm.activation_index,
-                "seed": arm.seed,
-                "status": statuses.get((arm.activation_index, arm.seed), "cancelled"),
+                **_arm_columns(arm, factors, levels),
+                "status": statuses.get(arm.key, "cancelled"),
             }
             writer.writerow({key: _cell(value) for key, value in row.items()})
 
 
-def write_layer_csv(path: Path, collected: Iterable[tuple[Arm, EpochReport]]) -> None:
-    """One row per (arm, epoch, layer)."""
+def write_layer_csv(path: Path, spec: ExperimentSpec, collected: Iterable[tuple[LocalArm, EpochReport]]) -> None:
+    """One row per (arm, epoch, layer), with the cell and factor columns of ``write_epoch_csv``."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    factors, levels = spec.factors or {}, _cell_levels(spec)
+    head, tail = LAYER_COLUMNS[:3], LAYER_COLUMNS[3:]
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LAYER_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=(*head, *_factor_columns(spec), *tail), extrasaction="ignore")
         writer.writeheader()
         for arm, report in collected:
             for layer in report.layers:
-                row = {
-                    **vars(layer),
-                    "activation": arm.label,
-                    "activation_index": arm.activation_index,
-                    "seed": arm.seed,
-                    "epoch": report.epoch,
-                }
+                row = {**vars(layer), **_arm_columns(arm, factors, levels), "epoch": report.epoch}
                 writer.writerow({key: _cell(value) for key, value in row.items()})
 
 
 @dataclass(frozen=True)
 class ActivationSummary:
-    """Final test accuracy of one activation over its seeds."""
+    """Final test accuracy of one activation (in one cell) over its seeds."""
 
     label: str
     mean: float | None
     std: float | None
     seeds: int
     diverged: int
+    cell: str = ""
 
 
-def summarise(spec: ExperimentSpec, outcomes: dict[tuple[int, int], ArmOutcome]) -> list[ActivationSummary]:
-    """Per activation: mean and sample std of the final test accuracy over arms that did not diverge."""
+def summarise(spec: ExperimentSpec, outcomes: Mapping[tuple[int, int, int], ArmOutcome]) -> list[ActivationSummary]:
+    """Per (cell, activation): mean and sample std of the final test accuracy over arms that did not diverge."""
+    from app.spec_factors import expand_cells
+
     summaries = []
-    for index, activation in enumerate(spec.activations):
-        finished = [outcomes[(index, seed)] for seed in spec.seeds if (index, seed) in outcomes]
-        diverged = sum(1 for outcome in finished if outcome.status == "diverged")
-        accuracies = [
-            outcome.reports[-1].test_accuracy
-            for outcome in finished
-            if outcome.status != "diverged" and outcome.reports and math.isfinite(outcome.reports[-1].test_accuracy)
-        ]
-        mean = statistics.fmean(accuracies) if accuracies else None
-        std = statistics.stdev(accuracies) if len(accuracies) > 1 else None
-        summaries.append(ActivationSummary(activation.display_label, mean, std, len(finished), diverged))
+    for cell in expand_cells(spec):
+        for index, activation in enumerate(spec.activations):
+            keys = [(cell.index, index, seed) for seed in spec.seeds]
+            finished = [outcomes[key] for key in keys if key in outcomes]
+            diverged = sum(1 for outcome in finished if outcome.status == "diverged")
+            accuracies = [
+                outcome.reports[-1].test_accuracy
+                for outcome in finished
+                if outcome.status != "diverged" and outcome.reports and math.isfinite(outcome.reports[-1].test_accuracy)
+            ]
+            mean = statistics.fmean(accuracies) if accuracies else None
+            std = statistics.stdev(accuracies) if len(accuracies) > 1 else None
+            summaries.append(
+                ActivationSummary(activation.display_label, mean, std, len(finished), diverged, cell.label)
+            )
     return summaries
 
 
 def format_summary(summaries: Sequence[ActivationSummary]) -> str:
-    """The per-activation table as aligned text."""
-    header = ("activation", "test_acc_mean", "test_acc_std", "seeds", "diverged")
+    """The per-activation table as aligned text (with a leading cell column for a factorial spec)."""
+    with_cells = any(summary.cell for summary in summaries)
+    header = (*(("cell",) if with_cells else ()), "activation", "test_acc_mean", "test_acc_std", "seeds", "diverged")
     rows = [
         (
+            *((summary.cell.replace(" ", ""),) if with_cells else ()),
             summary.label,
             f"{summary.mean:.4f}" if summary.mean is not None else "-",
             f"{summary.std:.4f}" if summary.std is not None else "-",
@@ -201,49 +255,59 @@ def run_train(arguments: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from worker.training.datasets import DatasetUnavailableError, load_dataset
-    from worker.training.trainer import resolve_device, train_experiment
+    from worker.local_runner import LocalTrainingError, start_local
+    from worker.training.datasets import DatasetUnavailableError
+    from worker.training.trainer import resolve_device
 
     try:
         device = resolve_device(spec.device)
     except ValueError as error:
         print(f"error: device: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    try:
-        data = load_dataset(spec.dataset, validation_fraction=spec.training.validation_fraction, device=device)
-    except DatasetUnavailableError as error:
-        print(f"error: dataset: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    training = start_local(spec, device=str(device), processes=arguments.processes)
+    plan = training.plan
     collected = _Collected()
-    total = len(spec.activations) * len(spec.seeds) * spec.training.epochs
-    interrupted = False
+    arms = plan.arms()
+    total = sum(plan.cells[arm.cell_index].spec.training.epochs for arm in arms)
+    stacked = sum(job.cost for job in plan.jobs if job.stacked)
+    cells = f"{len(plan.cells)} cells x " if spec.factors else ""
     print(
-        f"training {len(spec.activations)} activations x {len(spec.seeds)} seeds, "
-        f"{spec.training.epochs} epochs each, on {device}",
+        f"training {cells}{len(spec.activations)} activations x {len(spec.seeds)} seeds, "
+        f"{spec.training.epochs} epochs each, on {device}: {len(arms) - stacked} arms one at a time, "
+        f"{stacked} stacked, in {plan.processes} process{'es' if plan.processes > 1 else ''}",
         file=sys.stderr,
     )
+    for reason in sorted({job.reason for job in plan.jobs}):
+        print(f"  {reason}", file=sys.stderr)
+    # No tqdm monitor thread: the training processes are forked while the bar is open.
+    tqdm.monitor_interval = 0
     with tqdm(total=total, file=sys.stderr, unit="epoch", dynamic_ncols=True) as progress:
 
-        def on_epoch(arm: Arm, report: EpochReport) -> None:
-            collected.epochs.append((arm, report))
-            progress.set_postfix_str(f"{arm.label} seed {arm.seed} test_acc {report.test_accuracy:.3f}")
-            progress.update(1)
-
-        def on_arm_end(arm: Arm, outcome: ArmOutcome) -> None:
-            collected.outcomes[(arm.activation_index, arm.seed)] = outcome
-            # A diverged arm stops early; its remaining epochs still count as done.
-            progress.update(spec.training.epochs - outcome.epochs_completed)
+        def on_event(kind: str, arm: LocalArm, value: Any) -> None:
+            if kind == "epoch":
+                collected.epochs.append((arm, value))
+                progress.set_postfix_str(f"{arm.label} seed {arm.seed} test_acc {value.test_accuracy:.3f}")
+                progress.update(1)
+            else:
+                collected.outcomes[arm.key] = value
+                # A diverged arm stops early; its remaining epochs still count as done.
+                progress.update(plan.cells[arm.cell_index].spec.training.epochs - value.epochs_completed)
 
         try:
-            train_experiment(spec, device=device, data=data, on_epoch=on_epoch, on_arm_end=on_arm_end)
-        except KeyboardInterrupt:
-            interrupted = True
+            interrupted = training.run(on_event)
+        except DatasetUnavailableError as error:
+            print(f"error: dataset: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except LocalTrainingError as error:
+            print(f"error: training failed:\n{error}", file=sys.stderr)
+            return 1
     statuses = {key: outcome.status for key, outcome in collected.outcomes.items()}
+    epochs = collected.ordered_epochs()
     if arguments.out is not None:
-        write_epoch_csv(arguments.out, collected.epochs, statuses)
-        print(f"wrote {len(collected.epochs)} epoch rows to {arguments.out}", file=sys.stderr)
+        write_epoch_csv(arguments.out, spec, epochs, statuses)
+        print(f"wrote {len(epochs)} epoch rows to {arguments.out}", file=sys.stderr)
     if arguments.layers_out is not None:
-        write_layer_csv(arguments.layers_out, collected.epochs)
+        write_layer_csv(arguments.layers_out, spec, epochs)
         print(f"wrote layer rows to {arguments.layers_out}", file=sys.stderr)
     print(format_summary(summarise(spec, collected.outcomes)))
     if interrupted:
