@@ -220,15 +220,17 @@ class LocalTraining:
             kind, key, value = message
             on_event(kind, arms[key], value)
 
-        if self.plan.processes == 1:
-            try:
-                for job in self.plan.jobs:
-                    spec = self.plan.cells[job.cell_index].spec
-                    _run_job(spec, job, device=self.device, emit=emit, cancelled=lambda: self._cancelled)
-            except KeyboardInterrupt:
-                return True
-            return False
-        return self._in_children(emit)
+        try:
+            if self.plan.processes > 1:
+                return self._in_children(emit)
+            for job in self.plan.jobs:
+                spec = self.plan.cells[job.cell_index].spec
+                _run_job(spec, job, device=self.device, emit=emit, cancelled=lambda: self._cancelled)
+        except KeyboardInterrupt:
+            # Before the children started, or in this process: stop here with what was reported.
+            self._terminate()
+            return True
+        return False
 
     def _in_children(self, emit: Emit) -> bool:
         from worker.training.datasets import load_dataset
@@ -253,28 +255,29 @@ class LocalTraining:
         interrupted = False
         try:
             while running:
+                # Ctrl-C may land anywhere in this loop: the first cancels, the second stops the children.
                 try:
-                    message = reports.get(timeout=_POLL_SECONDS)
-                except queue_module.Empty:
-                    dead = [child for child in self._children if child.exitcode not in (None, 0)]
-                    if dead and reports.empty():
-                        raise LocalTrainingError(
-                            f"a training process ended with exit code {dead[0].exitcode} before it finished"
-                        ) from None
-                    continue
+                    try:
+                        message = reports.get(timeout=_POLL_SECONDS)
+                    except queue_module.Empty:
+                        dead = [child for child in self._children if child.exitcode not in (None, 0)]
+                        if dead and reports.empty():
+                            raise LocalTrainingError(
+                                f"a training process ended with exit code {dead[0].exitcode} before it finished"
+                            ) from None
+                        continue
+                    if message[0] == "done":
+                        running -= 1
+                    elif message[0] == "error":
+                        errors.append(message[1])
+                        self.cancel()
+                    else:
+                        emit(message)
                 except KeyboardInterrupt:
                     if interrupted:
                         break
                     interrupted = True
                     self.cancel()
-                    continue
-                if message[0] == "done":
-                    running -= 1
-                elif message[0] == "error":
-                    errors.append(message[1])
-                    self.cancel()
-                else:
-                    emit(message)
         finally:
             if running:
                 self._terminate()
