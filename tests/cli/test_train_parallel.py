@@ -124,12 +124,14 @@ def test_ctrl_c_lets_every_process_end_its_arms_and_keeps_the_rows(tmp_path: Pat
     try:
         assert progressing.wait(timeout=300), b"".join(seen).decode()  # a hang guard, not a speed check
         os.killpg(process.pid, signal.SIGINT)
-        stdout, _ = process.communicate(timeout=300)
+        process.wait(timeout=300)  # a hang guard, not a speed check
+        reader.join(timeout=60)
+        assert process.stdout is not None
+        stdout = process.stdout.read()
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
-    reader.join(timeout=10)
     errors = b"".join(seen).decode()
     assert process.returncode == 130, errors
     assert "Traceback" not in errors
