@@ -253,8 +253,15 @@ class FactorQueryError(ValueError):
 
 
 def level_text(value: Any) -> str:
-    """A level as a query names it: strings as they are, anything else as compact JSON (``[16,16]``, ``0.003``)."""
+    """A level as text, as a ``?factor.<path>=`` query and the results' factor columns name it: strings as they
+    are, anything else as compact JSON with sorted keys (``[16,16]``, ``0.003``, ``true``, ``null``)."""
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def level_value(value: Any) -> Any:
+    """A level as a metric table's factor column holds it: lists and blocks as ``level_text``, scalars as they
+    are (numbers and booleans stay numbers and booleans in JSON and Parquet)."""
+    return level_text(value) if isinstance(value, list | dict) else value
 
 
 def cells_at_levels(stored_spec: dict[str, Any], wanted: dict[str, str]) -> list[int]:

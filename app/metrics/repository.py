@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.models import EpochMetric, Experiment, LayerMetric, Run
 from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
+from app.spec_factors import level_value
 
 # Rows fetched from the database per round trip while streaming.
 FETCH_BATCH_ROWS = 1000
@@ -72,16 +72,11 @@ def metric_columns(*, session: Session, experiment_id: uuid.UUID, table: str) ->
     return (*fixed, *factor_paths(session=session, experiment_id=experiment_id))
 
 
-def factor_text(value: Any) -> Any:
-    """A factor level as a table cell: lists and blocks as compact JSON text, scalars as they are."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True) if isinstance(value, list | dict) else value
-
-
 def _with_factor_values(rows: Iterator[Sequence[Any]], paths: list[str]) -> Iterator[Sequence[Any]]:
     """Each row (its last column the run's cell levels) with that column replaced by one value per path."""
     for row in rows:
         levels = row[-1] or {}
-        yield (*row[:-1], *(factor_text(levels.get(path)) for path in paths))
+        yield (*row[:-1], *(level_value(levels.get(path)) for path in paths))
 
 
 def _run_conditions(experiment_id: uuid.UUID, filters: MetricFilters) -> list[Any]:

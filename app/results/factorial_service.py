@@ -2,7 +2,7 @@
 pure statistics of app.results.factorial, factorial_plots and factorial_advice.
 
 - Per-run values: app.results.service ``run_values_table`` (one value per run under the chosen summary, inside
-  its cell), with the run's cell label and one column per factor path (its level as ``service.level_text``).
+  its cell), with the run's cell label and one column per factor path (its level as ``app.spec_factors.level_text``).
   Only runs that entered the statistics count (``included``); the others are NaN, as the pure functions expect.
 - ``view=ranking`` (``ranking_table``): one row per activation with its mean rank over the cells, its rank and
   seed mean in each cell, its mean rank per level of each factor (per dataset where ``dataset.name`` is a
@@ -31,7 +31,7 @@ from app.results.factorial_plots import FACTORIAL_PLOT_KINDS, factorial_plot
 from app.results.failures import DEFAULT_CHANCE_MARGIN
 from app.results.statistics import ResultOptions, StatisticsError, activation_order
 from app.service_errors import InvalidInputError
-from app.spec_factors import pairing_note
+from app.spec_factors import level_text, pairing_note
 
 ONE_CELL = "the experiment has one cell (no factors): ranking and effects compare activations across cells"
 
@@ -73,7 +73,7 @@ def effects(*, tables: service.ExperimentTables, options: ResultOptions) -> list
         return []
     labels, _ = _orders(tables)
     levels: dict[str, Sequence[str]] = {
-        path: [service.level_text(level) for level in found] for path, found in tables.factors.items()
+        path: [level_text(level) for level in found] for path, found in tables.factors.items()
     }
     try:
         return factor_effects(

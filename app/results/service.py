@@ -8,7 +8,6 @@ traced back to its runs. Encoding the tables for a client is app.results.encodin
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,7 +34,7 @@ from app.results.statistics import (
 from app.schemas import as_utc
 from app.service_errors import InvalidInputError
 from app.spec import ActivationSpec, ExperimentSpec, load_stored_spec
-from app.spec_factors import cell_label, run_spec
+from app.spec_factors import cell_label, level_text, run_spec
 
 TRACE_COLUMNS: tuple[str, ...] = (
     "experiment_id",
@@ -96,11 +95,6 @@ def load_tables(*, session: Session, experiment_id: uuid.UUID) -> ExperimentTabl
         layers=repository.layer_metrics_frame(session=session, experiment_id=experiment_id),
         cells=repository.run_cells_frame(session=session, experiment_id=experiment_id),
     )
-
-
-def level_text(value: Any) -> str:
-    """A factor level as a table cell holds it: text as is, numbers, lists and blocks as compact JSON."""
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
