@@ -7,7 +7,8 @@ Layout in MLflow (one MLflow experiment, by default named after the Activation L
   the plots as artifacts;
 - one child run per training run (``mlflow.parentRunId``; tag ``actlab.kind=run``) with params (the
   activation and its parameters, the seed, the cell's levels, every spec field flattened as
-  ``spec.<path>``), per-epoch metrics logged with ``step=epoch``, the final values as ``final.<metric>``,
+  ``spec.<path>``), per-epoch metrics logged with ``step=epoch`` (step 0: the network at initialisation),
+  the final values (of the last trained epoch) as ``final.<metric>``,
   and tags linking back: experiment id, run id, spec hash and report URL.
 
 Mirroring again never duplicates: runs are found by their ``actlab.run_id`` / ``actlab.experiment_id``
@@ -255,9 +256,11 @@ def mirror_to_mlflow(
             order = ["epoch", "attempt"] if "attempt" in rows.columns else ["epoch"]
             rows = rows.sort_values(order).drop_duplicates("epoch", keep="last")
             logged += _log_metrics(client, mlflow_run_id, rows, skip)
-            last = rows.iloc[-1]
+            # Final values come from the last trained epoch; epoch 0 (initialisation, step 0) is no final.
+            trained = rows[rows["epoch"] > 0]
+            last = trained.iloc[-1] if not trained.empty else None
             for metric in ("test_accuracy", "test_loss", "train_accuracy", "train_loss"):
-                number = _number(last.get(metric))
+                number = _number(last.get(metric)) if last is not None else None
                 if number is not None:
                     client.log_metric(mlflow_run_id, f"final.{metric}", number)
         client.set_tag(mlflow_run_id, f"{_TAG}status", str(run["status"]))

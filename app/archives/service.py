@@ -327,11 +327,13 @@ def import_archive(
     )
     runs, mapping, unfinished = _build_runs(runs_frame, spec, experiment_id)
     epochs = spec.training.epochs
+    # Epoch 0 (the network at initialisation; archives from before it lack it) and every trained epoch.
+    rows_per_run = epochs + 1
     epoch_frame = read_csv(
         "metrics.csv",
         members["metrics.csv"],
         ("run_id", "epoch"),
-        max_rows=min(len(runs) * epochs, settings.max_import_rows),
+        max_rows=min(len(runs) * rows_per_run, settings.max_import_rows),
     )
     _check_metric_frame(epoch_frame, _EPOCH_TABLE, mapping=mapping, maximum_epoch=epochs)
     layer_frame = read_csv(
@@ -339,7 +341,7 @@ def import_archive(
         members["layer_metrics.csv"],
         ("run_id", "epoch", "layer", "layer_name"),
         max_rows=min(
-            len(runs) * epochs * max(layers_per_epoch(cell.spec) for cell in expand_cells(spec)),
+            len(runs) * rows_per_run * max(layers_per_epoch(cell.spec) for cell in expand_cells(spec)),
             settings.max_import_rows - len(epoch_frame),
         ),
     )

@@ -3,7 +3,8 @@
 Each run's folder holds one event file written with the ``tensorboard`` package's own writer
 (``EventFileWriter``; never torch in the API):
 
-- scalars per epoch (``step`` = epoch): every number of the epoch table under ``epoch/<field>``;
+- scalars per epoch (``step`` = epoch, step 0 the network at initialisation): every number of the epoch
+  table under ``epoch/<field>``;
 - per-layer values as scalar groups, one tag per layer: ``grad_norm/<NN>_<layer>``,
   ``dead_fraction/<NN>_<layer>`` and ``saturated_fraction/<NN>_<layer>``;
 - the run's hyperparameters for the HParams tab: activation, seed and the cell's levels (one per

@@ -287,7 +287,8 @@ def run_train(arguments: argparse.Namespace) -> int:
             if kind == "epoch":
                 collected.epochs.append((arm, value))
                 progress.set_postfix_str(f"{arm.label} seed {arm.seed} test_acc {value.test_accuracy:.3f}")
-                progress.update(1)
+                # Epoch 0 (the network at initialisation) trains nothing: the bar counts trained epochs.
+                progress.update(1 if value.epoch > 0 else 0)
             else:
                 collected.outcomes[arm.key] = value
                 # A diverged arm stops early; its remaining epochs still count as done.

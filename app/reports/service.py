@@ -157,6 +157,8 @@ DIAGNOSTIC_COLUMNS: dict[str, str] = {
     "exploding": "exploding",
     "dead_fraction": "dead fraction",
     "saturated_fraction": "saturated fraction",
+    "dead_fraction_initial": "dead fraction at init",
+    "saturated_fraction_initial": "saturated fraction at init",
     "learned_parameters": "learned parameters",
 }
 

@@ -19,6 +19,10 @@ Choices:
   family), so they are empty elsewhere.
 - Learned parameters (learnable activations) are each parameter's mean over layers and seeds at each
   run's last epoch; ``learned_parameters_by_layer`` keeps the layers apart for plots.
+- Epoch 0, the network at initialisation, is no trained epoch: "first" and "last epoch" are trained
+  epochs (1, 2, ...). It has columns of its own, ``gradient_ratio_initial``, ``dead_fraction_initial``
+  and ``saturated_fraction_initial`` (the same means over its layers and seeds), so units dead from
+  the start tell apart from units that died in training.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ DIAGNOSTIC_COLUMNS: tuple[str, ...] = (
     "exploding",
     "dead_fraction",
     "saturated_fraction",
+    "gradient_ratio_initial",
+    "dead_fraction_initial",
+    "saturated_fraction_initial",
     "learnable",
     "learned_parameters",
     "seeds",
@@ -155,12 +162,20 @@ def summarise_diagnostics(layer_metrics: pd.DataFrame, *, runs: pd.DataFrame | N
         last_epochs: list[int] = []
         dead: list[float] = []
         saturated: list[float] = []
+        initial_ratios: list[float] = []
+        initial_dead: list[float] = []
+        initial_saturated: list[float] = []
         parameters: list[dict[str, Any]] = []
         seeds: list[int] = []
         run_ids: list[str] = []
         for run_id, run_layers in of_label.groupby("run_id", sort=False):
             seeds.append(int(run_layers["seed"].iloc[0]))
             run_ids.append(str(run_id))
+            initial = run_layers[run_layers["epoch"] == 0]
+            initial_ratios.extend(_run_ratios(initial).values())
+            initial_dead.extend(initial["dead_fraction"].dropna().tolist())
+            initial_saturated.extend(initial["saturated_fraction"].dropna().tolist())
+            run_layers = run_layers[run_layers["epoch"] > 0]
             ratios = _run_ratios(run_layers)
             if ratios:
                 first_epochs.append(min(ratios))
@@ -192,6 +207,9 @@ def summarise_diagnostics(layer_metrics: pd.DataFrame, *, runs: pd.DataFrame | N
                 "exploding": any(ratio > EXPLODING_RATIO for ratio in measured),
                 "dead_fraction": float(np.mean(dead)) if dead else math.nan,
                 "saturated_fraction": float(np.mean(saturated)) if saturated else math.nan,
+                "gradient_ratio_initial": _geometric_mean(initial_ratios),
+                "dead_fraction_initial": float(np.mean(initial_dead)) if initial_dead else math.nan,
+                "saturated_fraction_initial": float(np.mean(initial_saturated)) if initial_saturated else math.nan,
                 "learnable": learnable,
                 "learned_parameters": learned,
                 "seeds": ";".join(str(seed) for seed in seeds),
@@ -207,7 +225,7 @@ def summarise_diagnostics(layer_metrics: pd.DataFrame, *, runs: pd.DataFrame | N
 def learned_parameters_by_layer(layer_metrics: pd.DataFrame) -> pd.DataFrame:
     """Per (activation, layer): each learned parameter's mean over the diagnosed seeds at their last epoch."""
     table = _clean_layers(layer_metrics)
-    table = table[table["status"].isin(DIAGNOSED_STATUSES)]
+    table = table[table["status"].isin(DIAGNOSED_STATUSES) & (table["epoch"] > 0)]
     rows: list[dict[str, Any]] = []
     last = table.groupby("run_id")["epoch"].transform("max")
     table = table[table["epoch"] == last]

@@ -5,7 +5,8 @@ a run whose latest epoch moved on gets one ``epoch`` event per new epoch row (re
 epoch order, so rows committed out of order across workers are never skipped), then a ``status``
 event when its status changed; an ``experiment`` status event follows. The stream sends a comment
 line as a heartbeat when nothing happened for a while, and ends with an ``end`` event once the
-experiment has finished. Every event's data is one JSON object.
+experiment has finished. Every event's data is one JSON object. Epoch 0 (the network at
+initialisation) has its event like any epoch and counts for nothing in ``epochs_finished``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class ExperimentEventPoller:
         self.emitted_epochs: dict[uuid.UUID, int] = {}
         self.statuses: dict[str, str] = {}
 
+    def epochs_finished(self) -> int:
+        """Trained epochs sent so far over every run (epoch 0 trains nothing)."""
+        return sum(max(epoch, 0) for epoch in self.emitted_epochs.values())
+
     def poll(self) -> tuple[list[str], bool]:
         """The events since the last poll, and whether the stream is over."""
         events: list[str] = []
@@ -57,12 +62,13 @@ class ExperimentEventPoller:
             status, total_epochs, runs = state
             latest = repository.latest_epochs(session=session, experiment_id=self.experiment_id)
             for run_id, label, seed, run_status in runs:
-                if latest.get(run_id, 0) > self.emitted_epochs.get(run_id, 0):
+                # -1: nothing sent yet, so epoch 0 (the network at initialisation) is sent too.
+                if latest.get(run_id, -1) > self.emitted_epochs.get(run_id, -1):
                     for row in repository.epochs_after(
-                        session=session, run_id=run_id, after_epoch=self.emitted_epochs.get(run_id, 0)
+                        session=session, run_id=run_id, after_epoch=self.emitted_epochs.get(run_id, -1)
                     ):
                         self.emitted_epochs[run_id] = int(row["epoch"])
-                        row["epochs_finished"] = sum(self.emitted_epochs.values())
+                        row["epochs_finished"] = self.epochs_finished()
                         row["epochs_total"] = total_epochs
                         events.append(format_event("epoch", row))
                 key = str(run_id)
@@ -82,7 +88,7 @@ class ExperimentEventPoller:
                 "scope": "experiment",
                 "experiment_id": self.experiment_id,
                 "status": status,
-                "epochs_finished": sum(self.emitted_epochs.values()),
+                "epochs_finished": self.epochs_finished(),
                 "epochs_total": total_epochs,
             }
             events.append(format_event("status", experiment_event))

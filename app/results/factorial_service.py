@@ -29,7 +29,7 @@ from app.results.factorial import FactorEffect, Ranking, factor_effects, mean_ra
 from app.results.factorial_advice import CellResult, how_to_choose
 from app.results.factorial_plots import FACTORIAL_PLOT_KINDS, factorial_plot
 from app.results.failures import DEFAULT_CHANCE_MARGIN
-from app.results.statistics import ResultOptions, StatisticsError, activation_order
+from app.results.statistics import ResultOptions, StatisticsError, activation_order, trained_epochs
 from app.service_errors import InvalidInputError
 from app.spec_factors import level_text, pairing_note
 
@@ -236,7 +236,7 @@ def recommendation(
     best_choices are the activations best or shown equivalent to the best in every cell; not_trained those that
     did not train in some cell (the sentences name the cell). Without factors: service.recommendation.
     """
-    if not tables.factors or tables.runs.empty or tables.metrics.empty:
+    if not tables.factors or tables.runs.empty or trained_epochs(tables.metrics).empty:
         return service.recommendation(tables=tables, options=options, chance_margin=chance_margin)
     results = _cell_results(tables, options)
     sentences = how_to_choose_sentences(tables=tables, options=options, cells=results)

@@ -143,7 +143,16 @@ def _explanations(diagnostic: Mapping[str, Any] | None) -> tuple[list[str], set[
     dead = finite_or_none(diagnostic.get("dead_fraction"))
     if dead is not None and dead >= NOTABLE_DEAD_FRACTION:
         causes.add("dead")
-        reasons.append(f"dead units (on average {dead:.0%} of a layer's units never activate at the last epoch)")
+        initial = finite_or_none(diagnostic.get("dead_fraction_initial"))
+        # Dead from the start (a bad initialisation) or killed by training: epoch 0 tells them apart.
+        when = (
+            f"; {initial:.0%} already at initialisation"
+            if initial is not None and initial >= NOTABLE_DEAD_FRACTION
+            else f"; {initial:.0%} at initialisation, so they died in training"
+            if initial is not None
+            else ""
+        )
+        reasons.append(f"dead units (on average {dead:.0%} of a layer's units never activate at the last epoch{when})")
     saturated = finite_or_none(diagnostic.get("saturated_fraction"))
     if saturated is not None and saturated >= NOTABLE_SATURATED_FRACTION:
         causes.add("saturated")

@@ -30,6 +30,7 @@ from app.results.statistics import (
     compare_pairs,
     run_summaries,
     summarise_activations,
+    trained_epochs,
 )
 from app.schemas import as_utc
 from app.service_errors import InvalidInputError
@@ -273,7 +274,7 @@ def recommendation(
     chance_margin: float = DEFAULT_CHANCE_MARGIN,
 ) -> Recommendation:
     """Findings built from the measured numbers only (see app.results.recommendation.recommend)."""
-    if tables.runs.empty or tables.metrics.empty:
+    if tables.runs.empty or trained_epochs(tables.metrics).empty:
         return Recommendation(["No epoch has finished yet, so there is nothing to compare."], [], [], "")
     summary = summary if summary is not None else summary_table(tables=tables, options=options)
     pairs = pairs if pairs is not None else pairs_table(tables=tables, options=options)

@@ -7,6 +7,11 @@ seed, epoch, status`` and the metric columns (``train_loss``, ``test_accuracy``,
 per-run table (``run_id, activation, activation_index, seed, status``) so that runs without any
 finished epoch (failed or cancelled before the first epoch) are still counted.
 
+Epoch 0 (the network at initialisation, before any optimizer step) is in the table but in no statistic:
+final, best, mean of the last k, area under the curve, best epoch, epochs to threshold and epoch seconds
+are all over the trained epochs 1, 2, ... (``trained_epochs``). Only ``learning_curves`` starts at epoch 0,
+so that a plotted curve begins where training did.
+
 The choices made here, which the API documents as they are:
 
 - Which runs count: only ``succeeded`` runs enter the statistics of the metric. ``diverged`` runs are
@@ -177,12 +182,20 @@ def bootstrap_mean_interval(
     return float(low), float(high)
 
 
-def _clean_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+def trained_epochs(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The rows of trained epochs (1, 2, ...): the table without epoch 0, the network at initialisation."""
+    if "epoch" not in metrics.columns:
+        return metrics
+    return metrics[pd.to_numeric(metrics["epoch"], errors="coerce") > 0]
+
+
+def _clean_metrics(metrics: pd.DataFrame, *, initial: bool = False) -> pd.DataFrame:
+    """The metrics table checked, its metric columns as floats, sorted; without epoch 0 unless ``initial``."""
     required = {"run_id", "activation", "activation_index", "seed", "epoch", "status"}
     missing = required - set(metrics.columns)
     if missing:
         raise StatisticsError(f"the metrics table lacks the columns {', '.join(sorted(missing))}")
-    table = metrics.copy()
+    table = (metrics if initial else trained_epochs(metrics)).copy()
     for column in METRIC_COLUMNS:
         if column not in table.columns:
             table[column] = np.nan
@@ -316,8 +329,11 @@ def learning_curves(
     resamples: int = 1000,
     random_seed: int = 0,
 ) -> pd.DataFrame:
-    """Per (activation, epoch): n, cross-seed mean and percentile-bootstrap interval of one metric."""
-    table = _clean_metrics(metrics)
+    """Per (activation, epoch): n, cross-seed mean and percentile-bootstrap interval of one metric.
+
+    From epoch 0 (the network at initialisation) where the runs have it.
+    """
+    table = _clean_metrics(metrics, initial=True)
     if metric not in table.columns:
         raise StatisticsError(f"metric must be one of {', '.join(METRIC_COLUMNS)}; got {metric!r}", field="metric")
     statuses = ("succeeded", "diverged") if include_diverged else ("succeeded",)

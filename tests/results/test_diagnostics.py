@@ -64,3 +64,34 @@ def test_fixed_activations_report_no_learned_parameters() -> None:
     frame = summarise_diagnostics(layers, runs=runs)
     assert not bool(frame["learnable"].item())
     assert frame["learned_parameters"].item() is None
+
+
+def test_dead_at_initialisation_and_died_in_training_have_their_own_columns() -> None:
+    rows = []
+    for run, (label, at_init, last) in enumerate([("relu", 0.0, 0.6), ("elu_like", 0.5, 0.5)]):
+        for epoch, dead in ((0, at_init), (1, (at_init + last) / 2), (2, last)):
+            for layer, grad in ((1, 1.0 if epoch else 1e-9), (2, 1.0)):
+                rows.append(
+                    {
+                        "run_id": f"r{run}",
+                        "activation": label,
+                        "activation_index": run,
+                        "activation_name": "relu",
+                        "seed": 0,
+                        "status": "succeeded",
+                        "epoch": epoch,
+                        "layer": layer,
+                        "layer_name": f"l{layer}",
+                        "grad_norm": grad,
+                        "dead_fraction": dead if layer == 1 else None,
+                        "saturated_fraction": None,
+                        "activation_parameters": None,
+                    }
+                )
+    frame = summarise_diagnostics(pd.DataFrame(rows))
+    relu, other = frame.iloc[0], frame.iloc[1]
+    assert (relu["dead_fraction_initial"], relu["dead_fraction"]) == (0.0, 0.6)
+    assert (other["dead_fraction_initial"], other["dead_fraction"]) == (0.5, 0.5)
+    # Epoch 0's vanishing ratio is reported at initialisation, not as the first trained epoch.
+    assert relu["first_epoch"] == 1 and relu["gradient_ratio_first_epoch"] == pytest.approx(1.0)
+    assert relu["gradient_ratio_initial"] == pytest.approx(1e-9) and not relu["vanishing"]

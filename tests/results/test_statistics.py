@@ -259,3 +259,25 @@ def test_pairs_are_mirrored_and_holm_corrected_over_all_pairs() -> None:
     assert matrix.loc["relu", "relu"] == ""
     counts = outcome_counts(pairs).set_index("activation")
     assert counts.loc["gelu", "win"] == 2
+
+
+def test_epoch_0_the_network_at_initialisation_is_in_no_summary_but_starts_the_learning_curve() -> None:
+    from app.results.statistics import learning_curves, trained_epochs
+
+    trained = _table({"relu": [[0.5, 0.7, 0.6], [0.4, 0.8, 0.7]], "tanh": [[0.3, 0.35, 0.4], [0.2, 0.3, 0.5]]})
+    # Epoch 0 rows that would win every summary if they counted: best, first to the threshold, top AUC.
+    initial = trained[trained["epoch"] == 1].assign(epoch=0, test_accuracy=0.99, train_accuracy=0.99)
+    with_initial = pd.concat([initial, trained], ignore_index=True)
+    assert len(trained_epochs(with_initial)) == len(trained)
+    for summary in ("final", "best", "mean_last_k"):
+        options = ResultOptions(metric="test_accuracy", summary=summary, k=2, threshold=0.75, resamples=200)
+        expected = run_summaries(trained, options=options)
+        found = run_summaries(with_initial, options=options)
+        pd.testing.assert_frame_equal(found, expected)
+        assert found["best_epoch"].min() >= 1
+        pd.testing.assert_frame_equal(
+            summarise_activations(with_initial, options=options), summarise_activations(trained, options=options)
+        )
+    curves = learning_curves(with_initial, metric="test_accuracy", resamples=200)
+    assert sorted(set(curves["epoch"])) == [0, 1, 2, 3]
+    assert curves.loc[curves["epoch"] == 0, "mean"].tolist() == pytest.approx([0.99, 0.99])
