@@ -9,6 +9,7 @@ import uuid
 
 import httpx
 
+from actlab.client import Client
 from actlab.connection import read_saved_key, resolve_api_key, resolve_url
 from actlab.errors import EXIT_BAD_INPUT, ClientError
 from actlab.http import DEFAULT_URL, ServiceClient
@@ -44,6 +45,13 @@ def make_client(arguments: argparse.Namespace, *, transport: httpx.BaseTransport
     # The rule of actlab.connection.resolve_api_key, through stored_key so tests can keep the user's file out.
     api_key = resolve_api_key(arguments.api_key, url, saved_key=stored_key)
     return ServiceClient(url, api_key=api_key, transport=transport)
+
+
+def make_library_client(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> Client:
+    """The ``actlab.Client`` of the same service and key as ``make_client`` (for the commands built on it)."""
+    url = service_url(arguments)
+    api_key = resolve_api_key(arguments.api_key, url, saved_key=stored_key)
+    return Client(url, api_key=api_key, transport=transport)
 
 
 def parse_experiment_id(text: str) -> str:

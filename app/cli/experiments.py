@@ -1,5 +1,8 @@
-"""``actlab submit SPEC.json [--wait]``, ``actlab status ID``, ``actlab extend ID --seeds 3 4`` and
-``actlab retry ID``: the experiment commands of the client.
+"""``actlab submit SPEC.json [--wait]``, ``actlab list``, ``actlab status [ID]``, ``actlab open [ID]``,
+``actlab extend ID --seeds 3 4`` and ``actlab retry ID``: the experiment commands of the client.
+
+``list``, ``status`` and ``open`` without an id use ``actlab.Client.experiments`` (GET /v1/experiments,
+newest first, pages fetched as needed); without an id, ``status`` and ``open`` take the newest experiment.
 
 The server validates the spec; a rejection is printed field by field. ``--wait`` follows the
 experiment with ``actlab.events`` (server-sent events of GET /v1/experiments/ID/events, reconnects
@@ -12,25 +15,33 @@ wait; Ctrl-C stops waiting (the experiment goes on) and names the experiment to 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
 import sys
+import webbrowser
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
+from actlab.client import Client, Experiment
+from actlab.errors import NotFound
 from actlab.events import WaitTimeoutError
 from actlab.http import EXIT_BAD_INPUT, EXIT_FAILED, ClientError, ServiceClient
-from app.cli.connection import add_connection_arguments, make_client, parse_experiment_id
+from app.cli.connection import add_connection_arguments, make_client, make_library_client, parse_experiment_id
 from app.cli.progress import wait_for_experiment
 from app.cli.results import format_summary
+from app.cli.train import positive_count
 
 EXIT_TIMED_OUT = 124
 EXIT_INTERRUPTED = 130
+LIST_LIMIT = 20
+LIST_PAGE_SIZE = 100
 
 
 def register(subparsers: Any) -> None:
@@ -59,10 +70,48 @@ def register(subparsers: Any) -> None:
     add_connection_arguments(submit_parser)
     submit_parser.set_defaults(handler=submit)
 
+    list_parser = subparsers.add_parser(
+        "list",
+        help="list experiments, newest first",
+        description="GET /v1/experiments: id, name, status, progress (finished/planned epochs) and creation "
+        "time (UTC) of this key's experiments, newest first.",
+    )
+    list_parser.add_argument(
+        "--status",
+        action="append",
+        default=None,
+        metavar="STATUS",
+        help="keep only this status (repeatable): queued, running, succeeded, failed, cancelled, partial",
+    )
+    list_parser.add_argument("--name", default=None, help="keep names containing this text (any case)")
+    list_parser.add_argument(
+        "--limit",
+        type=positive_count,
+        default=LIST_LIMIT,
+        metavar="N",
+        help=f"show at most N experiments (default {LIST_LIMIT})",
+    )
+    add_connection_arguments(list_parser)
+    list_parser.set_defaults(handler=list_experiments)
+
     status_parser = subparsers.add_parser("status", help="show an experiment's status and runs")
-    status_parser.add_argument("experiment_id", metavar="ID", help="experiment id")
+    status_parser.add_argument(
+        "experiment_id", metavar="ID", nargs="?", default=None, help="experiment id (default: the newest)"
+    )
     add_connection_arguments(status_parser)
     status_parser.set_defaults(handler=status)
+
+    open_parser = subparsers.add_parser(
+        "open",
+        help="print (or open) an experiment's report URL",
+        description="Print the address of the experiment's HTML report; --browser also opens it.",
+    )
+    open_parser.add_argument(
+        "experiment_id", metavar="ID", nargs="?", default=None, help="experiment id (default: the newest)"
+    )
+    open_parser.add_argument("--browser", action="store_true", help="open the report in the default web browser")
+    add_connection_arguments(open_parser)
+    open_parser.set_defaults(handler=open_report)
 
     extend_parser = subparsers.add_parser(
         "extend",
@@ -283,17 +332,97 @@ def submit(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | No
         return error.exit_status
 
 
-def status(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> int:
-    """Print an experiment's status and its runs."""
+def _created(text: str | None) -> str:
+    """An API timestamp as ``YYYY-MM-DD HH:MM:SS`` in UTC."""
+    if not text:
+        return ""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (moment.astimezone(UTC) if moment.tzinfo else moment).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_experiment_list(experiments: Iterable[dict[str, Any]]) -> str:
+    """A plain-text table: id, name, status, progress (finished/planned epochs), created (UTC)."""
+    header = ("id", "name", "status", "progress", "created (UTC)")
+    cells = []
+    for experiment in experiments:
+        progress = experiment.get("progress") or {}
+        cells.append(
+            (
+                str(experiment["id"]),
+                str(experiment.get("name") or ""),
+                str(experiment["status"]),
+                f"{progress.get('finished_epochs', 0)}/{progress.get('total_epochs', 0)}",
+                _created(experiment.get("created_at")),
+            )
+        )
+    widths = [max(len(row[index]) for row in [header, *cells]) for index in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *cells]
+    )
+
+
+def list_experiments(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Print the newest experiments (at most --limit) matching --status and --name."""
     try:
-        experiment_id = parse_experiment_id(arguments.experiment_id)
-        with make_client(arguments, transport=transport) as client:
-            experiment = client.get_json(f"/v1/experiments/{experiment_id}")
-        print(format_experiment(experiment))
+        with make_library_client(arguments, transport=transport) as client:
+            pages = client.experiments(
+                arguments.status, arguments.name, page_size=min(arguments.limit + 1, LIST_PAGE_SIZE)
+            )
+            # One more than shown, to tell whether there are more.
+            experiments = [experiment.data for experiment in itertools.islice(pages, arguments.limit + 1)]
+    except ClientError as error:
+        print(f"actlab list: {error}", file=sys.stderr)
+        return error.exit_status
+    shown = experiments[: arguments.limit]
+    if not shown:
+        filtered = arguments.status or arguments.name
+        print("no experiments match" if filtered else "no experiments yet: actlab submit SPEC.json", file=sys.stderr)
+        return 0
+    print(format_experiment_list(shown))
+    if len(experiments) > arguments.limit:
+        print(f"(the newest {arguments.limit}; --limit N shows more)", file=sys.stderr)
+    return 0
+
+
+def _chosen_experiment(client: Client, experiment_id: str | None) -> Experiment:
+    """The experiment with this id, else the newest one; NotFound when there is none."""
+    if experiment_id is not None:
+        return client.experiment(parse_experiment_id(experiment_id))
+    newest = next(iter(client.experiments(page_size=1)), None)
+    if newest is None:
+        raise NotFound("there are no experiments yet: actlab submit SPEC.json")
+    newest.status()
+    return newest
+
+
+def status(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Print an experiment's status and its runs (the newest experiment's without an id)."""
+    try:
+        with make_library_client(arguments, transport=transport) as client:
+            experiment = _chosen_experiment(client, arguments.experiment_id)
+        print(format_experiment(experiment.data))
         return 0
     except ClientError as error:
         print(f"actlab status: {error}", file=sys.stderr)
         return error.exit_status
+
+
+def open_report(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Print the report URL of an experiment (the newest without an id); --browser also opens it."""
+    try:
+        with make_library_client(arguments, transport=transport) as client:
+            url = _chosen_experiment(client, arguments.experiment_id).report_url
+    except ClientError as error:
+        print(f"actlab open: {error}", file=sys.stderr)
+        return error.exit_status
+    print(url)
+    if arguments.browser:
+        sys.stdout.flush()
+        if not webbrowser.open(url):
+            print("actlab open: no web browser could be started; open the address above", file=sys.stderr)
+            return EXIT_FAILED
+    return 0
 
 
 def _run_list(runs: list[dict[str, Any]]) -> str:

@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--processes",
-        type=_positive,
+        type=positive_count,
         metavar="N",
         help="training processes on a CPU (default: one per available core, each with one torch thread)",
     )
@@ -98,7 +98,8 @@ def load_spec(path: Path, *, error_stream: TextIO) -> ExperimentSpec | None:
         return None
 
 
-def _positive(text: str) -> int:
+def positive_count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (--processes, actlab list --limit)."""
     try:
         value = int(text)
     except ValueError:

@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,9 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import Engine
 
 from actlab.events import ServerSentEvent, ServerSentEventParser
 from actlab.http import ServiceClient
-from app.auth.service import create_api_key
 from app.cli import build_parser, connection
 from app.cli.experiments import (
     EXIT_TIMED_OUT,
@@ -40,10 +37,11 @@ from app.cli.experiments import (
 )
 from app.cli.progress import wait_for_experiment
 from app.cli.service import parse_queues
-from app.db import make_engine, session_factory
+from app.db import session_factory
 from app.experiments.service import refresh_experiment_status
 from app.models import EpochMetric, Experiment, Run
-from tests.fixtures import REPOSITORY, sqlite_copy, uvicorn_server
+from tests.cli.conftest import Served
+from tests.fixtures import REPOSITORY
 
 EXPERIMENT_ID = str(uuid.uuid4())
 
@@ -455,43 +453,6 @@ TINY_EXPERIMENT = {
     "training": {"epochs": 2},
     "device": "cpu",
 }
-
-
-@dataclass
-class Served:
-    """A uvicorn process serving the app on a SQLite file."""
-
-    url: str
-    key: str
-    engine: Engine
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, migrated_template: Path) -> Iterator[Served]:
-    folder = tmp_path_factory.mktemp("served-client")
-    database_url = sqlite_copy(migrated_template, folder / "client.db")
-    engine = make_engine(database_url)
-    with session_factory(engine)() as session:
-        key = create_api_key(session=session, name="client-test").key
-    log_path = folder / "uvicorn.log"
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("ACTLAB_")}
-    environment |= {
-        "DATABASE_URL": database_url,
-        "BROKER_URL": "filesystem://",
-        "ACTLAB_BROKER_FOLDER": str(folder / "broker"),
-        "ACTLAB_CHECKPOINT_DIR": str(folder / "checkpoints"),
-        "ACTLAB_CREDENTIALS_FILE": str(folder / "credentials.json"),
-        "ACTLAB_AUTH_REQUIRED": "true",
-    }
-    try:
-        with uvicorn_server(environment=environment, log_path=log_path) as url:
-            yield Served(url=url, key=key, engine=engine, log_path=log_path)
-    finally:
-        engine.dispose()
 
 
 def _wait_until(condition: Callable[[], Any], what: str, seconds: float = 60.0) -> Any:
