@@ -7,6 +7,7 @@ parent process that later forks pool children.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,21 @@ def embedded_broker_folders(broker_folder: Path) -> dict[str, Path]:
     return {"messages": root / "messages", "control": root / "control", "processed": root / "processed"}
 
 
+class _NoHostnameNotice(logging.Filter):
+    """Drops kombu's "No hostname was supplied" warning: the folder broker has no host to supply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No hostname was supplied")
+
+
+_NO_HOSTNAME_NOTICE = _NoHostnameNotice()
+
+
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
     """Transport options for the configured broker; creates the embedded broker's folders."""
     if is_embedded_broker(settings.broker_url):
+        # Said at every connection of the folder broker, which has no host: noise at every start.
+        logging.getLogger("kombu.connection").addFilter(_NO_HOSTNAME_NOTICE)
         folders = embedded_broker_folders(settings.broker_folder)
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)

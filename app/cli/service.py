@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,12 +107,18 @@ def run_worker(arguments: argparse.Namespace) -> int:
     # SIGTERM (docker stop, systemd) means a cold shutdown: running runs get the soft-shutdown
     # time, then go back to the queue at once instead of waiting for the visibility timeout.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    from celery.exceptions import SecurityWarning
+
     from app.config import get_settings
     from worker.celery_app import celery_app
     from worker.parent_watch import watch_parent
 
     # Started by `actlab serve`: exit within seconds should the service die (worker/parent_watch.py).
-    watch_parent()
+    if watch_parent():
+        # Celery warns when a worker runs as root because a pickle-accepting worker would run whatever a
+        # broker peer sends. This one is the user's own child on a private folder broker and accepts JSON
+        # only (worker/celery_app.py), so the warning says nothing here; a stand-alone worker keeps it.
+        warnings.filterwarnings("ignore", category=SecurityWarning)
 
     settings = get_settings()
     queues: list[str] = arguments.queues

@@ -130,6 +130,10 @@ def test_serve_then_submit_and_wait_prints_the_results_table(embedded: EmbeddedS
         rows = api.get(f"/v1/experiments/{experiment_id.group(1)}/metrics").json()
     assert len(rows) == 8 and len({(row["run_id"], row["epoch"]) for row in rows}) == 8
     assert (embedded.directory / "actlab.db").is_file()
+    # A quiet start: no root warning for the service's own worker (CI runs as root), no broker-host notice.
+    log = embedded.process.log() if embedded.process else ""
+    assert "SecurityWarning" not in log and "superuser privileges" not in log
+    assert "No hostname was supplied" not in log
 
     assert embedded.stop() == 0
     with pytest.raises(ProcessLookupError):
