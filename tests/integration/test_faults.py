@@ -271,7 +271,9 @@ def test_a_run_over_its_soft_time_limit_is_timed_out_and_keeps_its_finished_epoc
     experiment_id, (run_id,) = limits_lane.submit(slow_spec(name="soft time limit", epochs=200))
     run = limits_lane.wait_for_run(run_id, timeout=90)
     assert run.status == "timed_out"
-    assert run.error is not None and f"time limit of {SOFT_LIMIT} s" in run.error
+    # Stopped at the soft limit, or, where a loaded machine delays the soft-limit handler past the grace, killed
+    # at the hard one: either way timed out, naming the soft limit, with the finished epochs kept.
+    assert run.error is not None and f"limit of {SOFT_LIMIT} s" in run.error
     assert 1 <= run.epochs_completed < 200
     assert [row.epoch for row in limits_lane.epochs(run_id)] == list(range(1, run.epochs_completed + 1))
     experiment = limits_lane.experiment(experiment_id)
