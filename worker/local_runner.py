@@ -73,7 +73,6 @@ class LocalPlan:
     cells: list[Cell]
     jobs: list[Job]
     processes: int
-    threads: int
     assignments: list[list[int]]
 
     def arms(self) -> list[LocalArm]:
@@ -114,10 +113,7 @@ def plan_local(spec: ExperimentSpec, *, device: str, processes: int | None = Non
         target = loads.index(min(loads))
         assignments[target].append(position)
         loads[target] += jobs[position].cost
-    # Forked children run one torch thread each: more would oversubscribe shared cores (bench/RESULTS.md), and
-    # GNU OpenMP is not safe to use with several threads in a child forked after the parent used it.
-    threads = 1 if count > 1 else 0
-    return LocalPlan(cells, jobs, count, threads, [sorted(indices) for indices in assignments])
+    return LocalPlan(cells, jobs, count, [sorted(indices) for indices in assignments])
 
 
 Message = tuple[Any, ...]
@@ -166,8 +162,9 @@ def _child(plan: LocalPlan, jobs: list[int], device: str, reports: multiprocessi
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
-    if plan.threads > 0:
-        torch.set_num_threads(plan.threads)
+    # One torch thread per child: more would oversubscribe shared cores (bench/RESULTS.md), and GNU OpenMP is
+    # not safe to use with several threads in a child forked after the parent used it.
+    torch.set_num_threads(1)
     try:
         for position in jobs:
             job = plan.jobs[position]

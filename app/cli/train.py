@@ -26,7 +26,7 @@ from app.errors import format_validation_errors
 from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
 from app.spec import ExperimentSpec
-from app.spec_factors import level_text
+from app.spec_factors import Cell, level_text
 
 if TYPE_CHECKING:
     from worker.local_runner import LocalArm
@@ -142,12 +142,6 @@ def _arm_columns(arm: LocalArm, factors: Mapping[str, Any], levels: Mapping[int,
     return columns
 
 
-def _cell_levels(spec: ExperimentSpec) -> dict[int, dict[str, Any]]:
-    from app.spec_factors import expand_cells
-
-    return {cell.index: cell.levels for cell in expand_cells(spec)} if spec.factors else {}
-
-
 def _factor_columns(spec: ExperimentSpec) -> tuple[str, ...]:
     return ("cell_index", "cell", *spec.factors) if spec.factors else ()
 
@@ -155,12 +149,13 @@ def _factor_columns(spec: ExperimentSpec) -> tuple[str, ...]:
 def write_epoch_csv(
     path: Path,
     spec: ExperimentSpec,
+    cells: Sequence[Cell],
     collected: Iterable[tuple[LocalArm, EpochReport]],
     statuses: Mapping[tuple[int, int, int], str],
 ) -> None:
     """One row per (arm, epoch); a factorial spec adds the cell and one column per factor (levels as query text)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    factors, levels = spec.factors or {}, _cell_levels(spec)
+    factors, levels = spec.factors or {}, {cell.index: cell.levels for cell in cells}
     head, tail = EPOCH_COLUMNS[:3], EPOCH_COLUMNS[3:]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=(*head, *_factor_columns(spec), *tail), extrasaction="ignore")
@@ -174,10 +169,12 @@ def write_epoch_csv(
             writer.writerow({key: _cell(value) for key, value in row.items()})
 
 
-def write_layer_csv(path: Path, spec: ExperimentSpec, collected: Iterable[tuple[LocalArm, EpochReport]]) -> None:
+def write_layer_csv(
+    path: Path, spec: ExperimentSpec, cells: Sequence[Cell], collected: Iterable[tuple[LocalArm, EpochReport]]
+) -> None:
     """One row per (arm, epoch, layer), with the cell and factor columns of ``write_epoch_csv``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    factors, levels = spec.factors or {}, _cell_levels(spec)
+    factors, levels = spec.factors or {}, {cell.index: cell.levels for cell in cells}
     head, tail = LAYER_COLUMNS[:3], LAYER_COLUMNS[3:]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=(*head, *_factor_columns(spec), *tail), extrasaction="ignore")
@@ -200,12 +197,12 @@ class ActivationSummary:
     cell: str = ""
 
 
-def summarise(spec: ExperimentSpec, outcomes: Mapping[tuple[int, int, int], ArmOutcome]) -> list[ActivationSummary]:
+def summarise(
+    spec: ExperimentSpec, cells: Sequence[Cell], outcomes: Mapping[tuple[int, int, int], ArmOutcome]
+) -> list[ActivationSummary]:
     """Per (cell, activation): mean and sample std of the final test accuracy over arms that did not diverge."""
-    from app.spec_factors import expand_cells
-
     summaries = []
-    for cell in expand_cells(spec):
+    for cell in cells:
         for index, activation in enumerate(spec.activations):
             keys = [(cell.index, index, seed) for seed in spec.seeds]
             finished = [outcomes[key] for key in keys if key in outcomes]
@@ -306,12 +303,12 @@ def run_train(arguments: argparse.Namespace) -> int:
     statuses = {key: outcome.status for key, outcome in collected.outcomes.items()}
     epochs = collected.ordered_epochs()
     if arguments.out is not None:
-        write_epoch_csv(arguments.out, spec, epochs, statuses)
+        write_epoch_csv(arguments.out, spec, plan.cells, epochs, statuses)
         print(f"wrote {len(epochs)} epoch rows to {arguments.out}", file=sys.stderr)
     if arguments.layers_out is not None:
-        write_layer_csv(arguments.layers_out, spec, epochs)
+        write_layer_csv(arguments.layers_out, spec, plan.cells, epochs)
         print(f"wrote layer rows to {arguments.layers_out}", file=sys.stderr)
-    print(format_summary(summarise(spec, collected.outcomes)))
+    print(format_summary(summarise(spec, plan.cells, collected.outcomes)))
     if interrupted:
         print("interrupted: the table and files hold the arms finished so far", file=sys.stderr)
         return EXIT_INTERRUPTED
