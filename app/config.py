@@ -65,7 +65,8 @@ class SpecLimits(BaseSettings):
     max_cost: float = Field(
         5e15,
         gt=0,
-        description="Estimated cost of one experiment: arms x epochs x training examples x parameters, over all cells.",
+        description="Estimated cost of one experiment: arms x (epochs x training examples + the evaluation block's "
+        "forward passes over the test set / 3) x parameters, over all cells.",
     )
     # Default: about the 6-hour task time limit of one run at 1e10 MACs/s, what float32 training sustains on a few
     # CPU cores (measured on one core of a loaded 2-core machine, 1 thread, batch 128: 4e9 for an MNIST 784-256-256
@@ -92,6 +93,16 @@ class SpecLimits(BaseSettings):
     max_name_length: int = Field(200, ge=1, description="Characters in an experiment name or activation label.")
     max_dataset_samples: int = Field(1_000_000, ge=1, description="Samples of a synthetic dataset.")
     max_dataset_transforms: int = Field(8, ge=0, description="Input transforms in one dataset.transforms list.")
+    max_evaluation_strengths: int = Field(
+        8, ge=0, description="Strengths in each list of the evaluation block (noise_std, fgsm_epsilon, pgd_epsilon)."
+    )
+    max_evaluation_strength: float = Field(
+        10.0,
+        gt=0,
+        description="Largest noise standard deviation or attack epsilon of the evaluation block, in standardised "
+        "input units.",
+    )
+    max_pgd_steps: int = Field(100, ge=1, description="PGD steps of the evaluation block (evaluation.pgd_steps).")
 
 
 class Settings(SpecLimits):

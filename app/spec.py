@@ -5,7 +5,8 @@ bounded by a setting (``app.config.SpecLimits``); the limits are read at validat
 so an operator's environment override applies without a code change. Every name a spec
 may use, and every rule that differs between names, comes from ``app.catalog``; the
 parameter count and cost the limits apply to are estimated in ``app.spec_cost``. Version 2
-adds ``factors`` (a factorial design over spec paths); their rules and cells are ``app.spec_factors``.
+adds ``factors`` (a factorial design over spec paths); their rules and cells are ``app.spec_factors``; and
+``evaluation`` (robustness after training, ``app.spec_evaluation``).
 The field types and checks all the models share (strict models, numbers that are never booleans,
 one catalog parameter value) are ``app.spec_fields``.
 """
@@ -53,6 +54,7 @@ from app.spec_cost import (
     estimate_run,
     format_amount,
 )
+from app.spec_evaluation import EvaluationSpec
 from app.spec_fields import (
     Integer,
     Number,
@@ -530,8 +532,8 @@ def _check_run(run: RunEstimate, limits: SpecLimits) -> None:
         raise ValueError(
             f"model and training.epochs: one run is estimated {format_amount(run.macs)} MACs, limit "
             f"{format_amount(limits.max_run_macs)} (setting ACTLAB_MAX_RUN_MACS): epochs x (3 x training + "
-            f"evaluated examples) x {format_amount(run.forward_macs)} MACs per example; use a smaller model, pooling "
-            "or fewer epochs"
+            f"evaluated examples) x {format_amount(run.forward_macs)} MACs per example, plus the evaluation block's "
+            "passes over the test set; use a smaller model, pooling, fewer epochs or fewer strengths"
         )
     if run.memory_mb > limits.max_run_memory_mb:
         raise ValueError(
@@ -626,10 +628,16 @@ class ExperimentSpec(StrictModel):
         description="Version 2: spec path (see factor_paths in GET /v1/catalog) to its levels; every combination "
         "of levels is a cell, and each cell trains every activation and seed.",
     )
+    evaluation: EvaluationSpec | None = version_2_field(
+        None,
+        description="Robustness of every trained run on the test set: accuracy under input noise, FGSM and PGD at "
+        "these strengths in standardised input units (see evaluation in GET /v1/catalog); served by GET "
+        "/v1/experiments/{id}/robustness.",
+    )
 
     @model_serializer(mode="wrap")
-    def _without_absent_factors(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return without_unset(handler(self), "factors")
+    def _without_absent_blocks(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return without_unset(handler(self), "factors", "evaluation")
 
     @field_validator("name")
     @classmethod
@@ -724,7 +732,7 @@ class ExperimentSpec(StrictModel):
         cost = estimate_cost(self)
         if cost > limits.max_cost:
             raise ValueError(
-                f"the estimated cost {cost:.3g} (arms x epochs x training examples x parameters) exceeds "
+                f"the estimated cost {cost:.3g} (arms x (epochs x training examples + evaluation passes) x parameters) exceeds "
                 f"the limit of {limits.max_cost:.3g} (setting ACTLAB_MAX_COST)"
             )
         _check_run(estimate_run(self), limits)

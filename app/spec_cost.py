@@ -22,7 +22,9 @@ The run estimate (``estimate_run``), documented in README.md (Limits):
   pooling are elementwise and not counted; the hyper-network of an input-conditioned activation
   (dyrelu, meta_acon: two Linear maps per layer, per step in an Elman recurrence) is, for the
   activation of the spec with the most.
-- A run: epochs x (3 x forward MACs x training examples + forward MACs x evaluated examples). The
+- A run: epochs x (3 x forward MACs x training examples + forward MACs x evaluated examples), plus
+  the evaluation block's robustness passes over the test set (version 2: forward MACs x test examples
+  x ``EvaluationSpec.forward_passes``, a scored pass per strength and 3 per FGSM or PGD step). The
   backward pass costs about twice the forward (gradients with respect to the inputs and to the
   weights, one matmul each), hence 3 per trained example: the "6N FLOPs per token" rule of Kaplan
   et al. 2020, "Scaling Laws for Neural Language Models", section 2.1. The test split (and the
@@ -241,7 +243,8 @@ RUN_MACS_RULE = (
     "forward MACs per example; the forward MACs count every Linear, every convolution at each output position "
     "(floor((L + 2 x padding - kernel) / stride) + 1 positions per side, padding same keeping L; pooling halves each "
     "side) and every recurrent step ((step features + hidden) x hidden x gates: 1 rnn, 3 gru, 4 lstm; x 2 directions "
-    "when bidirectional)"
+    "when bidirectional); plus, with an evaluation block, forward MACs x test examples x (one pass per noise std, "
+    f"{TRAINING_MACS_PER_FORWARD + 1} per FGSM epsilon, {TRAINING_MACS_PER_FORWARD} x pgd_steps + 1 per PGD epsilon)"
 )
 RUN_MEMORY_RULE = (
     f"the larger of a training batch (batch_size x (input + {AUTOGRAD_COPIES} x every layer's outputs)) and an "
@@ -295,6 +298,7 @@ def estimate_run(spec: ExperimentSpec) -> RunEstimate:
     test = spec.dataset.test_size
     trained = train_size - validation
     macs = float(spec.training.epochs) * work.macs * (TRAINING_MACS_PER_FORWARD * trained + validation + test)
+    macs += float(work.macs) * test * evaluation_passes(spec)
     per_example = math.prod(spec.dataset.input_shape) + AUTOGRAD_COPIES * work.kept
     training_bytes = spec.training.batch_size * per_example * _FLOAT_BYTES
     evaluation_bytes = EVALUATION_BATCH_SIZE * 2 * work.largest * _FLOAT_BYTES
@@ -342,10 +346,21 @@ def _learnable_per_model(spec: ExperimentSpec, units: int) -> int:
     return largest
 
 
+def evaluation_passes(spec: ExperimentSpec) -> int:
+    """Forward-pass equivalents over the test set of one run's robustness evaluation (0 without the block)."""
+    return spec.evaluation.forward_passes() if spec.evaluation is not None else 0
+
+
 def estimate_cost(spec: ExperimentSpec) -> float:
-    """Arms x epochs x training examples x parameters: a machine-independent work estimate."""
+    """Arms x (epochs x training examples + robustness work) x parameters: a machine-independent work estimate.
+
+    A trained example counts one (forward and backward), so the evaluation block's forward passes over the
+    test set count a third each (``TRAINING_MACS_PER_FORWARD``).
+    """
     arms = len(spec.activations) * len(spec.seeds)
-    return float(arms) * spec.training.epochs * spec.dataset.train_size * estimate_parameters(spec)
+    examples = spec.training.epochs * spec.dataset.train_size
+    examples_evaluated = spec.dataset.test_size * evaluation_passes(spec) / TRAINING_MACS_PER_FORWARD
+    return float(arms) * (examples + examples_evaluated) * estimate_parameters(spec)
 
 
 def estimate_experiment_cost(spec: ExperimentSpec) -> float:

@@ -215,7 +215,7 @@ def check_factors(spec: ExperimentSpec, limits: SpecLimits) -> ExperimentSpec:
     cost = sum(estimate_cost(cell) for cell in cells)
     if cost > limits.max_cost:
         message = (
-            f"the estimated cost {cost:.3g} (arms x epochs x training examples x parameters, over all cells) "
+            f"the estimated cost {cost:.3g} (arms x (epochs x training examples + evaluation passes) x parameters, over all cells) "
             f"exceeds the limit of {limits.max_cost:.3g} (setting ACTLAB_MAX_COST)"
         )
         _raise([_error(("factors",), message, factors)])

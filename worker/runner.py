@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ from app.config import Settings, get_settings
 from app.db import get_engine, session_scope
 from app.experiments.service import refresh_experiment_status
 from app.logging_config import log_context
-from app.metrics.write_repository import upsert_epoch_metrics
+from app.metrics.write_repository import replace_robustness, upsert_epoch_metrics
 from app.models import RunStatus
 from app.runs.state_repository import (
     ClaimedRun,
@@ -51,7 +52,7 @@ from worker.lifecycle import (
 )
 
 if TYPE_CHECKING:
-    from worker.training.reports import ArmOutcome, EpochReport, RunInfo
+    from worker.training.reports import ArmOutcome, EpochReport, RobustnessPoint, RunInfo
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def _finish(
     diverged_epoch: int | None = None,
     training_seconds: float | None = None,
     error: str | None = None,
+    robustness: Sequence[RobustnessPoint] = (),
     retry_seconds: float,
 ) -> None:
     def write() -> None:
@@ -97,6 +99,9 @@ def _finish(
                 training_seconds=training_seconds,
                 error=error,
             )
+            # With the end, in its transaction: a crash before it leaves the run to resume and measure again.
+            if robustness:
+                replace_robustness(session=session, run_id=claimed.run_id, attempt=claimed.attempt, points=robustness)
             refresh_experiment_status(session=session, experiment_id=claimed.experiment_id)
 
     with_database_retry(write, what=f"run {claimed.run_id}: recording its end ({status.value})", seconds=retry_seconds)
@@ -228,6 +233,7 @@ def execute_claimed(*, claimed: ClaimedRun, worker_host: str, engine: Engine, se
             epochs_completed=outcome.epochs_completed,
             diverged_epoch=outcome.diverged_epoch,
             training_seconds=outcome.training_seconds,
+            robustness=outcome.robustness,
             retry_seconds=retry_seconds,
         )
     except StaleAttemptError:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -49,7 +50,7 @@ from app.config import Settings, get_settings
 from app.db import get_engine, session_scope
 from app.experiments.service import refresh_experiment_status
 from app.logging_config import log_context
-from app.metrics.write_repository import upsert_epoch_metrics_of_runs
+from app.metrics.write_repository import replace_robustness, upsert_epoch_metrics_of_runs
 from app.models import RunStatus
 from app.runs.stack_repository import (
     experiment_of_run,
@@ -92,7 +93,7 @@ from worker.pool import stack_memory_budget_bytes, worker_processes
 from worker.runner import execute_claimed
 
 if TYPE_CHECKING:
-    from worker.training.reports import ArmOutcome, EpochReport, RunInfo
+    from worker.training.reports import ArmOutcome, EpochReport, RobustnessPoint, RunInfo
 
 logger = logging.getLogger(__name__)
 
@@ -312,18 +313,26 @@ class _StackWriter:
             cancel = cancel_requested(session=session, experiment_id=self._experiment_id)
         return stale, cancel
 
-    def finish(self, ends: dict[int, tuple[RunStatus, dict[str, Any]]]) -> list[int]:
-        """Record the ends of members (position -> status, finish_run fields) in one transaction; returns those stale."""
+    def finish(
+        self,
+        ends: dict[int, tuple[RunStatus, dict[str, Any]]],
+        robustness: Mapping[int, Sequence[RobustnessPoint]] | None = None,
+    ) -> list[int]:
+        """Record the ends of members (position -> status, finish_run fields) in one transaction, with the robustness
+        rows of those that have them; returns those stale."""
         if not ends:
             return []
         statuses = sorted({status.value for status, _ in ends.values()})
+        points = robustness or {}
         return with_database_retry(
-            lambda: self._write_ends(ends),
+            lambda: self._write_ends(ends, points),
             what=f"experiment {self._experiment_id}: recording ends ({', '.join(statuses)})",
             seconds=self._retry_seconds,
         )
 
-    def _write_ends(self, ends: dict[int, tuple[RunStatus, dict[str, Any]]]) -> list[int]:
+    def _write_ends(
+        self, ends: dict[int, tuple[RunStatus, dict[str, Any]]], robustness: Mapping[int, Sequence[RobustnessPoint]]
+    ) -> list[int]:
         stale: list[int] = []
         with session_scope(self._engine) as session:
             self._lock(session)
@@ -333,6 +342,14 @@ class _StackWriter:
                     finish_run(session=session, run_id=claimed.run_id, attempt=claimed.attempt, status=status, **fields)
                 except StaleAttemptError:
                     stale.append(position)
+                    continue
+                if robustness.get(position):
+                    replace_robustness(
+                        session=session,
+                        run_id=claimed.run_id,
+                        attempt=claimed.attempt,
+                        points=robustness[position],
+                    )
             refresh_experiment_status(session=session, experiment_id=self._experiment_id)
         return stale
 
@@ -470,7 +487,8 @@ def train_claimed_stack(
                 "training_seconds": result.training_seconds,
             },
         )
-    stale = set(writer.finish(ends))
+    robustness = {position: results[position].robustness for position in ends}
+    stale = set(writer.finish(ends, robustness))
     ended = {position: status for position, (status, _) in ends.items() if position not in stale}
     outcomes = _outcomes(members, ended)
     logger.info(

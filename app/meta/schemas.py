@@ -12,6 +12,7 @@ from app.catalog import ParameterValue
 from app.config import Settings, SpecLimits
 from app.expressions import BINARY_OPERATORS, MAX_NODES, UNARY_OPERATORS
 from app.spec import ModelSpec
+from app.spec_evaluation import ROBUSTNESS_KINDS, EvaluationSpec
 from app.spec_fields import is_version_2
 
 
@@ -76,6 +77,14 @@ class NamedEntry(BaseModel):
 
     name: str
     description: str
+
+
+class EvaluationEntry(BaseModel):
+    """The evaluation block of a version-2 spec: robustness measured on the test set after training."""
+
+    description: str
+    fields: list[SpecFieldEntry]
+    kinds: list[NamedEntry] = Field(description="The kinds of robustness rows (GET /v1/experiments/{id}/robustness).")
 
 
 class SpecFieldEntry(BaseModel):
@@ -160,6 +169,7 @@ class Catalog(BaseModel):
     activations: list[ActivationEntry]
     datasets: list[DatasetEntry]
     transforms: list[TransformEntry] = Field(description="Input transforms of dataset.transforms (version 2).")
+    evaluation: EvaluationEntry = Field(description="The evaluation block (version 2): robustness after training.")
     model_kinds: list[ModelKindEntry]
     optimizers: list[NamedEntry]
     schedules: list[NamedEntry]
@@ -290,6 +300,13 @@ def build_catalog(settings: Settings) -> Catalog:
             )
             for info in catalog.TRANSFORMS.values()
         ],
+        evaluation=EvaluationEntry(
+            description="Version 2 only. After its last epoch each run's test accuracy is measured under every "
+            "strength of the block, in standardised input units (the datasets are standardised with the training "
+            "split's mean and standard deviation).",
+            fields=spec_field_entries(EvaluationSpec),
+            kinds=[NamedEntry(name=name, description=text) for name, text in ROBUSTNESS_KINDS.items()],
+        ),
         model_kinds=[
             ModelKindEntry(
                 name=info.name, description=info.description, fields=spec_field_entries(_model_blocks()[info.name])

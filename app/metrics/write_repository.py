@@ -1,4 +1,4 @@
-"""The worker's metric writes: idempotent, fenced upserts of one epoch's rows.
+"""The worker's metric writes: idempotent, fenced upserts of one epoch's rows, and a run's robustness rows.
 
 A redelivered run writes its epochs again; the upsert on (run_id, epoch) and
 (run_id, epoch, layer) turns that into an update, so there is never a second row.
@@ -10,18 +10,19 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, delete, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.models import EpochMetric, LayerMetric
+from app.models import EpochMetric, LayerMetric, RobustnessResult
 from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
+from app.models.robustness import ROBUSTNESS_VALUE_FIELDS
 from app.numbers import finite_tree
 from app.runs.state_repository import fence_run
 
 if TYPE_CHECKING:
-    from worker.training.reports import EpochReport
+    from worker.training.reports import EpochReport, RobustnessPoint
 
 _LAYER_FIELDS = ("layer_name", *LAYER_VALUE_FIELDS)
 
@@ -70,3 +71,26 @@ def upsert_epoch_metrics_of_runs(*, session: Session, writes: Sequence[tuple[uui
     _upsert(session, EpochMetric.__table__, epoch_rows, ("run_id", "epoch"))  # type: ignore[arg-type]
     if layer_rows:
         _upsert(session, LayerMetric.__table__, layer_rows, ("run_id", "epoch", "layer"))  # type: ignore[arg-type]
+
+
+def replace_robustness(*, session: Session, run_id: uuid.UUID, attempt: int, points: Sequence[RobustnessPoint]) -> None:
+    """Write a run's robustness rows (one per kind and strength), replacing any earlier attempt's.
+
+    Unfenced: call it after ``finish_run`` of the same attempt in the same transaction, which fences the
+    run. With the unique key (run_id, kind, strength) a run has each point exactly once, however often
+    its end is recorded.
+    """
+    session.execute(delete(RobustnessResult).where(RobustnessResult.run_id == run_id))
+    if not points:
+        return
+    rows = [
+        {
+            "run_id": run_id,
+            "kind": point.kind,
+            "strength": point.strength,
+            "attempt": attempt,
+            **{name: finite_tree(getattr(point, name)) for name in ROBUSTNESS_VALUE_FIELDS},
+        }
+        for point in points
+    ]
+    session.execute(insert(RobustnessResult), rows)

@@ -4,6 +4,7 @@ from app.models.api_key import ApiKey
 from app.models.epoch_metric import EpochMetric
 from app.models.experiment import Experiment
 from app.models.layer_metric import LayerMetric
+from app.models.robustness import RobustnessResult
 from app.models.run import Run
 from app.models.seed_extension import SeedExtension
 from app.models.status import ExperimentStatus, RunStatus
@@ -15,6 +16,7 @@ __all__ = [
     "Experiment",
     "ExperimentStatus",
     "LayerMetric",
+    "RobustnessResult",
     "Run",
     "RunStatus",
     "SeedExtension",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from app.spec_evaluation import RobustnessKind
+
 ArmStatus = Literal["succeeded", "diverged", "cancelled"]
 
 
@@ -61,6 +63,16 @@ class RunInfo:
     training_path: Literal["unstacked", "stacked"] = "unstacked"
 
 
+@dataclass(frozen=True)
+class RobustnessPoint:
+    """Test accuracy and mean cross-entropy of one run under one perturbation of one strength."""
+
+    kind: RobustnessKind
+    strength: float
+    accuracy: float
+    loss: float
+
+
 @dataclass
 class ArmOutcome:
     """How one arm ended."""
@@ -72,3 +84,5 @@ class ArmOutcome:
     training_seconds: float = 0.0
     # Every epoch's report, a resumed arm's earlier epochs included.
     reports: list[EpochReport] = field(default_factory=list)
+    # The evaluation block's points, measured once after the last epoch of a succeeded arm (empty otherwise).
+    robustness: list[RobustnessPoint] = field(default_factory=list)

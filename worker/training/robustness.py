@@ -26,31 +26,15 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional
 
+from app.spec import ExperimentSpec
 from app.spec_cost import EVALUATION_BATCH_SIZE
-
-RobustnessKind = Literal["noise", "fgsm", "pgd"]
-
-PGD_STEP_FRACTION = 0.25
-"""PGD's step size as a fraction of epsilon."""
-
-DEFAULT_PGD_STEPS = 10
-
-
-@dataclass(frozen=True)
-class RobustnessPoint:
-    """Test accuracy and mean cross-entropy of one run under one perturbation of one strength."""
-
-    kind: RobustnessKind
-    strength: float
-    accuracy: float
-    loss: float
+from app.spec_evaluation import DEFAULT_PGD_STEPS, PGD_STEP_FRACTION, RobustnessKind
+from worker.training.reports import RobustnessPoint
 
 
 def noise_seed(seed: int, strength: float) -> int:
@@ -160,6 +144,20 @@ def evaluate_robustness(
     return points
 
 
-def generalisation_gap(*, train_accuracy: float, test_accuracy: float) -> float:
-    """Train accuracy minus test accuracy at the end of training (positive: the net fits train better)."""
-    return train_accuracy - test_accuracy
+def spec_robustness(
+    spec: ExperimentSpec, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, seed: int
+) -> list[RobustnessPoint]:
+    """The points the spec's evaluation block asks for on this split (none without the block)."""
+    block = spec.evaluation
+    if block is None:
+        return []
+    return evaluate_robustness(
+        model,
+        inputs,
+        labels,
+        seed=seed,
+        noise_std=block.noise_std,
+        fgsm_epsilon=block.fgsm_epsilon,
+        pgd_epsilon=block.pgd_epsilon,
+        pgd_steps=block.pgd_steps,
+    )

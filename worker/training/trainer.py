@@ -36,6 +36,7 @@ from worker.training.epochs import run_epoch
 from worker.training.init import initialise
 from worker.training.models import ActivationNetwork, build_model
 from worker.training.reports import ArmOutcome, ArmStatus, EpochReport, LayerReport, RunInfo
+from worker.training.robustness import spec_robustness
 
 CHECKPOINT_FORMAT = 1
 
@@ -276,8 +277,16 @@ def finished_status(saved: str) -> ArmStatus | None:
     return None
 
 
-def arm_outcome(state: ArmState, status: ArmStatus) -> ArmOutcome:
-    """How the arm ended, with its progress so far."""
+def arm_outcome(state: ArmState, status: ArmStatus, *, data: DatasetSplits | None = None) -> ArmOutcome:
+    """How the arm ended, with its progress so far.
+
+    A succeeded arm given its ``data`` is evaluated on the test set under the spec's evaluation block
+    (``worker.training.robustness``): once, from its final weights, also when it was resumed from a checkpoint
+    of its end, so a run that crashed after its last epoch gets the same points when it is taken up again.
+    """
+    robustness = []
+    if status == "succeeded" and data is not None and state.spec.evaluation is not None:
+        robustness = spec_robustness(state.spec, state.model, data.test_x, data.test_y, seed=state.seed)
     return ArmOutcome(
         status=status,
         epochs_completed=state.epochs_completed,
@@ -285,6 +294,7 @@ def arm_outcome(state: ArmState, status: ArmStatus) -> ArmOutcome:
         info=state.info,
         training_seconds=state.training_seconds,
         reports=list(state.reports),
+        robustness=robustness,
     )
 
 
@@ -409,7 +419,7 @@ def train_arm(
         on_start(state.info)
     finished = finished_status(saved)
     if finished is not None:
-        return arm_outcome(state, finished)
+        return arm_outcome(state, finished, data=data)
     checkpoints = CheckpointClock(checkpoint_interval)
     steps = ArmEpoch(state, data)
     for epoch in range(state.epochs_completed + 1, spec.training.epochs + 1):
@@ -424,10 +434,10 @@ def train_arm(
             save_checkpoint(checkpoint_path, state, status=ended or "running", rng_state=rng_state)
             checkpoints.saved()
         if ended is not None:
-            return arm_outcome(state, ended)
+            return arm_outcome(state, ended, data=data)
         if keep_going is False:
             return arm_outcome(state, "cancelled")
-    return arm_outcome(state, "succeeded")
+    return arm_outcome(state, "succeeded", data=data)
 
 
 @dataclass

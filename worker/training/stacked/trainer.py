@@ -230,5 +230,9 @@ def train_stacked(
             cuda_graphs=cuda_graphs,
             checkpoints=CheckpointClock(checkpoint_interval),
         )
-    outcomes = {member.position: arm_outcome(member.state, member.status or "succeeded") for member in run_members}
+    # Each member's robustness is measured through its ordinary model (its final tensors were exported into it),
+    # so a stacked run reports the numbers the ordinary trainer reports.
+    outcomes = {
+        member.position: arm_outcome(member.state, member.status or "succeeded", data=data) for member in run_members
+    }
     return [outcomes[position] for position in range(len(chosen))]
