@@ -658,11 +658,26 @@ MODEL_KINDS: dict[str, ModelKindInfo] = {
 }
 
 OPTIMIZERS: dict[str, str] = {
-    "adam": "Adam (betas 0.9, 0.999).",
-    "adamw": "AdamW (decoupled weight decay).",
-    "sgd": "SGD with optional momentum and Nesterov.",
-    "rmsprop": "RMSprop (alpha 0.99) with optional momentum.",
+    "adam": "Adam; training.betas (default [0.9, 0.999]) and training.eps (1e-8) set its internals.",
+    "adamw": "AdamW (decoupled weight decay); training.betas and training.eps as for adam.",
+    "sgd": "SGD with optional momentum and Nesterov; training.dampening (default 0) damps the momentum.",
+    "rmsprop": "RMSprop with optional momentum; training.alpha (default 0.99) and training.eps (1e-8).",
 }
+
+# The optimiser internals a version-2 spec may set in ``training`` (defaults torch's, so a spec without them trains as
+# before) and the optimizers each applies to: naming one for another optimizer is a 422.
+OPTIMIZER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "betas": ("adam", "adamw"),
+    "eps": ("adam", "adamw", "rmsprop"),
+    "alpha": ("rmsprop",),
+    "dampening": ("sgd",),
+}
+
+
+def optimizer_settings(optimizer: str) -> tuple[str, ...]:
+    """The ``OPTIMIZER_SETTINGS`` that apply to one optimizer."""
+    return tuple(name for name, optimizers in OPTIMIZER_SETTINGS.items() if optimizer in optimizers)
+
 
 SCHEDULES: dict[str, str] = {
     "none": "Constant learning rate.",
@@ -737,6 +752,10 @@ FACTOR_PATHS: dict[str, FactorPathInfo] = {
         FactorPathInfo("training.grad_clip", "Clip of the global gradient norm (null: none)."),
         FactorPathInfo("training.weight_decay", "Weight decay."),
         FactorPathInfo("training.schedule", "The learning-rate schedule."),
+        FactorPathInfo("training.betas", "Adam/AdamW's [beta1, beta2] (version 2; adam and adamw only)."),
+        FactorPathInfo("training.eps", "The optimizer's epsilon (version 2; adam, adamw and rmsprop only)."),
+        FactorPathInfo("training.alpha", "RMSprop's smoothing constant (version 2; rmsprop only)."),
+        FactorPathInfo("training.dampening", "SGD's momentum dampening (version 2; sgd only)."),
     )
 }
 

@@ -38,6 +38,7 @@ from app.catalog import (
     DEVICES,
     INIT_SCHEMES,
     MODEL_KINDS,
+    OPTIMIZER_SETTINGS,
     OPTIMIZERS,
     SCHEDULES,
     ParameterValue,
@@ -456,7 +457,11 @@ class RnnSpec(VersionedModel):
 ModelSpec = Annotated[MlpSpec | CnnSpec | RnnSpec, Field(discriminator="kind")]
 
 
-class TrainingSpec(StrictModel):
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0), BeforeValidator(not_boolean)]
+"""A number in [0, 1): a coefficient of a running average."""
+
+
+class TrainingSpec(VersionedModel):
     """Hyperparameters shared by every arm."""
 
     epochs: Integer = Field(10, ge=1)
@@ -474,6 +479,29 @@ class TrainingSpec(StrictModel):
     gamma: Number = Field(0.1, gt=0.0, le=1.0, description="Decay factor (schedule step).")
     init: InitSchemeName = "auto"
     validation_fraction: Number = Field(0.0, ge=0.0, le=0.5, description="Share of train held out for validation.")
+    # Optimiser internals (app.catalog.OPTIMIZER_SETTINGS says which optimizers each applies to); torch's defaults.
+    betas: list[Fraction] = version_2_field(
+        [0.9, 0.999],
+        description="[beta1, beta2]: decay rates of the running averages of the gradient and its square, each in "
+        "[0, 1) (adam and adamw only).",
+        min_length=2,
+        max_length=2,
+    )
+    eps: Number = version_2_field(
+        1e-8,
+        description="Added to the denominator for numerical stability (adam, adamw and rmsprop only).",
+        gt=0.0,
+        le=1.0,
+    )
+    alpha: Number = version_2_field(
+        0.99,
+        description="Smoothing constant of the running average of the squared gradient (rmsprop only).",
+        ge=0.0,
+        lt=1.0,
+    )
+    dampening: Number = version_2_field(
+        0.0, description="Dampening of the momentum (sgd only; not with nesterov).", ge=0.0, le=1.0
+    )
 
     @field_validator("epochs")
     @classmethod
@@ -495,6 +523,25 @@ class TrainingSpec(StrictModel):
     def _nesterov_needs_momentum(self) -> TrainingSpec:
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
             raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _settings_of_the_optimizer(self) -> TrainingSpec:
+        errors: list[InitErrorDetails] = []
+        for name, optimizers in OPTIMIZER_SETTINGS.items():
+            if name in self.model_fields_set and self.optimizer not in optimizers:
+                text = (
+                    f"training.{name} applies to optimizer {', '.join(optimizers)} only; this spec's optimizer is "
+                    f"{self.optimizer!r}: leave {name} out or choose {' or '.join(repr(o) for o in optimizers)}"
+                )
+                details = PydanticCustomError("optimizer_setting", "{message}", {"message": text})
+                errors.append(InitErrorDetails(type=details, loc=(name,), input=getattr(self, name)))
+        if self.nesterov and self.dampening != 0.0:
+            text = "training.dampening must be 0 with nesterov (torch's Nesterov momentum has no dampening)"
+            details = PydanticCustomError("optimizer_setting", "{message}", {"message": text})
+            errors.append(InitErrorDetails(type=details, loc=("dampening",), input=self.dampening))
+        if errors:
+            raise ValidationError.from_exception_data("TrainingSpec", errors)
         return self
 
 

@@ -11,7 +11,7 @@ from app import catalog, spec_cost
 from app.catalog import ParameterValue
 from app.config import Settings, SpecLimits
 from app.expressions import BINARY_OPERATORS, MAX_NODES, UNARY_OPERATORS
-from app.spec import ModelSpec
+from app.spec import ModelSpec, TrainingSpec
 from app.spec_evaluation import ROBUSTNESS_KINDS, EvaluationSpec
 from app.spec_fields import is_version_2
 
@@ -85,6 +85,17 @@ class EvaluationEntry(BaseModel):
     description: str
     fields: list[SpecFieldEntry]
     kinds: list[NamedEntry] = Field(description="The kinds of robustness rows (GET /v1/experiments/{id}/robustness).")
+
+
+class OptimizerEntry(BaseModel):
+    """An optimizer a spec may name, and the optimiser settings of ``training`` that apply to it."""
+
+    name: str
+    description: str
+    settings: list[str] = Field(
+        description="The version-2 training fields that apply to it (betas, eps, alpha, dampening); another "
+        "optimizer's setting is a 422."
+    )
 
 
 class SpecFieldEntry(BaseModel):
@@ -171,7 +182,8 @@ class Catalog(BaseModel):
     transforms: list[TransformEntry] = Field(description="Input transforms of dataset.transforms (version 2).")
     evaluation: EvaluationEntry = Field(description="The evaluation block (version 2): robustness after training.")
     model_kinds: list[ModelKindEntry]
-    optimizers: list[NamedEntry]
+    optimizers: list[OptimizerEntry]
+    training_fields: list[SpecFieldEntry] = Field(description="The fields of the spec's training block.")
     schedules: list[NamedEntry]
     init_schemes: list[NamedEntry]
     devices: list[str]
@@ -313,7 +325,11 @@ def build_catalog(settings: Settings) -> Catalog:
             )
             for info in catalog.MODEL_KINDS.values()
         ],
-        optimizers=[NamedEntry(name=name, description=text) for name, text in catalog.OPTIMIZERS.items()],
+        optimizers=[
+            OptimizerEntry(name=name, description=text, settings=list(catalog.optimizer_settings(name)))
+            for name, text in catalog.OPTIMIZERS.items()
+        ],
+        training_fields=spec_field_entries(TrainingSpec),
         schedules=[NamedEntry(name=name, description=text) for name, text in catalog.SCHEDULES.items()],
         init_schemes=[NamedEntry(name=name, description=text) for name, text in catalog.INIT_SCHEMES.items()],
         devices=list(catalog.DEVICES),

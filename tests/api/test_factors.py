@@ -64,6 +64,22 @@ ROWS: dict[str, tuple[str, dict[str, Any], list[Any], Any, str]] = {
     "training.grad_clip": ("training.grad_clip", {}, [None, 1.0], -1, "greater than 0"),
     "training.weight_decay": ("training.weight_decay", {}, [0.0, 0.01], 2, "less than or equal to 1"),
     "training.schedule": ("training.schedule", {}, ["none", "cosine"], "linear", "Input should be"),
+    "training.betas": ("training.betas", {}, [[0.9, 0.999], [0.5, 0.9]], [0.9, 1.0], "less than 1"),
+    "training.eps": ("training.eps", {}, [1e-8, 1e-4], 0, "greater than 0"),
+    "training.alpha": (
+        "training.alpha",
+        {"training": {"epochs": 3, "optimizer": "rmsprop"}},
+        [0.99, 0.9],
+        1.0,
+        "less than 1",
+    ),
+    "training.dampening": (
+        "training.dampening",
+        {"training": {"epochs": 3, "optimizer": "sgd"}},
+        [0.0, 0.5],
+        2,
+        "less than or equal to 1",
+    ),
 }
 
 

@@ -87,24 +87,21 @@ def batch_indices(*, seed: int, epoch: int, size: int, batch_size: int, device: 
 
 
 def build_optimizer(parameters: Iterable[nn.Parameter], training: TrainingSpec) -> torch.optim.Optimizer:
-    """The spec's optimizer over these parameters."""
+    """The spec's optimizer over these parameters (its internals are torch's defaults unless a v2 spec sets them)."""
     parameter_list = list(parameters)
-    if training.optimizer == "adam":
-        return torch.optim.Adam(parameter_list, lr=training.lr, weight_decay=training.weight_decay)
-    if training.optimizer == "adamw":
-        return torch.optim.AdamW(parameter_list, lr=training.lr, weight_decay=training.weight_decay)
+    lr, decay = training.lr, training.weight_decay
+    if training.optimizer in ("adam", "adamw"):
+        adam = torch.optim.Adam if training.optimizer == "adam" else torch.optim.AdamW
+        beta1, beta2 = training.betas
+        return adam(parameter_list, lr=lr, betas=(beta1, beta2), eps=training.eps, weight_decay=decay)
     if training.optimizer == "sgd":
+        momentum, dampening, nesterov = training.momentum, training.dampening, training.nesterov
         return torch.optim.SGD(
-            parameter_list,
-            lr=training.lr,
-            momentum=training.momentum,
-            nesterov=training.nesterov,
-            weight_decay=training.weight_decay,
+            parameter_list, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=decay
         )
     if training.optimizer == "rmsprop":
-        return torch.optim.RMSprop(
-            parameter_list, lr=training.lr, alpha=0.99, momentum=training.momentum, weight_decay=training.weight_decay
-        )
+        alpha, eps, momentum = training.alpha, training.eps, training.momentum
+        return torch.optim.RMSprop(parameter_list, lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=decay)
     raise ValueError(f"unknown optimizer {training.optimizer!r}; allowed: adam, adamw, sgd, rmsprop")
 
 
