@@ -161,6 +161,9 @@ class Settings(SpecLimits):
         "heartbeat can write between batches.",
     )
     page_size_limit: int = Field(500, ge=1, description="Largest page of a list endpoint.")
+    max_compare_experiments: int = Field(
+        8, ge=2, description="Experiments one comparison (GET /v1/compare, the /compare page) may name."
+    )
     task_soft_time_limit: int = Field(6 * 3600, ge=1, description="Seconds a run may train before it is stopped.")
     task_max_retries: int = Field(5, ge=0, description="Retries of a run after transient failures.")
     gpu_worker_probe_seconds: float = Field(1.0, gt=0, description="How long to wait for GPU workers to answer.")

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.allowed_methods import AllowedMethodsMiddleware
 from app.archives.router import router as archives_router
 from app.auth.router import router as auth_router
+from app.compare.router import router as compare_router
 from app.config import Settings, get_settings
 from app.db import make_engine, session_factory
 from app.dependencies import CeleryDispatcher, authorize_path_resources, check_query_parameters, split_challenges
@@ -275,6 +276,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, **protected)
     app.include_router(monitoring_router)
     app.include_router(results_router, **protected)
+    app.include_router(compare_router, **protected)
     app.include_router(archives_router, **protected)
     app.include_router(events_router, **protected)
     app.include_router(reports_router, **protected)

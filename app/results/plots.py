@@ -107,7 +107,7 @@ def learning_curves_figure(data: PlotData) -> Figure:
                 if not band.empty:
                     axes.fill_between(band["epoch"], band["ci_low"], band["ci_high"], color=colour, alpha=0.2)
             if family == "accuracy" and data.chance is not None:
-                _chance_axis(axes, curves, chance=data.chance)
+                chance_axis(axes, curves, chance=data.chance)
             axes.set_title(metric.replace("_", " "))
             axes.set_xlabel("epoch")
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -127,7 +127,7 @@ def learning_curves_figure(data: PlotData) -> Figure:
 ACCURACY_MIN_SPAN = 0.25
 
 
-def _chance_axis(axes: Axes, curves: pd.DataFrame, *, chance: float) -> None:
+def chance_axis(axes: Axes, curves: pd.DataFrame, *, chance: float) -> None:
     """A dotted chance-level line, and y limits that span at least chance .. best (never zoomed into noise)."""
     axes.axhline(chance, color="0.35", linestyle=":", linewidth=1.2, label="chance")
     values = pd.concat([curves[column] for column in ("mean", "ci_low", "ci_high") if column in curves.columns])

@@ -37,13 +37,21 @@ NORMAL_APPROXIMATION_SEEDS = 100_000
 MAXIMUM_SEEDS = 10**9
 
 
+def _upper_tail(critical: float, freedom: int, noncentrality: float) -> float:
+    """P(T > critical) for a noncentral t; scipy answers NaN far out (noncentrality near 1e10), where it is 0 or 1."""
+    tail = float(stats.nct.sf(critical, freedom, noncentrality))
+    if math.isnan(tail):
+        return 1.0 if noncentrality > critical else 0.0
+    return tail
+
+
 def paired_t_power(seeds: int, *, difference: float, sd: float, alpha: float) -> float:
     """Power of the two-sided paired t-test over ``seeds`` pairs for a true difference and SD of differences."""
     freedom = seeds - 1
     critical = stats.t.ppf(1.0 - alpha / 2.0, freedom)
     noncentrality = abs(difference) / sd * math.sqrt(seeds)
     # P(T < -t_crit) as the upper tail of -T: scipy's lower tail is NaN far from a large noncentrality.
-    return float(stats.nct.sf(critical, freedom, noncentrality) + stats.nct.sf(critical, freedom, -noncentrality))
+    return _upper_tail(critical, freedom, noncentrality) + _upper_tail(critical, freedom, -noncentrality)
 
 
 def equivalence_power(seeds: int, *, difference: float, sd: float, margin: float, alpha: float) -> float:
@@ -51,9 +59,9 @@ def equivalence_power(seeds: int, *, difference: float, sd: float, margin: float
     freedom = seeds - 1
     critical = stats.t.ppf(1.0 - alpha, freedom)
     error = sd / math.sqrt(seeds)
-    above_lower = stats.nct.sf(critical, freedom, (difference + margin) / error)
-    below_upper = stats.nct.sf(critical, freedom, (margin - difference) / error)
-    return max(0.0, float(above_lower + below_upper - 1.0))
+    above_lower = _upper_tail(critical, freedom, (difference + margin) / error)
+    below_upper = _upper_tail(critical, freedom, (margin - difference) / error)
+    return max(0.0, above_lower + below_upper - 1.0)
 
 
 def _smallest(power_at: Callable[[int], float], *, start: float, minimum: int, power: float) -> int | None:

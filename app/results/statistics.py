@@ -365,7 +365,7 @@ def _optional_float(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _compare(first: dict[int, float], second: dict[int, float], options: ResultOptions) -> dict[str, Any]:
+def paired_comparison(first: dict[int, float], second: dict[int, float], options: ResultOptions) -> dict[str, Any]:
     """Paired comparison of first minus second over the seeds both have: every comparison column but Holm's."""
     shared = sorted(set(first) & set(second))
     differences = np.array([first[seed] - second[seed] for seed in shared], dtype=float)
@@ -527,7 +527,7 @@ def _add_baseline_comparisons(
     baseline_values = values.get(baseline, {})
     compared = [row for row in rows if row["activation"] != baseline]
     for row in compared:
-        columns = _compare(values.get(row["activation"], {}), baseline_values, options)
+        columns = paired_comparison(values.get(row["activation"], {}), baseline_values, options)
         columns.pop("seeds")
         row.update(columns)
     family = sum(1 for row in compared if row["p_value"] is not None)
@@ -563,7 +563,7 @@ def compare_pairs(metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.Dat
     unordered: list[dict[str, Any]] = []
     for position, first in enumerate(labels):
         for second in labels[position + 1 :]:
-            columns = _compare(values.get(first, {}), values.get(second, {}), options)
+            columns = paired_comparison(values.get(first, {}), values.get(second, {}), options)
             unordered.append({"activation": first, "opponent": second, **columns})
     family = sum(1 for row in unordered if row["p_value"] is not None)
     decided = comparisons.decide_family(unordered, options, verdicts.pairwise_family(family))

@@ -171,6 +171,12 @@ def baseline_family(comparisons: int, baseline: str) -> str:
     return f"Holm over the {comparisons} {noun} with the baseline {baseline}"
 
 
+def reference_family(comparisons: int, reference: str) -> str:
+    """How a comparison of experiments corrects: Holm over every (activation, experiment) against the reference."""
+    noun = "comparison" if comparisons == 1 else "comparisons"
+    return f"Holm over the {comparisons} {noun} with the reference experiment {reference}"
+
+
 def pairwise_family(pairs: int) -> str:
     """How the pairwise view corrects: the sentence of its ``correction`` column."""
     return f"Holm over all {pairs} pair{'s' if pairs != 1 else ''}"

@@ -202,3 +202,11 @@ def test_every_view_states_its_summary() -> None:
     from app.results.statistics import run_summaries
 
     assert set(run_summaries(metrics, options=options)["summary"]) == {"mean_last_2"}
+
+
+def test_seeds_needed_is_answered_at_once_for_a_spread_of_rounding_noise() -> None:
+    # Differences equal up to their rounding (SD near 1e-12) put the noncentral t where scipy answers NaN; the
+    # power is 1 there, so the answer is the smallest n, found at once instead of searching 100,000 seeds.
+    assert paired_t_power(10, difference=0.03, sd=1e-12, alpha=0.0125) == 1.0
+    assert seeds_needed(difference=0.03, sd=1e-12, alpha=0.0125) == 2
+    assert seeds_needed_equivalence(difference=0.003, sd=1e-12, margin=0.01, alpha=0.0125) == 3

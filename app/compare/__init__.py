@@ -1,0 +1,1 @@
+"""Comparing experiments: GET /v1/compare and its plot."""
