@@ -135,6 +135,7 @@ class _EpochWriter:
                 parameter_count=info.parameter_count,
                 activation_placement=info.activation_placement,
                 training_path=info.training_path,
+                time_gradients=info.time_gradients,
             )
 
     def on_epoch(self, report: EpochReport) -> bool | None:

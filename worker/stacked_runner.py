@@ -237,6 +237,7 @@ class _StackWriter:
                         parameter_count=info.parameter_count,
                         activation_placement=info.activation_placement,
                         training_path=info.training_path,
+                        time_gradients=info.time_gradients,
                     )
                 except StaleAttemptError:
                     stale.append(position)

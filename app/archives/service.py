@@ -42,8 +42,9 @@ from app.archives.members import (
 )
 from app.config import Settings
 from app.experiments import service as experiments_service
+from app.gradient_flow import GRADIENT_FLAGS
 from app.models import EpochMetric, Experiment, LayerMetric, Run, RunStatus
-from app.models.epoch_metric import EPOCH_NUMBER_FIELDS
+from app.models.epoch_metric import EPOCH_FLAG_FIELDS, EPOCH_NUMBER_FIELDS
 from app.models.layer_metric import LAYER_NUMBER_FIELDS
 from app.models.status import FINISHED_RUN_STATUSES
 from app.models.types import utc_now
@@ -202,6 +203,8 @@ def _build_runs(
                 parameter_count=optional_integer(row.get("parameter_count"), f"{where}.parameter_count"),
                 activation_placement=optional(row.get("activation_placement")),
                 training_path=optional(row.get("training_path")),
+                time_gradients=(optional_text(row.get("time_gradients"), f"{where}.time_gradients") or "")[:300]
+                or None,
                 epochs_completed=optional_integer(row.get("epochs_completed"), f"{where}.epochs_completed") or 0,
                 diverged_epoch=optional_integer(row.get("diverged_epoch"), f"{where}.diverged_epoch"),
                 training_seconds=optional_number(row.get("training_seconds"), f"{where}.training_seconds"),
@@ -225,12 +228,11 @@ def _build_runs(
 
 
 def _epoch_cells(row: dict[str, Any], record: dict[str, Any], position: int) -> None:
-    flag = optional(record.get("gradient_flag"))
-    if flag is not None and flag not in ("vanishing", "exploding"):
-        raise archive_error(
-            f"metrics.csv.row {position}.gradient_flag", f"{flag!r} must be vanishing, exploding or empty"
-        )
-    row["gradient_flag"] = flag
+    for name in EPOCH_FLAG_FIELDS:
+        flag = optional(record.get(name))
+        if flag is not None and flag not in GRADIENT_FLAGS:
+            raise archive_error(f"metrics.csv.row {position}.{name}", f"{flag!r} must be vanishing, exploding or empty")
+        row[name] = flag
 
 
 def _layer_cells(row: dict[str, Any], record: dict[str, Any], position: int) -> None:
@@ -238,6 +240,14 @@ def _layer_cells(row: dict[str, Any], record: dict[str, Any], position: int) -> 
     row["activation_parameters"] = optional_json(
         record.get("activation_parameters"), f"layer_metrics.csv.row {position}.activation_parameters"
     )
+    where = f"layer_metrics.csv.row {position}.time_grad_norms"
+    norms = optional_json(record.get("time_grad_norms"), where)
+    if norms is not None and not (
+        isinstance(norms, list)
+        and all(norm is None or (isinstance(norm, int | float) and not isinstance(norm, bool)) for norm in norms)
+    ):
+        raise archive_error(where, "must be a JSON list of numbers (null where not finite) or empty")
+    row["time_grad_norms"] = norms
 
 
 @dataclass(frozen=True)

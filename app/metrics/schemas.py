@@ -31,6 +31,9 @@ class EpochMetricRow(BaseModel):
                     "lr": 0.001,
                     "grad_norm_ratio": 0.62,
                     "gradient_flag": None,
+                    "time_grad_norm_ratio": None,
+                    "time_grad_log_slope": None,
+                    "time_gradient_flag": None,
                 }
             ]
         }
@@ -55,6 +58,17 @@ class EpochMetricRow(BaseModel):
     lr: float | None = Field(description="The learning rate used in the epoch.")
     grad_norm_ratio: float | None = Field(description="First-layer over last-layer gradient norm.")
     gradient_flag: str | None = Field(description="vanishing, exploding, or empty.")
+    time_grad_norm_ratio: float | None = Field(
+        description="The gradient through time of the Elman cell (model.cell rnn): ||dL/dh_1|| over ||dL/dh_T|| of "
+        "the first recurrent layer on the probe set; empty for other models (see the run's time_gradients)."
+    )
+    time_grad_log_slope: float | None = Field(
+        description="Least-squares slope of ln ||dL/dh_t|| per step back in time (negative: the gradient shrinks "
+        "as it flows back); empty for other models."
+    )
+    time_gradient_flag: str | None = Field(
+        description="vanishing, exploding, or empty: time_grad_norm_ratio against the thresholds of gradient_flag."
+    )
 
 
 class LayerMetricRow(BaseModel):
@@ -78,6 +92,7 @@ class LayerMetricRow(BaseModel):
                     "dead_fraction": 0.02,
                     "saturated_fraction": 0.0,
                     "activation_parameters": {"weight": 0.23},
+                    "time_grad_norms": None,
                 }
             ]
         }
@@ -101,4 +116,8 @@ class LayerMetricRow(BaseModel):
     saturated_fraction: float | None = Field(description="Share of units saturated on the probe set.")
     activation_parameters: dict[str, Any] | None = Field(
         description="Learned activation parameters (a JSON object; a JSON string in CSV)."
+    )
+    time_grad_norms: list[float | None] | None = Field(
+        description="||dL/dh_t|| for t = 1..T on the probe set, for each recurrent layer of the Elman cell (model.cell "
+        "rnn; a JSON list, a JSON string in CSV); empty for other layers and models."
     )

@@ -23,8 +23,12 @@ EPOCH_NUMBER_FIELDS = (
     "samples_per_second",
     "lr",
     "grad_norm_ratio",
+    "time_grad_norm_ratio",
+    "time_grad_log_slope",
 )
-EPOCH_VALUE_FIELDS = (*EPOCH_NUMBER_FIELDS, "gradient_flag")
+# The flags (vanishing, exploding or NULL): over depth, and over time for a recurrence of our own.
+EPOCH_FLAG_FIELDS = ("gradient_flag", "time_gradient_flag")
+EPOCH_VALUE_FIELDS = (*EPOCH_NUMBER_FIELDS, *EPOCH_FLAG_FIELDS)
 
 
 class EpochMetric(Base):
@@ -49,4 +53,9 @@ class EpochMetric(Base):
     lr: Mapped[float | None] = mapped_column(Float)
     grad_norm_ratio: Mapped[float | None] = mapped_column(Float)
     gradient_flag: Mapped[str | None] = mapped_column(String(20))
+    # The gradient through time (app.gradient_flow): dL/dh_1 over dL/dh_T of the first recurrent layer, the
+    # log-slope per step back in time, and the flag over time; NULL without a recurrence of our own.
+    time_grad_norm_ratio: Mapped[float | None] = mapped_column(Float)
+    time_grad_log_slope: Mapped[float | None] = mapped_column(Float)
+    time_gradient_flag: Mapped[str | None] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)

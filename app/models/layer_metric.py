@@ -12,7 +12,7 @@ from app.db import Base
 from app.models.types import JsonColumn
 
 # The per-layer values of an epoch, in the order every table and export shows them: the numbers, then the
-# learnable activation parameters.
+# JSON values.
 LAYER_NUMBER_FIELDS = (
     "grad_norm",
     "weight_norm",
@@ -21,7 +21,9 @@ LAYER_NUMBER_FIELDS = (
     "dead_fraction",
     "saturated_fraction",
 )
-LAYER_VALUE_FIELDS = (*LAYER_NUMBER_FIELDS, "activation_parameters")
+# JSON values: learnable activation parameters, and ||dL/dh_t|| per step of a recurrent layer of our own.
+LAYER_JSON_FIELDS = ("activation_parameters", "time_grad_norms")
+LAYER_VALUE_FIELDS = (*LAYER_NUMBER_FIELDS, *LAYER_JSON_FIELDS)
 
 
 class LayerMetric(Base):
@@ -44,3 +46,4 @@ class LayerMetric(Base):
     dead_fraction: Mapped[float | None] = mapped_column(Float)
     saturated_fraction: Mapped[float | None] = mapped_column(Float)
     activation_parameters: Mapped[dict[str, Any] | None] = mapped_column(JsonColumn)
+    time_grad_norms: Mapped[list[float | None] | None] = mapped_column(JsonColumn)

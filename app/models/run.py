@@ -47,6 +47,8 @@ class Run(Base):
     parameter_count: Mapped[int | None] = mapped_column(Integer)
     activation_placement: Mapped[str | None] = mapped_column(String(40))
     training_path: Mapped[str | None] = mapped_column(String(20))
+    # The gradient through time: NULL without a recurrence, "measured" (Elman cell), "not measured: why" (GRU/LSTM).
+    time_gradients: Mapped[str | None] = mapped_column(String(300))
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
     diverged_epoch: Mapped[int | None] = mapped_column(Integer)
     training_seconds: Mapped[float | None] = mapped_column(Float)

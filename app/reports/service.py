@@ -163,8 +163,25 @@ DIAGNOSTIC_COLUMNS: dict[str, str] = {
 }
 
 
+# The gradient through time, shown where a run has a recurrence (measured, or saying why not).
+TIME_DIAGNOSTIC_COLUMNS: dict[str, str] = {
+    "time_gradient_ratio_first_epoch": "grad ratio over time, first epoch",
+    "time_gradient_ratio_last_epoch": "grad ratio over time, last epoch",
+    "vanishing_over_time": "vanishing over time",
+    "exploding_over_time": "exploding over time",
+    "time_gradients": "gradient through time",
+}
+
 # Diagnostics flags a reader should not miss: a raised one is highlighted in the table.
-FLAG_COLUMNS = frozenset({"vanishing", "exploding"})
+FLAG_COLUMNS = frozenset({"vanishing", "exploding", "vanishing_over_time", "exploding_over_time"})
+
+
+def diagnostic_columns(diagnostics: pd.DataFrame, *, factorial: bool) -> dict[str, str]:
+    """The report's diagnostics columns: the cell with factors, the time columns where a run has a recurrence."""
+    columns = {"cell": "cell", **DIAGNOSTIC_COLUMNS} if factorial else dict(DIAGNOSTIC_COLUMNS)
+    if "time_gradients" in diagnostics.columns and diagnostics["time_gradients"].notna().any():
+        columns.update(TIME_DIAGNOSTIC_COLUMNS)
+    return columns
 
 
 def _cell_class(column: str, value: Any, cell: str) -> str:
@@ -470,9 +487,7 @@ def report(
         disagreements=family_disagreements(summary, pairs)
         if "correction" in pairs.columns and not tables.factors
         else [],
-        diagnostics=_table(
-            diagnostics, {"cell": "cell", **DIAGNOSTIC_COLUMNS} if tables.factors else DIAGNOSTIC_COLUMNS
-        ),
+        diagnostics=_table(diagnostics, diagnostic_columns(diagnostics, factorial=bool(tables.factors))),
         sentences=found.sentences,
         best_choices=found.best_choices,
         plots=plots,

@@ -19,6 +19,11 @@ Choices:
   family), so they are empty elsewhere.
 - Learned parameters (learnable activations) are each parameter's mean over layers and seeds at each
   run's last epoch; ``learned_parameters_by_layer`` keeps the layers apart for plots.
+- The gradient through time (recurrent runs of the Elman cell, model.cell rnn): a run's ratio at an epoch
+  is ||dL/dh_1|| over ||dL/dh_T|| of its first layer with per-step norms (``time_grad_norms``), averaged
+  over seeds and flagged as the ratio over depth (``vanishing_over_time``, ``exploding_over_time``; empty
+  where nothing was measured). ``time_gradients`` repeats what the runs say about it: "measured", or "not
+  measured: why" for nn.GRU/nn.LSTM, empty without a recurrence.
 - Epoch 0, the network at initialisation, is no trained epoch: "first" and "last epoch" are trained
   epochs (1, 2, ...). It has columns of its own, ``gradient_ratio_initial``, ``dead_fraction_initial``
   and ``saturated_fraction_initial`` (the same means over its layers and seeds), so units dead from
@@ -35,7 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.catalog import ACTIVATIONS, EXPLODING_RATIO, VANISHING_RATIO, canonical_activation_name
+from app.catalog import ACTIVATIONS, canonical_activation_name
+from app.gradient_flow import gradient_flag, gradient_norm_ratio
 
 DIAGNOSED_STATUSES: tuple[str, ...] = ("succeeded", "diverged")
 
@@ -57,6 +63,11 @@ DIAGNOSTIC_COLUMNS: tuple[str, ...] = (
     "saturated_fraction_initial",
     "learnable",
     "learned_parameters",
+    "time_gradients",
+    "time_gradient_ratio_first_epoch",
+    "time_gradient_ratio_last_epoch",
+    "vanishing_over_time",
+    "exploding_over_time",
     "seeds",
     "run_ids",
 )
@@ -82,6 +93,32 @@ def _run_ratios(run_layers: pd.DataFrame) -> dict[int, float]:
         if math.isfinite(ratio):
             ratios[int(epoch)] = ratio
     return ratios
+
+
+def _norm_list(value: Any) -> list[float | None] | None:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if not isinstance(value, list) or not value:
+        return None
+    return [float(item) if isinstance(item, int | float) else None for item in value]
+
+
+def _run_time_ratios(run_layers: pd.DataFrame) -> dict[int, float]:
+    """Epoch -> ||dL/dh_1|| over ||dL/dh_T|| of one run's first layer with per-step norms."""
+    ratios: dict[int, float] = {}
+    for epoch, group in run_layers.groupby("epoch", sort=True):
+        traced = [norms for norms in map(_norm_list, group.sort_values("layer")["time_grad_norms"]) if norms]
+        ratio = gradient_norm_ratio(traced[0]) if traced else None
+        if ratio is not None:
+            ratios[int(epoch)] = ratio
+    return ratios
+
+
+def _flags(ratios: Sequence[float]) -> set[str | None]:
+    return {gradient_flag(ratio) for ratio in ratios if math.isfinite(ratio)}
 
 
 def _parameter_dict(value: Any) -> dict[str, Any] | None:
@@ -117,12 +154,24 @@ def _clean_layers(layer_metrics: pd.DataFrame) -> pd.DataFrame:
         if column not in table.columns:
             table[column] = np.nan
         table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
-    if "activation_parameters" not in table.columns:
-        table["activation_parameters"] = None
+    for column in ("activation_parameters", "time_grad_norms"):
+        if column not in table.columns:
+            table[column] = None
     if "activation_name" not in table.columns:
         table["activation_name"] = table["activation"]
     table["run_id"] = table["run_id"].astype(str)
     return table
+
+
+def _time_notes(runs: pd.DataFrame | None) -> dict[str, str]:
+    """Activation label -> what its runs say about the gradient through time (the first that says anything)."""
+    if runs is None or "time_gradients" not in runs.columns:
+        return {}
+    notes: dict[str, str] = {}
+    for label, note in zip(runs["activation"], runs["time_gradients"], strict=True):
+        if isinstance(note, str) and note:
+            notes.setdefault(str(label), note)
+    return notes
 
 
 def summarise_diagnostics(layer_metrics: pd.DataFrame, *, runs: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -149,6 +198,7 @@ def summarise_diagnostics(layer_metrics: pd.DataFrame, *, runs: pd.DataFrame | N
             for label, index in zip(labels["activation"], labels["activation_index"], strict=True)
         ]
     diagnosed = table[table["status"].isin(DIAGNOSED_STATUSES)]
+    time_notes = _time_notes(runs)
     rows: list[dict[str, Any]] = []
     for label, index in order:
         name = str(names.get(label, label))
@@ -166,6 +216,8 @@ def summarise_diagnostics(layer_metrics: pd.DataFrame, *, runs: pd.DataFrame | N
         initial_dead: list[float] = []
         initial_saturated: list[float] = []
         parameters: list[dict[str, Any]] = []
+        time_first: list[float] = []
+        time_last: list[float] = []
         seeds: list[int] = []
         run_ids: list[str] = []
         for run_id, run_layers in of_label.groupby("run_id", sort=False):
@@ -177,6 +229,10 @@ def summarise_diagnostics(layer_metrics: pd.DataFrame, *, runs: pd.DataFrame | N
             initial_saturated.extend(initial["saturated_fraction"].dropna().tolist())
             run_layers = run_layers[run_layers["epoch"] > 0]
             ratios = _run_ratios(run_layers)
+            time_ratios = _run_time_ratios(run_layers)
+            if time_ratios:
+                time_first.append(time_ratios[min(time_ratios)])
+                time_last.append(time_ratios[max(time_ratios)])
             if ratios:
                 first_epochs.append(min(ratios))
                 last_epochs.append(max(ratios))
@@ -193,6 +249,9 @@ def summarise_diagnostics(layer_metrics: pd.DataFrame, *, runs: pd.DataFrame | N
         ratio_last = _geometric_mean(last_ratios)
         measured = [ratio for ratio in (ratio_first, ratio_last) if math.isfinite(ratio)]
         learned = _average_parameters(parameters) if parameters else None
+        time_ratios_measured = [_geometric_mean(time_first), _geometric_mean(time_last)]
+        time_flags = _flags(time_ratios_measured)
+        traced = bool(time_first)
         rows.append(
             {
                 "activation": label,
@@ -203,8 +262,8 @@ def summarise_diagnostics(layer_metrics: pd.DataFrame, *, runs: pd.DataFrame | N
                 "last_epoch": max(last_epochs) if last_epochs else None,
                 "gradient_ratio_first_epoch": ratio_first,
                 "gradient_ratio_last_epoch": ratio_last,
-                "vanishing": any(ratio < VANISHING_RATIO for ratio in measured),
-                "exploding": any(ratio > EXPLODING_RATIO for ratio in measured),
+                "vanishing": "vanishing" in _flags(measured),
+                "exploding": "exploding" in _flags(measured),
                 "dead_fraction": float(np.mean(dead)) if dead else math.nan,
                 "saturated_fraction": float(np.mean(saturated)) if saturated else math.nan,
                 "gradient_ratio_initial": _geometric_mean(initial_ratios),
@@ -212,6 +271,11 @@ def summarise_diagnostics(layer_metrics: pd.DataFrame, *, runs: pd.DataFrame | N
                 "saturated_fraction_initial": float(np.mean(initial_saturated)) if initial_saturated else math.nan,
                 "learnable": learnable,
                 "learned_parameters": learned,
+                "time_gradients": time_notes.get(label),
+                "time_gradient_ratio_first_epoch": time_ratios_measured[0],
+                "time_gradient_ratio_last_epoch": time_ratios_measured[1],
+                "vanishing_over_time": "vanishing" in time_flags if traced else None,
+                "exploding_over_time": "exploding" in time_flags if traced else None,
                 "seeds": ";".join(str(seed) for seed in seeds),
                 "run_ids": ";".join(run_ids),
             }

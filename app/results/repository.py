@@ -29,6 +29,7 @@ RUN_COLUMNS: dict[str, Any] = {
     "parameter_count": Run.parameter_count,
     "activation_placement": Run.activation_placement,
     "training_path": Run.training_path,
+    "time_gradients": Run.time_gradients,
     "epochs_completed": Run.epochs_completed,
     "diverged_epoch": Run.diverged_epoch,
     "training_seconds": Run.training_seconds,

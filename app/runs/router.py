@@ -36,6 +36,7 @@ def run_detail(run: Run, experiment: Experiment) -> RunDetail:
         parameter_count=run.parameter_count,
         activation_placement=run.activation_placement,
         training_path=run.training_path,
+        time_gradients=run.time_gradients,
         epochs_planned=service.epochs_planned(experiment),
         epochs_completed=run.epochs_completed,
         diverged_epoch=run.diverged_epoch,

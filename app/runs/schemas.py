@@ -53,6 +53,7 @@ class RunDetail(BaseModel):
                     "parameter_count": 22154,
                     "activation_placement": "after_linear",
                     "training_path": "unstacked",
+                    "time_gradients": None,
                     "epochs_planned": 10,
                     "epochs_completed": 10,
                     "diverged_epoch": None,
@@ -100,6 +101,12 @@ class RunDetail(BaseModel):
     parameter_count: int | None
     activation_placement: str | None
     training_path: str | None = Field(description="unstacked, or stacked when trained with other arms as one model.")
+    time_gradients: str | None = Field(
+        None,
+        description="The gradient through time (recurrent diagnostics): 'measured' for the Elman cell (model.cell "
+        "rnn; per-step norms in the layer metrics' time_grad_norms), 'not measured: why' for gru/lstm, null for "
+        "models without a recurrence or before the run started.",
+    )
     epochs_planned: int
     epochs_completed: int
     diverged_epoch: int | None

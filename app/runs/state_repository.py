@@ -172,6 +172,7 @@ def record_run_start(
     parameter_count: int,
     activation_placement: str,
     training_path: str,
+    time_gradients: str | None = None,
 ) -> None:
     """Store where and how the run trains, as the engine reports it before the first epoch."""
     _fenced_update(
@@ -184,6 +185,7 @@ def record_run_start(
             "parameter_count": parameter_count,
             "activation_placement": activation_placement,
             "training_path": training_path,
+            "time_gradients": time_gradients,
             "heartbeat_at": utc_now(),
         },
     )

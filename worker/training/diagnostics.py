@@ -7,6 +7,15 @@ set (the first ``min(1000, len(train))`` training examples, the same for every s
 activation), in eval mode without gradients, through forward hooks on the activation
 modules. A unit is a feature of a fully connected or recurrent layer and a channel of a
 conv layer; a recurrent layer's activation runs once per step, and every call counts.
+
+The gradient through time (our own Elman layers, ``ActivationNetwork.time_gradients`` "measured"):
+after the epoch, one more pass over the same probe set, in eval mode with gradients, gives
+||dL/dh_t|| for every step t of every recurrent layer (L the mean cross-entropy over the probe set,
+the norm over all probe examples and units), by ``torch.autograd.grad`` on the hidden states, so the
+parameters' gradients and the random stream are untouched. The first recurrent layer's per-step norms
+give the epoch's ratio dL/dh_1 over dL/dh_T, its log-slope per step back in time and the flag over time,
+by the same rule as the flag over depth (``app.gradient_flow``). nn.GRU/nn.LSTM keep their per-step
+states inside one fused kernel: their runs say "not measured" (``RunInfo.time_gradients``).
 """
 
 from __future__ import annotations
@@ -18,22 +27,21 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from app.catalog import (
     ACTIVATIONS,
-    EXPLODING_RATIO,
     PROBE_EXAMPLES,
     SATURATED_SHARE,
     SIGMOID_SATURATION_BOUNDS,
     TANH_SATURATION_LEVEL,
-    VANISHING_RATIO,
 )
+from app.gradient_flow import GradientFlag, gradient_flag, gradient_norm_ratio, log_slope_back_in_time
 from app.numbers import finite_or_none, finite_tree
 from app.spec import ActivationSpec
-from worker.training.models import DiagnosticLayer
+from worker.training.models import TIME_GRADIENTS_MEASURED, DiagnosticLayer
 from worker.training.reports import LayerReport
 
-GradientFlag = Literal["vanishing", "exploding"]
 LayerDiagnostics = tuple[list[LayerReport], float | None, GradientFlag | None]
 """One model's (or one stacked member's) layer reports, first/last gradient-norm ratio and flag for an epoch."""
 # The probe runs in chunks so a wide conv net on 1000 images stays within memory.
@@ -45,26 +53,43 @@ def probe_inputs(train_inputs: torch.Tensor, *, examples: int = PROBE_EXAMPLES) 
     return train_inputs[: min(examples, train_inputs.shape[0])]
 
 
-def gradient_flag(ratio: float | None) -> GradientFlag | None:
-    """'vanishing' or 'exploding' when the first/last gradient-norm ratio crosses the catalog thresholds."""
-    if ratio is None:
-        return None
-    if ratio < VANISHING_RATIO:
-        return "vanishing"
-    if ratio > EXPLODING_RATIO:
-        return "exploding"
-    return None
+def time_gradient_summary(layers: Sequence[LayerReport]) -> tuple[float | None, float | None, GradientFlag | None]:
+    """The epoch's gradient through time from the first layer with per-step norms: (ratio, log-slope, flag).
+
+    The ratio is ||dL/dh_1|| over ||dL/dh_T||, the log-slope ``log_slope_back_in_time``; all None for a
+    model without a traced recurrence.
+    """
+    norms = next((layer.time_grad_norms for layer in layers if layer.time_grad_norms), None)
+    if norms is None:
+        return None, None, None
+    ratio = gradient_norm_ratio(norms)
+    return ratio, log_slope_back_in_time(norms), gradient_flag(ratio)
 
 
-def gradient_norm_ratio(grad_norms: Sequence[float | None]) -> float | None:
-    """First-layer over last-layer gradient norm; None when either is missing, zero or not finite."""
-    if len(grad_norms) < 2:
-        return None
-    first, last = grad_norms[0], grad_norms[-1]
-    if first is None or last is None or last == 0:
-        return None
-    ratio = first / last
-    return ratio if math.isfinite(ratio) else None
+def time_gradient_norms(
+    model: nn.Module, probe: torch.Tensor, labels: torch.Tensor, *, batch_size: int = PROBE_BATCH_SIZE
+) -> torch.Tensor:
+    """||dL/dh_t|| per (recurrent layer, step) on the probe set, a float64 device tensor; L the probe's mean loss."""
+    was_training = model.training
+    model.eval()
+    squares: torch.Tensor | None = None
+    examples = max(probe.shape[0], 1)
+    try:
+        with torch.enable_grad():
+            for start in range(0, probe.shape[0], batch_size):
+                logits, traces = model.forward_with_states(probe[start : start + batch_size])  # type: ignore[operator]
+                loss = functional.cross_entropy(logits, labels[start : start + batch_size], reduction="sum") / examples
+                states = [state for trace in traces for state in trace]
+                gradients = torch.autograd.grad(loss, states)
+                chunk = torch.stack([gradient.double().square().sum() for gradient in gradients])
+                chunk = chunk.reshape(len(traces), -1)
+                # Examples are independent: the squared norms of the chunks add up to the whole probe set's.
+                squares = chunk if squares is None else squares + chunk
+    finally:
+        model.train(was_training)
+    if squares is None:
+        raise ValueError("the probe set is empty")
+    return squares.sqrt()
 
 
 class GradientNormTracker:
@@ -189,11 +214,13 @@ class GradientFlowMonitor:
         *,
         activation: ActivationSpec,
         probe: torch.Tensor,
+        probe_labels: torch.Tensor | None = None,
         probe_batch_size: int = PROBE_BATCH_SIZE,
     ) -> None:
         self.layers = list(layers)
         self.activation = activation
         self.probe = probe
+        self.probe_labels = probe_labels
         self.probe_batch_size = probe_batch_size
         self.gradients = GradientNormTracker(self.layers, device=probe.device)
 
@@ -240,9 +267,15 @@ class GradientFlowMonitor:
         # One host transfer for the whole epoch's diagnostics.
         table = torch.cat([torch.stack(rows), gradient_means.reshape(-1, 1)], dim=1).tolist()
         self.gradients.reset()
-        return layer_diagnostics(
+        diagnostics = layer_diagnostics(
             [layer.name for layer in self.layers], table, statistics, [layer.activation for layer in self.layers]
         )
+        if getattr(model, "time_gradients", None) == TIME_GRADIENTS_MEASURED and self.probe_labels is not None:
+            norms = time_gradient_norms(model, self.probe, self.probe_labels, batch_size=self.probe_batch_size)
+            # The recurrent layers come first in diagnostic_layers, in the order of their traces.
+            for report, steps in zip(diagnostics[0], norms.tolist(), strict=False):
+                report.time_grad_norms = [finite_or_none(norm) for norm in steps]
+        return diagnostics
 
 
 def activation_statistics(module: nn.Module | None, activation: ActivationSpec) -> ActivationStatistics | None:

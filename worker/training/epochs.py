@@ -17,7 +17,7 @@ import torch
 
 from app.numbers import finite_or_none
 from worker.training.datasets import DatasetSplits
-from worker.training.diagnostics import GradientFlag, LayerDiagnostics
+from worker.training.diagnostics import GradientFlag, LayerDiagnostics, time_gradient_summary
 from worker.training.reports import EpochReport, LayerReport
 
 
@@ -100,6 +100,7 @@ def epoch_report(
     test_loss, test_accuracy = evaluation[0], evaluation[1]
     val_loss, val_accuracy = (evaluation[2], evaluation[3]) if len(evaluation) > 2 else (None, None)
     losses = [train_loss, test_loss] + ([val_loss] if val_loss is not None else [])
+    time_ratio, time_slope, time_flag = time_gradient_summary(layers)
     return EpochReport(
         epoch=epoch,
         train_loss=finite_or_none(train_loss),
@@ -113,6 +114,9 @@ def epoch_report(
         val_accuracy=val_accuracy,
         grad_norm_ratio=ratio,
         gradient_flag=flag,
+        time_grad_norm_ratio=time_ratio,
+        time_grad_log_slope=time_slope,
+        time_gradient_flag=time_flag,
         diverged=not all(math.isfinite(loss) for loss in losses),
         layers=layers,
     )

@@ -38,6 +38,13 @@ PLACEMENT_HIDDEN = "hidden layers"
 PLACEMENT_RECURRENCE = "recurrence"
 PLACEMENT_HEAD = "head"
 
+# What the diagnostics say about the gradient through time (RunInfo.time_gradients, runs.time_gradients).
+TIME_GRADIENTS_MEASURED = "measured"
+TIME_GRADIENTS_NOT_MEASURED_FUSED = (
+    "not measured: nn.GRU/nn.LSTM run the whole recurrence inside one fused kernel (cuDNN on a GPU), which keeps "
+    "the per-step hidden states from autograd; the depth diagnostics are measured as for any layer"
+)
+
 
 @dataclass(frozen=True)
 class DiagnosticLayer:
@@ -70,6 +77,12 @@ class ActivationNetwork(nn.Module):
     """A classifier whose nonlinearities are the arm's activation."""
 
     activation_placement: str = PLACEMENT_HIDDEN
+    # None: no recurrence; TIME_GRADIENTS_MEASURED where forward_with_states gives every step's hidden state.
+    time_gradients: str | None = None
+
+    def forward_with_states(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+        """Logits and each recurrent layer's hidden states h_1..h_T (graph nodes, for dL/dh_t)."""
+        raise NotImplementedError(f"{type(self).__name__} has no hidden states of its own to trace")
 
     def diagnostic_layers(self) -> list[DiagnosticLayer]:
         """Layers with weights, first to last, the output layer (activation None) last."""
@@ -270,8 +283,8 @@ class RecurrentLayer(nn.Module):
         self.recurrent_weight = nn.Linear(hidden_size, hidden_size, bias=False)
         self.activation = activation
 
-    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
-        """Hidden states of every step, (N, T, hidden), from h_0 = 0."""
+    def forward(self, sequence: torch.Tensor, trace: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Hidden states of every step, (N, T, hidden), from h_0 = 0; ``trace`` receives h_1..h_T as graph nodes."""
         # One matmul for every step's input projection; only W_hh h stays in the loop.
         projected = self.input_weight(sequence)
         state = self.activation(projected[:, 0])
@@ -279,6 +292,8 @@ class RecurrentLayer(nn.Module):
         for step in range(1, projected.shape[1]):
             state = self.activation(projected[:, step] + self.recurrent_weight(state))
             states.append(state)
+        if trace is not None:
+            trace.extend(states)
         return torch.stack(states, dim=1)
 
 
@@ -286,6 +301,7 @@ class RecurrentNetwork(ActivationNetwork):
     """Stacked Elman layers with the activation in the recurrence; a linear output on the last state."""
 
     activation_placement = PLACEMENT_RECURRENCE
+    time_gradients = TIME_GRADIENTS_MEASURED
 
     def __init__(
         self, *, step_features: int, hidden_size: int, layers: int, classes: int, make_activation: ActivationFactory
@@ -303,6 +319,15 @@ class RecurrentNetwork(ActivationNetwork):
         for layer in self.recurrent_layers:
             sequence = layer(sequence)
         return self.output(sequence[:, -1])
+
+    def forward_with_states(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+        """Logits and each recurrent layer's hidden states h_1..h_T, first layer first."""
+        sequence = as_sequence(inputs)
+        traces: list[list[torch.Tensor]] = []
+        for layer in self.recurrent_layers:
+            traces.append([])
+            sequence = layer(sequence, traces[-1])
+        return self.output(sequence[:, -1]), traces
 
     def diagnostic_layers(self) -> list[DiagnosticLayer]:
         """recurrent1..recurrentN (input and recurrent weights together), then output."""
@@ -322,6 +347,7 @@ class GatedRecurrentNetwork(ActivationNetwork):
     """nn.GRU or nn.LSTM with their own gates; the activation sits in the head Linear -> activation -> Linear."""
 
     activation_placement = PLACEMENT_HEAD
+    time_gradients = TIME_GRADIENTS_NOT_MEASURED_FUSED
 
     def __init__(
         self,

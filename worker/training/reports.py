@@ -23,6 +23,8 @@ class LayerReport:
     dead_fraction: float | None
     saturated_fraction: float | None
     activation_parameters: dict[str, Any] | None = None
+    # ||dL/dh_t|| for t = 1..T on the probe set: recurrent layers of our own only (None elsewhere).
+    time_grad_norms: list[float | None] | None = None
 
 
 @dataclass
@@ -42,6 +44,10 @@ class EpochReport:
     val_accuracy: float | None = None
     grad_norm_ratio: float | None = None
     gradient_flag: Literal["vanishing", "exploding"] | None = None
+    # The gradient through time of the first recurrent layer (diagnostics.time_gradient_summary); None elsewhere.
+    time_grad_norm_ratio: float | None = None
+    time_grad_log_slope: float | None = None
+    time_gradient_flag: Literal["vanishing", "exploding"] | None = None
     diverged: bool = False
     layers: list[LayerReport] = field(default_factory=list)
 
@@ -61,6 +67,8 @@ class RunInfo:
     device: str
     activation_placement: str
     training_path: Literal["unstacked", "stacked"] = "unstacked"
+    # The gradient through time: None without a recurrence, "measured", or "not measured: why".
+    time_gradients: str | None = None
 
 
 @dataclass(frozen=True)

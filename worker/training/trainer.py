@@ -147,13 +147,17 @@ def prepare_arm(
     model.to(device)
     optimizer = build_optimizer(model.parameters(), spec.training)
     monitor = GradientFlowMonitor(
-        model.diagnostic_layers(), activation=activation, probe=probe_inputs(data.train_x).to(device)
+        model.diagnostic_layers(),
+        activation=activation,
+        probe=probe_inputs(data.train_x).to(device),
+        probe_labels=probe_inputs(data.train_y).to(device),
     )
     info = RunInfo(
         init_scheme=init_scheme,
         parameter_count=model.parameter_count(),
         device=str(device),
         activation_placement=model.activation_placement,
+        time_gradients=model.time_gradients,
     )
     return ArmState(
         spec=spec,
