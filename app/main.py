@@ -39,6 +39,7 @@ from app.middleware import (
 from app.monitoring.middleware import RequestMetricsMiddleware
 from app.monitoring.router import router as monitoring_router
 from app.monitoring.service import ServiceMetrics
+from app.reports.pages_router import router as report_pages_router
 from app.reports.router import router as reports_router
 from app.results.events_router import router as events_router
 from app.results.router import router as results_router
@@ -280,5 +281,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(archives_router, **protected)
     app.include_router(events_router, **protected)
     app.include_router(reports_router, **protected)
+    app.include_router(report_pages_router, **protected)
     _install_openapi(app)
     return app

@@ -286,10 +286,14 @@ def cell_columns(cell: Cell) -> dict[str, Any]:
     return {"cell_index": cell.index, "cell_label": cell.label or None, "cell_levels": cell.levels or None}
 
 
+def cell_count(spec: ExperimentSpec) -> int:
+    """Cells of the experiment: the combinations of its factors' levels (1 without factors)."""
+    return len(_combinations(spec.factors)) if spec.factors else 1
+
+
 def arm_count(spec: ExperimentSpec) -> int:
     """Arms of the whole experiment: cells x activations x seeds."""
-    cells = len(_combinations(spec.factors)) if spec.factors else 1
-    return cells * len(spec.activations) * len(spec.seeds)
+    return cell_count(spec) * len(spec.activations) * len(spec.seeds)
 
 
 def pairing_note(spec: ExperimentSpec) -> str:

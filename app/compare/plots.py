@@ -39,6 +39,24 @@ LINE_STYLES: tuple[LineStyleType, ...] = (
 )
 
 
+# How a page names each of those styles (the same order).
+LINE_STYLE_NAMES: tuple[str, ...] = (
+    "solid",
+    "dashed",
+    "dotted",
+    "dash-dot",
+    "dash-dot-dot",
+    "loosely dotted",
+    "long dashes",
+    "dash-dash-dot",
+)
+
+
+def line_style_name(position: int) -> str:
+    """The name of the line style of the experiment named at this position."""
+    return LINE_STYLE_NAMES[position % len(LINE_STYLE_NAMES)]
+
+
 def line_style(position: int) -> LineStyleType:
     """The line style of the experiment named at this position."""
     return LINE_STYLES[position % len(LINE_STYLES)]

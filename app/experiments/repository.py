@@ -49,9 +49,12 @@ def list_experiments(
     limit: int,
     offset: int,
     owner_id: uuid.UUID | None = None,
+    dataset: str | None = None,
 ) -> tuple[list[Experiment], int]:
     """A page of experiments, newest first, and the number matching the filters (one owner's, when given)."""
     conditions = []
+    if dataset:
+        conditions.append(Experiment.spec["dataset"]["name"].as_string() == dataset)
     if owner_id is not None:
         conditions.append(Experiment.owner_id == owner_id)
     if statuses:

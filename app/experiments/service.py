@@ -415,8 +415,10 @@ def list_experiments(
     offset: int,
     page_size_limit: int,
     viewer: Principal | None = None,
+    dataset: str | None = None,
 ) -> ExperimentListing:
-    """A page of the experiments ``viewer`` (default: the current caller) may see, newest first, filtered by status and name."""
+    """A page of the experiments ``viewer`` (default: the current caller) may see, newest first, filtered by status,
+    name and the spec's dataset name."""
     if limit > page_size_limit:
         raise InvalidInputError(
             [
@@ -434,6 +436,7 @@ def list_experiments(
         limit=limit,
         offset=offset,
         owner_id=owner_filter_for(viewer),
+        dataset=dataset,
     )
     counts = runs_repository.count_runs_by_experiment(
         session=session, experiment_ids=[experiment.id for experiment in experiments]

@@ -10,7 +10,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from app.catalog import DATASETS
 from app.dependencies import SessionDependency, SettingsDependency
+from app.models import ExperimentStatus
 from app.reports import service
 from app.results import service as results_service
 from app.service_errors import invalid_query_parameter
@@ -21,13 +23,41 @@ templates.env.filters["number"] = service.format_number
 
 
 @router.get("/", response_class=HTMLResponse, summary="Dashboard: the experiments and their status")
-def dashboard(request: Request, session: SessionDependency, settings: SettingsDependency) -> HTMLResponse:
-    """The newest experiments with status and progress; refreshes itself while any is in progress."""
-    rows, total, in_progress = service.dashboard(session=session, page_size_limit=settings.page_size_limit)
+def dashboard(
+    request: Request,
+    session: SessionDependency,
+    settings: SettingsDependency,
+    status: Annotated[str, Query(max_length=20, description="Keep this status (empty: all).")] = "",
+    name: Annotated[str, Query(max_length=200, description="Keep names containing this (case-insensitive).")] = "",
+    dataset: Annotated[str, Query(max_length=64, description="Keep this dataset (empty: all).")] = "",
+) -> HTMLResponse:
+    """The newest experiments with status, progress, dataset, model and best activation; filters; compare links.
+
+    Refreshes itself while any listed experiment is in progress.
+    """
+    statuses = [str(choice) for choice in ExperimentStatus]
+    if status and status not in statuses:
+        raise invalid_query_parameter("status", f"status must be empty or one of {', '.join(statuses)}; got {status!r}")
+    if dataset and dataset not in DATASETS:
+        raise invalid_query_parameter(
+            "dataset", f"dataset must be empty or one of {', '.join(DATASETS)}; got {dataset!r}"
+        )
+    filters = service.DashboardFilters(status=status, name=name.strip(), dataset=dataset)
+    rows, total, in_progress = service.dashboard(
+        session=session, page_size_limit=settings.page_size_limit, filters=filters
+    )
     return templates.TemplateResponse(
         request,
         "dashboard.html",
-        {"rows": rows, "total": total, "refresh": service.REFRESH_SECONDS if in_progress else None},
+        {
+            "rows": rows,
+            "total": total,
+            "filters": filters,
+            "statuses": statuses,
+            "datasets": list(DATASETS),
+            "metric": service.DASHBOARD_METRIC_LABEL,
+            "refresh": service.REFRESH_SECONDS if in_progress else None,
+        },
     )
 
 

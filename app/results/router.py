@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from app.dependencies import SessionDependency, SettingsDependency
 from app.results import factorial_service, service
@@ -183,7 +183,15 @@ def recommendation(
         422: {"model": ValidationErrorResponse},
     },
 )
-def plot_image(experiment_id: uuid.UUID, filename: str, session: SessionDependency, query: PlotQuery) -> Response:
+def plot_image(
+    experiment_id: uuid.UUID,
+    filename: str,
+    session: SessionDependency,
+    query: PlotQuery,
+    activation: Annotated[
+        str | None, Query(max_length=200, description="`activations` only: draw this activation label alone.")
+    ] = None,
+) -> Response:
     """One plot of the experiment."""
     kind, _, image_format = filename.rpartition(".")
     errors = []
@@ -203,12 +211,20 @@ def plot_image(experiment_id: uuid.UUID, filename: str, session: SessionDependen
                 "type": "enum",
             }
         )
+    if activation is not None and kind not in GALLERY_PLOT_KINDS:
+        errors.append(
+            {
+                "loc": "query.activation",
+                "msg": f"activation applies to the {', '.join(GALLERY_PLOT_KINDS)} plot only; got plot kind {kind!r}",
+                "type": "value_error",
+            }
+        )
     if errors:
         raise InvalidInputError(errors)
     options = query.options()
     tables = service.load_tables(session=session, experiment_id=experiment_id)
     if kind in GALLERY_PLOT_KINDS:
-        content = service.gallery_image(tables=tables, image_format=image_format)
+        content = service.gallery_image(tables=tables, image_format=image_format, activation=activation)
     elif kind in FACTORIAL_PLOT_KINDS:
         content = factorial_service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)
     else:

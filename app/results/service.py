@@ -300,12 +300,27 @@ def recommendation(
     )
 
 
-def gallery_image(*, tables: ExperimentTables, image_format: str) -> bytes:
-    """f(x) and f'(x) of every activation of the experiment, learned ones per layer, as PNG or SVG bytes."""
+def gallery_image(*, tables: ExperimentTables, image_format: str, activation: str | None = None) -> bytes:
+    """f(x) and f'(x) of every activation of the experiment (or only the one labelled ``activation``), learned ones
+    per layer, as PNG or SVG bytes; a 422 naming ``activation`` when the experiment has no such label."""
+    activations = tables.activations
+    title = tables.experiment.name
+    if activation is not None:
+        if activation not in activations:
+            allowed = ", ".join(activations) or "none"
+            raise InvalidInputError(
+                [
+                    {
+                        "loc": "query.activation",
+                        "msg": f"activation must be a label of this experiment ({allowed}); got {activation!r}",
+                        "type": "enum",
+                    }
+                ]
+            )
+        activations = {activation: activations[activation]}
+        title = activation
     learned = learned_parameters_by_layer(tables.layers) if not tables.layers.empty else None
-    return gallery.gallery_image(
-        tables.activations, image_format=image_format, learned_by_layer=learned, title=tables.experiment.name
-    )
+    return gallery.gallery_image(activations, image_format=image_format, learned_by_layer=learned, title=title)
 
 
 def plot_image(*, tables: ExperimentTables, kind: str, image_format: str, options: ResultOptions) -> bytes:
