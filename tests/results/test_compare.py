@@ -24,6 +24,7 @@ from app.main import create_app
 from app.models import Experiment
 from app.results.colours import colour_of
 from tests.results.conftest import FAKE_ARMS, FAKE_SPEC, insert_experiment
+from tests.results.synthetic_factorial import deep_sigmoid_fails, insert_factorial_experiment
 
 # The same arms, relu 3 points better: the synthetic generator's noise is the same in both experiments, so at the
 # final epoch every seed differs by exactly 0.03 and the paired test must find it; the other activations are equal.
@@ -186,3 +187,16 @@ def test_the_overlaid_curves_plot(client: TestClient, two_experiments: tuple[uui
     assert chance and chance[0].get_ydata()[0] == pytest.approx(0.1)
     legends = [[text.get_text() for text in legend.get_texts()] for legend in figure.legends]
     assert ["init default", "init auto"] in legends and ["relu", "sigmoid", "prelu", "swish_b"] in legends
+
+
+def test_factorial_experiments_align_by_cell_and_activation(client: TestClient, db: Session) -> None:
+    first = insert_factorial_experiment(db)
+    second = insert_factorial_experiment(db, accuracy=lambda levels, label: deep_sigmoid_fails(levels, label) + 0.01)
+    rows = _rows(client, first, second)
+    assert len(rows) == 2 * 4 * 3  # experiments x cells x activations
+    cells = {row["cell"] for row in rows}
+    assert len(cells) == 4 and all("hidden=" in cell for cell in cells)
+    compared = [row for row in rows if row["experiment_id"] == str(second)]
+    assert all(row["paired_n"] == 4 for row in compared)
+    assert all(row["mean_difference"] == pytest.approx(0.01, abs=1e-6) for row in compared)
+    assert compared[0]["correction"].startswith("Holm over the 12 comparisons")
