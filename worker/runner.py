@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# runs.stacking_reason of a run trained through execute_run (the stacked runner gives its own reasons).
+ONE_RUN_PATH = "trained through the one-run path (worker.runner.execute_run), which never stacks"
+
 
 class RunHeartbeat(PeriodicRunHeartbeat):
     """The heartbeat of one running run; when a newer attempt owns the run it sets ``stale`` and the next
@@ -110,11 +113,20 @@ def _finish(
 class _EpochWriter:
     """The engine's callbacks for one claimed run: record placement, write each epoch, answer 'keep going?'."""
 
-    def __init__(self, *, engine: Engine, claimed: ClaimedRun, heartbeat: RunHeartbeat, retry_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        claimed: ClaimedRun,
+        heartbeat: RunHeartbeat,
+        retry_seconds: float,
+        stacking_reason: str | None,
+    ) -> None:
         self._engine = engine
         self._claimed = claimed
         self._heartbeat = heartbeat
         self._retry_seconds = retry_seconds
+        self._stacking_reason = stacking_reason
 
     def on_start(self, info: RunInfo) -> None:
         with_database_retry(
@@ -136,6 +148,7 @@ class _EpochWriter:
                 activation_placement=info.activation_placement,
                 training_path=info.training_path,
                 time_gradients=info.time_gradients,
+                stacking_reason=self._stacking_reason,
             )
 
     def on_epoch(self, report: EpochReport) -> bool | None:
@@ -207,13 +220,18 @@ def execute_run(
         with log_context(experiment_id=claimed.experiment_id):
             if ended:
                 return end_before_training(claimed=claimed, settings=settings, log=logger)
-            return execute_claimed(claimed=claimed, worker_host=worker_host, engine=engine, settings=settings)
+            return execute_claimed(
+                claimed=claimed, worker_host=worker_host, engine=engine, settings=settings, stacking_reason=ONE_RUN_PATH
+            )
 
 
-def execute_claimed(*, claimed: ClaimedRun, worker_host: str, engine: Engine, settings: Settings) -> RunOutcome:
+def execute_claimed(
+    *, claimed: ClaimedRun, worker_host: str, engine: Engine, settings: Settings, stacking_reason: str
+) -> RunOutcome:
     """Train a run this worker claimed (and ``claim_or_end`` did not end) to its end and record how it ended.
 
-    Returns as ``execute_run`` does; the stacked runner trains a run that stacks with no other here.
+    Returns as ``execute_run`` does; the stacked runner trains a run that stacks with no other here, and says
+    why in ``stacking_reason`` (runs.stacking_reason).
     """
     run_id = claimed.run_id
     retry_seconds = settings.database_retry_seconds
@@ -222,7 +240,13 @@ def execute_claimed(*, claimed: ClaimedRun, worker_host: str, engine: Engine, se
     heartbeat = RunHeartbeat(
         engine=engine, run_id=run_id, attempt=claimed.attempt, interval=settings.run_heartbeat_seconds
     )
-    writer = _EpochWriter(engine=engine, claimed=claimed, heartbeat=heartbeat, retry_seconds=retry_seconds)
+    writer = _EpochWriter(
+        engine=engine,
+        claimed=claimed,
+        heartbeat=heartbeat,
+        retry_seconds=retry_seconds,
+        stacking_reason=stacking_reason,
+    )
     try:
         with heartbeat:
             outcome = _train(claimed=claimed, writer=writer, settings=settings, checkpoint=checkpoint)

@@ -106,6 +106,8 @@ class StackPlan:
     device: str
     on_gpu: bool
     members_in_memory: int
+    # Why stacking pays for this spec on this device (the engine's stacking_recommended), kept on each stacked run.
+    reason: str = ""
 
     def chunk_size(self, *, settings: Settings, experiment_runs: int) -> int:
         """Runs one process trains as one stack: the setting, else all on a GPU or a process's share on a CPU."""
@@ -121,14 +123,26 @@ class StackPlan:
         return max(1, min(chunk, self.members_in_memory))
 
 
-def plan_stack(*, claimed: ClaimedRun, settings: Settings) -> StackPlan | None:
-    """The stack plan for a claimed run's experiment, or None when its runs train one at a time.
+# Why a run trained alone, where the worker (not the engine) decided it; runs.stacking_reason.
+STACKING_OFF = "stacking is off on this worker (ACTLAB_STACK_RUNS=false)"
+
+
+def no_companions_reason(plan: StackPlan) -> str:
+    """Why a run whose spec stacks trained alone: no other queued run of its cell was free to join it here."""
+    return (
+        "no other queued run of its cell was free to stack with on this worker (stacks stay within a cell: its "
+        f"members share one spec and optimiser); it would have stacked: {plan.reason}"
+    )
+
+
+def plan_stack(*, claimed: ClaimedRun, settings: Settings) -> tuple[StackPlan | None, str]:
+    """The stack plan for a claimed run's experiment, or None when its runs train one at a time; the reason either way.
 
     Deterministic problems (a spec that no longer parses, CUDA asked for where there is none) give
     None: the ordinary path meets them again and records them on the run.
     """
     if not settings.stack_runs:
-        return None
+        return None, STACKING_OFF
     try:
         from worker.training.stacked import member_memory_bytes, stacking_recommended
         from worker.training.trainer import resolve_device
@@ -138,17 +152,18 @@ def plan_stack(*, claimed: ClaimedRun, settings: Settings) -> StackPlan | None:
         recommended, reason = stacking_recommended(spec, device=device)
         if not recommended:
             logger.info("run %s: trained alone: %s", claimed.run_id, reason)
-            return None
+            return None, f"stacking not recommended: {reason}"
         target = resolve_device(device)
         # The engine's own estimate (the one group_members splits a grid by) of what one member needs.
         budget = stack_memory_budget_bytes(settings=settings, device=target)
         fit = max(1, budget // max(member_memory_bytes(spec), 1))
-        return StackPlan(spec=spec, device=device, on_gpu=target.type == "cuda", members_in_memory=fit)
+        plan = StackPlan(spec=spec, device=device, on_gpu=target.type == "cuda", members_in_memory=fit, reason=reason)
+        return plan, reason
     except Exception as error:
         if is_transient_error(error) or shutdown_behind(error) is not None:
             raise
         logger.warning("run %s: cannot plan a stack (%s); training it alone", claimed.run_id, error)
-        return None
+        return None, f"no stack could be planned ({error})"
 
 
 @dataclass
@@ -187,12 +202,15 @@ class StackHeartbeat(PeriodicRunHeartbeat):
 class _StackWriter:
     """The engine's callbacks for a stack: record each member's placement, write each epoch, answer 'keep going?'."""
 
-    def __init__(self, *, engine: Engine, members: list[_Member], retry_seconds: float) -> None:
+    def __init__(self, *, engine: Engine, members: list[_Member], retry_seconds: float, reason: str = "") -> None:
         self._engine = engine
         self._members = members
         self._retry_seconds = retry_seconds
         self._experiment_id = members[0].claimed.experiment_id
         self._starts: dict[int, RunInfo] = {}
+        # One id for the runs this delivery trains together (members resumed at different epochs included).
+        self._stack_id = str(uuid.uuid4())
+        self._reason = reason
 
     def _lock(self, session: Any) -> None:
         """The experiment's lock (PostgreSQL) or the write lock (SQLite), first in every transaction."""
@@ -227,6 +245,7 @@ class _StackWriter:
                 member = self._members[position]
                 if not member.live:
                     continue
+                stacked = info.training_path == "stacked"
                 try:
                     record_run_start(
                         session=session,
@@ -238,6 +257,10 @@ class _StackWriter:
                         activation_placement=info.activation_placement,
                         training_path=info.training_path,
                         time_gradients=info.time_gradients,
+                        stack_id=self._stack_id if stacked else None,
+                        stack_size=len(self._members) if stacked else None,
+                        # The engine's own reason where it trained a member alone after all (no stacked form).
+                        stacking_reason=self._reason if stacked else info.stacking_reason or self._reason,
                     )
                 except StaleAttemptError:
                     stale.append(position)
@@ -460,7 +483,9 @@ def train_claimed_stack(
         _Member(claimed=claimed, checkpoint=checkpoint_path(run_id=claimed.run_id, settings=settings))
         for claimed in group
     ]
-    writer = _StackWriter(engine=engine, members=members, retry_seconds=settings.database_retry_seconds)
+    writer = _StackWriter(
+        engine=engine, members=members, retry_seconds=settings.database_retry_seconds, reason=plan.reason
+    )
     logger.info(
         "experiment %s: training %d runs stacked (attempts %s)",
         group[0].experiment_id,
@@ -502,13 +527,15 @@ def train_claimed_stack(
 
 
 def _train_one_by_one(
-    *, group: list[ClaimedRun], worker_host: str, engine: Engine, settings: Settings
+    *, group: list[ClaimedRun], worker_host: str, engine: Engine, settings: Settings, reason: str
 ) -> list[RunOutcome]:
-    """The ordinary path for each claimed run; after a time-out the rest end timed out too (their time is spent)."""
+    """The ordinary path for each claimed run (``reason``: why alone); after a time-out the rest end timed out too."""
     outcomes: list[RunOutcome] = []
     for index, claimed in enumerate(group):
         with log_context(run_id=claimed.run_id):
-            outcome = execute_claimed(claimed=claimed, worker_host=worker_host, engine=engine, settings=settings)
+            outcome = execute_claimed(
+                claimed=claimed, worker_host=worker_host, engine=engine, settings=settings, stacking_reason=reason
+            )
         outcomes.append(outcome)
         if outcome.status == RunStatus.timed_out and index + 1 < len(group):
             members = [
@@ -566,7 +593,7 @@ def execute_run_stacked(
                 logger.info("run %s: not claimed (finished, or running elsewhere)", run_id)
             return outcomes
     with log_context(run_id=group[0].run_id, experiment_id=group[0].experiment_id):
-        plan = plan_stack(claimed=group[0], settings=settings)
+        plan, reason = plan_stack(claimed=group[0], settings=settings)
         if plan is not None and len(group) < plan.members_in_memory:
             companions = _claim_companions(
                 engine=engine,
@@ -586,7 +613,10 @@ def execute_run_stacked(
                 # Only a shortcut: a task left behind is delivered and skipped.
                 logger.warning("could not discard the tasks of the runs stacked here", exc_info=True)
         if plan is None or len(group) == 1:
-            return outcomes + _train_one_by_one(group=group, worker_host=worker_host, engine=engine, settings=settings)
+            alone = reason if plan is None else no_companions_reason(plan)
+            return outcomes + _train_one_by_one(
+                group=group, worker_host=worker_host, engine=engine, settings=settings, reason=alone
+            )
         return outcomes + train_claimed_stack(group=group, plan=plan, engine=engine, settings=settings)
 
 

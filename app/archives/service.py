@@ -203,8 +203,10 @@ def _build_runs(
                 parameter_count=optional_integer(row.get("parameter_count"), f"{where}.parameter_count"),
                 activation_placement=optional(row.get("activation_placement")),
                 training_path=optional(row.get("training_path")),
-                time_gradients=(optional_text(row.get("time_gradients"), f"{where}.time_gradients") or "")[:300]
-                or None,
+                time_gradients=_bounded_text(row, "time_gradients", where, 300),
+                stack_id=_bounded_text(row, "stack_id", where, 36),
+                stack_size=optional_integer(row.get("stack_size"), f"{where}.stack_size"),
+                stacking_reason=optional_text(row.get("stacking_reason"), f"{where}.stacking_reason"),
                 epochs_completed=optional_integer(row.get("epochs_completed"), f"{where}.epochs_completed") or 0,
                 diverged_epoch=optional_integer(row.get("diverged_epoch"), f"{where}.diverged_epoch"),
                 training_seconds=optional_number(row.get("training_seconds"), f"{where}.training_seconds"),
@@ -225,6 +227,12 @@ def _build_runs(
             f"{len(missing)} arm(s) of spec.json have no run, e.g. {expected[(cell, index, seed)]!r} seed {seed}{where}",
         )
     return runs, mapping, unfinished
+
+
+def _bounded_text(row: dict[str, Any], name: str, where: str, width: int) -> str | None:
+    """A run's text cell cut to its column's width (an archive may come from anywhere)."""
+    value = optional_text(row.get(name), f"{where}.{name}")
+    return value[:width] if value else None
 
 
 def _epoch_cells(row: dict[str, Any], record: dict[str, Any], position: int) -> None:

@@ -49,6 +49,11 @@ class Run(Base):
     training_path: Mapped[str | None] = mapped_column(String(20))
     # The gradient through time: NULL without a recurrence, "measured" (Elman cell), "not measured: why" (GRU/LSTM).
     time_gradients: Mapped[str | None] = mapped_column(String(300))
+    # How it trained: a stacked run's stack (the runs one worker delivery trained as one model: id and size,
+    # NULL when unstacked) and why it trained stacked or alone (worker/stacked_runner.py, plan_stack).
+    stack_id: Mapped[str | None] = mapped_column(String(36))
+    stack_size: Mapped[int | None] = mapped_column(Integer)
+    stacking_reason: Mapped[str | None] = mapped_column(Text)
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
     diverged_epoch: Mapped[int | None] = mapped_column(Integer)
     training_seconds: Mapped[float | None] = mapped_column(Float)

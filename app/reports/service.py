@@ -276,6 +276,15 @@ TIME_DIAGNOSTIC_COLUMNS: dict[str, str] = {
 FLAG_COLUMNS = frozenset({"vanishing", "exploding", "vanishing_over_time", "exploding_over_time"})
 
 
+def training_text(run: dict[str, Any]) -> str:
+    """How a run trained, for the run table: 'stacked (N runs)', or 'alone: why'; '' before it started."""
+    size = run.get("stack_size")
+    if run.get("training_path") == "stacked":
+        return f"stacked ({int(size)} runs)" if isinstance(size, int | float) and size == size else "stacked"
+    reason = run.get("stacking_reason")
+    return f"alone: {reason}" if isinstance(reason, str) and reason else ""
+
+
 def diagnostic_columns(diagnostics: pd.DataFrame, *, factorial: bool) -> dict[str, str]:
     """The report's diagnostics columns: the cell with factors, the time columns where a run has a recurrence."""
     columns = {"cell": "cell", **DIAGNOSTIC_COLUMNS} if factorial else dict(DIAGNOSTIC_COLUMNS)
@@ -557,11 +566,12 @@ def report(
             format_number(record["epochs_completed"]),
             str(record["device"] or ""),
             format_number(record["training_seconds"]),
+            training_text(record),
             str(record["error"] or ""),
         ]
         for record in runs_frame.to_dict("records")
     ]
-    run_columns = ["activation", "seed", "status", "epochs", "device", "seconds", "error"]
+    run_columns = ["activation", "seed", "status", "epochs", "device", "seconds", "training", "error"]
     if tables.factors:
         cell_of = dict(zip(tables.cells["run_id"], tables.cells["cell_label"], strict=True))
         run_columns = ["cell", *run_columns]

@@ -54,6 +54,11 @@ class RunDetail(BaseModel):
                     "activation_placement": "after_linear",
                     "training_path": "unstacked",
                     "time_gradients": None,
+                    "stack_id": None,
+                    "stack_size": None,
+                    "stacking_reason": "stacking not recommended: on a CPU convolutions are bound by memory traffic, "
+                    "which stacking does not reduce, and the grouped layout adds copies: stacked conv grids measured "
+                    "no faster than sequential runs",
                     "epochs_planned": 10,
                     "epochs_completed": 10,
                     "diverged_epoch": None,
@@ -101,6 +106,16 @@ class RunDetail(BaseModel):
     parameter_count: int | None
     activation_placement: str | None
     training_path: str | None = Field(description="unstacked, or stacked when trained with other arms as one model.")
+    stack_id: str | None = Field(
+        None,
+        description="The stack a stacked run trained in (the runs one worker trained as one model); null unstacked.",
+    )
+    stack_size: int | None = Field(None, description="How many runs that stack trained together; null unstacked.")
+    stacking_reason: str | None = Field(
+        None,
+        description="Why the run trained stacked or alone: stacking off on the worker, not recommended for the spec on "
+        "the device (with the engine's reason), no other queued run of its cell to stack with, or why stacking pays.",
+    )
     time_gradients: str | None = Field(
         None,
         description="The gradient through time (recurrent diagnostics): 'measured' for the Elman cell (model.cell "

@@ -173,8 +173,15 @@ def record_run_start(
     activation_placement: str,
     training_path: str,
     time_gradients: str | None = None,
+    stack_id: str | None = None,
+    stack_size: int | None = None,
+    stacking_reason: str | None = None,
 ) -> None:
-    """Store where and how the run trains, as the engine reports it before the first epoch."""
+    """Store where and how the run trains, as the engine reports it before the first epoch.
+
+    ``stack_id`` and ``stack_size`` name the stack of a stacked run (NULL when unstacked);
+    ``stacking_reason`` says why it trained stacked or alone (runs.stacking_reason).
+    """
     _fenced_update(
         session=session,
         run_id=run_id,
@@ -186,6 +193,9 @@ def record_run_start(
             "activation_placement": activation_placement,
             "training_path": training_path,
             "time_gradients": time_gradients,
+            "stack_id": stack_id,
+            "stack_size": stack_size,
+            "stacking_reason": stacking_reason,
             "heartbeat_at": utc_now(),
         },
     )

@@ -69,6 +69,8 @@ class RunInfo:
     training_path: Literal["unstacked", "stacked"] = "unstacked"
     # The gradient through time: None without a recurrence, "measured", or "not measured: why".
     time_gradients: str | None = None
+    # Why the engine trained a stacked run's member alone after all (can_stack's reason); None otherwise.
+    stacking_reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -72,13 +72,14 @@ def _train_unstacked(
     on_epoch: OnEpoch | None,
     checkpoint_paths: list[Path | None],
     checkpoint_interval: float,
+    reason: str,
 ) -> list[ArmOutcome]:
     outcomes = []
     for position, (activation_index, seed) in enumerate(members):
 
         def started(info: RunInfo, position: int = position) -> None:
             if on_start is not None:
-                on_start(position, info)
+                on_start(position, dataclasses.replace(info, stacking_reason=reason))
 
         def finished(report: EpochReport, position: int = position) -> bool | None:
             if on_epoch is None:
@@ -184,7 +185,8 @@ def train_stacked(
     if not chosen:
         return []
     target, data = training_data(spec, device=device, data=data)
-    if not can_stack(spec)[0]:
+    stackable, reason = can_stack(spec)
+    if not stackable:
         return _train_unstacked(
             spec,
             chosen,
@@ -194,6 +196,7 @@ def train_stacked(
             on_epoch=on_epoch,
             checkpoint_paths=paths,
             checkpoint_interval=checkpoint_interval,
+            reason=reason,
         )
     # Members of one activation sit next to each other so parameter-free activations run once per group.
     order = sorted(range(len(chosen)), key=lambda position: (chosen[position][0], position))
