@@ -234,8 +234,15 @@ class Experiment:
         """Per-layer metrics, one row per (run, epoch, layer); ``filters`` are the endpoint's query parameters."""
         return self._json_table("layer-metrics", filters)
 
+    def robustness(self, **filters: Any) -> pd.DataFrame:
+        """Robustness rows of the trained runs (spec version 2's evaluation block), one per (run, kind, strength):
+        test accuracy under input noise, FGSM or PGD; ``filters`` are the endpoint's query parameters (activation,
+        seed, run_id, kind, ``**{"factor.<path>": level}``). Parquet on the wire, so the types come back typed."""
+        return self._parquet_table("robustness", filters)
+
     def results(self, view: str = "summary", **options: Any) -> pd.DataFrame:
-        """The cross-seed comparison (``view`` summary, pairs, runs, ranking or effects; options as the API's)."""
+        """The cross-seed comparison (``view`` summary, pairs, runs, ranking, effects or robustness; options as the
+        API's)."""
         return self._parquet_table("results", {"view": view, **options})
 
     def diagnostics(self) -> pd.DataFrame:

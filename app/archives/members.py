@@ -39,7 +39,7 @@ def archive_error(location: str, message: str) -> InvalidInputError:
 
 
 def read_members(content: bytes, *, max_uncompressed_bytes: int) -> dict[str, bytes]:
-    """The members an import reads (spec.json, experiment.json if present, the three metric CSVs)."""
+    """The members an import reads (spec.json, experiment.json and robustness.csv if present, the metric CSVs)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(content))
     except zipfile.BadZipFile:
@@ -56,7 +56,7 @@ def read_members(content: bytes, *, max_uncompressed_bytes: int) -> dict[str, by
                 "zip",
                 f"the archive expands beyond {max_uncompressed_bytes} bytes (setting ACTLAB_MAX_IMPORT_UNCOMPRESSED_BYTES)",
             )
-        wanted = ("spec.json", "experiment.json", "runs.csv", "metrics.csv", "layer_metrics.csv")
+        wanted = ("spec.json", "experiment.json", "runs.csv", "metrics.csv", "layer_metrics.csv", "robustness.csv")
         return {name: _read_member(archive, infos[name]) for name in wanted if name in infos}
 
 

@@ -28,7 +28,7 @@ ExportFormat = Literal["zip", "tensorboard"]
     response_class=Response,
     summary="Archive an experiment as a zip",
     description="format=zip (the default): spec.json (the canonical spec; POST it to /v1/experiments to rerun), "
-    "experiment.json, runs.csv, metrics.csv, layer_metrics.csv, results.csv and diagnostics.csv; "
+    "experiment.json, runs.csv, metrics.csv, layer_metrics.csv, robustness.csv, results.csv and diagnostics.csv; "
     "POST /v1/experiments/import loads it back. format=tensorboard: one TensorBoard event folder per run "
     "(scalars per epoch, per-layer gradient norms and dead/saturated fractions, hparams with the activation, "
     "seed and cell levels); unzip it and run `tensorboard --logdir`. It needs the tensorboard extra "
@@ -91,6 +91,7 @@ async def import_experiment(
         runs=outcome.runs,
         epoch_metrics=outcome.epoch_metrics,
         layer_metrics=outcome.layer_metrics,
+        robustness=outcome.robustness,
         links={"self": base, "results": f"{base}/results", "report": f"/experiments/{experiment.id}"},
     )
 

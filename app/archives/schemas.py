@@ -20,4 +20,5 @@ class ImportResponse(BaseModel):
     runs: int
     epoch_metrics: int
     layer_metrics: int
+    robustness: int = Field(0, description="Robustness rows (robustness.csv; none without an evaluation block).")
     links: dict[str, str]

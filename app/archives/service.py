@@ -2,7 +2,8 @@
 
 An archive holds spec.json (the canonical spec), experiment.json (status and timestamps), runs.csv
 (with each run's cell_index in a factorial experiment: runs are keyed by cell, activation and seed),
-metrics.csv and layer_metrics.csv (the stored rows with trace columns), and results.csv and
+metrics.csv, layer_metrics.csv and robustness.csv (the stored rows with trace columns; robustness rows
+only where the spec has an evaluation block, app.archives.robustness), and results.csv and
 diagnostics.csv (the default result tables, for reading without the service). An import checks every
 member against the spec's arms (in every cell) and the limits in force, and stores nothing unless all of it is valid;
 nothing is trained.
@@ -40,10 +41,11 @@ from app.archives.members import (
     read_members,
     read_metadata,
 )
+from app.archives.robustness import ROBUSTNESS_MEMBER, read_robustness
 from app.config import Settings
 from app.experiments import service as experiments_service
 from app.gradient_flow import GRADIENT_FLAGS
-from app.models import EpochMetric, Experiment, LayerMetric, Run, RunStatus
+from app.models import EpochMetric, Experiment, LayerMetric, RobustnessResult, Run, RunStatus
 from app.models.epoch_metric import EPOCH_FLAG_FIELDS, EPOCH_NUMBER_FIELDS
 from app.models.layer_metric import LAYER_NUMBER_FIELDS
 from app.models.status import FINISHED_RUN_STATUSES
@@ -114,6 +116,7 @@ def export_archive(*, session: Session, experiment_id: uuid.UUID) -> ExportedArc
         ),
         "metrics.csv": encode_table(results_service.with_trace(timestamps_utc(tables.metrics), experiment), "csv"),
         "layer_metrics.csv": encode_table(results_service.with_trace(tables.layers, experiment), "csv"),
+        ROBUSTNESS_MEMBER: encode_table(results_service.with_trace(tables.robustness, experiment), "csv"),
         "results.csv": encode_table(results_service.summary_table(tables=tables, options=options), "csv"),
         "diagnostics.csv": encode_table(results_service.diagnostics_table(tables=tables), "csv"),
     }
@@ -140,6 +143,7 @@ class ImportOutcome:
     runs: int
     epoch_metrics: int
     layer_metrics: int
+    robustness: int = 0
 
 
 def _build_runs(
@@ -363,6 +367,9 @@ def import_archive(
             settings.max_import_rows - len(epoch_frame),
         ),
     )
+    robustness_rows = read_robustness(
+        members, spec=spec, mapping=mapping, max_rows=settings.max_import_rows - len(epoch_frame) - len(layer_frame)
+    )
     del members
     _check_metric_frame(layer_frame, _LAYER_TABLE, mapping=mapping, maximum_epoch=epochs)
     cancel_requested = optional_datetime(metadata.get("cancel_requested_at"), "experiment.json.cancel_requested_at")
@@ -404,6 +411,10 @@ def import_archive(
             for batch in _metric_batches(frame, table, mapping=mapping, size=settings.import_batch_rows):
                 repository.insert_metric_rows(session=session, model=table.model, rows=batch)
                 session.commit()
+        for start in range(0, len(robustness_rows), settings.import_batch_rows):
+            batch = robustness_rows[start : start + settings.import_batch_rows]
+            repository.insert_metric_rows(session=session, model=RobustnessResult, rows=batch)
+            session.commit()
     except BaseException:
         session.rollback()
         repository.delete_experiment(session=session, experiment_id=experiment_id)
@@ -416,4 +427,5 @@ def import_archive(
         runs=len(runs),
         epoch_metrics=len(epoch_frame),
         layer_metrics=len(layer_frame),
+        robustness=len(robustness_rows),
     )

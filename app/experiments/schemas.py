@@ -43,6 +43,7 @@ class ExperimentLinks(BaseModel):
     runs: str
     metrics: str
     layer_metrics: str
+    robustness: str = Field(description="The robustness table (spec version 2's evaluation block).")
     cancel: str
     seeds: str = Field(description="POST more seeds here.")
     retry: str = Field(description="POST here to retry the failed and timed-out runs.")
@@ -59,6 +60,7 @@ def experiment_links(experiment_id: uuid.UUID) -> ExperimentLinks:
         runs=f"{base}/runs",
         metrics=f"{base}/metrics",
         layer_metrics=f"{base}/layer-metrics",
+        robustness=f"{base}/robustness",
         cancel=f"{base}/cancel",
         seeds=f"{base}/seeds",
         retry=f"{base}/retry",
@@ -124,6 +126,7 @@ _EXAMPLE_SUMMARY: dict[str, Any] = {
         "runs": f"/v1/experiments/{_EXAMPLE_ID}/runs",
         "metrics": f"/v1/experiments/{_EXAMPLE_ID}/metrics",
         "layer_metrics": f"/v1/experiments/{_EXAMPLE_ID}/layer-metrics",
+        "robustness": f"/v1/experiments/{_EXAMPLE_ID}/robustness",
         "cancel": f"/v1/experiments/{_EXAMPLE_ID}/cancel",
         "seeds": f"/v1/experiments/{_EXAMPLE_ID}/seeds",
         "retry": f"/v1/experiments/{_EXAMPLE_ID}/retry",

@@ -1,19 +1,20 @@
-"""SQL that reads metric tables, streamed in batches through a server-side cursor."""
+"""SQL that reads metric tables (epochs, layers, robustness), streamed in batches through a server-side cursor."""
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from app.models import EpochMetric, Experiment, LayerMetric, Run
+from app.models import EpochMetric, Experiment, LayerMetric, RobustnessResult, Run
 from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
+from app.models.robustness import ROBUSTNESS_VALUE_FIELDS
 from app.spec_factors import level_value
 
 # Rows fetched from the database per round trip while streaming.
@@ -30,6 +31,7 @@ class MetricFilters:
     epoch_min: int | None = None
     epoch_max: int | None = None
     layer: int | None = None
+    kind: str | None = None
     # ?factor.<path>=<level> filters (path, level text), resolved to the matching cells when the rows are read.
     factor_levels: tuple[tuple[str, str], ...] = ()
     cell_indexes: tuple[int, ...] | None = None
@@ -55,9 +57,26 @@ _LAYER_COLUMNS: dict[str, Any] = {
     **{name: getattr(LayerMetric, name) for name in LAYER_VALUE_FIELDS},
 }
 
+_ROBUSTNESS_COLUMNS: dict[str, Any] = {
+    "run_id": Run.id,
+    "activation": Run.activation_label,
+    "seed": Run.seed,
+    "cell": Run.cell_label,
+    "kind": RobustnessResult.kind,
+    "strength": RobustnessResult.strength,
+    **{name: getattr(RobustnessResult, name) for name in ROBUSTNESS_VALUE_FIELDS},
+}
+
+_TABLE_COLUMNS: dict[str, dict[str, Any]] = {
+    "epoch": _EPOCH_COLUMNS,
+    "layer": _LAYER_COLUMNS,
+    "robustness": _ROBUSTNESS_COLUMNS,
+}
+
 # The columns of every experiment; a factorial one adds one column per factor path (metric_columns).
 EPOCH_METRIC_COLUMNS: tuple[str, ...] = tuple(_EPOCH_COLUMNS)
 LAYER_METRIC_COLUMNS: tuple[str, ...] = tuple(_LAYER_COLUMNS)
+ROBUSTNESS_COLUMNS: tuple[str, ...] = tuple(_ROBUSTNESS_COLUMNS)
 
 
 def factor_paths(*, session: Session, experiment_id: uuid.UUID) -> list[str]:
@@ -68,8 +87,7 @@ def factor_paths(*, session: Session, experiment_id: uuid.UUID) -> list[str]:
 
 def metric_columns(*, session: Session, experiment_id: uuid.UUID, table: str) -> tuple[str, ...]:
     """The columns of a metric table of this experiment: the fixed ones, then one per factor path."""
-    fixed = EPOCH_METRIC_COLUMNS if table == "epoch" else LAYER_METRIC_COLUMNS
-    return (*fixed, *factor_paths(session=session, experiment_id=experiment_id))
+    return (*_TABLE_COLUMNS[table], *factor_paths(session=session, experiment_id=experiment_id))
 
 
 def _with_factor_values(rows: Iterator[Sequence[Any]], paths: list[str]) -> Iterator[Sequence[Any]]:
@@ -135,6 +153,19 @@ def layer_metrics_statement(*, experiment_id: uuid.UUID, filters: MetricFilters)
     )
 
 
+def robustness_statement(*, experiment_id: uuid.UUID, filters: MetricFilters) -> Select[Any]:
+    """Per-(run, kind, strength) rows in the order cell, activation, seed, kind, strength; the cell levels last."""
+    conditions = _run_conditions(experiment_id, filters)
+    if filters.kind is not None:
+        conditions.append(RobustnessResult.kind == filters.kind)
+    return (
+        select(*_ROBUSTNESS_COLUMNS.values(), Run.cell_levels)
+        .join(Run, RobustnessResult.run_id == Run.id)
+        .where(*conditions)
+        .order_by(Run.cell_index, Run.activation_index, Run.seed, RobustnessResult.kind, RobustnessResult.strength)
+    )
+
+
 def stream_rows(
     *, session: Session, statement: Select[Any], batch_rows: int = FETCH_BATCH_ROWS
 ) -> Iterator[Sequence[Any]]:
@@ -146,30 +177,41 @@ def stream_rows(
         result.close()
 
 
+_STATEMENTS: dict[str, Callable[..., Select[Any]]] = {
+    "epoch": epoch_metrics_statement,
+    "layer": layer_metrics_statement,
+    "robustness": robustness_statement,
+}
+
+
+def iterate_table(
+    *,
+    session: Session,
+    experiment_id: uuid.UUID,
+    table: str,
+    filters: MetricFilters,
+    batch_rows: int = FETCH_BATCH_ROWS,
+) -> Iterator[Sequence[Any]]:
+    """The rows of a metric table (epoch, layer or robustness; columns ``metric_columns(table=...)``), streamed."""
+    filters = _with_cells(session=session, experiment_id=experiment_id, filters=filters)
+    statement = _STATEMENTS[table](experiment_id=experiment_id, filters=filters)
+    paths = factor_paths(session=session, experiment_id=experiment_id)
+    return _with_factor_values(stream_rows(session=session, statement=statement, batch_rows=batch_rows), paths)
+
+
 def iterate_epoch_metrics(
     *, session: Session, experiment_id: uuid.UUID, filters: MetricFilters, batch_rows: int = FETCH_BATCH_ROWS
 ) -> Iterator[Sequence[Any]]:
     """Epoch metric rows (columns ``metric_columns(table="epoch")``), streamed."""
-    filters = _with_cells(session=session, experiment_id=experiment_id, filters=filters)
-    statement = epoch_metrics_statement(experiment_id=experiment_id, filters=filters)
-    paths = factor_paths(session=session, experiment_id=experiment_id)
-    return _with_factor_values(stream_rows(session=session, statement=statement, batch_rows=batch_rows), paths)
-
-
-def iterate_layer_metrics(
-    *, session: Session, experiment_id: uuid.UUID, filters: MetricFilters, batch_rows: int = FETCH_BATCH_ROWS
-) -> Iterator[Sequence[Any]]:
-    """Layer metric rows (columns ``metric_columns(table="layer")``), streamed."""
-    filters = _with_cells(session=session, experiment_id=experiment_id, filters=filters)
-    statement = layer_metrics_statement(experiment_id=experiment_id, filters=filters)
-    paths = factor_paths(session=session, experiment_id=experiment_id)
-    return _with_factor_values(stream_rows(session=session, statement=statement, batch_rows=batch_rows), paths)
+    return iterate_table(
+        session=session, experiment_id=experiment_id, table="epoch", filters=filters, batch_rows=batch_rows
+    )
 
 
 def column_python_types(table: str) -> dict[str, type[Any] | None]:
     """The Python type of each fixed column of a metric table (None where the database type has none, e.g. JSON)."""
     types: dict[str, type[Any] | None] = {}
-    for name, column in (_EPOCH_COLUMNS if table == "epoch" else _LAYER_COLUMNS).items():
+    for name, column in _TABLE_COLUMNS[table].items():
         try:
             types[name] = column.type.python_type
         except NotImplementedError:

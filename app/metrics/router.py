@@ -13,9 +13,10 @@ from app.auth.schemas import Principal
 from app.dependencies import PrincipalDependency, SessionFactoryDependency, stream_limits
 from app.metrics import service
 from app.metrics.repository import MetricFilters
-from app.metrics.schemas import EpochMetricRow, LayerMetricRow
+from app.metrics.schemas import EpochMetricRow, LayerMetricRow, RobustnessRow
 from app.metrics.service import MEDIA_TYPES, MetricTable, OutputFormat
 from app.schemas import MessageResponse, NoNulText, ValidationErrorResponse
+from app.spec_evaluation import RobustnessKind
 from app.streaming import AdmittedStreamingResponse, stream_refused_response
 
 router = APIRouter(prefix="/v1/experiments", tags=["metrics"])
@@ -75,7 +76,7 @@ def _stream(
     except BaseException:
         permit.release()
         raise
-    name = "metrics" if table == "epoch" else "layer-metrics"
+    name = {"epoch": "metrics", "layer": "layer-metrics", "robustness": "robustness"}[table]
     headers = {"Content-Disposition": f'inline; filename="{experiment_id}-{name}.{output_format}"'}
     return AdmittedStreamingResponse(chunks, permit=permit, media_type=MEDIA_TYPES[output_format], headers=headers)
 
@@ -149,6 +150,42 @@ def layer_metrics(
         experiment_id=experiment_id,
         filters=filters,
         table="layer",
+        output_format=output_format,
+        principal=principal,
+    )
+
+
+@router.get(
+    "/{experiment_id}/robustness",
+    response_class=StreamingResponse,
+    summary="Robustness of the trained runs",
+    description="One row per (run, kind, strength) of the spec's evaluation block (version 2), ordered by "
+    "activation, seed, kind and strength: the test accuracy (and loss) of each succeeded run after its last epoch "
+    "under additive Gaussian input noise (`noise`, strength = std), FGSM and PGD (`fgsm`, `pgd`, strength = "
+    "epsilon), in standardised input units. Empty for an experiment without an evaluation block or before its "
+    "runs end. Formats, factor columns and `factor.<path>=<level>` filters as in the metric table.",
+    responses=_responses(RobustnessRow),
+    openapi_extra={"x-query-prefixes": [FACTOR_QUERY]},
+)
+def robustness(
+    experiment_id: uuid.UUID,
+    request: Request,
+    session_factory: SessionFactoryDependency,
+    principal: PrincipalDependency,
+    output_format: FormatQuery = "json",
+    activation: ActivationQuery = None,
+    seed: SeedQuery = None,
+    run_id: RunQuery = None,
+    kind: Annotated[RobustnessKind | None, Query(description="Only this kind: noise, fgsm or pgd.")] = None,
+) -> StreamingResponse:
+    """The robustness table."""
+    filters = MetricFilters(activation=activation, seed=seed, run_id=run_id, kind=kind)
+    return _stream(
+        request=request,
+        session_factory=session_factory,
+        experiment_id=experiment_id,
+        filters=filters,
+        table="robustness",
         output_format=output_format,
         principal=principal,
     )

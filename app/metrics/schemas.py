@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.spec_evaluation import RobustnessKind
+
 
 class EpochMetricRow(BaseModel):
     """One epoch of one run."""
@@ -121,3 +123,38 @@ class LayerMetricRow(BaseModel):
         description="||dL/dh_t|| for t = 1..T on the probe set, for each recurrent layer of the Elman cell (model.cell "
         "rnn; a JSON list, a JSON string in CSV); empty for other layers and models."
     )
+
+
+class RobustnessRow(BaseModel):
+    """Test accuracy of one trained run under one perturbation of one strength (spec version 2's evaluation block)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "run_id": "4c1f0a52-2d7e-4b8e-9a61-0f6f2b8d1c33",
+                    "activation": "relu",
+                    "seed": 0,
+                    "cell": None,
+                    "kind": "pgd",
+                    "strength": 0.05,
+                    "accuracy": 0.41,
+                    "loss": 1.87,
+                }
+            ]
+        }
+    )
+
+    run_id: uuid.UUID
+    activation: str = Field(description="The activation label.")
+    seed: int
+    cell: str | None = Field(
+        description="The run's cell label; empty without factors. A factorial experiment adds one column per factor "
+        "path after the fixed ones, as the metric table does."
+    )
+    kind: RobustnessKind = Field(
+        description="noise (additive Gaussian input noise), fgsm or pgd (adversarial attacks)."
+    )
+    strength: float = Field(description="The noise standard deviation or the attack epsilon, in standardised units.")
+    accuracy: float | None = Field(description="Test accuracy under the perturbation.")
+    loss: float | None = Field(description="Mean test cross-entropy under it; null in JSON when not finite.")

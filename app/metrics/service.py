@@ -19,7 +19,7 @@ from app.spec_factors import FactorQueryError, cells_at_levels
 from app.streaming import ClosingStream, csv_chunks, json_array_chunks
 
 OutputFormat = Literal["json", "csv", "parquet"]
-MetricTable = Literal["epoch", "layer"]
+MetricTable = Literal["epoch", "layer", "robustness"]
 
 MEDIA_TYPES: dict[str, str] = {
     "json": "application/json",
@@ -96,8 +96,9 @@ def stream_metric_table(
     try:
         check_metric_filters(session=session, experiment_id=experiment_id, filters=filters, viewer=viewer)
         columns = repository.metric_columns(session=session, experiment_id=experiment_id, table=table)
-        iterate = repository.iterate_epoch_metrics if table == "epoch" else repository.iterate_layer_metrics
-        rows = iterate(session=session, experiment_id=experiment_id, filters=filters, batch_rows=batch_rows)
+        rows = repository.iterate_table(
+            table=table, session=session, experiment_id=experiment_id, filters=filters, batch_rows=batch_rows
+        )
         first_batch = list(itertools.islice(rows, batch_rows))
         all_rows = itertools.chain(first_batch, rows)
         chunks: Iterator[str] | Iterator[bytes]

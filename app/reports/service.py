@@ -368,6 +368,8 @@ class Report:
     summary_choices: tuple[str, ...] = SUMMARY_KINDS
     # Only for an experiment with factors (spec version 2): its cells, the ranking over them and its plots.
     factorial: FactorialSection | None = None
+    # Only for an experiment with an evaluation block (spec version 2): the robustness table and its plot.
+    robustness: RobustnessSection | None = None
 
 
 @dataclass
@@ -379,6 +381,50 @@ class FactorialSection:
     test: str
     pairing: str
     plots: list[tuple[str, str, str]]
+
+
+@dataclass
+class RobustnessSection:
+    """Test accuracy under the evaluation block's perturbations per activation and strength, and its plot."""
+
+    table: ReportTable
+    correction: str
+    # None until a run has been tested: no empty panel.
+    plot: tuple[str, str, str] | None
+
+
+ROBUSTNESS_COLUMNS: dict[str, str] = {
+    "activation": "activation",
+    "kind": "kind",
+    "strength": "strength",
+    "n": "n",
+    "mean": "mean accuracy",
+    "ci_low": "CI low",
+    "ci_high": "CI high",
+    "mean_difference": "difference vs baseline",
+    "p_holm": "p (Holm)",
+    "verdict": "verdict",
+    "generalisation_gap": "generalisation gap",
+}
+
+
+def _robustness_section(
+    tables: results_service.ExperimentTables, options: ResultOptions, base: str
+) -> RobustnessSection | None:
+    """The robustness section of an experiment with an evaluation block; None (no section at all) otherwise."""
+    if not results_service.has_evaluation(tables):
+        return None
+    frame = results_service.robustness_table(tables=tables, options=options)
+    columns = {"cell": "cell", **ROBUSTNESS_COLUMNS} if tables.factors else ROBUSTNESS_COLUMNS
+    query = urlencode({"include_diverged": "true"} if options.include_diverged else {})
+    caption = "Robustness: test accuracy against the strength of each perturbation, 95% bootstrap band over seeds"
+    return RobustnessSection(
+        table=_table(frame, columns),
+        correction=_correction(frame),
+        plot=(caption, f"{base}/plots/robustness.svg?{query}", f"{base}/plots/robustness.png?{query}")
+        if len(frame)
+        else None,
+    )
 
 
 FACTORIAL_PLOT_CAPTIONS: dict[str, str] = {
@@ -555,6 +601,7 @@ def report(
         ("diagnostics (CSV)", f"{base}/diagnostics?format=csv"),
         ("metrics per epoch (CSV)", f"{base}/metrics?format=csv"),
         ("layer metrics (CSV)", f"{base}/layer-metrics?format=csv"),
+        *([("robustness (CSV)", f"{base}/robustness?format=csv")] if results_service.has_evaluation(tables) else []),
         ("archive (zip)", f"{base}/export"),
     ]
     runs_frame = tables.runs.copy()
@@ -609,4 +656,5 @@ def report(
         downloads=downloads,
         runs=ReportTable(run_columns, run_rows),
         factorial=_factorial_section(tables, options, base, query) if tables.factors else None,
+        robustness=_robustness_section(tables, options, base),
     )

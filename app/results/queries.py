@@ -23,7 +23,7 @@ from app.dependencies import SettingsDependency
 from app.results import service
 from app.results.statistics import METRIC_COLUMNS, ResultOptions
 
-ResultView = Literal["summary", "pairs", "runs", "ranking", "effects"]
+ResultView = Literal["summary", "pairs", "runs", "ranking", "effects", "robustness"]
 
 FormatQuery = Annotated[
     Literal["json", "csv", "parquet"],
@@ -51,7 +51,8 @@ ViewQuery = Annotated[
         "runs: one row per run (each inside its cell, with a cell column, when the experiment has factors); "
         "ranking: each activation's mean rank over the cells with Friedman and Nemenyi; effects: per factor, "
         "level and activation the mean over seeds and the activation x factor ANOVA (one-cell experiments: "
-        "status insufficient)."
+        "status insufficient); robustness: per activation, kind and strength of the evaluation block the mean "
+        "test accuracy under the perturbation, its CI and verdict against the baseline, and the generalisation gap."
     ),
 ]
 IncludeDivergedQuery = Annotated[

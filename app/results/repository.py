@@ -9,9 +9,10 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import EpochMetric, Experiment, LayerMetric, Run
+from app.models import EpochMetric, Experiment, LayerMetric, RobustnessResult, Run
 from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
+from app.models.robustness import ROBUSTNESS_VALUE_FIELDS
 
 RUN_COLUMNS: dict[str, Any] = {
     "run_id": Run.id,
@@ -72,6 +73,15 @@ LAYER_COLUMNS: dict[str, Any] = {
 }
 
 
+ROBUSTNESS_COLUMNS: dict[str, Any] = {
+    **_RUN_KEYS,
+    "kind": RobustnessResult.kind,
+    "strength": RobustnessResult.strength,
+    "attempt": RobustnessResult.attempt,
+    **{name: getattr(RobustnessResult, name) for name in ROBUSTNESS_VALUE_FIELDS},
+}
+
+
 def _frame(session: Session, columns: dict[str, Any], statement: Any) -> pd.DataFrame:
     rows = session.execute(statement).all()
     return pd.DataFrame([tuple(row) for row in rows], columns=list(columns))
@@ -123,6 +133,17 @@ def layer_metrics_frame(*, session: Session, experiment_id: uuid.UUID) -> pd.Dat
         .order_by(Run.activation_index, Run.seed, LayerMetric.epoch, LayerMetric.layer)
     )
     return _frame(session, LAYER_COLUMNS, statement)
+
+
+def robustness_frame(*, session: Session, experiment_id: uuid.UUID) -> pd.DataFrame:
+    """Every (run, kind, strength) robustness row of the experiment with its run's label, seed and status."""
+    statement = (
+        select(*ROBUSTNESS_COLUMNS.values())
+        .join(Run, RobustnessResult.run_id == Run.id)
+        .where(Run.experiment_id == experiment_id)
+        .order_by(Run.activation_index, Run.seed, RobustnessResult.kind, RobustnessResult.strength)
+    )
+    return _frame(session, ROBUSTNESS_COLUMNS, statement)
 
 
 def experiment_state(*, session: Session, experiment_id: uuid.UUID) -> tuple[str, int, list[tuple[Any, ...]]] | None:

@@ -17,13 +17,14 @@ from app.results.factorial_plots import FACTORIAL_PLOT_KINDS
 from app.results.gallery import GALLERY_PLOT_KINDS
 from app.results.plots import IMAGE_FORMATS, PLOT_KINDS
 from app.results.queries import FormatQuery, ResultQuery, result_query
+from app.results.robustness_plots import ROBUSTNESS_PLOT_KINDS
 from app.results.schemas import RecommendationResponse
 from app.schemas import MessageResponse, ValidationErrorResponse
 from app.service_errors import InvalidInputError
 
 router = APIRouter(prefix="/v1/experiments", tags=["results"])
 
-ALL_PLOT_KINDS: dict[str, str] = {**PLOT_KINDS, **FACTORIAL_PLOT_KINDS, **GALLERY_PLOT_KINDS}
+ALL_PLOT_KINDS: dict[str, str] = {**PLOT_KINDS, **FACTORIAL_PLOT_KINDS, **GALLERY_PLOT_KINDS, **ROBUSTNESS_PLOT_KINDS}
 
 ResultsTableQuery = Annotated[
     ResultQuery,
@@ -93,7 +94,12 @@ def _table_response(content: bytes, output_format: str, experiment_id: uuid.UUID
         "Friedman test with Iman-Davenport's F (Wilcoxon for two activations), Nemenyi p-values and the "
         "critical difference (Demšar 2006); `view=effects` one row per (factor, level, activation) with the "
         "mean over seeds, its bootstrap CI and the activation x factor two-way ANOVA (F, p, partial eta "
-        "squared). Without factors ranking and effects answer status insufficient with the reason."
+        "squared). Without factors ranking and effects answer status insufficient with the reason. "
+        "`view=robustness` (an evaluation block, spec version 2): one row per activation, kind (noise, fgsm, pgd) "
+        "and strength with n, mean, std and CI of the test accuracy under that perturbation, the comparison "
+        "columns and verdict against the baseline (the statistics above, one Holm family per kind and strength), "
+        "and the activation's generalisation_gap (train minus test accuracy at the last epoch); per cell with "
+        "factors."
     ),
     responses=_TABLE_RESPONSES,
 )
@@ -114,6 +120,8 @@ def results(
         frame = factorial_service.ranking_table(tables=tables, options=options)
     elif query.view == "effects":
         frame = factorial_service.effects_table(tables=tables, options=options)
+    elif query.view == "robustness":
+        frame = service.robustness_table(tables=tables, options=options)
     else:
         frame = service.summary_table(tables=tables, options=options)
     name = "results" if query.view == "summary" else f"results-{query.view}"
@@ -225,6 +233,8 @@ def plot_image(
     tables = service.load_tables(session=session, experiment_id=experiment_id)
     if kind in GALLERY_PLOT_KINDS:
         content = service.gallery_image(tables=tables, image_format=image_format, activation=activation)
+    elif kind in ROBUSTNESS_PLOT_KINDS:
+        content = service.robustness_image(tables=tables, image_format=image_format, options=options)
     elif kind in FACTORIAL_PLOT_KINDS:
         content = factorial_service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)
     else:

@@ -24,6 +24,8 @@ from app.results.diagnostics import learned_parameters_by_layer, summarise_diagn
 from app.results.failures import DEFAULT_CHANCE_MARGIN, TrainingSetup, chance_accuracy
 from app.results.plots import PlotData, plot
 from app.results.recommendation import RecommendationInputs, best_choices, recommend, untrained
+from app.results.robustness import ROBUSTNESS_SUMMARY_COLUMNS, summarise_robustness
+from app.results.robustness_plots import robustness_plot
 from app.results.statistics import (
     ResultOptions,
     StatisticsError,
@@ -58,6 +60,8 @@ class ExperimentTables:
     layers: pd.DataFrame
     # Each run's cell (app.results.repository.CELL_COLUMNS); its labels and levels are NULL without factors.
     cells: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(repository.CELL_COLUMNS)))
+    # Each run's robustness rows (app.results.repository.ROBUSTNESS_COLUMNS); none without an evaluation block.
+    robustness: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(repository.ROBUSTNESS_COLUMNS)))
 
     @property
     def factors(self) -> dict[str, list[Any]]:
@@ -95,6 +99,7 @@ def load_tables(*, session: Session, experiment_id: uuid.UUID) -> ExperimentTabl
         metrics=repository.epoch_metrics_frame(session=session, experiment_id=experiment_id),
         layers=repository.layer_metrics_frame(session=session, experiment_id=experiment_id),
         cells=repository.run_cells_frame(session=session, experiment_id=experiment_id),
+        robustness=repository.robustness_frame(session=session, experiment_id=experiment_id),
     )
 
 
@@ -122,6 +127,7 @@ def cell_tables(tables: ExperimentTables) -> list[CellTables]:
             runs=tables.runs[tables.runs["run_id"].isin(run_ids)].reset_index(drop=True),
             metrics=tables.metrics[tables.metrics["run_id"].isin(run_ids)].reset_index(drop=True),
             layers=tables.layers[tables.layers["run_id"].isin(run_ids)].reset_index(drop=True),
+            robustness=tables.robustness[tables.robustness["run_id"].isin(run_ids)].reset_index(drop=True),
         )
         texts = {path: level_text(levels[path]) for path in tables.factors if path in levels}
         cells.append(CellTables(index=int(index), label=str(label), levels=texts, tables=part))
@@ -229,6 +235,39 @@ def run_values_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.
     if tables.runs.empty:
         return with_trace(pd.DataFrame(columns=["run_id"]), tables.experiment)
     return with_trace(_statistics_call(run_summaries, tables, options), tables.experiment)
+
+
+def robustness_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.DataFrame:
+    """One row per (activation, kind, strength) of the evaluation block (inside each cell with factors): mean test
+    accuracy under the perturbation over the seeds, its CI and verdict against the baseline, and the activation's
+    generalisation gap."""
+    if tables.factors:
+        return _per_cell(tables, lambda part: robustness_table(tables=part, options=options))
+    if tables.runs.empty:
+        return with_trace(pd.DataFrame(columns=list(ROBUSTNESS_SUMMARY_COLUMNS)), tables.experiment)
+    try:
+        frame = summarise_robustness(tables.robustness, metrics=tables.metrics, runs=tables.runs, options=options)
+    except StatisticsError as error:
+        raise _invalid_option(error) from None
+    return with_trace(frame, tables.experiment)
+
+
+def has_evaluation(tables: ExperimentTables) -> bool:
+    """Whether the experiment's spec asks for robustness (an evaluation block, spec version 2)."""
+    return tables.spec is not None and tables.spec.evaluation is not None
+
+
+def robustness_image(*, tables: ExperimentTables, image_format: str, options: ResultOptions) -> bytes:
+    """Accuracy against strength per kind of the evaluation block, with seed bands, as PNG or SVG bytes."""
+    summary = robustness_table(tables=tables, options=options)
+    reason = "" if has_evaluation(tables) else "this experiment's spec has no evaluation block"
+    return robustness_plot(
+        summary,
+        image_format=image_format,
+        title=tables.experiment.name,
+        chance=chance_accuracy(classes=tables.classes),
+        empty_reason=reason,
+    )
 
 
 def diagnostics_table(*, tables: ExperimentTables) -> pd.DataFrame:

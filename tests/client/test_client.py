@@ -171,3 +171,18 @@ def test_the_url_and_key_default_to_the_environment_then_the_key_serve_saved(
         "Bearer al_environment",
         "Bearer al_given",
     ]
+
+
+def test_robustness_comes_back_as_a_typed_data_frame(client: TestClient, db: Any) -> None:
+    from tests.api.test_robustness import _measured_grid
+
+    experiment_id = _measured_grid(client, db)
+    with _client(client) as actlab_client:
+        experiment = actlab_client.experiment(experiment_id)
+        table = experiment.robustness()
+        assert list(table.columns) == ["run_id", "activation", "seed", "cell", "kind", "strength", "accuracy", "loss"]
+        assert len(table) == 36 and str(table["strength"].dtype) == "float64" and str(table["seed"].dtype) == "int64"
+        fgsm = experiment.robustness(kind="fgsm", activation="tanh")
+        assert set(fgsm["kind"]) == {"fgsm"} and set(fgsm["activation"]) == {"tanh"} and len(fgsm) == 12
+        summary = experiment.results(view="robustness")
+        assert set(summary["verdict"]) == {"baseline", "better", "worse", "equivalent"}
