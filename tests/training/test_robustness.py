@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from torch import nn
 
@@ -93,3 +95,40 @@ def test_results_do_not_depend_on_the_evaluation_batch_size_for_attacks(
     batched = evaluate_robustness(*args, seed=0, fgsm_epsilon=[0.1], pgd_epsilon=[0.1], batch_size=50)
     for a, b in zip(whole, batched, strict=True):
         assert a.accuracy == pytest.approx(b.accuracy, abs=2 / data.test_x.shape[0])
+
+
+def test_a_stacked_member_resumed_after_its_end_measures_the_numbers_of_the_ordinary_trainer(tmp_path: Path) -> None:
+    from worker.training.stacked import train_stacked
+    from worker.training.trainer import train_arm
+
+    spec = ExperimentSpec.model_validate(
+        {
+            "version": 2,
+            "dataset": {"name": "spirals", "params": {"samples": 400}},
+            "model": {"kind": "mlp", "hidden": [16]},
+            "activations": ["relu", "tanh"],
+            "seeds": [0],
+            "training": {"epochs": 3, "batch_size": 64, "lr": 0.03},
+            "device": "cpu",
+            "evaluation": {"noise_std": [0.3], "fgsm_epsilon": [0.1], "pgd_epsilon": [0.1], "pgd_steps": 3},
+        }
+    )
+    paths = [tmp_path / "relu.pt", tmp_path / "tanh.pt"]
+    trained = train_stacked(spec, device="cpu", checkpoint_paths=paths, cuda_graphs=False)
+    assert all(outcome.info is not None and outcome.info.training_path == "stacked" for outcome in trained)
+    # Resumed from the checkpoints of their end (as after a crash before the end was recorded): no epoch again.
+    resumed = train_stacked(spec, device="cpu", checkpoint_paths=paths, cuda_graphs=False)
+    for index, (first, again) in enumerate(zip(trained, resumed, strict=True)):
+        ordinary = train_arm(spec, activation_index=index, seed=0, device="cpu")
+        assert [(point.kind, point.strength) for point in first.robustness] == [
+            ("noise", 0.3),
+            ("fgsm", 0.1),
+            ("pgd", 0.1),
+        ]
+        assert again.robustness == first.robustness
+        assert [point.accuracy for point in first.robustness] == pytest.approx(
+            [point.accuracy for point in ordinary.robustness], abs=1e-9
+        )
+        assert [point.loss for point in first.robustness] == pytest.approx(
+            [point.loss for point in ordinary.robustness], rel=1e-4
+        )
