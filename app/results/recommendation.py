@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from app.catalog import EXPLODING_RATIO, VANISHING_RATIO
+from app.gradient_flow import gradient_flag
 from app.numbers import finite_or_none
 from app.results.failures import DEFAULT_CHANCE_MARGIN, TrainingSetup, chance_accuracy, did_not_train, remedies
 
@@ -126,14 +127,15 @@ def _explanations(diagnostic: Mapping[str, Any] | None) -> tuple[list[str], set[
         )
         if ratio is not None
     ]
-    vanishing = [ratio for ratio in ratios if ratio < VANISHING_RATIO]
+    # The rule is app/gradient_flow.py's; the thresholds are quoted in the sentence with the number.
+    vanishing = [ratio for ratio in ratios if gradient_flag(ratio) == "vanishing"]
     if vanishing:
         causes.add("vanishing")
         reasons.append(
             f"vanishing gradients (first-to-last layer gradient-norm ratio {_number(min(vanishing))}, "
             f"below {VANISHING_RATIO:g})"
         )
-    exploding = [ratio for ratio in ratios if ratio > EXPLODING_RATIO]
+    exploding = [ratio for ratio in ratios if gradient_flag(ratio) == "exploding"]
     if exploding:
         causes.add("exploding")
         reasons.append(

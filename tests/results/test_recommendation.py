@@ -7,6 +7,8 @@ import math
 import pandas as pd
 import pytest
 
+from app.catalog import EXPLODING_RATIO, VANISHING_RATIO
+from app.gradient_flow import gradient_flag
 from app.results.diagnostics import summarise_diagnostics
 from app.results.failures import TrainingSetup, chance_accuracy, did_not_train, remedies
 from app.results.recommendation import RecommendationInputs, best_choices, recommend
@@ -304,3 +306,15 @@ def test_seed_advice_says_when_the_seeds_it_has_should_have_been_enough() -> Non
     advice = next(sentence for sentence in sentences if "seeds per activation" in sentence)
     assert "about 3 seeds per activation would settle relu vs elu (it has 4: this draw missed)" in advice
     assert 'a body such as {"seeds": [4]}' in advice
+
+
+@pytest.mark.parametrize("ratio", [VANISHING_RATIO / 2, VANISHING_RATIO, 1.0, EXPLODING_RATIO, EXPLODING_RATIO * 2])
+def test_the_recommendation_flags_gradients_by_the_gradient_flow_rule(ratio: float) -> None:
+    summary = _summary_frame([{"activation": "selu", "mean": 0.9, "rank": 1.0, "diverged": 1}])
+    diagnostics = pd.DataFrame(
+        [{"activation": "selu", "gradient_ratio_first_epoch": ratio, "gradient_ratio_last_epoch": ratio}]
+    )
+    failure = recommend(RecommendationInputs(summary=summary, pairs=None, diagnostics=diagnostics))[0]
+    flag = gradient_flag(ratio)
+    assert ("vanishing gradients" in failure) == (flag == "vanishing")
+    assert ("exploding gradients" in failure) == (flag == "exploding")
