@@ -459,6 +459,8 @@ ModelSpec = Annotated[MlpSpec | CnnSpec | RnnSpec, Field(discriminator="kind")]
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0), BeforeValidator(not_boolean)]
 """A number in [0, 1): a coefficient of a running average."""
+TrainMetrics = Literal["running", "after_epoch"]
+"""How an epoch's train loss and accuracy are measured (``TrainingSpec.train_metrics``, the metrics rows' column)."""
 
 
 class TrainingSpec(VersionedModel):
@@ -501,6 +503,12 @@ class TrainingSpec(VersionedModel):
     )
     dampening: Number = version_2_field(
         0.0, description="Dampening of the momentum (sgd only; not with nesterov).", ge=0.0, le=1.0
+    )
+    train_metrics: TrainMetrics = version_2_field(
+        "running",
+        description="How an epoch's train_loss and train_accuracy are measured: running (the mean over the epoch's "
+        "batches as they trained, in training mode) or after_epoch (the whole training split in eval mode after the "
+        "epoch's last step). Each metrics row echoes it in its train_metrics column.",
     )
 
     @field_validator("epochs")

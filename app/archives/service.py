@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import typing
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -54,7 +55,7 @@ from app.results import service as results_service
 from app.results.encoding import encode_table, timestamps_utc
 from app.results.statistics import ResultOptions
 from app.schemas import as_utc
-from app.spec import CnnSpec, ExperimentSpec, MlpSpec
+from app.spec import CnnSpec, ExperimentSpec, MlpSpec, TrainMetrics
 from app.spec_factors import arm_count, cell_columns, expand_cells
 
 ARCHIVE_MEDIA_TYPE = "application/zip"
@@ -245,6 +246,12 @@ def _epoch_cells(row: dict[str, Any], record: dict[str, Any], position: int) -> 
         if flag is not None and flag not in GRADIENT_FLAGS:
             raise archive_error(f"metrics.csv.row {position}.{name}", f"{flag!r} must be vanishing, exploding or empty")
         row[name] = flag
+    # An archive written before the column existed holds running train metrics, the only kind there was.
+    measured = optional(record.get("train_metrics")) or "running"
+    if measured not in typing.get_args(TrainMetrics):
+        allowed = ", ".join(typing.get_args(TrainMetrics))
+        raise archive_error(f"metrics.csv.row {position}.train_metrics", f"{measured!r} must be {allowed} or empty")
+    row["train_metrics"] = measured
 
 
 def _layer_cells(row: dict[str, Any], record: dict[str, Any], position: int) -> None:

@@ -36,6 +36,7 @@ class EpochMetricRow(BaseModel):
                     "time_grad_norm_ratio": None,
                     "time_grad_log_slope": None,
                     "time_gradient_flag": None,
+                    "train_metrics": "running",
                 }
             ]
         }
@@ -70,6 +71,11 @@ class EpochMetricRow(BaseModel):
     )
     time_gradient_flag: str | None = Field(
         description="vanishing, exploding, or empty: time_grad_norm_ratio against the thresholds of gradient_flag."
+    )
+    train_metrics: str = Field(
+        description="How train_loss and train_accuracy were measured (the spec's training.train_metrics): running "
+        "(the mean over the epoch's batches as they trained) or after_epoch (the whole training split in eval mode "
+        "after the epoch's steps)."
     )
 
 

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db import Base
 from app.models.types import utc_now
 
-# The per-epoch values of a run, in the order every table and export shows them: the numbers, then the flag.
+# The per-epoch values of a run, in the order every table and export shows them: the numbers, the flags and
+# how the train metrics were measured (training.train_metrics: running or after_epoch).
 EPOCH_NUMBER_FIELDS = (
     "train_loss",
     "train_accuracy",
@@ -28,7 +29,7 @@ EPOCH_NUMBER_FIELDS = (
 )
 # The flags (vanishing, exploding or NULL): over depth, and over time for a recurrence of our own.
 EPOCH_FLAG_FIELDS = ("gradient_flag", "time_gradient_flag")
-EPOCH_VALUE_FIELDS = (*EPOCH_NUMBER_FIELDS, *EPOCH_FLAG_FIELDS)
+EPOCH_VALUE_FIELDS = (*EPOCH_NUMBER_FIELDS, *EPOCH_FLAG_FIELDS, "train_metrics")
 
 
 class EpochMetric(Base):
@@ -58,4 +59,5 @@ class EpochMetric(Base):
     time_grad_norm_ratio: Mapped[float | None] = mapped_column(Float)
     time_grad_log_slope: Mapped[float | None] = mapped_column(Float)
     time_gradient_flag: Mapped[str | None] = mapped_column(String(20))
+    train_metrics: Mapped[str] = mapped_column(String(20), default="running", server_default="running")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)

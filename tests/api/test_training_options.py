@@ -1,6 +1,6 @@
 """Version-2 training options through the HTTP API: optimiser internals (betas, eps, alpha, dampening) listed in the
 catalog with the optimizers they apply to, accepted in version 2, and refused with a 422 naming the field otherwise
-(a version-1 spec, another optimizer's setting, bad values); the optimiser factor paths."""
+(a version-1 spec, another optimizer's setting, bad values); the optimiser factor paths; train_metrics."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def _errors(response: Any) -> dict[str, str]:
 def test_the_catalog_lists_the_training_fields_and_which_optimizer_takes_which_setting(client: TestClient) -> None:
     catalog = client.get("/v1/catalog").json()
     fields = {field["name"]: field for field in catalog["training_fields"]}
+    assert fields["train_metrics"]["json_schema"]["enum"] == ["running", "after_epoch"]
+    assert fields["train_metrics"]["default"] == "running"
     assert {name for name, field in fields.items() if field["version"] == 2} >= SETTINGS
     assert fields["lr"]["version"] == 1 and fields["optimizer"]["default"] == "adam"
     # The defaults are torch's, so a spec that leaves them out trains as before.
@@ -47,6 +49,8 @@ def test_the_catalog_lists_the_training_fields_and_which_optimizer_takes_which_s
         {"optimizer": "adamw", "betas": [0.0, 0.0]},
         {"optimizer": "rmsprop", "alpha": 0.9, "eps": 1e-4},
         {"optimizer": "sgd", "dampening": 0.5},
+        {"train_metrics": "after_epoch"},
+        {"optimizer": "rmsprop", "alpha": 0.95, "train_metrics": "running"},
     ],
 )
 def test_settings_of_the_chosen_optimizer_are_accepted_in_version_2(
@@ -57,16 +61,18 @@ def test_settings_of_the_chosen_optimizer_are_accepted_in_version_2(
     stored = response.json()["spec"]["training"]
     assert {name: stored[name] for name in training} == training
     # Settings left out are not stored: the spec hashes as a spec written before they existed.
-    assert not (SETTINGS - set(training)) & set(stored)
+    assert not ({*SETTINGS, "train_metrics"} - set(training)) & set(stored)
     assert len(dispatcher.run_ids) == 4
 
 
+@pytest.mark.parametrize(("name", "value"), [("betas", [0.5, 0.9]), ("train_metrics", "after_epoch")])
 def test_a_version_1_spec_naming_a_setting_is_a_422_naming_it(
-    client: TestClient, db: Session, dispatcher: RecordingDispatcher
+    name: str, value: Any, client: TestClient, db: Session, dispatcher: RecordingDispatcher
 ) -> None:
-    response = client.post("/v1/experiments", json=small_spec(training={"epochs": 2, "betas": [0.5, 0.9]}))
+    response = client.post("/v1/experiments", json=small_spec(training={"epochs": 2, name: value}))
     assert response.status_code == 422, response.text
-    assert _errors(response)["training.betas"].startswith('training.betas is only in spec version 2; add "version": 2')
+    message = _errors(response)[f"training.{name}"]
+    assert message.startswith(f'training.{name} is only in spec version 2; add "version": 2')
     assert row_counts(db) == NOTHING
     assert dispatcher.enqueued == []
 
@@ -92,6 +98,7 @@ def test_a_version_1_spec_naming_a_setting_is_a_422_naming_it(
         ({"eps": 2.0}, "training.eps", "less than or equal to 1"),
         ({"optimizer": "rmsprop", "alpha": 1.0}, "training.alpha", "less than 1"),
         ({"optimizer": "sgd", "dampening": 1.5}, "training.dampening", "less than or equal to 1"),
+        ({"train_metrics": "final"}, "training.train_metrics", "'running' or 'after_epoch'"),
     ],
 )
 def test_bad_settings_are_a_422_naming_the_field(

@@ -1,8 +1,10 @@
-"""Version-2 training options in the engine: optimiser internals (betas, eps, alpha, dampening).
+"""Version-2 training options in the engine: optimiser internals (betas, eps, alpha, dampening) and train_metrics.
 
-Each option reaches torch's optimizer, changes the numbers when it differs from torch's default, leaves
-them bit-identical when it is given at that default (so a version-1 spec trains as before), and trains
-the same numbers stacked as unstacked (the equivalence check of tests/training/test_stacked.py).
+Each optimiser setting reaches torch's optimizer, changes the numbers when it differs from torch's default, leaves
+them bit-identical when it is given at that default (so a version-1 spec trains as before), and trains the same
+numbers stacked as unstacked (the equivalence check of tests/training/test_stacked.py). ``train_metrics``
+"after_epoch" changes the train loss and accuracy, to those of the whole training split after the epoch, and
+nothing else: not the training (batch order, dropout masks), not the other columns.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from torch import nn
 from app.spec import ExperimentSpec
 from tests.training.test_stacked import DEVICE, check_equivalence
 from tests.training.test_trainer import comparable
-from worker.training.trainer import build_optimizer, train_arm
+from worker.training.datasets import load_dataset
+from worker.training.epochs import run_epoch
+from worker.training.trainer import ArmEpoch, build_optimizer, evaluate, prepare_arm, train_arm
 
 # Each optimizer with every setting that applies to it at a value other than torch's default.
 CHANGED: list[tuple[str, dict[str, Any]]] = [
@@ -118,3 +122,41 @@ def test_stacked_training_with_changed_settings_matches_unstacked_training(
 def test_stacked_batch_norm_with_sgd_dampening_matches_unstacked_training() -> None:
     # BatchNorm is compared with SGD only (tests/training/test_stacked.py says why).
     check_equivalence(make_spec("sgd", {"dampening": 0.3}, norm="batch"))
+
+
+def _without_train_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {key: value for key, value in row.items() if key not in ("train_loss", "train_accuracy", "train_metrics")}
+        for row in rows
+    ]
+
+
+def test_after_epoch_train_metrics_change_the_train_columns_and_nothing_else() -> None:
+    # Dropout and batch norm: a measurement that drew from the random stream or moved the running statistics
+    # would change the next epochs' training, and with it every other column.
+    model = {"dropout": 0.3, "norm": "batch"}
+    after = _reports(make_spec("adam", {"train_metrics": "after_epoch"}, **model))
+    running = _reports(make_spec("adam", {}, version=1, **model))
+    assert _without_train_metrics(after) == _without_train_metrics(running)
+    assert [row["train_metrics"] for row in after] == ["after_epoch"] * 3
+    assert [row["train_metrics"] for row in running] == ["running"] * 3
+    assert all(a["train_loss"] != r["train_loss"] for a, r in zip(after, running, strict=True))
+    assert _reports(make_spec("adam", {"train_metrics": "running"}, **model)) == running
+
+
+def test_after_epoch_train_metrics_are_the_whole_training_split_after_the_epochs_steps() -> None:
+    spec = make_spec("adam", {"train_metrics": "after_epoch"}, dropout=0.3)
+    data = load_dataset(spec.dataset, validation_fraction=0.0)
+    state = prepare_arm(spec, activation_index=0, seed=0, data=data, device=torch.device("cpu"))
+    (report,) = run_epoch(ArmEpoch(state, data), data, epoch=1, train_metrics="after_epoch")
+    loss, accuracy = evaluate(state.model, data.train_x, data.train_y).tolist()
+    assert (report.train_loss, report.train_accuracy) == (loss, accuracy)
+    assert state.model.training  # back in training mode for the next epoch
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "model"), [("adamw", {}), ("sgd", {"norm": "batch"})], ids=["mlp-adamw", "batch-norm-sgd"]
+)
+def test_stacked_after_epoch_train_metrics_match_unstacked_training(optimizer: str, model: dict[str, Any]) -> None:
+    outcomes = check_equivalence(make_spec(optimizer, {"train_metrics": "after_epoch"}, **model))
+    assert all(report.train_metrics == "after_epoch" for outcome in outcomes for report in outcome.reports)

@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from app.numbers import finite_or_none
+from app.spec import TrainMetrics
 from worker.training.datasets import DatasetSplits
 from worker.training.diagnostics import GradientFlag, LayerDiagnostics, time_gradient_summary
 from worker.training.reports import EpochReport, LayerReport
@@ -47,13 +48,24 @@ class EpochSteps(Protocol):
         ...
 
 
-def run_epoch(steps: EpochSteps, data: DatasetSplits, *, epoch: int) -> list[EpochReport]:
-    """Train one epoch, evaluate, diagnose and step the schedule; one report per member, in member order."""
+def run_epoch(
+    steps: EpochSteps, data: DatasetSplits, *, epoch: int, train_metrics: TrainMetrics = "running"
+) -> list[EpochReport]:
+    """Train one epoch, evaluate, diagnose and step the schedule; one report per member, in member order.
+
+    ``train_metrics`` "after_epoch" replaces the running train loss and accuracy with those of the whole
+    training split in eval mode after the epoch's steps. Eval mode under no_grad draws nothing from the random
+    stream (dropout is off, batch norm uses its running statistics and does not update them), so the next
+    epoch's batch order and dropout masks are those of a "running" run; tests/training/test_training_options.py
+    checks it on a net with dropout.
+    """
     started = time.perf_counter()
     lr = float(steps.optimizer.param_groups[0]["lr"])
     # Read here so the time below is the training time alone.
     train_table = steps.train_epoch(epoch).tolist()
     train_seconds = time.perf_counter() - started
+    if train_metrics == "after_epoch":
+        train_table = steps.evaluate(data.train_x, data.train_y).tolist()
     evaluations = [steps.evaluate(data.test_x, data.test_y)]
     if data.val_x is not None and data.val_y is not None and data.val_x.shape[0] > 0:
         evaluations.append(steps.evaluate(data.val_x, data.val_y))
@@ -75,6 +87,7 @@ def run_epoch(steps: EpochSteps, data: DatasetSplits, *, epoch: int) -> list[Epo
             layers=layers,
             ratio=ratio,
             flag=flag,
+            train_metrics=train_metrics,
         )
         for train, evaluation, (layers, ratio, flag) in zip(train_table, evaluation_table, diagnostics, strict=True)
     ]
@@ -91,6 +104,7 @@ def epoch_report(
     layers: list[LayerReport],
     ratio: float | None,
     flag: GradientFlag | None,
+    train_metrics: TrainMetrics = "running",
 ) -> EpochReport:
     """One epoch's report from (train loss, accuracy) and [test loss, accuracy(, val loss, accuracy)].
 
@@ -119,4 +133,5 @@ def epoch_report(
         time_gradient_flag=time_flag,
         diverged=not all(math.isfinite(loss) for loss in losses),
         layers=layers,
+        train_metrics=train_metrics,
     )

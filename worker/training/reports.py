@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from app.spec import TrainMetrics
 from app.spec_evaluation import RobustnessKind
 
 ArmStatus = Literal["succeeded", "diverged", "cancelled"]
@@ -50,6 +51,8 @@ class EpochReport:
     time_gradient_flag: Literal["vanishing", "exploding"] | None = None
     diverged: bool = False
     layers: list[LayerReport] = field(default_factory=list)
+    # How train_loss and train_accuracy were measured (the spec's training.train_metrics).
+    train_metrics: TrainMetrics = "running"
 
     def as_row(self) -> dict[str, Any]:
         """The epoch-level fields as a flat dict (layers excluded)."""

@@ -424,7 +424,7 @@ def train_arm(
     checkpoints = CheckpointClock(checkpoint_interval)
     steps = ArmEpoch(state, data)
     for epoch in range(state.epochs_completed + 1, spec.training.epochs + 1):
-        (report,) = run_epoch(steps, data, epoch=epoch)
+        (report,) = run_epoch(steps, data, epoch=epoch, train_metrics=spec.training.train_metrics)
         ended = record_epoch(state, report)
         # The callback must not shift the random stream a resumed run continues from.
         rng_state = _rng_state(state.device)

@@ -115,7 +115,7 @@ def _train_group(
     """Train members that have completed the same epochs as one stack; sets each member's status."""
     run = StackedRun(spec, members, data, device, cuda_graphs=cuda_graphs)
     for epoch in range(members[0].state.epochs_completed + 1, spec.training.epochs + 1):
-        reports = run_epoch(run, data, epoch=epoch)
+        reports = run_epoch(run, data, epoch=epoch, train_metrics=spec.training.train_metrics)
         for member, report in zip(run.members, reports, strict=True):
             member.status = record_epoch(member.state, report)
         answers = [True] * len(run.members)
