@@ -164,6 +164,12 @@ class Settings(SpecLimits):
     max_compare_experiments: int = Field(
         8, ge=2, description="Experiments one comparison (GET /v1/compare, the /compare page) may name."
     )
+    results_cache_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        description="Largest result response (results tables, diagnostics, plots) the results cache stores for a "
+        "finished experiment; larger ones are computed on every request. 0 turns the cache off.",
+    )
     task_soft_time_limit: int = Field(6 * 3600, ge=1, description="Seconds a run may train before it is stopped.")
     task_max_retries: int = Field(5, ge=0, description="Retries of a run after transient failures.")
     gpu_worker_probe_seconds: float = Field(1.0, gt=0, description="How long to wait for GPU workers to answer.")

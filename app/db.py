@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -92,3 +93,16 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE of ``rows`` in the session's dialect (PostgreSQL or SQLite)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(table)
+    elif dialect == "sqlite":
+        statement = sqlite.insert(table)
+    else:
+        raise NotImplementedError(f"upserts support postgresql and sqlite, not {dialect}")
+    updated = {name: statement.excluded[name] for name in rows[0] if name not in keys}
+    session.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=updated), rows)

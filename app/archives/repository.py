@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from app.models import EpochMetric, Experiment, LayerMetric, RobustnessResult, Run
+from app.models import EpochMetric, Experiment, LayerMetric, ResultCacheEntry, RobustnessResult, Run
 
 
 def insert_experiment_with_runs(*, session: Session, experiment: Experiment, runs: Sequence[Run]) -> None:
@@ -31,10 +31,11 @@ def insert_metric_rows(
 
 
 def delete_experiment(*, session: Session, experiment_id: uuid.UUID) -> None:
-    """Stage deleting an experiment with its runs and metric rows (an import that failed midway)."""
+    """Stage deleting an experiment with its runs, metric rows and cached results (an import that failed midway)."""
     runs = select(Run.id).where(Run.experiment_id == experiment_id)
     session.execute(delete(RobustnessResult).where(RobustnessResult.run_id.in_(runs)))
     session.execute(delete(LayerMetric).where(LayerMetric.run_id.in_(runs)))
     session.execute(delete(EpochMetric).where(EpochMetric.run_id.in_(runs)))
     session.execute(delete(Run).where(Run.experiment_id == experiment_id))
+    session.execute(delete(ResultCacheEntry).where(ResultCacheEntry.experiment_id == experiment_id))
     session.execute(delete(Experiment).where(Experiment.id == experiment_id))

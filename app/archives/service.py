@@ -44,6 +44,7 @@ from app.archives.members import (
 )
 from app.archives.robustness import ROBUSTNESS_MEMBER, read_robustness
 from app.config import Settings
+from app.experiments import repository as experiments_repository
 from app.experiments import service as experiments_service
 from app.gradient_flow import GRADIENT_FLAGS
 from app.models import EpochMetric, Experiment, LayerMetric, RobustnessResult, Run, RunStatus
@@ -417,6 +418,8 @@ def import_archive(
         for frame, table in tables:
             for batch in _metric_batches(frame, table, mapping=mapping, size=settings.import_batch_rows):
                 repository.insert_metric_rows(session=session, model=table.model, rows=batch)
+                # Results read between two batches are partial: the bump keeps them out of the cache's answers.
+                experiments_repository.bump_results_version(session=session, experiment_id=experiment_id)
                 session.commit()
         for start in range(0, len(robustness_rows), settings.import_batch_rows):
             batch = robustness_rows[start : start + settings.import_batch_rows]

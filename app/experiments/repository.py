@@ -143,3 +143,24 @@ def requeue_runs(*, session: Session, run_ids: Sequence[uuid.UUID], from_statuse
         .execution_options(synchronize_session=False)
     )
     return list(result.scalars())
+
+
+def bump_results_version(*, session: Session, experiment_id: uuid.UUID) -> None:
+    """Count one change of the experiment's results: its cached result responses stop being served."""
+    session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id)
+        .values(results_version=Experiment.results_version + 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def bump_results_version_of_runs(*, session: Session, run_ids: Sequence[uuid.UUID]) -> None:
+    """``bump_results_version`` of the experiments these runs belong to (one statement)."""
+    experiments = select(Run.experiment_id).where(Run.id.in_(list(run_ids))).scalar_subquery()
+    session.execute(
+        update(Experiment)
+        .where(Experiment.id.in_(experiments))
+        .values(results_version=Experiment.results_version + 1)
+        .execution_options(synchronize_session=False)
+    )

@@ -194,6 +194,8 @@ def refresh_experiment_status(*, session: Session, experiment_id: uuid.UUID) -> 
     else:
         experiment.finished_at = None
     experiment.error = _failure_summary(runs)
+    # The runs changed (their end, new seeds, a retry): cached results of the experiment are stale.
+    repository.bump_results_version(session=session, experiment_id=experiment_id)
     session.flush()
     return experiment
 

@@ -10,10 +10,11 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, delete, insert
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session
 
+from app.db import upsert
+from app.experiments.repository import bump_results_version_of_runs
 from app.models import EpochMetric, LayerMetric, RobustnessResult
 from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
@@ -25,19 +26,6 @@ if TYPE_CHECKING:
     from worker.training.reports import EpochReport, RobustnessPoint
 
 _LAYER_FIELDS = ("layer_name", *LAYER_VALUE_FIELDS)
-
-
-def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE in the session's dialect."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        statement: Any = postgresql.insert(table)
-    elif dialect == "sqlite":
-        statement = sqlite.insert(table)
-    else:
-        raise NotImplementedError(f"metric upserts support postgresql and sqlite, not {dialect}")
-    updated = {name: statement.excluded[name] for name in rows[0] if name not in keys}
-    session.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=updated), rows)
 
 
 def upsert_epoch_metrics(*, session: Session, run_id: uuid.UUID, attempt: int, report: EpochReport) -> None:
@@ -68,9 +56,12 @@ def upsert_epoch_metrics_of_runs(*, session: Session, writes: Sequence[tuple[uui
             row: dict[str, Any] = {"run_id": run_id, "epoch": report.epoch, "layer": layer.layer, "attempt": attempt}
             row.update({name: finite_tree(getattr(layer, name)) for name in _LAYER_FIELDS})
             layer_rows.append(row)
-    _upsert(session, EpochMetric.__table__, epoch_rows, ("run_id", "epoch"))  # type: ignore[arg-type]
+    upsert(session, EpochMetric.__table__, epoch_rows, ("run_id", "epoch"))  # type: ignore[arg-type]
     if layer_rows:
-        _upsert(session, LayerMetric.__table__, layer_rows, ("run_id", "epoch", "layer"))  # type: ignore[arg-type]
+        upsert(session, LayerMetric.__table__, layer_rows, ("run_id", "epoch", "layer"))  # type: ignore[arg-type]
+    # New rows change the results: cached responses of the experiment stop being served (app.results.cache).
+    # The writer holds the experiment's lock already (lock_experiment_of_run), so this takes no new lock.
+    bump_results_version_of_runs(session=session, run_ids=[run_id for run_id, _, _ in writes])
 
 
 def replace_robustness(*, session: Session, run_id: uuid.UUID, attempt: int, points: Sequence[RobustnessPoint]) -> None:

@@ -4,6 +4,7 @@ from app.models.api_key import ApiKey
 from app.models.epoch_metric import EpochMetric
 from app.models.experiment import Experiment
 from app.models.layer_metric import LayerMetric
+from app.models.result_cache import ResultCacheEntry
 from app.models.robustness import RobustnessResult
 from app.models.run import Run
 from app.models.seed_extension import SeedExtension
@@ -16,6 +17,7 @@ __all__ = [
     "Experiment",
     "ExperimentStatus",
     "LayerMetric",
+    "ResultCacheEntry",
     "RobustnessResult",
     "Run",
     "RunStatus",

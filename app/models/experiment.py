@@ -51,6 +51,9 @@ class Experiment(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Bumped by every write that can change the experiment's results (epoch rows, run ends, new seeds, retries,
+    # imported rows); cached result responses (app.results.cache) are valid only for the version they were made at.
+    results_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     runs: Mapped[list[Run]] = relationship(
         back_populates="experiment", order_by="(Run.activation_index, Run.seed)", cascade="all, delete-orphan"

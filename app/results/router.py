@@ -6,12 +6,14 @@ Archives (export, import) are app.archives.router; live events app.results.event
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
 from app.dependencies import SessionDependency, SettingsDependency
-from app.results import factorial_service, service
+from app.results import cache, factorial_service, service
 from app.results.encoding import TABLE_MEDIA_TYPES, encode_table, image_media_type
 from app.results.factorial_plots import FACTORIAL_PLOT_KINDS
 from app.results.gallery import GALLERY_PLOT_KINDS
@@ -19,6 +21,7 @@ from app.results.plots import IMAGE_FORMATS, PLOT_KINDS
 from app.results.queries import FormatQuery, ResultQuery, result_query
 from app.results.robustness_plots import ROBUSTNESS_PLOT_KINDS
 from app.results.schemas import RecommendationResponse
+from app.results.statistics import ResultOptions
 from app.schemas import MessageResponse, ValidationErrorResponse
 from app.service_errors import InvalidInputError
 
@@ -61,6 +64,37 @@ _TABLE_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": MessageResponse},
     422: {"model": ValidationErrorResponse},
 }
+
+
+_RESULT_VIEWS: dict[str, Callable[..., Any]] = {
+    "summary": service.summary_table,
+    "pairs": service.pairs_table,
+    "runs": service.run_values_table,
+    "ranking": factorial_service.ranking_table,
+    "effects": factorial_service.effects_table,
+    "robustness": service.robustness_table,
+}
+
+
+def _cached(
+    session: SessionDependency,
+    settings: SettingsDependency,
+    experiment_id: uuid.UUID,
+    endpoint: str,
+    output_format: str,
+    options: ResultOptions | None,
+    compute: Callable[[], bytes],
+) -> bytes:
+    """``compute()``'s bytes through the results cache, keyed on the endpoint, the format and every option."""
+    parameters = {"format": output_format, **(asdict(options) if options is not None else {})}
+    return cache.cached_response(
+        session=session,
+        experiment_id=experiment_id,
+        endpoint=endpoint,
+        parameters=parameters,
+        compute=compute,
+        max_bytes=settings.results_cache_max_bytes,
+    )
 
 
 def _table_response(content: bytes, output_format: str, experiment_id: uuid.UUID, name: str) -> Response:
@@ -106,26 +140,21 @@ def _table_response(content: bytes, output_format: str, experiment_id: uuid.UUID
 def results(
     experiment_id: uuid.UUID,
     session: SessionDependency,
+    settings: SettingsDependency,
     query: ResultsTableQuery,
     output_format: FormatQuery = "json",
 ) -> Response:
     """The results table in JSON, CSV or Parquet."""
     options = query.options()
-    tables = service.load_tables(session=session, experiment_id=experiment_id)
-    if query.view == "pairs":
-        frame = service.pairs_table(tables=tables, options=options)
-    elif query.view == "runs":
-        frame = service.run_values_table(tables=tables, options=options)
-    elif query.view == "ranking":
-        frame = factorial_service.ranking_table(tables=tables, options=options)
-    elif query.view == "effects":
-        frame = factorial_service.effects_table(tables=tables, options=options)
-    elif query.view == "robustness":
-        frame = service.robustness_table(tables=tables, options=options)
-    else:
-        frame = service.summary_table(tables=tables, options=options)
+    table = _RESULT_VIEWS[query.view]
+
+    def compute() -> bytes:
+        tables = service.load_tables(session=session, experiment_id=experiment_id)
+        return encode_table(table(tables=tables, options=options), output_format)
+
+    content = _cached(session, settings, experiment_id, f"results/{query.view}", output_format, options, compute)
     name = "results" if query.view == "summary" else f"results-{query.view}"
-    return _table_response(encode_table(frame, output_format), output_format, experiment_id, name)
+    return _table_response(content, output_format, experiment_id, name)
 
 
 @router.get(
@@ -140,11 +169,20 @@ def results(
     ),
     responses=_TABLE_RESPONSES,
 )
-def diagnostics(experiment_id: uuid.UUID, session: SessionDependency, output_format: FormatQuery = "json") -> Response:
+def diagnostics(
+    experiment_id: uuid.UUID,
+    session: SessionDependency,
+    settings: SettingsDependency,
+    output_format: FormatQuery = "json",
+) -> Response:
     """The diagnostics table in JSON, CSV or Parquet."""
-    tables = service.load_tables(session=session, experiment_id=experiment_id)
-    frame = service.diagnostics_table(tables=tables)
-    return _table_response(encode_table(frame, output_format), output_format, experiment_id, "diagnostics")
+
+    def compute() -> bytes:
+        tables = service.load_tables(session=session, experiment_id=experiment_id)
+        return encode_table(service.diagnostics_table(tables=tables), output_format)
+
+    content = _cached(session, settings, experiment_id, "diagnostics", output_format, None, compute)
+    return _table_response(content, output_format, experiment_id, "diagnostics")
 
 
 @router.get(
@@ -195,6 +233,7 @@ def plot_image(
     experiment_id: uuid.UUID,
     filename: str,
     session: SessionDependency,
+    settings: SettingsDependency,
     query: PlotQuery,
     activation: Annotated[
         str | None, Query(max_length=200, description="`activations` only: draw this activation label alone.")
@@ -230,13 +269,17 @@ def plot_image(
     if errors:
         raise InvalidInputError(errors)
     options = query.options()
-    tables = service.load_tables(session=session, experiment_id=experiment_id)
-    if kind in GALLERY_PLOT_KINDS:
-        content = service.gallery_image(tables=tables, image_format=image_format, activation=activation)
-    elif kind in ROBUSTNESS_PLOT_KINDS:
-        content = service.robustness_image(tables=tables, image_format=image_format, options=options)
-    elif kind in FACTORIAL_PLOT_KINDS:
-        content = factorial_service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)
-    else:
-        content = service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)
+
+    def compute() -> bytes:
+        tables = service.load_tables(session=session, experiment_id=experiment_id)
+        if kind in GALLERY_PLOT_KINDS:
+            return service.gallery_image(tables=tables, image_format=image_format, activation=activation)
+        if kind in ROBUSTNESS_PLOT_KINDS:
+            return service.robustness_image(tables=tables, image_format=image_format, options=options)
+        if kind in FACTORIAL_PLOT_KINDS:
+            return factorial_service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)
+        return service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)
+
+    endpoint = f"plots/{kind}" + (f"/{activation}" if activation is not None else "")
+    content = _cached(session, settings, experiment_id, endpoint, image_format, options, compute)
     return Response(content, media_type=image_media_type(image_format), headers={"Cache-Control": "no-cache"})

@@ -50,3 +50,27 @@ def test_results_export_and_import_on_postgresql(postgres_url: str) -> None:
         diagnostics = client.get(f"/v1/experiments/{imported.json()['id']}/diagnostics").json()
         prelu = next(row for row in diagnostics if row["activation"] == "prelu")
         assert prelu["learned_parameters"] == {"slope": pytest.approx(0.12)}
+
+
+def test_cached_results_on_postgresql_are_the_same_bytes_until_an_epoch_row_changes_them(postgres_url: str) -> None:
+    from sqlalchemy import select
+
+    from app.metrics.write_repository import upsert_epoch_metrics_of_runs
+    from app.models import Run
+    from tests.api.test_retry import _report
+
+    app = create_app(Settings(DATABASE_URL=postgres_url, BROKER_URL="filesystem://", auth_required=False))
+    with TestClient(app) as client:
+        with app.state.session_factory() as session:
+            experiment_id = insert_experiment(session)
+        url = f"/v1/experiments/{experiment_id}/results?view=runs&format=csv"
+        first = client.get(url).content
+        assert client.get(url).content == first
+        with app.state.session_factory() as session:
+            run = session.scalars(select(Run).where(Run.experiment_id == experiment_id, Run.seed == 0)).first()
+            assert run is not None and run.activation_label == "relu"
+            report = _report(4, 0.25)
+            upsert_epoch_metrics_of_runs(session=session, writes=[(run.id, 1, report)])
+            session.commit()
+        rows = pd.read_csv(io.BytesIO(client.get(url).content))
+        assert rows.loc[rows["run_id"] == str(run.id), "value"].item() == 0.25
