@@ -149,7 +149,8 @@ def results(
     table = _RESULT_VIEWS[query.view]
 
     def compute() -> bytes:
-        tables = service.load_tables(session=session, experiment_id=experiment_id)
+        # No view of this table reads the layer metrics.
+        tables = service.load_tables(session=session, experiment_id=experiment_id, layers=False)
         return encode_table(table(tables=tables, options=options), output_format)
 
     content = _cached(session, settings, experiment_id, f"results/{query.view}", output_format, options, compute)

@@ -89,15 +89,22 @@ def stored_spec(experiment: Experiment) -> ExperimentSpec | None:
         return None
 
 
-def load_tables(*, session: Session, experiment_id: uuid.UUID) -> ExperimentTables:
-    """Everything the results read for one experiment; NotFoundError when it does not exist."""
+def load_tables(*, session: Session, experiment_id: uuid.UUID, layers: bool = True) -> ExperimentTables:
+    """Everything the results read for one experiment; NotFoundError when it does not exist.
+
+    ``layers=False`` leaves the layer metrics (the largest table) out, empty, for tables that do not read them.
+    """
     experiment = experiments_service.require_experiment(session=session, experiment_id=experiment_id)
     return ExperimentTables(
         experiment=experiment,
         spec=stored_spec(experiment),
         runs=repository.runs_frame(session=session, experiment_id=experiment_id),
         metrics=repository.epoch_metrics_frame(session=session, experiment_id=experiment_id),
-        layers=repository.layer_metrics_frame(session=session, experiment_id=experiment_id),
+        layers=(
+            repository.layer_metrics_frame(session=session, experiment_id=experiment_id)
+            if layers
+            else pd.DataFrame(columns=list(repository.LAYER_COLUMNS))
+        ),
         cells=repository.run_cells_frame(session=session, experiment_id=experiment_id),
         robustness=repository.robustness_frame(session=session, experiment_id=experiment_id),
     )
@@ -194,17 +201,19 @@ def with_trace(frame: pd.DataFrame, experiment: Experiment) -> pd.DataFrame:
     return traced
 
 
-def _run_times(tables: ExperimentTables) -> pd.DataFrame:
+def _with_run_times(summary: pd.DataFrame, tables: ExperimentTables) -> pd.DataFrame:
+    """The summary with each activation's first run start and last run end (runs_started_at, runs_finished_at)."""
     runs = tables.runs
-    if runs.empty:
-        return pd.DataFrame(columns=["activation", "runs_started_at", "runs_finished_at"])
-    times = runs[["activation", "started_at", "finished_at"]].copy()
-    times["started_at"] = pd.to_datetime(times["started_at"].map(as_utc), utc=True)
-    times["finished_at"] = pd.to_datetime(times["finished_at"].map(as_utc), utc=True)
-    grouped = times.groupby("activation", sort=False).agg(
-        runs_started_at=("started_at", "min"), runs_finished_at=("finished_at", "max")
-    )
-    return grouped.reset_index()
+    by_activation = pd.DataFrame(
+        {
+            "started_at": pd.to_datetime(runs["started_at"].map(as_utc), utc=True),
+            "finished_at": pd.to_datetime(runs["finished_at"].map(as_utc), utc=True),
+        }
+    ).groupby(runs["activation"], sort=False)
+    timed = summary.copy()
+    timed["runs_started_at"] = timed["activation"].map(by_activation["started_at"].min())
+    timed["runs_finished_at"] = timed["activation"].map(by_activation["finished_at"].max())
+    return timed
 
 
 def summary_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.DataFrame:
@@ -215,8 +224,7 @@ def summary_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.Dat
     if tables.runs.empty:
         return with_trace(pd.DataFrame(columns=["activation"]), tables.experiment)
     summary = _statistics_call(summarise_activations, tables, options)
-    summary = summary.merge(_run_times(tables), on="activation", how="left")
-    return with_trace(summary, tables.experiment)
+    return with_trace(_with_run_times(summary, tables), tables.experiment)
 
 
 def pairs_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.DataFrame:

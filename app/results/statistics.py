@@ -48,6 +48,7 @@ The choices made here, which the API documents as they are:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -221,14 +222,54 @@ def _best_position(values: np.ndarray, lower_is_better: bool) -> int:
     return int(np.nanargmin(values) if lower_is_better else np.nanargmax(values))
 
 
-def _reaches(value: float, threshold: float, lower_is_better: bool) -> bool:
-    return value <= threshold if lower_is_better else value >= threshold
+def _rows_by_run(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each run's row positions in the table, in table order (one pass, not a DataFrame per run)."""
+    codes, runs = pd.factorize(table["run_id"].to_numpy(dtype=object))
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    return {str(run): positions for run, positions in zip(runs, np.split(order, bounds), strict=False)}
 
 
-def _run_summary(group: pd.DataFrame, options: ResultOptions) -> dict[str, Any]:
-    """The per-run numbers: summary value, its epoch, threshold, AUC, generalisation gap."""
-    values = group[options.metric].to_numpy(dtype=float)
-    epochs = group["epoch"].to_numpy()
+@dataclass(frozen=True)
+class _Columns:
+    """The columns of a cleaned metrics table the summaries read, as arrays, and each run's rows in them."""
+
+    values: np.ndarray
+    epochs: np.ndarray
+    gaps: np.ndarray
+    activations: np.ndarray
+    seconds: np.ndarray
+    rows_of_run: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, table: pd.DataFrame, options: ResultOptions) -> _Columns:
+        """The arrays of ``table`` (from _clean_metrics) for ``options.metric``."""
+        family = metric_family(options.metric)
+        gaps = np.full(len(table), math.nan)
+        if family is not None and f"train_{family}" in table.columns and f"test_{family}" in table.columns:
+            gaps = table[f"train_{family}"].to_numpy(dtype=float) - table[f"test_{family}"].to_numpy(dtype=float)
+        return cls(
+            values=table[options.metric].to_numpy(dtype=float),
+            epochs=table["epoch"].to_numpy(),
+            gaps=gaps,
+            activations=table["activation"].to_numpy(dtype=object),
+            seconds=table["epoch_seconds"].to_numpy(dtype=float),
+            rows_of_run=_rows_by_run(table),
+        )
+
+
+def _first_reaching(values: np.ndarray, threshold: float, lower_is_better: bool) -> int | None:
+    """1 + the position of the first value at or beyond ``threshold`` (the epochs needed), None if none is."""
+    reached = values <= threshold if lower_is_better else values >= threshold
+    return int(np.argmax(reached)) + 1 if reached.any() else None
+
+
+_NO_ROWS = np.empty(0, dtype=np.intp)
+
+
+def _run_summary(columns: _Columns, rows: np.ndarray, options: ResultOptions) -> dict[str, Any]:
+    """The per-run numbers of one run's rows: summary value, its epoch, threshold, AUC, generalisation gap."""
+    values = columns.values[rows]
     finite = np.isfinite(values)
     row: dict[str, Any] = {
         "value": math.nan,
@@ -237,24 +278,18 @@ def _run_summary(group: pd.DataFrame, options: ResultOptions) -> dict[str, Any]:
         "epochs_to_threshold": None,
         "area_under_curve": math.nan,
         "generalisation_gap": math.nan,
-        "epochs": len(group),
+        "epochs": len(rows),
     }
     if not finite.any():
         return row
-    kept = group[finite]
     kept_values = values[finite]
-    kept_epochs = epochs[finite]
+    kept_epochs = columns.epochs[rows][finite]
+    gaps = columns.gaps[rows][finite]
     best = _best_position(kept_values, options.lower_is_better)
     row["best_epoch"] = int(kept_epochs[best])
     row["area_under_curve"] = float(kept_values.mean())
     if options.threshold is not None:
-        reached = [_reaches(float(value), options.threshold, options.lower_is_better) for value in kept_values]
-        if any(reached):
-            row["epochs_to_threshold"] = int(reached.index(True)) + 1
-    family = metric_family(options.metric)
-    gaps = np.full(len(kept), math.nan)
-    if family is not None and f"train_{family}" in kept.columns and f"test_{family}" in kept.columns:
-        gaps = kept[f"train_{family}"].to_numpy(dtype=float) - kept[f"test_{family}"].to_numpy(dtype=float)
+        row["epochs_to_threshold"] = _first_reaching(kept_values, options.threshold, options.lower_is_better)
     if options.summary == "final":
         row["value"] = float(kept_values[-1])
         row["summary_epoch"] = int(kept_epochs[-1])
@@ -276,48 +311,59 @@ def included_statuses(options: ResultOptions) -> tuple[str, ...]:
     return ("succeeded", "diverged") if options.include_diverged else ("succeeded",)
 
 
-def run_summaries(metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per run: its status, whether it counts, and its summary value of the metric."""
-    table = _clean_metrics(metrics)
-    run_table = _runs_table(table, runs)
-    by_run = {str(run_id): group for run_id, group in table.groupby("run_id", sort=False)}
+RUN_SUMMARY_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "activation",
+    "activation_index",
+    "seed",
+    "status",
+    "included",
+    "metric",
+    "summary",
+    "value",
+    "summary_epoch",
+    "best_epoch",
+    "epochs_to_threshold",
+    "area_under_curve",
+    "generalisation_gap",
+    "epochs",
+)
+
+
+def _run_summary_rows(columns: _Columns, run_table: pd.DataFrame, options: ResultOptions) -> list[dict[str, Any]]:
+    """run_summaries' rows as dicts, in the run table's order."""
     counted = set(included_statuses(options))
     rows = []
-    for run in run_table.itertuples(index=False):
-        group = by_run.get(str(run.run_id))
-        summary = _run_summary(group, options) if group is not None else _run_summary(table.iloc[0:0], options)
-        included = run.status in counted and math.isfinite(summary["value"])
+    for run_id, activation, activation_index, seed, status in zip(
+        run_table["run_id"].tolist(),
+        run_table["activation"].tolist(),
+        run_table["activation_index"].tolist(),
+        run_table["seed"].tolist(),
+        run_table["status"].tolist(),
+        strict=True,
+    ):
+        summary = _run_summary(columns, columns.rows_of_run.get(str(run_id), _NO_ROWS), options)
         rows.append(
             {
-                "run_id": str(run.run_id),
-                "activation": run.activation,
-                "activation_index": int(run.activation_index),
-                "seed": int(run.seed),
-                "status": run.status,
-                "included": included,
+                "run_id": str(run_id),
+                "activation": activation,
+                "activation_index": int(activation_index),
+                "seed": int(seed),
+                "status": status,
+                "included": status in counted and math.isfinite(summary["value"]),
                 "metric": options.metric,
                 "summary": options.summary_label,
                 **summary,
             }
         )
-    columns = [
-        "run_id",
-        "activation",
-        "activation_index",
-        "seed",
-        "status",
-        "included",
-        "metric",
-        "summary",
-        "value",
-        "summary_epoch",
-        "best_epoch",
-        "epochs_to_threshold",
-        "area_under_curve",
-        "generalisation_gap",
-        "epochs",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return rows
+
+
+def run_summaries(metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run: its status, whether it counts, and its summary value of the metric."""
+    table = _clean_metrics(metrics)
+    rows = _run_summary_rows(_Columns.of(table, options), _runs_table(table, runs), options)
+    return pd.DataFrame(rows, columns=list(RUN_SUMMARY_COLUMNS))
 
 
 def learning_curves(
@@ -356,9 +402,18 @@ def learning_curves(
     return pd.DataFrame(rows, columns=["activation", "activation_index", "epoch", "n", "mean", "ci_low", "ci_high"])
 
 
-def _mean_curve(runs: pd.DataFrame, table: pd.DataFrame, metric: str) -> pd.Series:
-    selected = table[table["run_id"].isin(runs["run_id"])]
-    return selected.groupby("epoch")[metric].mean().dropna()
+def _mean_curve(columns: _Columns, run_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The runs' cross-seed mean learning curve: (epochs, means) in epoch order, epochs without a value left out."""
+    if not run_ids:
+        return np.empty(0), np.empty(0)
+    rows = np.concatenate([columns.rows_of_run.get(run_id, _NO_ROWS) for run_id in run_ids])
+    values = columns.values[rows]
+    present = ~np.isnan(values)
+    epochs, positions = np.unique(columns.epochs[rows], return_inverse=True)
+    sums = np.bincount(positions, weights=np.where(present, values, 0.0), minlength=epochs.size)
+    counts = np.bincount(positions, weights=present, minlength=epochs.size)
+    measured = counts > 0
+    return epochs[measured], sums[measured] / counts[measured]
 
 
 def _optional_float(value: float) -> float | None:
@@ -375,12 +430,12 @@ def paired_comparison(first: dict[int, float], second: dict[int, float], options
     return {"seeds": ";".join(str(seed) for seed in shared), **comparisons.describe(differences, interval, options)}
 
 
-def _values_by_activation(per_run: pd.DataFrame) -> dict[str, dict[int, float]]:
-    counted = per_run[per_run["included"]]
-    return {
-        str(activation): dict(zip(group["seed"].astype(int), group["value"].astype(float), strict=True))
-        for activation, group in counted.groupby("activation", sort=False)
-    }
+def _values_by_activation(per_run: Sequence[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    values: dict[str, dict[int, float]] = {}
+    for row in per_run:
+        if row["included"]:
+            values.setdefault(str(row["activation"]), {})[int(row["seed"])] = float(row["value"])
+    return values
 
 
 def activation_order(runs: pd.DataFrame) -> list[str]:
@@ -437,41 +492,47 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 )
 
 
+def _skipping_nan_mean(values: Sequence[float]) -> float:
+    present = [value for value in values if not math.isnan(value)]
+    return float(np.mean(present)) if present else math.nan
+
+
 def summarise_activations(
     metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """One row per activation: cross-seed statistics, rank and the comparison with the baseline."""
     table = _clean_metrics(metrics)
     run_table = _runs_table(table, runs)
-    per_run = run_summaries(table, options=options, runs=run_table)
+    columns = _Columns.of(table, options)
+    per_run = _run_summary_rows(columns, run_table, options)
     labels = activation_order(run_table)
     baseline = choose_baseline(labels, options.baseline)
     values = _values_by_activation(per_run)
+    runs_by_label: dict[str, list[dict[str, Any]]] = {}
+    for run in per_run:
+        runs_by_label.setdefault(str(run["activation"]), []).append(run)
     rows: list[dict[str, Any]] = []
     for label in labels:
-        runs_of = per_run[per_run["activation"] == label]
-        counted = runs_of[runs_of["included"]]
-        numbers = counted["value"].to_numpy(dtype=float)
+        runs_of = runs_by_label[label]
+        counted = [run for run in runs_of if run["included"]]
+        numbers = np.array([run["value"] for run in counted], dtype=float)
         n = int(numbers.size)
         interval = bootstrap_mean_interval(
             numbers, confidence=options.confidence, resamples=options.resamples, random_seed=options.random_seed
         )
-        curve = _mean_curve(counted, table, options.metric)
+        curve_epochs, curve_values = _mean_curve(columns, [run["run_id"] for run in counted])
         best_epoch = None
         epochs_to_threshold = None
-        if not curve.empty:
-            curve_values = curve.to_numpy(dtype=float)
-            best_epoch = int(curve.index[_best_position(curve_values, options.lower_is_better)])
+        if curve_values.size:
+            best_epoch = int(curve_epochs[_best_position(curve_values, options.lower_is_better)])
             if options.threshold is not None:
-                reached = [_reaches(float(value), options.threshold, options.lower_is_better) for value in curve_values]
-                if any(reached):
-                    epochs_to_threshold = reached.index(True) + 1
-        seconds = table.loc[table["activation"] == label, "epoch_seconds"].to_numpy(dtype=float)
+                epochs_to_threshold = _first_reaching(curve_values, options.threshold, options.lower_is_better)
+        seconds = columns.seconds[columns.activations == label]
         seconds = seconds[np.isfinite(seconds)]
-        statuses = runs_of["status"].value_counts()
+        statuses = Counter(str(run["status"]) for run in runs_of)
         row: dict[str, Any] = {
             "activation": label,
-            "activation_index": int(runs_of["activation_index"].iloc[0]),
+            "activation_index": int(runs_of[0]["activation_index"]),
             "metric": options.metric,
             "summary": options.summary_label,
             "lower_is_better": options.lower_is_better,
@@ -488,17 +549,21 @@ def summarise_activations(
             "threshold": options.threshold,
             "epochs_to_threshold": epochs_to_threshold,
             "seeds_reaching_threshold": (
-                int(counted["epochs_to_threshold"].notna().sum()) if options.threshold is not None else None
+                sum(1 for run in counted if run["epochs_to_threshold"] is not None)
+                if options.threshold is not None
+                else None
             ),
-            "area_under_curve": float(counted["area_under_curve"].mean()) if n else math.nan,
-            "generalisation_gap": _optional_float(float(counted["generalisation_gap"].mean())) if n else None,
+            "area_under_curve": _skipping_nan_mean([run["area_under_curve"] for run in counted]) if n else math.nan,
+            "generalisation_gap": (
+                _optional_float(_skipping_nan_mean([run["generalisation_gap"] for run in counted])) if n else None
+            ),
             "mean_epoch_seconds": float(seconds.mean()) if seconds.size else math.nan,
             "runs": len(runs_of),
-            **{status: int(statuses.get(status, 0)) for status in COUNTED_STATUSES},
-            "unfinished": int((~runs_of["status"].isin(COUNTED_STATUSES)).sum()),
+            **{status: statuses.get(status, 0) for status in COUNTED_STATUSES},
+            "unfinished": sum(count for status, count in statuses.items() if status not in COUNTED_STATUSES),
             "baseline": baseline,
-            "seeds": ";".join(str(seed) for seed in counted["seed"]),
-            "run_ids": ";".join(counted["run_id"]),
+            "seeds": ";".join(str(run["seed"]) for run in counted),
+            "run_ids": ";".join(run["run_id"] for run in counted),
         }
         rows.append(row)
     _add_ranks(rows, options)
@@ -556,7 +621,7 @@ def compare_pairs(metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.Dat
     """Every ordered pair of activations: paired effect sizes and tests, Holm over all unordered pairs, outcome."""
     table = _clean_metrics(metrics)
     run_table = _runs_table(table, runs)
-    per_run = run_summaries(table, options=options, runs=run_table)
+    per_run = _run_summary_rows(_Columns.of(table, options), run_table, options)
     labels = activation_order(run_table)
     indices = dict(zip(run_table["activation"], run_table["activation_index"].astype(int), strict=False))
     values = _values_by_activation(per_run)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 WILCOXON_MINIMUM_PAIRS = 6
 MINIMUM_EQUIVALENCE_PAIRS = 3
@@ -88,6 +88,42 @@ def holm_adjust(p_values: Sequence[float | None]) -> list[float | None]:
     return adjusted
 
 
+@dataclass(frozen=True)
+class _OneSampleT:
+    """Student's one-sample t of the mean against a value: what scipy's ttest_1samp computes, without its
+    per-call argument handling (a results table runs dozens of these)."""
+
+    mean: float
+    standard_error: float
+    freedom: int
+
+    @classmethod
+    def of(cls, data: np.ndarray) -> _OneSampleT:
+        """The t of ``data`` (at least two values, not all equal)."""
+        return cls(float(data.mean()), float(data.std(ddof=1)) / math.sqrt(data.size), int(data.size) - 1)
+
+    def statistic(self, against: float) -> float:
+        """t for the null mean ``against``."""
+        return (self.mean - against) / self.standard_error
+
+    def p_greater(self, against: float) -> float:
+        """One-sided p of mean > against."""
+        return float(special.stdtr(self.freedom, -self.statistic(against)))
+
+    def p_less(self, against: float) -> float:
+        """One-sided p of mean < against."""
+        return float(special.stdtr(self.freedom, self.statistic(against)))
+
+    def p_two_sided(self, against: float) -> float:
+        """Two-sided p of mean != against."""
+        return float(min(1.0, 2.0 * special.stdtr(self.freedom, -abs(self.statistic(against)))))
+
+    def interval(self, confidence: float) -> tuple[float, float]:
+        """The two-sided t-interval of the mean at ``confidence``."""
+        quantile = float(special.stdtrit(self.freedom, 0.5 + confidence / 2.0))
+        return self.mean - quantile * self.standard_error, self.mean + quantile * self.standard_error
+
+
 def paired_test(differences: Sequence[float] | np.ndarray) -> PairedTest:
     """Two-sided paired test of zero mean difference, chosen by the rule in the module docstring."""
     data = clean_differences(differences)
@@ -102,10 +138,13 @@ def paired_test(differences: Sequence[float] | np.ndarray) -> PairedTest:
         warnings.simplefilter("ignore", RuntimeWarning)
         if test == "wilcoxon":
             result = stats.wilcoxon(data, zero_method="wilcox", alternative="two-sided")
+            statistic, p_value = float(result.statistic), float(result.pvalue)
+        elif float(data.std(ddof=1)) == 0.0:
+            # Constant non-zero differences: t is infinite and p is 0, as scipy reports it.
+            statistic, p_value = math.copysign(math.inf, float(data.mean())), 0.0
         else:
-            result = stats.ttest_rel(data, np.zeros_like(data), alternative="two-sided")
-    statistic = float(result.statistic)
-    p_value = float(result.pvalue)
+            t = _OneSampleT.of(data)
+            statistic, p_value = t.statistic(0.0), t.p_two_sided(0.0)
     if not math.isfinite(p_value):
         p_value = 1.0
     return PairedTest(test, statistic if math.isfinite(statistic) else None, p_value)
@@ -123,16 +162,14 @@ def equivalence_test(
     if spread == 0.0:
         ci_low, ci_high = mean, mean
     else:
-        interval = stats.ttest_1samp(data, 0.0).confidence_interval(confidence_level=1.0 - 2.0 * alpha)
-        ci_low, ci_high = float(interval.low), float(interval.high)
+        ci_low, ci_high = _OneSampleT.of(data).interval(1.0 - 2.0 * alpha)
     if margin is None or data.size < MINIMUM_EQUIVALENCE_PAIRS:
         return EquivalenceTest(margin, None, ci_low, ci_high)
     if spread == 0.0:
         p_value = 0.0 if abs(mean) < margin else 1.0
     else:
-        above_lower = stats.ttest_1samp(data, -margin, alternative="greater").pvalue
-        below_upper = stats.ttest_1samp(data, margin, alternative="less").pvalue
-        p_value = float(max(above_lower, below_upper))
+        t = _OneSampleT.of(data)
+        p_value = max(t.p_greater(-margin), t.p_less(margin))
     return EquivalenceTest(margin, p_value, ci_low, ci_high)
 
 
