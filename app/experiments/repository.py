@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Text, cast, func, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Experiment, Run, RunStatus, SeedExtension
@@ -164,3 +165,67 @@ def bump_results_version_of_runs(*, session: Session, run_ids: Sequence[uuid.UUI
         .values(results_version=Experiment.results_version + 1)
         .execution_options(synchronize_session=False)
     )
+
+
+# The columns of the status response (GET /v1/experiments/{id}), read as plain rows: no ORM objects, no
+# submitted spec, and the canonical spec as the JSON text it is stored as (app.experiments.detail).
+DETAIL_COLUMNS = (
+    Experiment.id,
+    Experiment.name,
+    Experiment.status,
+    Experiment.spec_hash,
+    Experiment.device,
+    Experiment.queue,
+    Experiment.created_at,
+    Experiment.started_at,
+    Experiment.finished_at,
+    Experiment.cancel_requested_at,
+    Experiment.total_epochs,
+    Experiment.spec_version,
+    Experiment.error,
+    cast(Experiment.spec, Text).label("spec_json"),
+)
+DETAIL_RUN_COLUMNS = (
+    Run.id,
+    Run.activation_label,
+    Run.activation_name,
+    Run.seed,
+    Run.cell_label,
+    Run.cell_levels,
+    Run.status,
+    Run.attempt,
+    Run.epochs_completed,
+    Run.error,
+    Run.seed_extension_id,
+)
+
+
+def experiment_detail_rows(
+    *, session: Session, experiment_id: uuid.UUID, owner_id: uuid.UUID | None = None
+) -> tuple[Any, list[Any], list[Any]] | None:
+    """The experiment's DETAIL_COLUMNS, its runs' DETAIL_RUN_COLUMNS in grid order and its seed extensions
+    (id, seeds, created_at, oldest first); None when it does not exist (or ``owner_id`` does not own it)."""
+    statement = select(*DETAIL_COLUMNS).where(Experiment.id == experiment_id)
+    if owner_id is not None:
+        statement = statement.where(Experiment.owner_id == owner_id)
+    experiment = session.execute(statement).first()
+    if experiment is None:
+        return None
+    runs = list(
+        session.execute(
+            select(*DETAIL_RUN_COLUMNS)
+            .where(Run.experiment_id == experiment_id)
+            .order_by(Run.cell_index, Run.activation_index, Run.seed)
+        )
+    )
+    extensions: list[Any] = []
+    # Every seed extension adds runs that name it: without such a run there is none to read.
+    if any(run.seed_extension_id is not None for run in runs):
+        extensions = list(
+            session.execute(
+                select(SeedExtension.id, SeedExtension.seeds, SeedExtension.created_at)
+                .where(SeedExtension.experiment_id == experiment_id)
+                .order_by(SeedExtension.created_at, SeedExtension.id)
+            )
+        )
+    return experiment, runs, extensions

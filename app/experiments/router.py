@@ -17,7 +17,7 @@ from app.dependencies import (
     SettingsDependency,
 )
 from app.dispatch import max_attempts_per_run
-from app.experiments import follow_up, service
+from app.experiments import detail, follow_up, service
 from app.experiments.schemas import (
     ExperimentDetail,
     ExperimentPage,
@@ -224,14 +224,10 @@ def list_experiments(
     "that added seeds (POST /v1/experiments/{id}/seeds), and each run's `seed_extension_id` names its own.",
     responses={404: {"model": MessageResponse}, 422: {"model": ValidationErrorResponse}},
 )
-def get_experiment(
-    experiment_id: uuid.UUID, session: SessionDependency, principal: PrincipalDependency
-) -> ExperimentDetail:
-    """One experiment with its runs."""
-    experiment, runs = service.experiment_with_runs(session=session, experiment_id=experiment_id, viewer=principal)
-    return experiment_detail(
-        experiment, runs, follow_up.seed_extensions_of(session=session, experiment_id=experiment_id)
-    )
+def get_experiment(experiment_id: uuid.UUID, session: SessionDependency, principal: PrincipalDependency) -> Response:
+    """One experiment with its runs (ExperimentDetail, encoded once by app.experiments.detail)."""
+    content = detail.experiment_detail_json(session=session, experiment_id=experiment_id, viewer=principal)
+    return Response(content, media_type="application/json")
 
 
 @router.post(
