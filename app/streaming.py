@@ -49,7 +49,8 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _csv_value(value: Any) -> Any:
+def csv_value(value: Any) -> Any:
+    """A value as the csv module should write it: floats as repr (round-trips exactly), JSON as sorted JSON text."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -84,7 +85,7 @@ def csv_chunks(
     for batch in _batches(rows, rows_per_chunk):
         buffer.seek(0)
         buffer.truncate()
-        writer.writerows([_csv_value(value) for value in row] for row in batch)
+        writer.writerows([csv_value(value) for value in row] for row in batch)
         yield buffer.getvalue()
 
 

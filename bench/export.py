@@ -1,33 +1,40 @@
-"""Exporting a large metric table: the API's CSV and Parquet encoders against ``sqlite3 -csv`` of the same join.
+"""Exporting a large metric table: the API's CSV and Parquet against the database's own CSV of the same join.
 
-Fills a fresh SQLite database (migrated as the service's) with one experiment of 25 runs and ``--rows``
-epoch rows in all, then, side by side in one run: ``sqlite3 -csv`` of the join the API reads (same
-columns and order, to /dev/null), and the service's stream_metric_table as CSV and as Parquet,
-iterated to the end as a response would be. Each figure is wall time, its ratio to sqlite3, and the
-peak Python allocations during the export (tracemalloc; flat memory means this stays a few MB however
-many rows). The HTTP layer is left out: it adds the same per-chunk cost to every encoder.
+Fills a fresh database (migrated as the service's) with one experiment of 25 runs and ``--rows`` epoch
+rows in all, then, side by side in one run, per database: the database's own CSV writer on the join the
+API reads (same columns and order; SQLite: ``sqlite3 -csv``, PostgreSQL: ``psql`` with ``COPY (...) TO
+STDOUT``), and the service's stream_metric_table as CSV and as Parquet, iterated to the end as a response
+would be. Each export runs in a fresh process, which reports its wall time, the ratio to the database's
+CSV, and its peak resident memory above its idle level (read from /proc: the high-water mark is reset
+after a warm-up export of one epoch, so imports and the connection pool count as idle). The HTTP layer is
+left out: it adds the same per-chunk cost to every encoder.
 
-    python -m bench.export [--rows 1000000]
+    python -m bench.export [--rows 1000000] [--database sqlite postgresql] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
+import sys
 import tempfile
 import time
-import tracemalloc
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, select, text
 
 from app.config import Settings
 from app.main import create_app
 from app.metrics.repository import EPOCH_METRIC_COLUMNS, MetricFilters
 from app.metrics.service import OutputFormat, stream_metric_table
 from app.migrate import upgrade_database
-from app.models import EpochMetric, Run
+from app.models import Run
 
 RUNS_SPEC = {
     "name": "export bench",
@@ -38,16 +45,32 @@ RUNS_SPEC = {
     "training": {"epochs": 1},
     "device": "cpu",
 }
+POSTGRES_ADMIN_URL = os.environ.get("ACTLAB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# The values of epoch e (SQL over the column e): shaped like a training run's, mostly 16-17 significant digits.
+_VALUES = {
+    "train_loss": "1.0 / e",
+    "train_accuracy": "0.5 + 0.4 / e",
+    "test_loss": "1.2 / e",
+    "test_accuracy": "0.45 + 0.3 / e",
+    "epoch_seconds": "0.25",
+    "samples_per_second": "4000.0 + e",
+    "lr": "0.001",
+    "grad_norm_ratio": "0.5 / e",
+}
 
 
-def _fill(database: Path, rows: int) -> tuple[object, uuid.UUID]:
+def _app(url: str, folder: Path) -> Any:
+    return create_app(Settings(DATABASE_URL=url, BROKER_URL="filesystem://", broker_folder=folder / "broker"))
+
+
+def _fill(url: str, folder: Path, rows: int) -> uuid.UUID:
+    """One experiment of 25 runs with ``rows`` epoch rows in all."""
     from fastapi.testclient import TestClient
 
     from app.auth.service import create_api_key
 
-    url = f"sqlite:///{database}"
     upgrade_database(url)
-    app = create_app(Settings(DATABASE_URL=url, BROKER_URL="filesystem://", broker_folder=database.parent / "broker"))
+    app = _app(url, folder)
     with app.state.session_factory() as session:
         key = create_api_key(session=session, name="bench", is_admin=True).key
     with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
@@ -57,90 +80,141 @@ def _fill(database: Path, rows: int) -> tuple[object, uuid.UUID]:
     with app.state.session_factory() as session:
         run_ids = list(session.scalars(select(Run.id).where(Run.experiment_id == experiment_id)))
         per_run = rows // len(run_ids)
+        # In SQL (generate_series, or SQLite's recursive CTE): a million rows in seconds, not minutes.
+        series = (
+            "generate_series(1, :count) AS e"
+            if url.startswith("postgresql")
+            else "(WITH RECURSIVE s(e) AS (SELECT 1 UNION ALL SELECT e + 1 FROM s WHERE e < :count) SELECT e FROM s)"
+        )
+        statement = text(
+            f"INSERT INTO epoch_metrics (run_id, epoch, attempt, created_at, {', '.join(_VALUES)}) "
+            f"SELECT :run_id, e, 1, CURRENT_TIMESTAMP, {', '.join(_VALUES.values())} FROM {series}"
+        ).bindparams(bindparam("run_id", type_=Run.id.type))
         for run_id in run_ids:
-            session.execute(
-                insert(EpochMetric),
-                [
-                    {
-                        "run_id": run_id,
-                        "epoch": epoch,
-                        "attempt": 1,
-                        "train_loss": 1.0 / epoch,
-                        "train_accuracy": 0.5 + 0.4 / epoch,
-                        "test_loss": 1.2 / epoch,
-                        "test_accuracy": 0.45 + 0.3 / epoch,
-                        "epoch_seconds": 0.25,
-                        "samples_per_second": 4000.0 + epoch,
-                        "lr": 0.001,
-                        "grad_norm_ratio": 0.5 / epoch,
-                    }
-                    for epoch in range(1, per_run + 1)
-                ],
-            )
+            session.execute(statement, {"run_id": run_id, "count": per_run})
             session.commit()
-    return app, experiment_id
+    return experiment_id
 
 
-def _sqlite3_seconds(database: Path, experiment_id: uuid.UUID) -> float:
+def _join(experiment_id: uuid.UUID, *, postgres: bool) -> str:
     fixed = [f"r.{name}" for name in ("id", "activation_label", "seed", "cell_label")]
     values = [f"m.{name}" for name in EPOCH_METRIC_COLUMNS[4:]]
-    query = (
+    key = f"'{experiment_id}'" if postgres else f"'{experiment_id.hex}'"
+    return (
         f"SELECT {', '.join(fixed + values)} FROM epoch_metrics m JOIN runs r ON m.run_id = r.id "
-        f"WHERE r.experiment_id = '{experiment_id.hex}' "
-        "ORDER BY r.cell_index, r.activation_index, r.seed, m.epoch;"
+        f"WHERE r.experiment_id = {key} ORDER BY r.cell_index, r.activation_index, r.seed, m.epoch"
     )
+
+
+def _database_csv(url: str, database: str, experiment_id: uuid.UUID) -> tuple[float, int]:
+    """Seconds and bytes of the database's own CSV of the join."""
+    if database == "postgresql":
+        plain = url.replace("postgresql+psycopg://", "postgresql://")
+        query = f"COPY ({_join(experiment_id, postgres=True)}) TO STDOUT WITH (FORMAT csv, HEADER)"
+        command = ["psql", "-X", "-q", plain, "-c", query]
+    else:
+        command = ["sqlite3", "-csv", "-header", url.removeprefix("sqlite:///"), _join(experiment_id, postgres=False)]
     started = time.perf_counter()
-    output = subprocess.run(["sqlite3", "-csv", "-header", str(database), query], capture_output=True, check=True)
+    output = subprocess.run(command, capture_output=True, check=True)
+    return time.perf_counter() - started, len(output.stdout)
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _export_in_this_process(url: str, folder: str, experiment_id: str, output_format: str) -> dict[str, float]:
+    """One export (after a warm-up export of one epoch): seconds, bytes, idle and peak resident MiB."""
+    app = _app(url, Path(folder))
+
+    def export(filters: MetricFilters) -> int:
+        chunks = stream_metric_table(
+            session_factory=app.state.session_factory,
+            experiment_id=uuid.UUID(experiment_id),
+            filters=filters,
+            table="epoch",
+            output_format=output_format,  # type: ignore[arg-type]
+        )
+        size = 0
+        try:
+            for chunk in chunks:
+                size += len(chunk)
+        finally:
+            chunks.close()
+        return size
+
+    export(MetricFilters(epoch_max=1))
+    idle = _rss_kib("VmRSS")
+    # Writing 5 to clear_refs resets the peak (VmHWM) to the current resident size (Linux).
+    Path("/proc/self/clear_refs").write_text("5")
+    started = time.perf_counter()
+    size = export(MetricFilters())
     seconds = time.perf_counter() - started
-    lines = output.stdout.count(b"\n")
-    print(f"sqlite3 -csv: {lines - 1:,} rows, {len(output.stdout) / 2**20:.1f} MiB")
-    return seconds
+    return {"seconds": seconds, "bytes": size, "idle_mib": idle / 1024, "peak_mib": _rss_kib("VmHWM") / 1024}
 
 
-def _export(
-    app: object, experiment_id: uuid.UUID, output_format: OutputFormat, *, traced: bool
-) -> tuple[float, int, float]:
-    """Seconds, bytes and (traced: tracemalloc slows allocation, so timed apart) peak MiB of one export."""
-    if traced:
-        tracemalloc.start()
-    started = time.perf_counter()
-    chunks = stream_metric_table(
-        session_factory=app.state.session_factory,  # type: ignore[attr-defined]
-        experiment_id=experiment_id,
-        filters=MetricFilters(),
-        table="epoch",
-        output_format=output_format,
-    )
-    size = 0
+def _export(url: str, folder: Path, experiment_id: uuid.UUID, output_format: OutputFormat) -> dict[str, float]:
+    command = [sys.executable, "-m", "bench.export", "--child", url, str(folder), str(experiment_id), output_format]
+    output = subprocess.run(command, capture_output=True, check=True, text=True)
+    result: dict[str, float] = json.loads(output.stdout.strip().splitlines()[-1])
+    return result
+
+
+@contextmanager
+def _database(kind: str, folder: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'export.sqlite'}"
+        return
+    import psycopg
+
+    name = f"actlab_bench_export_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
     try:
-        for chunk in chunks:
-            size += len(chunk)
+        yield f"{POSTGRES_ADMIN_URL.rpartition('/')[0].replace('postgresql://', 'postgresql+psycopg://')}/{name}"
     finally:
-        chunks.close()
-    seconds = time.perf_counter() - started
-    peak = tracemalloc.get_traced_memory()[1] / 2**20 if traced else 0.0
-    tracemalloc.stop()
-    return seconds, size, peak
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--database", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repeats; the minimum time is reported")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as folder:
-        database = Path(folder) / "export.sqlite"
-        started = time.perf_counter()
-        app, experiment_id = _fill(database, options.rows)
-        print(f"filled {options.rows:,} rows in {time.perf_counter() - started:.1f} s")
-        baseline = _sqlite3_seconds(database, experiment_id)
-        print(f"sqlite3 -csv: {baseline:.2f} s")
-        for output_format in ("csv", "parquet"):
-            seconds, size, _ = _export(app, experiment_id, output_format, traced=False)  # type: ignore[arg-type]
-            _, _, peak = _export(app, experiment_id, output_format, traced=True)  # type: ignore[arg-type]
-            print(
-                f"API {output_format}: {seconds:.2f} s = {seconds / baseline:.2f}x sqlite3, "
-                f"{size / 2**20:.1f} MiB, peak Python allocations {peak:.1f} MiB"
-            )
+    if options.child:
+        print(json.dumps(_export_in_this_process(*options.child)))
+        return 0
+    print(f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores")
+    for kind in options.database:
+        with tempfile.TemporaryDirectory() as name, _database(kind, Path(name)) as url:
+            folder = Path(name)
+            started = time.perf_counter()
+            experiment_id = _fill(url, folder, options.rows)
+            print(f"{kind}: filled {options.rows:,} rows in {time.perf_counter() - started:.1f} s")
+            baseline: list[float] = []
+            results: dict[str, list[dict[str, float]]] = {"csv": [], "parquet": []}
+            for _round in range(options.rounds):
+                seconds, size = _database_csv(url, kind, experiment_id)
+                baseline.append(seconds)
+                for output_format in results:
+                    results[output_format].append(_export(url, folder, experiment_id, output_format))  # type: ignore[arg-type]
+            reference = "sqlite3 -csv" if kind == "sqlite" else "COPY ... TO STDOUT (psql)"
+            print(f"{kind}: {reference}: {min(baseline):.2f} s ({size / 2**20:.1f} MiB)")
+            for output_format, runs in results.items():
+                best = min(run["seconds"] for run in runs)
+                extra = max(run["peak_mib"] - run["idle_mib"] for run in runs)
+                print(
+                    f"{kind}: API {output_format}: {best:.2f} s = {best / min(baseline):.2f}x, "
+                    f"{runs[0]['bytes'] / 2**20:.1f} MiB, peak resident {extra:.1f} MiB above idle "
+                    f"({runs[0]['idle_mib']:.0f} MiB)"
+                )
+    print(f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f}")
     return 0
 
 

@@ -19,8 +19,9 @@ from app.metrics.repository import column_python_types
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# Rows per Parquet row group: larger groups compress and read better; each is encoded and sent on its own.
-ROWS_PER_GROUP = 50_000
+# Rows per Parquet row group: larger groups compress and read better, but one is held while it is encoded
+# (50,000 rows: about 55 MB above idle; 20,000: about 20 MB). Each is sent as soon as it is written.
+ROWS_PER_GROUP = 20_000
 
 MEDIA_TYPE = "application/vnd.apache.parquet"
 
@@ -43,7 +44,8 @@ def metric_schema(columns: Sequence[str], table: str) -> pa.Schema:
     return pa.schema([pa.field(name, _arrow_type(types.get(name))) for name in columns])
 
 
-def _text(value: Any) -> str | None:
+def text_value(value: Any) -> str | None:
+    """A value of a text column: JSON text for what is not a string (lists, blocks, numbers), None stays null."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, dict | list):
@@ -81,30 +83,29 @@ class _Chunks:
 
 
 def parquet_chunks(
-    schema: pa.Schema, rows: Iterable[Sequence[Any]], *, rows_per_group: int = ROWS_PER_GROUP
+    schema: pa.Schema, batches: Iterable[pa.RecordBatch], *, rows_per_group: int = ROWS_PER_GROUP
 ) -> Iterator[bytes]:
-    """A Parquet file of ``rows`` (tuples in the schema's column order), as bytes, one chunk per row group."""
+    """A Parquet file of ``batches`` (in the schema), as bytes: one chunk per row group of ``rows_per_group``
+    rows (the last may be shorter), then the footer. At most one row group is held at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    text_columns = [index for index, field in enumerate(schema) if pa.types.is_string(field.type)]
     sink = _Chunks()
     writer = pq.ParquetWriter(sink, schema, compression="zstd")
     try:
-        batch: list[Sequence[Any]] = []
-        iterator = iter(rows)
-        while True:
-            batch.clear()
-            for row in iterator:
-                batch.append(row)
-                if len(batch) >= rows_per_group:
-                    break
-            if not batch:
-                break
-            values = [list(column) for column in zip(*batch, strict=True)]
-            for index in text_columns:
-                values[index] = [_text(value) for value in values[index]]
-            writer.write_table(pa.Table.from_arrays(values, schema=schema))
+        held: list[pa.RecordBatch] = []
+        count = 0
+        for batch in batches:
+            while batch.num_rows:
+                take = min(batch.num_rows, rows_per_group - count)
+                held.append(batch.slice(0, take))
+                batch, count = batch.slice(take), count + take
+                if count == rows_per_group:
+                    writer.write_table(pa.Table.from_batches(held, schema=schema), row_group_size=rows_per_group)
+                    held, count = [], 0
+                    yield sink.take()
+        if held:
+            writer.write_table(pa.Table.from_batches(held, schema=schema), row_group_size=rows_per_group)
             yield sink.take()
     finally:
         writer.close()

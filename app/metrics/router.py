@@ -87,7 +87,7 @@ def _stream(
     summary="Per-epoch metrics",
     description="One row per (run, epoch), ordered by activation (as in the spec), seed and epoch. "
     "`format=csv` loads with `pandas.read_csv(url)` as it is, `format=parquet` with `pandas.read_parquet` (one row "
-    "group per 50,000 rows; measurements as 64-bit floats, NaN where not finite; factor columns as text). The table streams from the database. A factorial "
+    "group per 20,000 rows; measurements as 64-bit floats, NaN where not finite; factor columns as text). The table streams from the database. A factorial "
     "experiment adds a column per factor path; `factor.<path>=<level>` (e.g. `factor.training.init=auto`, "
     "`factor.model.hidden=[16,16]`) keeps the runs of the cells at that level.",
     responses=_responses(EpochMetricRow),

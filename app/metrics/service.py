@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.schemas import Principal
 from app.experiments import service as experiments_service
-from app.metrics import parquet, repository
+from app.metrics import export, parquet, repository
 from app.metrics.repository import MetricFilters
 from app.runs import repository as runs_repository
 from app.service_errors import InvalidInputError
 from app.spec_factors import FactorQueryError, cells_at_levels
-from app.streaming import ClosingStream, csv_chunks, json_array_chunks
+from app.streaming import ClosingStream, json_array_chunks
 
 OutputFormat = Literal["json", "csv", "parquet"]
 MetricTable = Literal["epoch", "layer", "robustness"]
@@ -84,29 +84,48 @@ def stream_metric_table(
     table: MetricTable,
     output_format: OutputFormat,
     viewer: Principal | None = None,
-    batch_rows: int = repository.FETCH_BATCH_ROWS,
+    batch_rows: int | None = None,
 ) -> ClosingStream:
-    """The metric table as CSV or JSON text chunks (Parquet bytes, one row group per ``parquet.ROWS_PER_GROUP``), all read on one session, ``batch_rows`` rows at a time.
+    """The metric table as JSON text chunks, or CSV or Parquet bytes, all read on one session, ``batch_rows`` rows
+    at a time (default: ``repository.FETCH_BATCH_ROWS`` for JSON, ``EXPORT_BATCH_ROWS`` for CSV and Parquet).
 
     The filters are checked and the first batch is read before this returns, so a missing experiment,
     a bad filter or a database that does not answer is an error response (404, 422, 503), never a 200
     that stops half-way; the rest streams from the same session, closed by ClosingStream.close().
+    CSV and Parquet are encoded a column batch at a time from the driver's rows (app.metrics.export);
+    Parquet has one row group per ``parquet.ROWS_PER_GROUP`` rows.
     """
     session = session_factory()
     try:
         check_metric_filters(session=session, experiment_id=experiment_id, filters=filters, viewer=viewer)
         columns = repository.metric_columns(session=session, experiment_id=experiment_id, table=table)
-        rows = repository.iterate_table(
-            table=table, session=session, experiment_id=experiment_id, filters=filters, batch_rows=batch_rows
-        )
-        first_batch = list(itertools.islice(rows, batch_rows))
-        all_rows = itertools.chain(first_batch, rows)
         chunks: Iterator[str] | Iterator[bytes]
-        if output_format == "parquet":
-            chunks = parquet.parquet_chunks(parquet.metric_schema(columns, table), all_rows)
+        if output_format == "json":
+            rows_per_batch = batch_rows or repository.FETCH_BATCH_ROWS
+            rows = repository.iterate_table(
+                table=table, session=session, experiment_id=experiment_id, filters=filters, batch_rows=rows_per_batch
+            )
+            first_batch = list(itertools.islice(rows, rows_per_batch))
+            chunks = json_array_chunks(columns, itertools.chain(first_batch, rows), rows_per_chunk=rows_per_batch)
         else:
-            encode = csv_chunks if output_format == "csv" else json_array_chunks
-            chunks = encode(columns, all_rows, rows_per_chunk=batch_rows)
+            rows_per_batch = batch_rows or repository.EXPORT_BATCH_ROWS
+            runs = repository.export_runs(session=session, experiment_id=experiment_id, filters=filters)
+            pieces = repository.driver_row_batches(
+                session=session,
+                table=table,
+                run_ids=[run.id for run in runs],
+                filters=filters,
+                batch_rows=rows_per_batch,
+            )
+            first_piece = list(itertools.islice(pieces, 1))
+            encode = export.csv_chunks if output_format == "csv" else export.parquet_chunks
+            chunks = encode(
+                columns=columns,
+                table=table,
+                runs=runs,
+                pieces=itertools.chain(first_piece, pieces),
+                batch_rows=rows_per_batch,
+            )
     except BaseException:
         session.close()
         raise

@@ -280,33 +280,3 @@ def test_parquet_of_an_empty_table_has_the_columns(client: TestClient) -> None:
     assert list(frame.columns) == list(EPOCH_METRIC_COLUMNS)
     assert frame.empty
     assert str(frame["train_loss"].dtype) == "float64"
-
-
-def test_parquet_streams_one_row_group_per_batch(app: FastAPI, client: TestClient, db: Session) -> None:
-    import pyarrow.parquet as pq
-
-    from app.metrics import parquet
-
-    experiment_id, _runs = _submit_finished(client, db)
-    chunks = list(
-        parquet.parquet_chunks(
-            parquet.metric_schema(EPOCH_METRIC_COLUMNS, "epoch"),
-            _epoch_rows(app, experiment_id),
-            rows_per_group=5,
-        )
-    )
-    # 12 rows in groups of 5: three row groups, each sent as written, then the footer.
-    assert len(chunks) == 4
-    assert all(chunks)
-    table = pq.ParquetFile(io.BytesIO(b"".join(chunks)))
-    assert table.metadata.num_row_groups == 3
-    assert table.metadata.num_rows == 12
-
-
-def _epoch_rows(app: FastAPI, experiment_id: str) -> list[Any]:
-    from app.metrics.repository import iterate_epoch_metrics
-
-    with app.state.session_factory() as session:
-        return list(
-            iterate_epoch_metrics(session=session, experiment_id=uuid.UUID(experiment_id), filters=MetricFilters())
-        )

@@ -1,0 +1,198 @@
+"""CSV and Parquet of a metric table, encoded a column batch at a time with Arrow.
+
+The rows come from ``repository.driver_row_batches`` (each run's own columns, as the driver returns
+them) and the runs' columns from ``repository.export_runs``, written once per run. Each batch of rows
+becomes Arrow columns; CSV text is assembled from them by Arrow's compute functions, so no value goes
+through Python's ``repr`` or the csv module, and a batch is encoded and sent before the next is read
+(memory stays flat however many rows there are).
+
+The CSV text is the one ``app.streaming.csv_chunks`` writes for the same rows, byte for byte: floats as
+``repr`` writes them (shortest text that reads back to the same float: ``1.0``, ``0.001``, ``1e-05``,
+``nan``, ``inf``), text quoted only where the csv module quotes it, empty cells for missing values.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from app.metrics import parquet
+from app.metrics.repository import ExportRun, column_python_types, row_columns
+from app.streaming import csv_value
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+RowBatches = Iterable[tuple[int, list[tuple[Any, ...]]]]
+
+
+def float_text(values: pa.Array) -> pa.Array:
+    """Each float of a float64 array as ``repr`` writes it (null stays null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Arrow writes the same shortest digits as repr; only the layout differs, in three ways, fixed here.
+    text = pc.cast(values, pa.string())
+    magnitude = pc.abs(values)
+    # 1. The exponent has at least two digits in repr (1e-07, Arrow 1e-7).
+    exponent = pc.fill_null(pc.match_substring(text, "e"), False)
+    if pc.any(exponent).as_py():
+        padded = pc.replace_substring_regex(pc.filter(text, exponent), r"e([+-])(\d)$", r"e\10\2")
+        text = pc.replace_with_mask(text, exponent, padded)
+    # 2. A whole number written without an exponent ends in .0 in repr (1.0, -0.0; Arrow 1, -0).
+    whole = pc.fill_null(pc.and_(pc.equal(pc.floor(values), values), pc.less(magnitude, 1e10)), False)
+    if pc.any(whole).as_py():
+        text = pc.replace_with_mask(text, whole, pc.binary_join_element_wise(pc.filter(text, whole), ".0", ""))
+    # 3. Where one writes an exponent and the other does not (repr: below 1e-4 and from 1e16; Arrow: below
+    # 1e-6 and from 1e10): repr itself, once per distinct value (a learning rate column repeats one value).
+    zone = pc.or_(
+        pc.and_(pc.greater_equal(magnitude, 1e10), pc.less(magnitude, 1e16)),
+        pc.and_(pc.greater_equal(magnitude, 1e-6), pc.less(magnitude, 1e-4)),
+    )
+    zone = pc.fill_null(zone, False)
+    if pc.any(zone).as_py():
+        odd = pc.filter(values, zone)
+        distinct = pc.unique(odd)
+        written = pa.array([repr(value) for value in distinct.to_pylist()], pa.string())
+        text = pc.replace_with_mask(text, zone, pc.take(written, pc.index_in(odd, distinct)))
+    return text
+
+
+def _csv_fields(values: Sequence[Any]) -> str:
+    """Values as the fields of a CSV row (without the line end), exactly as csv_chunks writes them."""
+    buffer = io.StringIO()
+    # A trailing empty field keeps the csv module's special case for a lone empty field ("") away.
+    csv.writer(buffer, lineterminator="\n").writerow([*(csv_value(value) for value in values), ""])
+    return buffer.getvalue()[:-2]
+
+
+def _text_column(values: pa.Array) -> pa.Array:
+    """A text column as CSV fields: each distinct value quoted by the csv module (labels repeat a lot)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = values.dictionary_encode()
+    fields = pa.array([_csv_fields([value]) for value in encoded.dictionary.to_pylist()], pa.string())
+    return pc.take(fields, encoded.indices)
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else str(csv_value(value))
+
+
+class _Columns:
+    """The Arrow types of a table's own row columns, and the rows of a batch as typed arrays."""
+
+    def __init__(self, *, table: str) -> None:
+        import pyarrow as pa
+
+        self.names = row_columns(table)
+        types = column_python_types(table)
+        self.types = [
+            pa.int64() if types[name] is int else pa.float64() if types[name] is float else pa.string()
+            for name in self.names
+        ]
+        # JSON columns (python_type dict, or none) are written as sorted JSON text.
+        self.json = [types[name] not in (int, float, str) for name in self.names]
+
+    def row_arrays(self, rows: list[tuple[Any, ...]]) -> list[pa.Array]:
+        """The rows' own columns, typed."""
+        import pyarrow as pa
+
+        columns = list(zip(*rows, strict=True))
+        arrays = []
+        for values, arrow_type, is_json in zip(columns, self.types, self.json, strict=True):
+            arrays.append(pa.array([_json_text(value) for value in values] if is_json else values, arrow_type))
+        return arrays
+
+
+def _gather(pieces: RowBatches, batch_rows: int) -> Iterator[tuple[list[int], list[tuple[Any, ...]]]]:
+    """Pieces of rows (of one run each) joined into batches of about ``batch_rows`` rows with each row's run."""
+    positions: list[int] = []
+    rows: list[tuple[Any, ...]] = []
+    for position, piece in pieces:
+        positions.extend([position] * len(piece))
+        rows.extend(piece)
+        if len(rows) >= batch_rows:
+            yield positions, rows
+            positions, rows = [], []
+    if rows:
+        yield positions, rows
+
+
+def _buffer_bytes(lines: pa.Array) -> bytes:
+    """The concatenated values of a string array, as bytes, without copying them one by one."""
+    import numpy as np
+
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1 + lines.offset)
+    start, end = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+    data = lines.buffers()[2]
+    return b"" if data is None else data.slice(start, end - start).to_pybytes()
+
+
+def csv_chunks(
+    *, columns: Sequence[str], table: str, runs: Sequence[ExportRun], pieces: RowBatches, batch_rows: int
+) -> Iterator[bytes]:
+    """The header line, then one chunk of CSV lines per batch of about ``batch_rows`` rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    yield (_csv_fields(columns) + "\n").encode()
+    shape = _Columns(table=table)
+    prefixes = pa.array([_csv_fields([run.id, run.activation, run.seed, run.cell]) for run in runs], pa.string())
+    has_factors = bool(runs) and bool(runs[0].factor_values)
+    suffixes = pa.array([_csv_fields(run.factor_values) for run in runs], pa.string())
+    for positions, rows in _gather(pieces, batch_rows):
+        where = pa.array(positions, pa.int32())
+        parts = [pc.take(prefixes, where)]
+        for array in shape.row_arrays(rows):
+            if pa.types.is_floating(array.type):
+                parts.append(float_text(array))
+            elif pa.types.is_integer(array.type):
+                parts.append(pc.cast(array, pa.string()))
+            else:
+                parts.append(_text_column(array))
+        if has_factors:
+            parts.append(pc.take(suffixes, where))
+        lines = pc.binary_join_element_wise(*parts, ",", null_handling="replace", null_replacement="")
+        yield _buffer_bytes(pc.binary_join_element_wise(lines, "", "\n"))
+
+
+def parquet_chunks(
+    *,
+    columns: Sequence[str],
+    table: str,
+    runs: Sequence[ExportRun],
+    pieces: RowBatches,
+    batch_rows: int,
+    rows_per_group: int | None = None,
+) -> Iterator[bytes]:
+    """A Parquet file of the table (``parquet.metric_schema``), one chunk per row group of ``rows_per_group``
+    rows (default ``parquet.ROWS_PER_GROUP``)."""
+    import pyarrow as pa
+
+    rows_per_group = rows_per_group or parquet.ROWS_PER_GROUP
+    schema = parquet.metric_schema(columns, table)
+    shape = _Columns(table=table)
+    run_arrays = [
+        pa.array([str(run.id) for run in runs], pa.string()),
+        pa.array([run.activation for run in runs], pa.string()),
+        pa.array([run.seed for run in runs], pa.int64()),
+        pa.array([run.cell for run in runs], pa.string()),
+    ]
+    factor_arrays = [
+        pa.array([parquet.text_value(run.factor_values[index]) for run in runs], pa.string())
+        for index in range(len(columns) - len(run_arrays) - len(shape.names))
+    ]
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for positions, rows in _gather(pieces, min(batch_rows, rows_per_group)):
+            where = pa.array(positions, pa.int32())
+            arrays = [array.take(where) for array in run_arrays]
+            arrays += shape.row_arrays(rows)
+            arrays += [array.take(where) for array in factor_arrays]
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    return parquet.parquet_chunks(schema, batches(), rows_per_group=rows_per_group)
