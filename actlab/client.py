@@ -112,15 +112,23 @@ class Client(Closing):
         return Experiment(self, str(detail["id"]), detail)
 
     def experiments(
-        self, status: str | Sequence[str] | None = None, name: str | None = None, *, page_size: int | None = None
+        self,
+        status: str | Sequence[str] | None = None,
+        name: str | None = None,
+        *,
+        dataset: str | None = None,
+        page_size: int | None = None,
     ) -> Iterator[Experiment]:
-        """The experiments, newest first, filtered by status(es) and a name part; pages are fetched as needed."""
+        """The experiments, newest first, filtered by status(es), a name part and a dataset (the spec's or a level
+        of a dataset.name factor); pages are fetched as needed."""
         statuses = [status] if isinstance(status, str) else list(status or [])
         offset: int | None = 0
         while offset is not None:
             page = self.http.get_json(
                 "/v1/experiments",
-                params=_query({"status": statuses, "name": name, "limit": page_size, "offset": offset}),
+                params=_query(
+                    {"status": statuses, "name": name, "dataset": dataset, "limit": page_size, "offset": offset}
+                ),
             )
             for item in page["items"]:
                 yield Experiment(self, str(item["id"]), item)

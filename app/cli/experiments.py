@@ -85,6 +85,11 @@ def register(subparsers: Any) -> None:
     )
     list_parser.add_argument("--name", default=None, help="keep names containing this text (any case)")
     list_parser.add_argument(
+        "--dataset",
+        default=None,
+        help="keep experiments on this catalog dataset (the spec's, or a level of a dataset.name factor)",
+    )
+    list_parser.add_argument(
         "--limit",
         type=positive_count,
         default=LIST_LIMIT,
@@ -363,11 +368,14 @@ def format_experiment_list(experiments: Iterable[dict[str, Any]]) -> str:
 
 
 def list_experiments(arguments: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> int:
-    """Print the newest experiments (at most --limit) matching --status and --name."""
+    """Print the newest experiments (at most --limit) matching --status, --name and --dataset."""
     try:
         with make_library_client(arguments, transport=transport) as client:
             pages = client.experiments(
-                arguments.status, arguments.name, page_size=min(arguments.limit + 1, LIST_PAGE_SIZE)
+                arguments.status,
+                arguments.name,
+                dataset=arguments.dataset,
+                page_size=min(arguments.limit + 1, LIST_PAGE_SIZE),
             )
             # One more than shown, to tell whether there are more.
             experiments = [experiment.data for experiment in itertools.islice(pages, arguments.limit + 1)]
@@ -376,7 +384,7 @@ def list_experiments(arguments: argparse.Namespace, *, transport: httpx.BaseTran
         return error.exit_status
     shown = experiments[: arguments.limit]
     if not shown:
-        filtered = arguments.status or arguments.name
+        filtered = arguments.status or arguments.name or arguments.dataset
         print("no experiments match" if filtered else "no experiments yet: actlab submit SPEC.json", file=sys.stderr)
         return 0
     print(format_experiment_list(shown))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, cast, func, select, update
+from sqlalchemy import Text, cast, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Experiment, Run, RunStatus, SeedExtension
@@ -52,10 +52,22 @@ def list_experiments(
     owner_id: uuid.UUID | None = None,
     dataset: str | None = None,
 ) -> tuple[list[Experiment], int]:
-    """A page of experiments, newest first, and the number matching the filters (one owner's, when given)."""
+    """A page of experiments, newest first, and the number matching the filters (one owner's, when given).
+
+    ``dataset`` (a catalog name) matches any level of a ``dataset.name`` factor, else the spec's dataset (the
+    levels replace the base spec's dataset in every cell).
+    """
     conditions = []
     if dataset:
-        conditions.append(Experiment.spec["dataset"]["name"].as_string() == dataset)
+        # The factor's levels as JSON text on both dialects (#>> / JSON_EXTRACT); a catalog name has no quotes
+        # (its _ escaped), so the quoted name matches one whole level.
+        levels = Experiment.spec[("factors", "dataset.name")].as_string()
+        conditions.append(
+            or_(
+                levels.like(f'%"{_escape_like(dataset)}"%', escape="\\"),
+                levels.is_(None) & (Experiment.spec["dataset"]["name"].as_string() == dataset),
+            )
+        )
     if owner_id is not None:
         conditions.append(Experiment.owner_id == owner_id)
     if statuses:

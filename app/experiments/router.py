@@ -180,7 +180,8 @@ async def submit_experiment(
     "",
     response_model=ExperimentPage,
     summary="List experiments",
-    description="Newest first; filter by one or more statuses and by a case-insensitive name substring. "
+    description="Newest first; filter by one or more statuses, by a case-insensitive name substring and by "
+    "dataset (the spec's or a level of a dataset.name factor). "
     "Lists the experiments of the calling API key (an admin key sees every owner's).",
     responses={422: {"model": ValidationErrorResponse}},
 )
@@ -190,6 +191,14 @@ def list_experiments(
     principal: PrincipalDependency,
     status: Annotated[list[ExperimentStatus] | None, Query(description="Keep these statuses (repeatable).")] = None,
     name: Annotated[NoNulText | None, Query(max_length=200, description="Part of the name, any case.")] = None,
+    dataset: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="Keep experiments on this catalog dataset: the spec's dataset or any level of a "
+            "dataset.name factor.",
+        ),
+    ] = None,
     limit: Annotated[int | None, Query(ge=1, description="Page size (default 50, at most page_size_limit).")] = None,
     offset: Annotated[int, Query(ge=0, le=2_000_000_000, description="Experiments to skip.")] = 0,
 ) -> ExperimentPage:
@@ -199,6 +208,7 @@ def list_experiments(
         session=session,
         statuses=status or [],
         name_contains=name,
+        dataset=dataset,
         limit=page_size,
         offset=offset,
         page_size_limit=settings.page_size_limit,

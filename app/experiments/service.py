@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.schemas import Principal
 from app.auth.service import owner_filter_for
+from app.catalog import DATASETS
 from app.config import SpecLimits
 from app.errors import validation_error_details
 from app.experiments import repository
@@ -27,7 +28,13 @@ from app.quotas.service import SubmissionQuotas, check_submission_quotas
 from app.runs import repository as runs_repository
 from app.runs.repository import RunCounts
 from app.schemas import as_utc
-from app.service_errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
+from app.service_errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    UnavailableError,
+    invalid_query_parameter,
+)
 from app.spec import ExperimentSpec
 from app.spec_factors import arm_count, cell_columns, expand_cells
 
@@ -420,7 +427,9 @@ def list_experiments(
     dataset: str | None = None,
 ) -> ExperimentListing:
     """A page of the experiments ``viewer`` (default: the current caller) may see, newest first, filtered by status,
-    name and the spec's dataset name."""
+    name and dataset (a catalog name: the spec's dataset or any level of a ``dataset.name`` factor)."""
+    if dataset is not None and dataset not in DATASETS:
+        raise invalid_query_parameter("dataset", f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
     if limit > page_size_limit:
         raise InvalidInputError(
             [

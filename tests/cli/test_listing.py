@@ -80,6 +80,12 @@ def test_list_shows_the_newest_first_with_status_and_name_filters_and_a_limit(
     captured = capsys.readouterr()
     assert captured.out == "" and "no experiments match" in captured.err
 
+    assert list_experiments(_arguments(served, "list", "--name", tag, "--dataset", "spirals")) == 0
+    assert [row[0] for row in _rows(capsys.readouterr().out)] == [third.id, second.id, first.id]
+    assert list_experiments(_arguments(served, "list", "--name", tag, "--dataset", "digits")) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no experiments match" in captured.err
+
 
 def test_list_names_the_allowed_statuses_of_a_bad_one_and_refuses_a_limit_below_one(
     served: Served, capsys: pytest.CaptureFixture[str]
@@ -87,6 +93,8 @@ def test_list_names_the_allowed_statuses_of_a_bad_one_and_refuses_a_limit_below_
     assert list_experiments(_arguments(served, "list", "--status", "finished")) == 2
     error = capsys.readouterr().err
     assert "query.status.0: Input should be 'queued', 'running', 'succeeded', 'failed', 'cancelled' or" in error
+    assert list_experiments(_arguments(served, "list", "--dataset", "imagenet")) == 2
+    assert "query.dataset: dataset must be one of digits, mnist1d" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _arguments(served, "list", "--limit", "0")
     assert "must be at least 1" in capsys.readouterr().err

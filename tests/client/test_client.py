@@ -76,6 +76,9 @@ def test_experiments_iterate_every_page_newest_first_with_filters(submitting_app
         assert [experiment.id for experiment in client.experiments(name="GRID 3")] == [ids[3]]
         assert list(client.experiments(status="succeeded")) == []
         assert len(list(client.experiments(status=["queued", "running"], page_size=3))) == 5
+        spirals = client.submit(small_spec(name="on spirals", dataset={"name": "spirals"})).id
+        assert [experiment.id for experiment in client.experiments(dataset="spirals")] == [spirals]
+        assert len(list(client.experiments(dataset="digits", page_size=2))) == 5
 
 
 def test_a_rejected_spec_raises_spec_error_with_the_servers_field_messages(submitting_app: FastAPI) -> None:

@@ -15,7 +15,7 @@ from app.catalog import ACTIVATIONS
 from app.reports.repository import FinalMean
 from app.reports.service import best_activations
 from tests.results.conftest import FAKE_SPEC, insert_experiment
-from tests.results.synthetic_factorial import insert_factorial_experiment
+from tests.results.synthetic_factorial import FACTORIAL_SPEC, insert_factorial_experiment
 
 
 def _dashboard_rows(client: TestClient, **params: str) -> dict[str, dict[str, str]]:
@@ -61,6 +61,32 @@ def test_the_dashboard_filters_by_status_name_and_dataset(client: TestClient, db
         response = client.get("/", params={name: value})
         assert response.status_code == 422
         assert response.json()["detail"][0]["loc"] == f"query.{name}" and "one of" in response.text
+
+
+def test_the_dataset_filter_matches_any_level_of_a_dataset_name_factor_in_the_dashboard_and_the_api(
+    client: TestClient, db: Session
+) -> None:
+    digits = insert_experiment(db, spec_payload={**FAKE_SPEC, "name": "digits only"})
+    spirals = insert_experiment(db, spec_payload={**FAKE_SPEC, "name": "spirals only", "dataset": {"name": "spirals"}})
+    factors = {**FACTORIAL_SPEC["factors"], "dataset.name": ["spirals", "mnist1d"]}
+    varied = insert_factorial_experiment(db, spec_payload={**FACTORIAL_SPEC, "name": "varied", "factors": factors})
+
+    def listed(dataset: str) -> set[str]:
+        response = client.get("/v1/experiments", params={"dataset": dataset})
+        assert response.status_code == 200, response.text
+        assert response.json()["total"] == len(response.json()["items"])
+        return {item["id"] for item in response.json()["items"]}
+
+    assert listed("spirals") == set(_dashboard_rows(client, dataset="spirals")) == {str(spirals), str(varied)}
+    assert listed("mnist1d") == set(_dashboard_rows(client, dataset="mnist1d")) == {str(varied)}
+    # The factor's levels replace the base spec's dataset (digits) in every cell: no cell trains on digits.
+    assert listed("digits") == set(_dashboard_rows(client, dataset="digits")) == {str(digits)}
+    assert listed("mnist_5k") == set() and "No experiments match the filters" in client.get("/?dataset=mnist_5k").text
+    for bad in ("imagenet", "spiral", '"spirals"', "%"):
+        response = client.get("/v1/experiments", params={"dataset": bad})
+        assert response.status_code == 422, bad
+        [error] = response.json()["detail"]
+        assert error["loc"] == "query.dataset" and "one of digits" in error["msg"] and repr(bad) in error["msg"]
 
 
 def test_best_activation_ranks_within_cells_and_averages_over_them() -> None:
