@@ -57,7 +57,7 @@ from app.results.encoding import encode_table, timestamps_utc
 from app.results.statistics import ResultOptions
 from app.schemas import as_utc
 from app.spec import CnnSpec, ExperimentSpec, MlpSpec, TrainMetrics
-from app.spec_factors import arm_count, cell_columns, expand_cells
+from app.spec_factors import arm_count, cell_columns, expand_cells, level_value
 
 ARCHIVE_MEDIA_TYPE = "application/zip"
 
@@ -105,20 +105,45 @@ def _runs_with_cells(tables: results_service.ExperimentTables) -> pd.DataFrame:
     return tables.runs.merge(cells, on="run_id", how="left")
 
 
+def _with_factor_columns(frame: pd.DataFrame, tables: results_service.ExperimentTables) -> pd.DataFrame:
+    """A run-keyed table with the metric tables' cell columns of a factorial experiment: ``cell`` (the label) and
+    one column per factor path (``level_value``: lists and blocks as compact JSON text); as it is without factors."""
+    factors = tables.factors
+    if not factors or tables.cells.empty:
+        return frame
+    cells = tables.cells.set_index("run_id")
+    labels = cells["cell_label"].to_dict()
+    levels = {run_id: value or {} for run_id, value in cells["cell_levels"].to_dict().items()}
+    extended = frame.copy()
+    extended["cell"] = pd.Series([labels.get(run_id) for run_id in frame["run_id"]], index=frame.index, dtype=object)
+    for path in factors:
+        values = [
+            level_value(levels[run_id][path]) if path in levels.get(run_id, {}) else None for run_id in frame["run_id"]
+        ]
+        extended[path] = pd.Series(values, index=frame.index, dtype=object)
+    return extended
+
+
 def export_archive(*, session: Session, experiment_id: uuid.UUID) -> ExportedArchive:
     """The experiment as a zip; NotFoundError when it does not exist."""
     tables = results_service.load_tables(session=session, experiment_id=experiment_id)
     experiment = tables.experiment
     options = ResultOptions()
+
+    def cells(frame: pd.DataFrame) -> pd.DataFrame:
+        return _with_factor_columns(frame, tables)
+
     members: dict[str, bytes] = {
         "spec.json": json.dumps(experiment.spec, indent=2, sort_keys=True).encode(),
         "experiment.json": json.dumps(_experiment_metadata(experiment), indent=2).encode(),
         "runs.csv": encode_table(
-            results_service.with_trace(timestamps_utc(_runs_with_cells(tables)), experiment), "csv"
+            results_service.with_trace(timestamps_utc(cells(_runs_with_cells(tables))), experiment), "csv"
         ),
-        "metrics.csv": encode_table(results_service.with_trace(timestamps_utc(tables.metrics), experiment), "csv"),
-        "layer_metrics.csv": encode_table(results_service.with_trace(tables.layers, experiment), "csv"),
-        ROBUSTNESS_MEMBER: encode_table(results_service.with_trace(tables.robustness, experiment), "csv"),
+        "metrics.csv": encode_table(
+            results_service.with_trace(timestamps_utc(cells(tables.metrics)), experiment), "csv"
+        ),
+        "layer_metrics.csv": encode_table(results_service.with_trace(cells(tables.layers), experiment), "csv"),
+        ROBUSTNESS_MEMBER: encode_table(results_service.with_trace(cells(tables.robustness), experiment), "csv"),
         "results.csv": encode_table(results_service.summary_table(tables=tables, options=options), "csv"),
         "diagnostics.csv": encode_table(results_service.diagnostics_table(tables=tables), "csv"),
     }

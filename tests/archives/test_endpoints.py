@@ -155,7 +155,20 @@ def test_a_factorial_experiment_exported_and_imported_keeps_its_cells_metrics_an
     archive = _export(client, original)
     with zipfile.ZipFile(io.BytesIO(archive)) as opened:
         runs = pd.read_csv(opened.open("runs.csv"))
+        metrics = pd.read_csv(opened.open("metrics.csv"))
+        layers = pd.read_csv(opened.open("layer_metrics.csv"))
     assert sorted(set(runs["cell_index"])) == [0, 1, 2, 3]
+    # Like the metric tables: the cell's label and one column per factor path (lists as compact JSON text).
+    served = pd.read_csv(io.StringIO(client.get(f"/v1/experiments/{original}/metrics?format=csv").text))
+    key = ["run_id", "epoch"]
+    for frame in (runs, metrics, layers):
+        assert {"cell", "model.hidden", "training.lr"} <= set(frame.columns)
+    assert set(metrics["model.hidden"]) == {"[16]", "[16,16,16,16]"}
+    assert set(metrics["training.lr"]) == {0.001, 0.01}
+    pd.testing.assert_frame_equal(
+        metrics[[*key, "cell", "model.hidden", "training.lr"]].sort_values(key).reset_index(drop=True),
+        served[[*key, "cell", "model.hidden", "training.lr"]].sort_values(key).reset_index(drop=True),
+    )
     response = client.post("/v1/experiments/import", content=archive, headers={"Content-Type": "application/zip"})
     assert response.status_code == 201, response.text
     imported = uuid.UUID(response.json()["id"])
