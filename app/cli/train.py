@@ -4,7 +4,8 @@ No service needed: the spec is validated exactly as the API validates it, every 
 cell (a factorial spec's combinations of levels, or the one cell of a plain spec) is trained on
 this machine as the worker trains it (``worker.local_runner``: stacked where that is faster, one
 process per core with one torch thread each), and the per-epoch and per-layer metrics go to CSV
-files that pandas or a spreadsheet read directly, with the cell and one column per factor.
+files that pandas or a spreadsheet read directly, with the cell and one column per factor; so do
+the robustness points of an ``evaluation`` block (the API's /robustness rows).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 from app.errors import format_validation_errors
 from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
+from app.models.robustness import ROBUSTNESS_VALUE_FIELDS
 from app.spec import ExperimentSpec
 from app.spec_factors import Cell, level_text
 
@@ -50,6 +52,8 @@ LAYER_COLUMNS = (
     "layer_name",
     *LAYER_VALUE_FIELDS,
 )
+# The API's /robustness columns (app.metrics.repository) without run_id, which a local run has not.
+ROBUSTNESS_COLUMNS = ("activation", "activation_index", "seed", "kind", "strength", *ROBUSTNESS_VALUE_FIELDS)
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -64,6 +68,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("spec", type=Path, metavar="SPEC.json", help="experiment spec (see examples/)")
     parser.add_argument("--out", type=Path, metavar="FILE.csv", help="one row per (arm, epoch)")
     parser.add_argument("--layers-out", type=Path, metavar="FILE.csv", help="one row per (arm, epoch, layer)")
+    parser.add_argument(
+        "--robustness-out",
+        type=Path,
+        metavar="FILE.csv",
+        help="one row per (arm, kind, strength) of the spec's evaluation block "
+        "(default with --out and an evaluation block: FILE_robustness.csv beside it)",
+    )
     parser.add_argument(
         "--device", choices=("cpu", "cuda", "auto"), help="override the spec's device (default: the spec's)"
     )
@@ -183,6 +194,41 @@ def write_layer_csv(
             for layer in report.layers:
                 row = {**vars(layer), **_arm_columns(arm, factors, levels), "epoch": report.epoch}
                 writer.writerow({key: _cell(value) for key, value in row.items()})
+
+
+def write_robustness_csv(
+    path: Path,
+    spec: ExperimentSpec,
+    cells: Sequence[Cell],
+    outcomes: Iterable[tuple[LocalArm, ArmOutcome]],
+) -> int:
+    """One row per (arm, kind, strength) measured after training (succeeded arms of a spec with an evaluation
+    block), with the cell and factor columns of ``write_epoch_csv``; returns the rows written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    factors, levels = spec.factors or {}, {cell.index: cell.levels for cell in cells}
+    head, tail = ROBUSTNESS_COLUMNS[:3], ROBUSTNESS_COLUMNS[3:]
+    written = 0
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=(*head, *_factor_columns(spec), *tail), extrasaction="ignore")
+        writer.writeheader()
+        for arm, outcome in outcomes:
+            for point in outcome.robustness:
+                writer.writerow(
+                    {key: _cell(value) for key, value in {**vars(point), **_arm_columns(arm, factors, levels)}.items()}
+                )
+                written += 1
+    return written
+
+
+def robustness_path(arguments: argparse.Namespace, spec: ExperimentSpec) -> Path | None:
+    """Where the robustness rows go: --robustness-out, else FILE_robustness.csv beside --out when the spec has an
+    evaluation block, else nowhere."""
+    if arguments.robustness_out is not None:
+        return Path(arguments.robustness_out)
+    if arguments.out is None or spec.evaluation is None:
+        return None
+    out = Path(arguments.out)
+    return out.with_name(f"{out.stem}_robustness{out.suffix or '.csv'}")
 
 
 @dataclass(frozen=True)
@@ -308,6 +354,12 @@ def run_train(arguments: argparse.Namespace) -> int:
     if arguments.layers_out is not None:
         write_layer_csv(arguments.layers_out, spec, plan.cells, epochs)
         print(f"wrote layer rows to {arguments.layers_out}", file=sys.stderr)
+    robustness_out = robustness_path(arguments, spec)
+    if robustness_out is not None:
+        by_key = {arm.key: arm for arm in arms}
+        ended = [(by_key[key], collected.outcomes[key]) for key in sorted(collected.outcomes)]
+        rows = write_robustness_csv(robustness_out, spec, plan.cells, ended)
+        print(f"wrote {rows} robustness rows to {robustness_out}", file=sys.stderr)
     print(format_summary(summarise(spec, plan.cells, collected.outcomes)))
     if interrupted:
         print("interrupted: the table and files hold the arms finished so far", file=sys.stderr)

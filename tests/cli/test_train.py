@@ -67,6 +67,48 @@ def test_train_writes_epoch_and_layer_csvs_and_prints_the_summary(
     assert float(rows["relu"][0]) == pytest.approx(final_relu.mean(), abs=1e-4)
 
 
+def test_an_evaluation_block_writes_its_robustness_rows_beside_the_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = {
+        **TINY_SPEC,
+        "version": 2,
+        "activations": ["relu", "tanh"],
+        "factors": {"training.lr": [0.01, 0.05]},
+        "evaluation": {"noise_std": [0.5], "fgsm_epsilon": [0.0, 0.1]},
+    }
+    epochs_csv = tmp_path / "out" / "epochs.csv"
+    assert main(["train", str(write_spec(tmp_path, spec)), "--out", str(epochs_csv)]) == 0
+    assert "robustness rows to" in capsys.readouterr().err
+    robustness = pd.read_csv(tmp_path / "out" / "epochs_robustness.csv")
+    assert list(robustness.columns) == [
+        "activation", "activation_index", "seed", "cell_index", "cell", "training.lr",
+        "kind", "strength", "accuracy", "loss",
+    ]  # fmt: skip
+    # 2 cells x 2 activations x 2 seeds, each under noise 0.5 and FGSM 0 and 0.1.
+    assert len(robustness) == 8 * 3
+    assert sorted(set(zip(robustness.kind, robustness.strength, strict=True))) == [
+        ("fgsm", 0.0),
+        ("fgsm", 0.1),
+        ("noise", 0.5),
+    ]
+    assert set(robustness["cell"]) == {"lr=0.01", "lr=0.05"}
+    # FGSM at epsilon 0 is the clean test accuracy of the arm's last epoch.
+    epochs = pd.read_csv(epochs_csv)
+    final = epochs[epochs.epoch == 2].set_index(["cell_index", "activation", "seed"])["test_accuracy"]
+    clean = robustness[(robustness.kind == "fgsm") & (robustness.strength == 0)]
+    for row in clean.itertuples():
+        assert row.accuracy == pytest.approx(final[(row.cell_index, row.activation, row.seed)], abs=1e-6)
+    assert (robustness[robustness.strength > 0].accuracy <= 1).all()
+    # Asked for by name, and not written for a spec without an evaluation block unless asked.
+    named = tmp_path / "robust.csv"
+    assert main(["train", str(write_spec(tmp_path, spec)), "--robustness-out", str(named)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(named), robustness)
+    plain = tmp_path / "plain" / "epochs.csv"
+    assert main(["train", str(write_spec(tmp_path, TINY_SPEC)), "--out", str(plain)]) == 0
+    assert not (tmp_path / "plain" / "epochs_robustness.csv").exists()
+
+
 def test_a_bad_spec_exits_non_zero_naming_each_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = {
         **TINY_SPEC,
