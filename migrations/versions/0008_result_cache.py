@@ -1,7 +1,7 @@
 """Cached results: experiments.results_version and the result_cache table.
 
-Revision ID: 0007_result_cache
-Revises: 0006_run_stacking
+Revision ID: 0008_result_cache
+Revises: 0007_train_metrics
 Created: 2026-12-03
 
 ``results_version`` counts the writes that can change an experiment's results; ``result_cache`` holds the
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_result_cache"
-down_revision: str | None = "0006_run_stacking"
+revision: str = "0008_result_cache"
+down_revision: str | None = "0007_train_metrics"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
