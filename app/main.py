@@ -39,6 +39,7 @@ from app.middleware import (
 from app.monitoring.middleware import RequestMetricsMiddleware
 from app.monitoring.router import router as monitoring_router
 from app.monitoring.service import ServiceMetrics
+from app.reports.assets import router as report_assets_router
 from app.reports.pages_router import router as report_pages_router
 from app.reports.router import router as reports_router
 from app.results.events_router import router as events_router
@@ -274,6 +275,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router, **protected)
     app.include_router(meta_router)
     app.include_router(docs_router)
+    app.include_router(report_assets_router)
     app.include_router(auth_router, **protected)
     app.include_router(monitoring_router)
     app.include_router(results_router, **protected)

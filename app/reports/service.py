@@ -16,12 +16,15 @@ from app.experiments import service as experiments_service
 from app.experiments.service import FINISHED_EXPERIMENT_STATUSES
 from app.models import Experiment, ExperimentStatus
 from app.reports import repository as dashboard_repository
+from app.reports.assets import REPORT_SCRIPTS, asset_url
 from app.reports.progress import ProgressView, progress_view
 from app.results import factorial_service
 from app.results import service as results_service
+from app.results.colours import colours_of
 from app.results.comparisons import family_disagreements
-from app.results.failures import DEFAULT_CHANCE_MARGIN
-from app.results.plots import plot_kinds_with_content
+from app.results.failures import DEFAULT_CHANCE_MARGIN, chance_accuracy
+from app.results.gradient_flow import PROFILE_METRICS, gradient_heatmap, recorded_epochs
+from app.results.plots import ACCURACY_MIN_SPAN, plot_kinds_with_content
 from app.results.statistics import METRIC_COLUMNS, SUMMARY_KINDS, ResultOptions
 from app.results.verdicts import pair_matrix
 from app.schemas import as_utc
@@ -36,6 +39,8 @@ REFRESH_SECONDS = 5
 PLOT_CAPTIONS: dict[str, str] = {
     "learning-curves": "Learning curves",
     "final-metric": "Summary metric per activation",
+    "gradient-heatmap": "Gradient flow: log10 gradient norm per layer and epoch",
+    "layer-profile": "Per-layer profile at one epoch",
     "gradient-norms": "Gradient norm per layer",
     "unit-health": "Dead and saturated units",
     "learned-functions": "Learned activation functions",
@@ -361,7 +366,8 @@ class Report:
     diagnostics: ReportTable
     sentences: list[str]
     best_choices: list[str]
-    plots: list[tuple[str, str, str]]
+    # (caption, SVG url, PNG url, kind of its interactive chart or "")
+    plots: list[tuple[str, str, str, str]]
     downloads: list[tuple[str, str]]
     runs: ReportTable
     metric_choices: tuple[str, ...] = METRIC_COLUMNS
@@ -370,6 +376,31 @@ class Report:
     factorial: FactorialSection | None = None
     # Only for an experiment with an evaluation block (spec version 2): the robustness table and its plot.
     robustness: RobustnessSection | None = None
+    # What the interactive plots read (app/static/report-plots.js), and the scripts that draw them.
+    charts: dict[str, Any] = field(default_factory=dict)
+    scripts: list[str] = field(default_factory=list)
+
+
+# The plots the report also draws interactively from the API's tables (app/static/report-plots.js).
+INTERACTIVE_PLOTS = frozenset({"learning-curves", "gradient-heatmap", "layer-profile"})
+GRADIENT_FLOW_PLOTS = ("gradient-heatmap", "layer-profile")
+
+
+def _charts(tables: results_service.ExperimentTables, base: str) -> dict[str, Any]:
+    """The page's chart configuration: table URLs, each activation's colour, chance and the accuracy axis rule."""
+    labels = list(tables.activations) + [str(label) for label in tables.runs.get("activation", [])]
+    return {
+        "tables": {
+            "learning_curves": f"{base}/learning-curves?format=json",
+            "gradient_heatmap": f"{base}/gradient-flow?view=heatmap&format=json",
+            "gradient_flow": f"{base}/gradient-flow",
+        },
+        "colours": colours_of(list(dict.fromkeys(labels))),
+        "chance": chance_accuracy(classes=tables.classes),
+        "accuracy_min_span": ACCURACY_MIN_SPAN,
+        "epochs": recorded_epochs(tables.layers),
+        "profile_metrics": PROFILE_METRICS,
+    }
 
 
 @dataclass
@@ -582,8 +613,15 @@ def report(
     )
     base = f"/v1/experiments/{experiment_id}"
     drawn = plot_kinds_with_content(activations=tables.activations, layer_metrics=tables.layers)
+    if not gradient_heatmap(tables.layers).empty:
+        drawn += GRADIENT_FLOW_PLOTS
     plots = [
-        (caption, f"{base}/plots/{kind}.svg?{query}", f"{base}/plots/{kind}.png?{query}")
+        (
+            caption,
+            f"{base}/plots/{kind}.svg{_plot_query(kind, query)}",
+            f"{base}/plots/{kind}.png{_plot_query(kind, query)}",
+            kind if kind in INTERACTIVE_PLOTS else "",
+        )
         for kind, caption in PLOT_CAPTIONS.items()
         if kind in drawn
     ]
@@ -657,4 +695,11 @@ def report(
         runs=ReportTable(run_columns, run_rows),
         factorial=_factorial_section(tables, options, base, query) if tables.factors else None,
         robustness=_robustness_section(tables, options, base),
+        charts=_charts(tables, base),
+        scripts=[asset_url(name) for name in REPORT_SCRIPTS],
     )
+
+
+def _plot_query(kind: str, query: str) -> str:
+    """The query of a plot's URL: the result options, but for the gradient-flow plots, which take none of them."""
+    return "" if kind in GRADIENT_FLOW_PLOTS else f"?{query}"

@@ -2,7 +2,7 @@
 
 Every figure is a standalone ``matplotlib.figure.Figure`` rendered by the Agg canvas (PNG) or the SVG
 backend, so concurrent requests share no global figure state. Each activation keeps its colour across
-plots (by its position in the spec). An empty experiment still gets a valid image with a note.
+plots and experiments (app.results.colours). An empty experiment still gets a valid image with a note.
 """
 
 from __future__ import annotations
@@ -11,18 +11,21 @@ import io
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from app.results.colours import colour_of
 from app.results.functions import learned_shape, starting_shape
+from app.results.gradient_flow import trained_layer_rows
 from app.results.statistics import learning_curves
 from app.spec import ActivationSpec
 
@@ -38,6 +41,10 @@ PLOT_KINDS: dict[str, str] = {
 }
 DOTS_PER_INCH = 100
 CURVE_RANGE = (-4.0, 4.0)
+# The learning curves' panels (family, split) and the bootstrap resamples of their bands, in the static plot,
+# the report's interactive plot and GET /v1/experiments/{id}/learning-curves alike.
+CURVE_METRICS: tuple[str, ...] = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
+CURVE_RESAMPLES = 500
 
 
 @dataclass
@@ -93,7 +100,7 @@ def learning_curves_figure(data: PlotData) -> Figure:
             axes = panels[row][column]
             metric = f"{split}_{family}"
             curves = (
-                learning_curves(data.metrics, metric=metric, resamples=500)
+                learning_curves(data.metrics, metric=metric, resamples=CURVE_RESAMPLES)
                 if not data.metrics.empty and metric in data.metrics.columns
                 else pd.DataFrame()
             )
@@ -146,54 +153,65 @@ def _activation_labels(frame: pd.DataFrame) -> list[tuple[str, int]]:
     ]
 
 
-def _finished(layer_metrics: pd.DataFrame) -> pd.DataFrame:
-    if layer_metrics.empty or "status" not in layer_metrics.columns:
-        return layer_metrics
-    return layer_metrics[layer_metrics["status"].isin(("succeeded", "diverged", "running"))]
+# Up to this many layers the gradient-norm plot names each layer in a legend; deeper nets get a colour bar.
+LEGEND_MAX_LAYERS = 8
 
 
 def gradient_norms_figure(data: PlotData) -> Figure:
-    """One panel per activation: each layer's gradient norm per epoch (mean over seeds), log scale."""
-    layers = _finished(data.layer_metrics)
+    """One panel per activation on one shared log y scale: each layer's gradient norm per epoch (mean over seeds).
+
+    A layer has the same shade in every panel; its key (a legend, or a colour bar for deep nets) stands outside
+    the panels, never over a title or a curve.
+    """
+    layers = trained_layer_rows(data.layer_metrics)
     labels = _activation_labels(layers) if not layers.empty else []
     columns = max(1, min(4, len(labels)))
     rows = max(1, math.ceil(len(labels) / columns))
-    figure = _new_figure(3.6 * columns + 1.5, 2.8 * rows + 0.6, data.title or "Gradient norm per layer")
-    panels = figure.subplots(rows, columns, squeeze=False)
+    figure = _new_figure(3.6 * columns + 1.8, 2.8 * rows + 0.6, data.title or "Gradient norm per layer")
+    panels = figure.subplots(rows, columns, squeeze=False, sharey=True)
     if not labels:
         _empty(panels[0][0], "no layer metrics yet")
         return figure
+    measured = layers[layers["grad_norm"] > 0]
+    layer_numbers = sorted(int(layer) for layer in measured["layer"].unique())
+    names = dict(zip(measured["layer"], measured.get("layer_name", measured["layer"]), strict=False))
     palette = matplotlib.colormaps["viridis"]
+    shades = {layer: palette(position / max(1, len(layer_numbers) - 1)) for position, layer in enumerate(layer_numbers)}
+    key: dict[str, Any] = {}
     for position, (label, _index) in enumerate(labels):
         axes = panels[position // columns][position % columns]
-        of_label = layers[(layers["activation"] == label) & (layers["grad_norm"] > 0)]
-        means = of_label.groupby(["layer", "epoch"])["grad_norm"].mean().reset_index()
-        layer_numbers = sorted(means["layer"].unique())
-        if not layer_numbers:
+        means = measured[measured["activation"] == label].groupby(["layer", "epoch"])["grad_norm"].mean().reset_index()
+        if means.empty:
             _empty(axes, f"{label}: no gradients")
+            axes.set_title(label)
             continue
-        names = dict(zip(of_label["layer"], of_label.get("layer_name", of_label["layer"]), strict=False))
-        for layer_position, layer in enumerate(layer_numbers):
-            curve = means[means["layer"] == layer]
-            shade = palette(layer_position / max(1, len(layer_numbers) - 1))
-            axes.plot(curve["epoch"], curve["grad_norm"], color=shade, label=str(names.get(layer, layer)))
+        for layer, curve in means.groupby("layer", sort=True):
+            name = str(names.get(layer, layer))
+            (line,) = axes.plot(curve["epoch"], curve["grad_norm"], color=shades[int(layer)], label=name)
+            key.setdefault(name, line)
         axes.set_yscale("log")
         axes.set_title(label)
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_ylabel("gradient norm")
+        if position % columns == 0:
+            axes.set_ylabel("gradient norm")
         axes.grid(alpha=0.3, which="major")
-        axes.legend(fontsize="x-small")
     for position in range(len(labels), rows * columns):
         panels[position // columns][position % columns].set_axis_off()
+    if len(layer_numbers) <= LEGEND_MAX_LAYERS:
+        figure.legend(list(key.values()), list(key), loc="outside right upper", fontsize="small", title="layer")
+    elif layer_numbers:
+        scale = ScalarMappable(norm=Normalize(layer_numbers[0], layer_numbers[-1]), cmap=palette)
+        figure.colorbar(scale, ax=panels, label="layer (1 = nearest the input)", shrink=0.9)
     return figure
 
 
 def unit_health_figure(data: PlotData) -> Figure:
     """Dead and saturated unit fractions per epoch, per activation (mean over layers and seeds)."""
-    layers = _finished(data.layer_metrics)
+    layers = trained_layer_rows(data.layer_metrics)
     figure = _new_figure(11, 4.2, data.title or "Dead and saturated units")
     panels = figure.subplots(1, 2, squeeze=False)[0]
+    key: dict[str, Any] = {}
     for axes, column, title in (
         (panels[0], "dead_fraction", "dead units (never positive on the probe set)"),
         (panels[1], "saturated_fraction", "saturated units"),
@@ -205,14 +223,18 @@ def unit_health_figure(data: PlotData) -> Figure:
             continue
         for label, _index in _activation_labels(measured):
             curve = measured[measured["activation"] == label].groupby("epoch")[column].mean()
-            axes.plot(curve.index, curve.to_numpy(), color=colour_of(label), label=label, marker="o", markersize=3)
+            (line,) = axes.plot(
+                curve.index, curve.to_numpy(), color=colour_of(label), label=label, marker="o", markersize=3
+            )
+            key.setdefault(label, line)
         axes.set_ylim(-0.02, 1.02)
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel("fraction of units")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+    if key:
+        figure.legend(list(key.values()), list(key), loc="outside right upper", fontsize="small")
     return figure
 
 

@@ -8,15 +8,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+import pandas as pd
+from fastapi import APIRouter, Depends, Path, Query, Response
+from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.dependencies import SessionDependency, SettingsDependency
 from app.results import cache, factorial_service, service
 from app.results.encoding import TABLE_MEDIA_TYPES, encode_table, image_media_type
 from app.results.factorial_plots import FACTORIAL_PLOT_KINDS
 from app.results.gallery import GALLERY_PLOT_KINDS
+from app.results.gradient_flow import LayerMetricName
+from app.results.gradient_flow_plots import GRADIENT_FLOW_PLOT_KINDS
 from app.results.plots import IMAGE_FORMATS, PLOT_KINDS
 from app.results.queries import FormatQuery, ResultQuery, result_query
 from app.results.robustness_plots import ROBUSTNESS_PLOT_KINDS
@@ -27,7 +32,31 @@ from app.service_errors import InvalidInputError
 
 router = APIRouter(prefix="/v1/experiments", tags=["results"])
 
-ALL_PLOT_KINDS: dict[str, str] = {**PLOT_KINDS, **FACTORIAL_PLOT_KINDS, **GALLERY_PLOT_KINDS, **ROBUSTNESS_PLOT_KINDS}
+ALL_PLOT_KINDS: dict[str, str] = {
+    **PLOT_KINDS,
+    **GRADIENT_FLOW_PLOT_KINDS,
+    **FACTORIAL_PLOT_KINDS,
+    **GALLERY_PLOT_KINDS,
+    **ROBUSTNESS_PLOT_KINDS,
+}
+LayerMetricQuery = Annotated[
+    LayerMetricName,
+    Query(description="The layer metric of the profile: grad_norm, dead_fraction or saturated_fraction."),
+]
+LayerEpochQuery = Annotated[
+    int | None,
+    Query(
+        ge=0, le=1_000_000, description="The epoch of the profile (default the last recorded; 0 = at initialisation)."
+    ),
+]
+GradientFlowView = Annotated[
+    Literal["heatmap", "profile"],
+    Query(
+        description="heatmap: per (activation, layer, epoch) the mean over seeds of log10 gradient norm; profile: "
+        "per (activation, layer) one metric at one epoch, cross-seed mean and the seeds' range."
+    ),
+]
+ImageFormatPath = Annotated[Literal["png", "svg"], Path(description="png or svg.")]
 
 ResultsTableQuery = Annotated[
     ResultQuery,
@@ -100,6 +129,27 @@ def _cached(
 def _table_response(content: bytes, output_format: str, experiment_id: uuid.UUID, name: str) -> Response:
     headers = {"Content-Disposition": f'inline; filename="{experiment_id}-{name}.{output_format}"'}
     return Response(content, media_type=TABLE_MEDIA_TYPES[output_format], headers=headers)
+
+
+def _computed_table(
+    session: Session,
+    settings: Settings,
+    experiment_id: uuid.UUID,
+    output_format: str,
+    name: str,
+    compute: Callable[[service.ExperimentTables], pd.DataFrame],
+    *,
+    endpoint: str | None = None,
+) -> Response:
+    """The table ``compute`` makes of the experiment's tables, encoded as asked, through the results cache under
+    ``endpoint`` (default the table's name)."""
+
+    def encoded() -> bytes:
+        frame = compute(service.load_tables(session=session, experiment_id=experiment_id))
+        return encode_table(frame, output_format)
+
+    content = _cached(session, settings, experiment_id, endpoint or name, output_format, None, encoded)
+    return _table_response(content, output_format, experiment_id, name)
 
 
 @router.get(
@@ -177,13 +227,14 @@ def diagnostics(
     output_format: FormatQuery = "json",
 ) -> Response:
     """The diagnostics table in JSON, CSV or Parquet."""
-
-    def compute() -> bytes:
-        tables = service.load_tables(session=session, experiment_id=experiment_id)
-        return encode_table(service.diagnostics_table(tables=tables), output_format)
-
-    content = _cached(session, settings, experiment_id, "diagnostics", output_format, None, compute)
-    return _table_response(content, output_format, experiment_id, "diagnostics")
+    return _computed_table(
+        session,
+        settings,
+        experiment_id,
+        output_format,
+        "diagnostics",
+        lambda tables: service.diagnostics_table(tables=tables),
+    )
 
 
 @router.get(
@@ -216,6 +267,97 @@ def recommendation(
         not_trained=found.not_trained,
         sentences=found.sentences,
     )
+
+
+@router.get(
+    "/{experiment_id}/learning-curves",
+    response_class=Response,
+    summary="Learning curves: cross-seed mean per epoch with its bootstrap band",
+    description="One row per (metric, activation, epoch) for train_loss, test_loss, train_accuracy and "
+    "test_accuracy: n (succeeded runs with a finite value), the cross-seed mean and its 95% percentile-bootstrap "
+    "band (seeded), from epoch 0 where the runs have it. The learning-curves plot and the report draw this table.",
+    responses=_TABLE_RESPONSES,
+)
+def learning_curves(
+    experiment_id: uuid.UUID,
+    session: SessionDependency,
+    settings: SettingsDependency,
+    output_format: FormatQuery = "json",
+) -> Response:
+    """The learning-curve table in JSON, CSV or Parquet."""
+    return _computed_table(
+        session,
+        settings,
+        experiment_id,
+        output_format,
+        "learning-curves",
+        lambda tables: service.learning_curves_table(tables=tables),
+    )
+
+
+@router.get(
+    "/{experiment_id}/gradient-flow",
+    response_class=Response,
+    summary="Gradient flow per layer: the layer x epoch map or the per-layer profile at one epoch",
+    description="Over the runs that trained (succeeded, diverged or running). `view=heatmap`: one row per "
+    "(activation, layer, epoch) with n (seeds) and log10_grad_norm, the mean over seeds of log10 gradient norm. "
+    "`view=profile`: one row per (activation, layer) of `metric` (grad_norm, dead_fraction, saturated_fraction) "
+    "at `epoch` (default the last recorded; 0 is the network at initialisation): n, mean (geometric for "
+    "grad_norm), seed_min and seed_max. An epoch without layer metrics is a 422 listing the recorded ones.",
+    responses=_TABLE_RESPONSES,
+)
+def gradient_flow(
+    experiment_id: uuid.UUID,
+    session: SessionDependency,
+    settings: SettingsDependency,
+    view: GradientFlowView = "heatmap",
+    metric: LayerMetricQuery = "grad_norm",
+    epoch: LayerEpochQuery = None,
+    output_format: FormatQuery = "json",
+) -> Response:
+    """The gradient-flow table in JSON, CSV or Parquet."""
+    return _computed_table(
+        session,
+        settings,
+        experiment_id,
+        output_format,
+        f"gradient-{view}",
+        lambda tables: service.gradient_flow_table(tables=tables, view=view, metric=metric, epoch=epoch),
+        endpoint=f"gradient-flow/{view}/{metric}/{epoch}",
+    )
+
+
+# Before the route of every other plot, which would otherwise take this path with its own query parameters.
+@router.get(
+    "/{experiment_id}/plots/layer-profile.{image_format}",
+    response_class=Response,
+    summary="Per-layer profile of a layer metric at one epoch, as PNG or SVG",
+    description=GRADIENT_FLOW_PLOT_KINDS["layer-profile"],
+    responses={
+        200: {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "The image."},
+        404: {"model": MessageResponse},
+        422: {"model": ValidationErrorResponse},
+    },
+)
+def layer_profile_image(
+    experiment_id: uuid.UUID,
+    image_format: ImageFormatPath,
+    session: SessionDependency,
+    settings: SettingsDependency,
+    metric: LayerMetricQuery = "grad_norm",
+    epoch: LayerEpochQuery = None,
+) -> Response:
+    """The per-layer profile plot."""
+
+    def compute() -> bytes:
+        tables = service.load_tables(session=session, experiment_id=experiment_id)
+        return service.gradient_flow_image(
+            tables=tables, kind="layer-profile", image_format=image_format, metric=metric, epoch=epoch
+        )
+
+    endpoint = f"plots/layer-profile/{metric}/{epoch}"
+    content = _cached(session, settings, experiment_id, endpoint, image_format, None, compute)
+    return Response(content, media_type=image_media_type(image_format), headers={"Cache-Control": "no-cache"})
 
 
 @router.get(
@@ -277,6 +419,8 @@ def plot_image(
             return service.gallery_image(tables=tables, image_format=image_format, activation=activation)
         if kind in ROBUSTNESS_PLOT_KINDS:
             return service.robustness_image(tables=tables, image_format=image_format, options=options)
+        if kind in GRADIENT_FLOW_PLOT_KINDS:
+            return service.gradient_flow_image(tables=tables, kind=kind, image_format=image_format)
         if kind in FACTORIAL_PLOT_KINDS:
             return factorial_service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)
         return service.plot_image(tables=tables, kind=kind, image_format=image_format, options=options)

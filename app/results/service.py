@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 
 from app.experiments import service as experiments_service
 from app.models import Experiment
-from app.results import gallery, repository
+from app.results import gallery, gradient_flow, gradient_flow_plots, repository
 from app.results.diagnostics import learned_parameters_by_layer, summarise_diagnostics
 from app.results.failures import DEFAULT_CHANCE_MARGIN, TrainingSetup, chance_accuracy
-from app.results.plots import PlotData, plot
+from app.results.plots import CURVE_METRICS, CURVE_RESAMPLES, PlotData, plot
 from app.results.recommendation import RecommendationInputs, best_choices, recommend, untrained
 from app.results.robustness import ROBUSTNESS_SUMMARY_COLUMNS, summarise_robustness
 from app.results.robustness_plots import robustness_plot
@@ -30,6 +30,7 @@ from app.results.statistics import (
     ResultOptions,
     StatisticsError,
     compare_pairs,
+    learning_curves,
     run_summaries,
     summarise_activations,
     trained_epochs,
@@ -394,3 +395,46 @@ def plot_image(*, tables: ExperimentTables, kind: str, image_format: str, option
         return plot(kind, data=data, image_format=image_format)
     except ValueError as error:
         raise InvalidInputError([{"loc": "path.plot", "msg": str(error), "type": "enum"}]) from None
+
+
+def learning_curves_table(*, tables: ExperimentTables) -> pd.DataFrame:
+    """Per (metric, activation, epoch) of the learning curves: n, the cross-seed mean and its bootstrap band."""
+    frames = [
+        learning_curves(tables.metrics, metric=metric, resamples=CURVE_RESAMPLES).assign(metric=metric)
+        for metric in CURVE_METRICS
+        if not tables.metrics.empty and metric in tables.metrics.columns
+    ]
+    columns = ["metric", "activation", "activation_index", "epoch", "n", "mean", "ci_low", "ci_high"]
+    frame = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    return with_trace(frame, tables.experiment)
+
+
+def gradient_flow_table(
+    *, tables: ExperimentTables, view: str, metric: str = "grad_norm", epoch: int | None = None
+) -> pd.DataFrame:
+    """The gradient-flow map (view heatmap) or the per-layer profile of one metric at one epoch (view profile)."""
+    try:
+        if view == "heatmap":
+            frame = gradient_flow.gradient_heatmap(tables.layers)
+        else:
+            frame = gradient_flow.layer_profile(tables.layers, metric=metric, epoch=epoch)
+    except StatisticsError as error:
+        raise _invalid_option(error) from None
+    return with_trace(frame, tables.experiment)
+
+
+def gradient_flow_image(
+    *, tables: ExperimentTables, kind: str, image_format: str, metric: str = "grad_norm", epoch: int | None = None
+) -> bytes:
+    """A gradient-flow plot (gradient-heatmap or layer-profile) as PNG or SVG bytes."""
+    try:
+        return gradient_flow_plots.gradient_flow_image(
+            kind,
+            layers=tables.layers,
+            image_format=image_format,
+            metric=metric,
+            epoch=epoch,
+            title=tables.experiment.name,
+        )
+    except StatisticsError as error:
+        raise _invalid_option(error) from None

@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -172,7 +172,7 @@ def test_the_api_description_documents_the_refusals(served: tuple[Served, str]) 
 class DevToolsPipe:
     """Headless Chromium driven over --remote-debugging-pipe: JSON messages, NUL-terminated, on fds 3 and 4."""
 
-    def __init__(self, profile: Path) -> None:
+    def __init__(self, profile: Path, arguments: Sequence[str] = ()) -> None:
         assert CHROMIUM is not None
         to_browser_read, self._to_browser = os.pipe()
         self._from_browser, from_browser_write = os.pipe()
@@ -185,7 +185,13 @@ class DevToolsPipe:
 
         command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
         command += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
-        command += ["--no-first-run", "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
+        command += [
+            "--no-first-run",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            *arguments,
+            "about:blank",
+        ]
         self.process = subprocess.Popen(
             command,
             pass_fds=(3, 4),

@@ -2,7 +2,8 @@
 
 Chromium comes from the Debian package (``apt-get install -y chromium``); without it the test is
 skipped with that hint. The page must work without JavaScript, so the checks are JavaScript-free:
-the DOM Chromium renders holds the results table and one <img> per plot, the server's access log
+the DOM Chromium renders holds the results table and one <img> per plot (the static image each
+interactive plot replaces, tests/results/test_report_interactive.py), the server's access log
 shows Chromium fetching every image successfully, and the screenshot is not blank.
 """
 
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from app.auth.service import create_api_key
 from app.db import make_engine, session_factory
 from app.migrate import upgrade_database
-from app.results.plots import PLOT_KINDS
+from app.reports.service import PLOT_CAPTIONS
 from tests.fixtures import uvicorn_server
 from tests.results.conftest import insert_experiment
 
@@ -99,8 +100,8 @@ def test_report_renders_in_chromium_with_table_and_loaded_images(
     rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.DOTALL)
     assert len(rows) == 1 + 4
     assert any("sigmoid" in row and "worse" in row for row in rows)
-    images = re.findall(r'<img src="([^"]+)"', dom)
-    assert len(images) == len(PLOT_KINDS)
+    images = re.findall(r'<img [^>]*src="([^"]+)"', dom)
+    assert len(images) == len(PLOT_CAPTIONS)
     assert "sigmoid failed to train" in dom
 
     screenshot = tmp_path / "report.png"
