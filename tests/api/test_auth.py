@@ -30,6 +30,7 @@ OPEN_PATHS = {
     "/docs",
     "/docs/oauth2-redirect",
     "/docs/assets/{name}",
+    "/assets/{name}",
     "/redoc",
 }
 

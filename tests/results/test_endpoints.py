@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import uuid
 import xml.etree.ElementTree as ElementTree
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import EpochMetric, Experiment, Run
+from app.reports.service import PLOT_CAPTIONS
 from app.results.plots import PLOT_KINDS
 from app.results.statistics import ResultOptions
 
@@ -227,8 +229,8 @@ def test_the_report_holds_table_verdicts_recommendation_and_loadable_plots(
     assert "sigmoid failed to train" in page
     assert "worse" in page and "baseline" in page
     assert 'http-equiv="refresh"' not in page
-    sources = [part.split('"', 1)[0] for part in page.split('<img src="')[1:]]
-    assert len(sources) == len(PLOT_KINDS)
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(sources) == len(PLOT_CAPTIONS)
     for source in sources:
         image = client.get(source.replace("&amp;", "&"))
         assert image.status_code == 200 and image.headers["content-type"] == "image/png", source

@@ -51,7 +51,7 @@ def test_the_map_averages_log10_gradient_norms_over_the_seeds_that_trained(layer
     table = gradient_heatmap(layers)
     assert set(table["epoch"]) == {0, 1, 2, 3} and set(table["layer"]) == {1, 2, 3}
     sigmoid_first = table[(table["activation"] == "sigmoid") & (table["layer"] == 1) & (table["epoch"] == 2)]
-    assert sigmoid_first["log10_grad_norm"].item() == pytest.approx(math.log10(0.5e-6) + math.log10(1.1))
+    assert sigmoid_first["log10_grad_norm"].item() == pytest.approx(math.log10(0.5e-6) + math.log10(1.2) / 2)
     # The failed seed of sigmoid has no place in the map.
     assert sigmoid_first["n"].item() == 2
     initial = table[(table["activation"] == "relu") & (table["layer"] == 3) & (table["epoch"] == 0)]
@@ -117,7 +117,8 @@ def test_the_gradient_norm_panels_share_one_scale_and_keep_their_key_outside(dep
 def test_the_static_map_and_profile_of_a_deep_net_share_one_colour_scale_and_an_outside_legend() -> None:
     deep = _deep(20)
     heatmap = gradient_heatmap_figure(deep)
-    meshes = [collection for axes in heatmap.axes for collection in axes.collections]
+    panels = [axes for axes in heatmap.axes if axes.get_label() != "<colorbar>"]
+    meshes = [collection for axes in panels for collection in axes.collections]
     assert len(meshes) == 3 and len({mesh.get_clim() for mesh in meshes}) == 1
     assert meshes[0].get_clim() == pytest.approx((math.log10(0.5e-6), math.log10(0.5)))
     profile = layer_profile_figure(deep, metric="grad_norm", epoch=None)
