@@ -276,6 +276,15 @@
       if (state.epoch !== null) {
         query.set("epoch", String(state.epoch));
       }
+      // The figure's SVG and PNG links give the static plot of the same metric and epoch.
+      const shown = new URLSearchParams({ metric: state.metric });
+      if (state.epoch !== null) {
+        shown.set("epoch", String(state.epoch));
+      }
+      figure.querySelectorAll("figcaption a").forEach((link) => {
+        const target = new URL(link.getAttribute("href"), window.location.origin);
+        link.setAttribute("href", `${target.pathname}?${shown}`);
+      });
       return table(`${config.tables.gradient_flow}?${query}`).then((rows) => {
         const traces = [];
         byActivation(rows).forEach((curve, label) => {

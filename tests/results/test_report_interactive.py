@@ -91,6 +91,7 @@ new Promise(resolve => {
     const chart = figure.querySelector(".js-plotly-plot");
     return {
       kind: figure.dataset.chart, drawn: figure.dataset.drawn, text: figure.textContent.slice(0, 400),
+      links: [...figure.querySelectorAll("figcaption a")].map(link => link.getAttribute("href")),
       image_hidden: figure.querySelector("img.static-plot").hidden,
       traces: chart ? chart.data.map(trace => ({name: trace.name, type: trace.type || "scatter",
         legend: trace.showlegend !== false, colour: trace.line ? trace.line.color : null})) : [],
@@ -248,6 +249,10 @@ def test_the_report_of_a_20_layer_experiment_draws_interactive_plots_offline(
     profile = charts["layer-profile"]
     assert [trace["name"] for trace in profile["traces"] if trace["legend"]] == LABELS
     assert profile["legend"] is not None
+    # Its static links draw the metric and epoch on show: gradient norm at the last epoch.
+    assert [link.rsplit("/", 1)[1] for link in profile["links"]] == [
+        f"layer-profile.{image_format}?metric=grad_norm&epoch=6" for image_format in ("svg", "png")
+    ]
 
     assert hidden == ["legendonly"] * 8
     assert axis_types == ["log", "log"]
