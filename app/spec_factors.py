@@ -6,7 +6,9 @@ key order is lost, expands to the same cells); an arm is (cell, activation, seed
 effective spec is the base spec with the cell's levels written in, without ``factors``, and it is
 validated by ``app.spec.ExperimentSpec`` itself, so a level is checked exactly as its field is, for
 the model kind in force in that cell; an error names the path and the level's index
-(``factors.model.hidden.1``). The limits count every arm of every cell. Runs store their cell's
+(``factors.model.hidden.1``), also where it shows at another field but that level alone causes it
+(a dataset parameter the dataset in force lacks); an error only a combination of levels gives names
+the cell. The limits count every arm of every cell. Runs store their cell's
 levels, and the worker trains each with ``run_spec(stored_spec, cell_levels)``. No torch.
 """
 
@@ -173,6 +175,30 @@ def _attribute(
     return _error(("factors", path, index), message, levels[path])
 
 
+def _single_level_cause(
+    detail: dict[str, str],
+    payload: dict[str, Any],
+    levels: dict[str, Any],
+    factors: dict[str, list[Any]],
+    limits: SpecLimits,
+) -> InitErrorDetails | None:
+    """The one factor level that alone gives a cell's error outside every factor path (a parameter the dataset in
+    force lacks, an optimizer setting another optimizer level does not take), named by path and index; else None."""
+    from app.errors import validation_error_details
+    from app.spec import ExperimentSpec
+
+    for path in sorted(levels):
+        try:
+            ExperimentSpec.model_validate(_apply(payload, {path: levels[path]}), context={"limits": limits})
+        except ValidationError as error:
+            alone = validation_error_details(error, model=ExperimentSpec)
+            if any((item["loc"], item["msg"]) == (detail["loc"], detail["msg"]) for item in alone):
+                index = next(i for i, level in enumerate(factors[path]) if level == levels[path])
+                where = f"{detail['loc']}: " if detail["loc"] else ""
+                return _error(("factors", path, index), f"{where}{detail['msg']}", levels[path])
+    return None
+
+
 def check_factors(spec: ExperimentSpec, limits: SpecLimits) -> ExperimentSpec:
     """Validate a factorial spec: its paths, every level in every cell, and the limits over all arms."""
     from app.errors import validation_error_details
@@ -196,6 +222,8 @@ def check_factors(spec: ExperimentSpec, limits: SpecLimits) -> ExperimentSpec:
             )
             for detail in validation_error_details(error, model=ExperimentSpec):
                 found = _attribute(detail, levels, factors, kind)
+                if found["loc"] == ("factors",):
+                    found = _single_level_cause(detail, payload, levels, factors, limits) or found
                 errors.setdefault(f"{found['loc']}\0{found['ctx']}", found)
     _raise(list(errors.values()))
     long_label = next(

@@ -147,6 +147,33 @@ def test_the_model_kind_in_force_in_each_cell_decides() -> None:
         ExperimentSpec.model_validate(spec)
 
 
+def test_a_level_that_alone_breaks_another_field_is_named_by_its_path_and_index(client: TestClient) -> None:
+    # A dataset parameter the dataset in force lacks (digits has none), for every dataset.name level it meets.
+    response = client.post(
+        "/v1/experiments", json=factorial({"dataset.name": ["spirals", "digits"], "dataset.params.noise": [0.1]})
+    )
+    assert response.status_code == 422
+    assert _errors(response) == {
+        "factors.dataset.params.noise.0": "dataset: unknown parameter 'noise' for dataset digits; allowed: none"
+    }
+    # Where only the combination fails (noise exists on the spirals base), the cell is named.
+    combined = factorial(
+        {"dataset.name": ["spirals", "digits"], "dataset.params.noise": [0.1]}, dataset={"name": "spirals"}
+    )
+    response = client.post("/v1/experiments", json=combined)
+    assert response.status_code == 422
+    assert _errors(response) == {
+        "factors": "cell name=digits, noise=0.1: dataset: unknown parameter 'noise' for dataset digits; allowed: none"
+    }
+    # An optimizer level that does not take a setting of the base spec.
+    base = {"epochs": 3, "optimizer": "adam", "betas": [0.9, 0.99]}
+    response = client.post("/v1/experiments", json=factorial({"training.optimizer": ["adam", "sgd"]}, training=base))
+    assert response.status_code == 422
+    [(where, message)] = _errors(response).items()
+    assert where == "factors.training.optimizer.1"
+    assert message.startswith("training.betas: training.betas applies to optimizer adam, adamw only")
+
+
 def test_version_1_with_factors_is_a_422_naming_factors(client: TestClient, db: Session) -> None:
     response = client.post("/v1/experiments", json=small_spec(factors={"training.lr": [0.01, 0.1]}))
     assert response.status_code == 422
