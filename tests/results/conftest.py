@@ -94,11 +94,15 @@ def insert_experiment(
     spec_payload: dict[str, Any] = FAKE_SPEC,
     arms: Sequence[SyntheticArm] = FAKE_ARMS,
     status: str = "partial",
+    created_at: datetime = datetime(2025, 11, 27, 10, 0, tzinfo=UTC),
 ) -> uuid.UUID:
-    """Store an experiment with runs, epoch metrics and layer metrics through the ORM; returns its id."""
+    """Store an experiment with runs, epoch metrics and layer metrics through the ORM; returns its id.
+
+    Experiments listed newest first need distinct ``created_at``: equal ones order by their random ids.
+    """
     spec = ExperimentSpec.model_validate(spec_payload)
     runs_frame, metrics, layers = synthetic_tables(arms, seeds=spec.seeds, epochs=spec.training.epochs)
-    start = datetime(2025, 11, 27, 10, 0, tzinfo=UTC)
+    start = created_at
     experiment = Experiment(
         id=uuid.uuid4(),
         name=spec.name,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,13 @@ def served(migrated_template: Path, tmp_path_factory: pytest.TempPathFactory) ->
     with session_factory(engine)() as session:
         assert isinstance(session, Session)
         default = insert_experiment(session, spec_payload={**SPEC, "name": "init default"})
-        auto = insert_experiment(session, spec_payload={**SPEC, "name": "init auto"}, arms=BETTER_RELU)
+        # Submitted an hour later, so it is the newer one (equal times would order by random id).
+        auto = insert_experiment(
+            session,
+            spec_payload={**SPEC, "name": "init auto"},
+            arms=BETTER_RELU,
+            created_at=datetime(2025, 11, 27, 11, 0, tzinfo=UTC),
+        )
     engine.dispose()
     with serve_api(database_url=database_url, workdir=workdir, settings={"ACTLAB_AUTH_REQUIRED": "false"}) as url:
         yield url, [str(default), str(auto)]
