@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from app.metrics import parquet
 from app.metrics.repository import ExportRun, column_python_types, row_columns
@@ -25,7 +26,7 @@ from app.streaming import csv_value
 if TYPE_CHECKING:
     import pyarrow as pa
 
-RowBatches = Iterable[tuple[int, list[tuple[Any, ...]]]]
+RowBatches: TypeAlias = "Iterable[tuple[int, pa.RecordBatch]]"
 
 
 def float_text(values: pa.Array) -> pa.Array:
@@ -78,48 +79,54 @@ def _text_column(values: pa.Array) -> pa.Array:
     return pc.take(fields, encoded.indices)
 
 
-def _json_text(value: Any) -> str | None:
+def row_schema(table: str) -> pa.Schema:
+    """The Arrow schema of a table's own row columns (``repository.row_columns``), as in the Parquet file."""
+    return parquet.metric_schema(row_columns(table), table)
+
+
+def _row_arrays(batch: pa.RecordBatch, json_columns: list[int]) -> list[pa.Array]:
+    """The batch's columns, JSON ones (the database's JSON text) rewritten as sorted JSON text, as csv_value does."""
+    import pyarrow as pa
+
+    arrays = list(batch.columns)
+    for index in json_columns:
+        texts = arrays[index].to_pylist()
+        arrays[index] = pa.array(
+            [None if text is None else _sorted_json(json.loads(text)) for text in texts], pa.string()
+        )
+    return arrays
+
+
+def _sorted_json(value: Any) -> str | None:
+    # A stored JSON null (JSON "null" text) is a missing value, as the ORM reads it.
     return None if value is None else str(csv_value(value))
 
 
-class _Columns:
-    """The Arrow types of a table's own row columns, and the rows of a batch as typed arrays."""
-
-    def __init__(self, *, table: str) -> None:
-        import pyarrow as pa
-
-        self.names = row_columns(table)
-        types = column_python_types(table)
-        self.types = [
-            pa.int64() if types[name] is int else pa.float64() if types[name] is float else pa.string()
-            for name in self.names
-        ]
-        # JSON columns (python_type dict, or none) are written as sorted JSON text.
-        self.json = [types[name] not in (int, float, str) for name in self.names]
-
-    def row_arrays(self, rows: list[tuple[Any, ...]]) -> list[pa.Array]:
-        """The rows' own columns, typed."""
-        import pyarrow as pa
-
-        columns = list(zip(*rows, strict=True))
-        arrays = []
-        for values, arrow_type, is_json in zip(columns, self.types, self.json, strict=True):
-            arrays.append(pa.array([_json_text(value) for value in values] if is_json else values, arrow_type))
-        return arrays
+def _json_columns(table: str) -> list[int]:
+    types = column_python_types(table)
+    # JSON columns have python_type dict (or none): everything that is not a number or text.
+    return [index for index, name in enumerate(row_columns(table)) if types[name] not in (int, float, str)]
 
 
-def _gather(pieces: RowBatches, batch_rows: int) -> Iterator[tuple[list[int], list[tuple[Any, ...]]]]:
-    """Pieces of rows (of one run each) joined into batches of about ``batch_rows`` rows with each row's run."""
+def _gather(pieces: RowBatches, batch_rows: int) -> Iterator[tuple[pa.Array, pa.RecordBatch]]:
+    """Pieces of rows (of one run each) joined into batches of about ``batch_rows`` rows, with each row's run."""
+    import numpy as np
+    import pyarrow as pa
+
     positions: list[int] = []
-    rows: list[tuple[Any, ...]] = []
+    held: list[pa.RecordBatch] = []
+    count = 0
     for position, piece in pieces:
-        positions.extend([position] * len(piece))
-        rows.extend(piece)
-        if len(rows) >= batch_rows:
-            yield positions, rows
-            positions, rows = [], []
-    if rows:
-        yield positions, rows
+        positions.append(position)
+        held.append(piece)
+        count += piece.num_rows
+        if count >= batch_rows:
+            lengths = [batch.num_rows for batch in held]
+            yield pa.array(np.repeat(positions, lengths), pa.int32()), pa.concat_batches(held)
+            positions, held, count = [], [], 0
+    if held:
+        lengths = [batch.num_rows for batch in held]
+        yield pa.array(np.repeat(positions, lengths), pa.int32()), pa.concat_batches(held)
 
 
 def _buffer_bytes(lines: pa.Array) -> bytes:
@@ -140,14 +147,13 @@ def csv_chunks(
     import pyarrow.compute as pc
 
     yield (_csv_fields(columns) + "\n").encode()
-    shape = _Columns(table=table)
+    json_columns = _json_columns(table)
     prefixes = pa.array([_csv_fields([run.id, run.activation, run.seed, run.cell]) for run in runs], pa.string())
     has_factors = bool(runs) and bool(runs[0].factor_values)
     suffixes = pa.array([_csv_fields(run.factor_values) for run in runs], pa.string())
-    for positions, rows in _gather(pieces, batch_rows):
-        where = pa.array(positions, pa.int32())
+    for where, batch in _gather(pieces, batch_rows):
         parts = [pc.take(prefixes, where)]
-        for array in shape.row_arrays(rows):
+        for array in _row_arrays(batch, json_columns):
             if pa.types.is_floating(array.type):
                 parts.append(float_text(array))
             elif pa.types.is_integer(array.type):
@@ -175,7 +181,8 @@ def parquet_chunks(
 
     rows_per_group = rows_per_group or parquet.ROWS_PER_GROUP
     schema = parquet.metric_schema(columns, table)
-    shape = _Columns(table=table)
+    json_columns = _json_columns(table)
+    own_columns = len(row_columns(table))
     run_arrays = [
         pa.array([str(run.id) for run in runs], pa.string()),
         pa.array([run.activation for run in runs], pa.string()),
@@ -184,14 +191,13 @@ def parquet_chunks(
     ]
     factor_arrays = [
         pa.array([parquet.text_value(run.factor_values[index]) for run in runs], pa.string())
-        for index in range(len(columns) - len(run_arrays) - len(shape.names))
+        for index in range(len(columns) - len(run_arrays) - own_columns)
     ]
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for positions, rows in _gather(pieces, min(batch_rows, rows_per_group)):
-            where = pa.array(positions, pa.int32())
+        for where, batch in _gather(pieces, min(batch_rows, rows_per_group)):
             arrays = [array.take(where) for array in run_arrays]
-            arrays += shape.row_arrays(rows)
+            arrays += _row_arrays(batch, json_columns)
             arrays += [array.take(where) for array in factor_arrays]
             yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import io
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.engine import Dialect
@@ -24,6 +24,9 @@ from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
 from app.models.robustness import ROBUSTNESS_VALUE_FIELDS
 from app.spec_factors import level_value
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Rows fetched from the database per round trip while streaming.
 FETCH_BATCH_ROWS = 1000
@@ -310,34 +313,75 @@ def driver_row_batches(
     table: str,
     run_ids: Sequence[uuid.UUID],
     filters: MetricFilters,
+    schema: pa.Schema,
     batch_rows: int = EXPORT_BATCH_ROWS,
-) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:
-    """(position in ``run_ids``, up to ``batch_rows`` rows) of each run in turn: the ``row_columns`` as the
-    driver returns them (JSON parsed), fetched through a server-side cursor on PostgreSQL."""
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(position in ``run_ids``, a batch of about ``batch_rows`` of its rows) of each run in turn: the
+    ``row_columns`` typed by ``schema`` (JSON columns as the database's JSON text), without SQLAlchemy's rows.
+
+    SQLite: the driver's cursor. PostgreSQL: ``COPY (SELECT ...) TO STDOUT`` as CSV, parsed by Arrow (the
+    server writes floats in their shortest exact form, which Arrow reads back to the same double).
+    """
+    import pyarrow as pa
+
     connection = session.connection()
     dialect = connection.dialect
     driver: Any = connection.connection.driver_connection
-    json_columns = [index for index, name in enumerate(row_columns(table)) if name == "activation_parameters"]
     for position, run_id in enumerate(run_ids):
         sql, parameters = _driver_statement(_run_rows_statement(table=table, run_id=run_id, filters=filters), dialect)
-        # psycopg: a named cursor is a server-side one (memory stays flat); binary moves numbers without text.
-        cursor = driver.cursor(name="metric_export", binary=True) if dialect.name == "postgresql" else driver.cursor()
+        if dialect.name == "postgresql":
+            yield from ((position, batch) for batch in _copied_batches(driver, sql, parameters, schema, batch_rows))
+            continue
+        cursor = driver.cursor()
         try:
             cursor.execute(sql, parameters)
             while rows := cursor.fetchmany(batch_rows):
-                if json_columns:
-                    rows = [_parsed_json(row, json_columns) for row in rows]
-                yield position, rows
+                columns = zip(*rows, strict=True)
+                arrays = [pa.array(values, field.type) for values, field in zip(columns, schema, strict=True)]
+                yield position, pa.RecordBatch.from_arrays(arrays, schema=schema)
         finally:
             # The session may have been closed first (a client that went away): its connection took the cursor.
             with contextlib.suppress(Exception):
                 cursor.close()
 
 
-def _parsed_json(row: tuple[Any, ...], indexes: list[int]) -> tuple[Any, ...]:
-    """SQLite returns JSON as its text (psycopg parses JSONB itself); a stored JSON null is None, as for the ORM."""
-    values = list(row)
-    for index in indexes:
-        if isinstance(values[index], str):
-            values[index] = json.loads(values[index])
-    return tuple(values)
+class _CopyReader(io.RawIOBase):
+    """The data of a psycopg COPY TO STDOUT as a readable file (Arrow's CSV reader pulls from it)."""
+
+    def __init__(self, copy: Any) -> None:
+        self._chunks = iter(copy)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = bytes(chunk)
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def _copied_batches(driver: Any, sql: str, parameters: Any, schema: pa.Schema, batch_rows: int) -> Iterator[Any]:
+    import pyarrow.csv as arrow_csv
+
+    options = arrow_csv.ConvertOptions(
+        column_types={field.name: field.type for field in schema},
+        # COPY writes NULL as an empty field and an empty string as "".
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
+    # About 150 bytes per row of CSV: blocks of that many rows (Arrow reads a block at a time).
+    reading = arrow_csv.ReadOptions(column_names=schema.names, block_size=max(batch_rows * 150, 1 << 16))
+    with driver.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", parameters) as copy:
+        source = io.BufferedReader(_CopyReader(copy), buffer_size=1 << 16)
+        reader = arrow_csv.open_csv(source, read_options=reading, convert_options=options)
+        for batch in reader:
+            if batch.num_rows:
+                yield batch

@@ -115,6 +115,7 @@ def stream_metric_table(
                 table=table,
                 run_ids=[run.id for run in runs],
                 filters=filters,
+                schema=export.row_schema(table),
                 batch_rows=rows_per_batch,
             )
             first_piece = list(itertools.islice(pieces, 1))

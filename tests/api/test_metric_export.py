@@ -237,7 +237,7 @@ def test_the_export_reads_a_batch_only_after_the_one_before_was_sent(
     fetched = 0
     real_batches = repository.driver_row_batches
 
-    def counting(**options: Any) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:
+    def counting(**options: Any) -> Iterator[tuple[int, Any]]:
         nonlocal fetched
         for position, rows in real_batches(**options):
             fetched += len(rows)
