@@ -5,7 +5,9 @@ rows in all, then, side by side in one run, per database: the database's own CSV
 API reads (same columns and order; SQLite: ``sqlite3 -csv``, PostgreSQL: ``psql`` with ``COPY (...) TO
 STDOUT``), and the service's stream_metric_table as CSV and as Parquet, iterated to the end as a response
 would be. Each export runs in a fresh process, which reports its wall time, the ratio to the database's
-CSV, and its peak resident memory above its idle level (read from /proc: the high-water mark is reset
+CSV, its CPU time (with Arrow's threads) against the client's (on a loaded machine the fairer
+figure for SQLite, where sqlite3 does all the work; psql only receives what the server writes), and its
+peak resident memory above its idle level (read from /proc: the high-water mark is reset
 after a warm-up export of one epoch, so imports and the connection pool count as idle). The HTTP layer is
 left out: it adds the same per-chunk cost to every encoder.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -106,17 +109,22 @@ def _join(experiment_id: uuid.UUID, *, postgres: bool) -> str:
     )
 
 
-def _database_csv(url: str, database: str, experiment_id: uuid.UUID) -> tuple[float, int]:
-    """Seconds and bytes of the database's own CSV of the join."""
+def _database_csv(url: str, database: str, experiment_id: uuid.UUID) -> tuple[float, float, int]:
+    """Seconds, CPU seconds of the client (sqlite3 does all the work; psql only receives) and bytes of the
+    database's own CSV of the join."""
     if database == "postgresql":
         plain = url.replace("postgresql+psycopg://", "postgresql://")
         query = f"COPY ({_join(experiment_id, postgres=True)}) TO STDOUT WITH (FORMAT csv, HEADER)"
         command = ["psql", "-X", "-q", plain, "-c", query]
     else:
         command = ["sqlite3", "-csv", "-header", url.removeprefix("sqlite:///"), _join(experiment_id, postgres=False)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     output = subprocess.run(command, capture_output=True, check=True)
-    return time.perf_counter() - started, len(output.stdout)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, cpu, len(output.stdout)
 
 
 def _rss_kib(field: str) -> int:
@@ -150,10 +158,16 @@ def _export_in_this_process(url: str, folder: str, experiment_id: str, output_fo
     idle = _rss_kib("VmRSS")
     # Writing 5 to clear_refs resets the peak (VmHWM) to the current resident size (Linux).
     Path("/proc/self/clear_refs").write_text("5")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     size = export(MetricFilters())
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "bytes": size, "idle_mib": idle / 1024, "peak_mib": _rss_kib("VmHWM") / 1024}
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "bytes": size,
+        "idle_mib": idle / 1024,
+        "peak_mib": _rss_kib("VmHWM") / 1024,
+    }
 
 
 def _export(url: str, folder: Path, experiment_id: uuid.UUID, output_format: OutputFormat) -> dict[str, float]:
@@ -198,19 +212,23 @@ def main(argv: list[str] | None = None) -> int:
             experiment_id = _fill(url, folder, options.rows)
             print(f"{kind}: filled {options.rows:,} rows in {time.perf_counter() - started:.1f} s")
             baseline: list[float] = []
+            baseline_cpu: list[float] = []
             results: dict[str, list[dict[str, float]]] = {"csv": [], "parquet": []}
             for _round in range(options.rounds):
-                seconds, size = _database_csv(url, kind, experiment_id)
+                seconds, cpu, size = _database_csv(url, kind, experiment_id)
                 baseline.append(seconds)
+                baseline_cpu.append(cpu)
                 for output_format in results:
                     results[output_format].append(_export(url, folder, experiment_id, output_format))  # type: ignore[arg-type]
             reference = "sqlite3 -csv" if kind == "sqlite" else "COPY ... TO STDOUT (psql)"
-            print(f"{kind}: {reference}: {min(baseline):.2f} s ({size / 2**20:.1f} MiB)")
+            print(f"{kind}: {reference}: {min(baseline):.2f} s, CPU {min(baseline_cpu):.2f} s ({size / 2**20:.1f} MiB)")
             for output_format, runs in results.items():
                 best = min(run["seconds"] for run in runs)
+                cpu = min(run["cpu_seconds"] for run in runs)
                 extra = max(run["peak_mib"] - run["idle_mib"] for run in runs)
                 print(
                     f"{kind}: API {output_format}: {best:.2f} s = {best / min(baseline):.2f}x, "
+                    f"CPU {cpu:.2f} s = {cpu / max(min(baseline_cpu), 1e-9):.2f}x the client's, "
                     f"{runs[0]['bytes'] / 2**20:.1f} MiB, peak resident {extra:.1f} MiB above idle "
                     f"({runs[0]['idle_mib']:.0f} MiB)"
                 )
