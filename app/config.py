@@ -315,6 +315,12 @@ class Settings(SpecLimits):
     database_max_overflow: int = Field(
         10, ge=0, description="Connections opened beyond the pool under load, closed again once returned."
     )
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="SQLite's PRAGMA synchronous (WAL mode): 'normal' syncs the log only at its checkpoints, so a "
+        "commit costs no fsync (the database stays consistent; a power loss or OS crash may undo the last commits, "
+        "a crash of the service itself never does); 'full' syncs every commit. PostgreSQL is not affected.",
+    )
     database_pool_timeout: float = Field(
         10.0,
         gt=0,

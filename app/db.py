@@ -38,7 +38,7 @@ def normalise_database_url(url: str) -> str:
 
 
 def make_engine(url: str | None = None, *, settings: Settings | None = None) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and enforced foreign keys.
+    """Create an engine; SQLite gets WAL, ``synchronous`` from the settings, a busy timeout and enforced foreign keys.
 
     The pool (both kinds) is sized by the settings database_pool_size (default by kind, see
     app.config.default_pool_size), database_max_overflow and database_pool_timeout; a request that
@@ -57,11 +57,15 @@ def make_engine(url: str | None = None, *, settings: Settings | None = None) -> 
         pool = {}
     if database_url.startswith("sqlite"):
         engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
+        # In WAL mode 'normal' keeps the database consistent and skips the fsync of every commit, which costs
+        # 0.5-12 ms on a busy disk: a stack's per-epoch write was mostly that (bench/RESULTS.md, issue 16 item 6).
+        synchronous = settings.sqlite_synchronous.upper()
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection: Any, _record: Any) -> None:
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
