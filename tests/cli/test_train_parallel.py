@@ -141,5 +141,5 @@ def test_ctrl_c_lets_every_process_end_its_arms_and_keeps_the_rows(tmp_path: Pat
     assert set(rows.status) == {"cancelled"}
     # Every arm kept its epochs in order up to where it stopped.
     for _key, arm in rows.groupby(["activation", "seed"]):
-        assert list(arm.epoch) == list(range(1, len(arm) + 1))
+        assert list(arm.epoch) == list(range(0, len(arm)))
     assert stdout.decode().splitlines()[0].split()[0] == "activation"

@@ -163,4 +163,4 @@ def test_a_run_interrupted_by_stopping_the_service_finishes_after_the_next_start
         run = finished["runs"][0]
         assert run["attempt"] == 2 and run["epochs_completed"] == epochs
         rows = api.get(f"/v1/experiments/{experiment_id}/metrics").json()
-    assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
+    assert [row["epoch"] for row in rows] == list(range(0, epochs + 1))

@@ -110,7 +110,7 @@ def test_a_killed_worker_is_restarted_readyz_says_so_and_its_run_finishes_with_e
         run = finished["runs"][0]
         assert (run["attempt"], run["epochs_completed"]) == (2, EPOCHS), run
         rows = api.get(f"/v1/experiments/{experiment_id}/metrics").json()
-    assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))
+    assert [row["epoch"] for row in rows] == list(range(0, EPOCHS + 1))
 
 
 def test_a_worker_whose_service_is_killed_exits_with_its_pool(embedded: EmbeddedService) -> None:

@@ -111,7 +111,7 @@ def test_retry_resumes_a_failed_run_from_its_checkpoint_to_the_numbers_of_an_uni
     (run,) = failed["runs"]
     assert (failed["status"], run["status"], run["attempt"]) == ("failed", "failed", 1), failed
     assert "injected failure at epoch 3" in run["error"]
-    assert [row["epoch"] for row in api.get(f"/v1/experiments/{submitted['id']}/metrics").json()] == [1, 2]
+    assert [row["epoch"] for row in api.get(f"/v1/experiments/{submitted['id']}/metrics").json()] == [0, 1, 2]
 
     # A seed added first changes the stored spec: the checkpoint must still be the failed run's own.
     assert api.post(f"/v1/experiments/{submitted['id']}/seeds", json={"seeds": [1]}).status_code == 202

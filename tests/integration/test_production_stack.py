@@ -103,7 +103,7 @@ def test_cancel_of_a_running_experiment_stops_at_an_epoch_boundary_and_keeps_fin
     assert run["status"] == "cancelled"
     assert 1 <= run["epochs_completed"] < 40
     rows = api.get(f"/v1/experiments/{experiment_id}/metrics").json()
-    assert [row["epoch"] for row in rows] == list(range(1, run["epochs_completed"] + 1))
+    assert [row["epoch"] for row in rows] == list(range(0, run["epochs_completed"] + 1))
 
 
 def test_cancel_of_a_queued_experiment_means_its_runs_never_start(

@@ -61,7 +61,7 @@ def test_a_grid_is_trained_stacked_with_the_numbers_of_ordinary_runs(
     rows = _rows_by_run(api, experiment["id"])
     # Exactly one row per (run, epoch).
     assert {run_id: [row["epoch"] for row in items] for run_id, items in rows.items()} == {
-        run["id"]: [1, 2, 3] for run in runs
+        run["id"]: [0, 1, 2, 3] for run in runs
     }
     parsed = ExperimentSpec.model_validate(spec)
     for run in runs:
@@ -96,7 +96,7 @@ def test_cancel_of_a_running_stack_stops_every_run_at_one_epoch_boundary(
     rows = _rows_by_run(api, experiment_id)
     epochs = min(finished)
     assert {run_id: [row["epoch"] for row in items] for run_id, items in rows.items()} == {
-        run["id"]: list(range(1, epochs + 1)) for run in experiment["runs"]
+        run["id"]: list(range(0, epochs + 1)) for run in experiment["runs"]
     }
 
 
@@ -143,7 +143,7 @@ def test_a_stack_survives_its_worker_being_killed_and_resumes_every_run(
     runs = experiment["runs"]
     assert all(run["epochs_completed"] == epochs and run["attempt"] >= 2 for run in runs)
     rows = _rows_by_run(api, experiment_id)
-    assert all([row["epoch"] for row in rows[run["id"]]] == list(range(1, epochs + 1)) for run in runs)
+    assert all([row["epoch"] for row in rows[run["id"]]] == list(range(0, epochs + 1)) for run in runs)
     engine = make_engine(stack.database_url)
     try:
         with engine.connect() as connection:

@@ -167,6 +167,8 @@ def assert_outcomes_match(stacked: list[ArmOutcome], plain: list[ArmOutcome], *,
         assert plain_outcome.info.training_path == "unstacked"
         assert dataclasses.replace(stacked_outcome.info, training_path="unstacked") == plain_outcome.info
         assert len(stacked_outcome.reports) == len(plain_outcome.reports), what
+        # Epoch 0, the network at initialisation, is compared like every trained epoch.
+        assert plain_outcome.reports and plain_outcome.reports[0].epoch == 0, what
         for stacked_report, plain_report in zip(stacked_outcome.reports, plain_outcome.reports, strict=True):
             assert_reports_match(
                 stacked_report, plain_report, examples=examples, what=f"{what} epoch {plain_report.epoch}"
@@ -210,7 +212,8 @@ def test_mlp_with_layer_norm_residual_sgd_schedule_and_validation_matches_unstac
         validation_fraction=0.2,
     )
     outcomes = check_equivalence(spec)
-    assert [report.lr for report in outcomes[0].reports] == pytest.approx([0.05, 0.025, 0.0125])
+    # Epoch 0 reports the rate the first epoch starts with.
+    assert [report.lr for report in outcomes[0].reports] == pytest.approx([0.05, 0.05, 0.025, 0.0125])
     assert all(report.val_loss is not None for report in outcomes[0].reports)
 
 
@@ -284,7 +287,10 @@ def test_a_diverging_member_leaves_the_stack_without_disturbing_the_others() -> 
     assert statuses == ["succeeded", "succeeded", "diverged", "diverged", "succeeded", "succeeded"]
     diverged = outcomes[2]
     assert diverged.diverged_epoch == 1 and diverged.epochs_completed == 1
-    assert diverged.reports[0].diverged and diverged.reports[0].train_loss is None
+    # Epoch 0 (before training) has no finite loss either, but only a trained epoch diverges.
+    assert [report.epoch for report in diverged.reports] == [0, 1]
+    assert not diverged.reports[0].diverged and diverged.reports[0].train_loss is None
+    assert diverged.reports[1].diverged and diverged.reports[1].train_loss is None
     # The others trained every epoch with finite numbers.
     for outcome in (outcomes[0], outcomes[5]):
         assert all(report.train_loss is not None and math.isfinite(report.train_loss) for report in outcome.reports)
@@ -308,7 +314,8 @@ def test_on_epoch_can_cancel_one_member_and_the_others_go_on_unchanged() -> None
         on_start=lambda member, info: started.append((member, info)),
         on_epoch=on_epoch,
     )
-    assert seen == [[0, 1, 2], [0, 2], [0, 2]]
+    # Epoch 0, epoch 1 (member 1 is cancelled after it), epochs 2 and 3.
+    assert seen == [[0, 1, 2], [0, 1, 2], [0, 2], [0, 2]]
     assert [member for member, _ in started] == [0, 1, 2]
     assert all(info.training_path == "stacked" for _, info in started)
     assert [outcome.status for outcome in outcomes] == ["succeeded", "cancelled", "succeeded"]
@@ -319,8 +326,10 @@ def test_on_epoch_can_cancel_one_member_and_the_others_go_on_unchanged() -> None
 
 def test_on_epoch_returning_false_cancels_every_member() -> None:
     spec = make_spec(model={"kind": "mlp", "hidden": [8]}, activations=["relu", "tanh"], seeds=[0])
+    # The first answer comes after epoch 0, the network at initialisation: cancelled before any training.
     outcomes = stacked_training(spec, on_epoch=lambda reports: False)
-    assert [(outcome.status, outcome.epochs_completed) for outcome in outcomes] == [("cancelled", 1)] * 2
+    assert [(outcome.status, outcome.epochs_completed) for outcome in outcomes] == [("cancelled", 0)] * 2
+    assert all([report.epoch for report in outcome.reports] == [0] for outcome in outcomes)
 
 
 @pytest.mark.parametrize(
@@ -351,7 +360,7 @@ def test_unstackable_models_fall_back_to_unstacked_training_with_the_same_result
 
     outcomes = stacked_training(spec, data=data, on_epoch=on_epoch)
     plain = unstacked(spec, all_members(spec), data)
-    assert seen == [[0], [0], [1], [1]]
+    assert seen == [[0], [0], [0], [1], [1], [1]]
     for outcome, expected in zip(outcomes, plain, strict=True):
         assert outcome.info is not None and outcome.info.training_path == "unstacked"
         assert [report.train_loss for report in outcome.reports] == [report.train_loss for report in expected.reports]
@@ -442,7 +451,9 @@ def test_a_stopped_stacked_run_resumes_from_its_checkpoints_as_if_never_stopped(
     members = all_members(spec)
     paths: list[Path | None] = [tmp_path / f"member{position}.pt" for position in range(len(members))]
     uninterrupted = stacked_training(spec, members=members, data=data)
-    stopped = stacked_training(spec, members=members, data=data, checkpoint_paths=paths, on_epoch=lambda reports: False)
+    stopped = stacked_training(
+        spec, members=members, data=data, checkpoint_paths=paths, on_epoch=lambda reports: reports[0][1].epoch < 1
+    )
     assert all(outcome.status == "cancelled" and outcome.epochs_completed == 1 for outcome in stopped)
     seen: list[int] = []
     resumed = stacked_training(
@@ -483,7 +494,8 @@ def test_stacked_checkpoints_follow_the_interval_and_a_crash_resumes_from_the_la
     monkeypatch.setattr(stacked_trainer, "save_checkpoint", recording_save)
 
     def crash_in_epoch_four(reports: list[tuple[int, EpochReport]]) -> None:
-        now[0] += 6.0
+        # Epoch 0 (the network at initialisation) trains nothing: no time to speak of.
+        now[0] += 6.0 if reports[0][1].epoch > 0 else 0.0
         if reports[0][1].epoch == 4:
             raise RuntimeError("the process dies")
 
@@ -526,12 +538,14 @@ def test_stacked_and_unstacked_checkpoints_resume_each_other(tmp_path: Path) -> 
     plain = unstacked(spec, members, data)
     paths: list[Path | None] = [tmp_path / f"member{position}.pt" for position in range(len(members))]
     # Stacked for one epoch, then every member finishes unstacked.
-    stacked_training(spec, members=members, data=data, checkpoint_paths=paths, on_epoch=lambda reports: False)
+    stacked_training(
+        spec, members=members, data=data, checkpoint_paths=paths, on_epoch=lambda reports: reports[0][1].epoch < 1
+    )
     finished_unstacked = [
         train_arm(spec, activation_index=index, seed=seed, data=data, checkpoint_path=path)
         for (index, seed), path in zip(members, paths, strict=True)
     ]
-    assert [len(outcome.reports) for outcome in finished_unstacked] == [3] * 4
+    assert [len(outcome.reports) for outcome in finished_unstacked] == [4] * 4  # epochs 0 to 3
     for resumed, expected in zip(finished_unstacked, plain, strict=True):
         for resumed_report, expected_report in zip(resumed.reports, expected.reports, strict=True):
             assert_reports_match(resumed_report, expected_report, examples=data.train_x.shape[0], what="unstacked")
@@ -543,7 +557,7 @@ def test_stacked_and_unstacked_checkpoints_resume_each_other(tmp_path: Path) -> 
         seed=members[0][1],
         data=data,
         checkpoint_path=other[0],
-        on_epoch=lambda report: False,
+        on_epoch=lambda report: report.epoch < 1,
     )
     finished_stacked = stacked_training(spec, members=members, data=data, checkpoint_paths=list(other))
     assert_outcomes_match(finished_stacked[1:], plain[1:], examples=data.train_x.shape[0])

@@ -79,10 +79,12 @@ def test_arms_with_the_same_seed_see_the_same_batches_in_the_same_order(monkeypa
     train_arm(spec, activation_index=0, seed=3)
     train_arm(spec, activation_index=1, seed=3)
     relu, tanh = seen["relu"], seen["tanh"]
-    assert len(relu) == len(tanh) == 2 * 13  # 1600 spirals examples in batches of 128, two epochs
+    # Epoch 0's gradient probe (the first 128 training examples), then 1600 spirals examples in batches of 128,
+    # two epochs.
+    assert len(relu) == len(tanh) == 1 + 2 * 13
     assert all(torch.equal(left, right) for left, right in zip(relu, tanh, strict=True))
     # Each epoch reshuffles.
-    assert not torch.equal(relu[0], relu[13])
+    assert not torch.equal(relu[1], relu[14])
 
 
 def test_a_non_finite_loss_ends_the_arm_as_diverged_not_as_an_error() -> None:
@@ -92,23 +94,27 @@ def test_a_non_finite_loss_ends_the_arm_as_diverged_not_as_an_error() -> None:
     assert outcome.status == "diverged"
     assert outcome.diverged_epoch == 1
     assert outcome.epochs_completed == 1
-    assert len(reports) == 1 and reports[0].diverged
-    assert reports[0].train_loss is None
-    assert 0.0 <= reports[0].test_accuracy <= 1.0
+    # Epoch 0 (before training) has the non-finite losses already, but only a trained epoch diverges.
+    assert [report.epoch for report in reports] == [0, 1]
+    assert not reports[0].diverged and reports[0].train_loss is None
+    assert reports[1].diverged
+    assert reports[1].train_loss is None
+    assert 0.0 <= reports[1].test_accuracy <= 1.0
 
 
 def test_on_epoch_returning_false_cancels_the_arm() -> None:
     spec = make_spec(epochs=4)
     seen: list[int] = []
 
-    def stop_after_first(report: EpochReport) -> bool:
+    def stop_at_once(report: EpochReport) -> bool:
         seen.append(report.epoch)
         return False
 
-    outcome = train_arm(spec, activation_index=0, seed=0, on_epoch=stop_after_first)
+    # The first answer comes after epoch 0, the network at initialisation: cancelled before any training.
+    outcome = train_arm(spec, activation_index=0, seed=0, on_epoch=stop_at_once)
     assert outcome.status == "cancelled"
-    assert outcome.epochs_completed == 1
-    assert seen == [1]
+    assert outcome.epochs_completed == 0
+    assert seen == [0] and [report.epoch for report in outcome.reports] == [0]
 
 
 def test_a_resumed_arm_finishes_exactly_like_an_uninterrupted_one(tmp_path: Path) -> None:
@@ -135,7 +141,7 @@ def test_a_resumed_arm_finishes_exactly_like_an_uninterrupted_one(tmp_path: Path
         return report.epoch < 2
 
     stopped = train_arm(spec, activation_index=0, seed=1, on_epoch=stop_after_two, checkpoint_path=checkpoint)
-    assert stopped.status == "cancelled" and first_part == [1, 2]
+    assert stopped.status == "cancelled" and first_part == [0, 1, 2]
     assert checkpoint.exists()
 
     second_part: list[int] = []
@@ -188,7 +194,9 @@ def test_checkpoints_are_written_at_most_every_interval_and_always_when_the_run_
 
     def epoch_of_seconds(seconds: float) -> Callable[[EpochReport], None]:
         def advance(report: EpochReport) -> None:
-            clock.now += seconds
+            # Epoch 0 (the network at initialisation) trains nothing: no time to speak of.
+            if report.epoch > 0:
+                clock.now += seconds
 
         return advance
 
@@ -204,10 +212,11 @@ def test_checkpoints_are_written_at_most_every_interval_and_always_when_the_run_
     )
     assert saved == [(3, "running"), (6, "running")]
 
-    # Interval 0: after every epoch, the end included. A cancelled run saves where it stopped, whatever the interval.
+    # Interval 0: after every epoch, epoch 0 and the end included. A cancelled run saves where it stopped, whatever
+    # the interval.
     saved.clear()
     train_arm(spec, activation_index=0, seed=0, checkpoint_path=tmp_path / "b.pt", checkpoint_interval=0)
-    assert saved == [(epoch, "running") for epoch in range(1, 7)] + [(7, "succeeded")]
+    assert saved == [(epoch, "running") for epoch in range(0, 7)] + [(7, "succeeded")]
     saved.clear()
     stopped = train_arm(
         spec,
@@ -232,7 +241,7 @@ def test_a_run_that_crashes_between_checkpoints_resumes_from_the_last_one_to_the
     checkpoint = tmp_path / "arm.pt"
 
     def crash_in_epoch_four(report: EpochReport) -> None:
-        clock.now += 6.0
+        clock.now += 6.0 if report.epoch > 0 else 0.0
         if report.epoch == 4:
             raise RuntimeError("the process dies")
 
@@ -287,17 +296,22 @@ def test_every_optimizer_learns_spirals_above_chance(training: dict[str, Any]) -
 
 def test_schedules_report_the_learning_rate_each_epoch_used() -> None:
     step = train_arm(make_spec(epochs=3, lr=0.1, schedule="step", step_size=2, gamma=0.5), activation_index=0, seed=0)
-    assert [report.lr for report in step.reports] == pytest.approx([0.1, 0.1, 0.05])
+    # Epoch 0 reports the rate the first epoch starts with.
+    assert [report.lr for report in step.reports] == pytest.approx([0.1, 0.1, 0.1, 0.05])
     cosine = train_arm(make_spec(epochs=3, lr=0.1, schedule="cosine"), activation_index=0, seed=0)
-    assert [report.lr for report in cosine.reports] == pytest.approx([0.1, 0.075, 0.025])
+    assert [report.lr for report in cosine.reports] == pytest.approx([0.1, 0.1, 0.075, 0.025])
 
 
 def test_validation_metrics_appear_only_with_a_validation_split() -> None:
-    with_split = train_arm(make_spec(epochs=1, validation_fraction=0.2), activation_index=0, seed=0).reports[0]
-    without = train_arm(make_spec(epochs=1), activation_index=0, seed=0).reports[0]
+    initial, with_split = train_arm(make_spec(epochs=1, validation_fraction=0.2), activation_index=0, seed=0).reports
+    without = train_arm(make_spec(epochs=1), activation_index=0, seed=0).reports[1]
     assert with_split.val_loss is not None and with_split.val_accuracy is not None
+    assert initial.val_loss is not None and initial.val_accuracy is not None
     assert without.val_loss is None and without.val_accuracy is None
-    assert with_split.samples_per_second > 0 and with_split.epoch_seconds > 0
+    assert with_split.samples_per_second is not None and with_split.samples_per_second > 0
+    assert with_split.epoch_seconds is not None and with_split.epoch_seconds > 0
+    # Epoch 0 trains nothing: no time, no throughput.
+    assert initial.epoch_seconds is None and initial.samples_per_second is None
 
 
 def test_an_mlp_learns_mnist1d_well_above_chance() -> None:
@@ -345,7 +359,7 @@ def test_train_experiment_runs_every_arm_on_data_loaded_once(monkeypatch: pytest
         ("tanh", 0, "succeeded"),
         ("tanh", 1, "succeeded"),
     ]
-    assert epochs == [("relu", 0, 1), ("relu", 1, 1), ("tanh", 0, 1), ("tanh", 1, 1)]
+    assert epochs == [(label, seed, epoch) for label in ("relu", "tanh") for seed in (0, 1) for epoch in (0, 1)]
 
 
 def test_resolve_device() -> None:

@@ -67,11 +67,14 @@ def test_a_run_trains_to_success_with_one_row_per_epoch(engine: Engine, settings
     assert run.init_scheme and run.activation_placement and run.training_path == "unstacked"
     assert run.finished_at is not None and run.training_seconds is not None
     rows = _epochs(engine, run_id)
-    assert [row.epoch for row in rows] == [1, 2, 3]
+    # Epoch 0 is the network at initialisation: measured, not trained (no time), not counted as completed.
+    assert [row.epoch for row in rows] == [0, 1, 2, 3]
+    assert rows[0].epoch_seconds is None and rows[0].train_loss is not None
     assert all(0.0 <= (row.test_accuracy or 0.0) <= 1.0 for row in rows)
     with session_scope(engine) as session:
         layers = session.execute(select(LayerMetric).where(LayerMetric.run_id == run_id)).scalars().all()
-    assert {layer.epoch for layer in layers} == {1, 2, 3}
+    assert {layer.epoch for layer in layers} == {0, 1, 2, 3}
+    assert all(layer.grad_norm is not None for layer in layers if layer.epoch == 0)
     assert not (settings.checkpoint_dir / f"{run_id}.pt").exists()
     # The other three runs are still queued, so the experiment is running.
     assert _experiment_of(engine, run_id).status == "running"
@@ -91,7 +94,7 @@ def test_a_second_delivery_of_a_finished_run_does_nothing(engine: Engine, settin
     outcome = execute_run(run_id=run_id, worker_host="w2", task_id="t1", engine=engine, settings=settings)
     assert outcome.status is None
     assert _run(engine, run_id).attempt == 1
-    assert len(_epochs(engine, run_id)) == 3
+    assert len(_epochs(engine, run_id)) == 4
 
 
 def test_a_run_of_a_cancelled_experiment_never_starts(engine: Engine, settings: Settings) -> None:
@@ -126,7 +129,7 @@ def test_cancel_during_training_stops_at_the_next_epoch_and_keeps_finished_epoch
     assert outcome.status == RunStatus.cancelled
     run = _run(engine, run_id)
     assert (run.status, run.epochs_completed) == ("cancelled", 2)
-    assert [row.epoch for row in _epochs(engine, run_id)] == [1, 2]
+    assert [row.epoch for row in _epochs(engine, run_id)] == [0, 1, 2]
 
 
 def test_a_missing_dataset_fails_the_run_with_the_reason_and_is_not_retried(engine: Engine, settings: Settings) -> None:
@@ -170,6 +173,8 @@ def test_a_transient_error_keeps_the_checkpoint_and_the_retry_resumes_to_the_sam
     assert outcome.status == RunStatus.succeeded and outcome.attempt == 2
     resumed = [(row.epoch, row.train_loss, row.test_accuracy) for row in _epochs(engine, run_id)]
     assert resumed == reference
+    # The retry went on from epoch 2's checkpoint: epoch 0 and the first epochs are the first attempt's rows.
+    assert [(row.epoch, row.attempt) for row in _epochs(engine, run_id)] == [(0, 1), (1, 1), (2, 1), (3, 2), (4, 2)]
 
 
 def test_a_worker_whose_run_was_taken_over_stops_without_touching_it(
@@ -198,7 +203,7 @@ def test_a_worker_whose_run_was_taken_over_stops_without_touching_it(
     assert outcome.status is None
     run = _run(engine, run_id)
     assert (run.status, run.attempt, run.worker_host) == ("running", 2, "w2")
-    assert [(row.epoch, row.attempt) for row in _epochs(engine, run_id)] == [(1, 1)]
+    assert [(row.epoch, row.attempt) for row in _epochs(engine, run_id)] == [(0, 1), (1, 1)]
 
 
 @pytest.mark.parametrize(
@@ -240,7 +245,7 @@ def test_a_run_stopped_by_the_time_limit_is_timed_out_keeps_its_epochs_and_the_r
     run = _run(engine, first)
     assert (run.status, run.epochs_completed) == ("timed_out", 2)
     assert run.error is not None and "time limit" in run.error
-    assert [row.epoch for row in _epochs(engine, first)] == [1, 2]
+    assert [row.epoch for row in _epochs(engine, first)] == [0, 1, 2]
     assert _run(engine, second).status == "queued"
     assert not (settings.checkpoint_dir / f"{first}.pt").exists()
 

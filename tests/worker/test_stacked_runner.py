@@ -93,7 +93,9 @@ def test_one_task_trains_the_whole_grid_stacked_with_the_numbers_of_ordinary_run
         assert (run.training_path, run.device) == ("stacked", "cpu")
         assert run.parameter_count and run.init_scheme and run.training_seconds
         rows = _rows(engine, run.id)
-        assert [row.epoch for row in rows] == [1, 2, 3]
+        # Epoch 0, the network at initialisation, as the ordinary trainer measures it.
+        assert [row.epoch for row in rows] == [0, 1, 2, 3]
+        assert rows[0].epoch_seconds is None
         reference = train_arm(spec, activation_index=run.activation_index, seed=run.seed, device="cpu")
         for row, report in zip(rows, reference.reports, strict=True):
             assert row.train_loss == pytest.approx(report.train_loss, rel=1e-4, abs=1e-6)
@@ -148,7 +150,7 @@ def test_two_worker_processes_split_the_grid_and_skip_the_tasks_of_runs_the_othe
     assert [run.status for run in runs] == ["succeeded"] * 6
     assert [run.attempt for run in runs] == [1] * 6
     assert [run.task_id for run in runs] == ["t1", "t2", "t1", "t2", "t2", "t1"]
-    assert all(len(_rows(engine, run_id)) == 3 for run_id in run_ids)
+    assert all(len(_rows(engine, run_id)) == 4 for run_id in run_ids)
 
 
 def test_a_diverging_member_ends_diverged_and_the_others_succeed(engine: Engine, settings: Settings) -> None:
@@ -159,9 +161,9 @@ def test_a_diverging_member_ends_diverged_and_the_others_succeed(engine: Engine,
     for run in runs[3:]:
         assert (run.diverged_epoch, run.epochs_completed, run.training_path) == (1, 1, "stacked")
         assert run.training_seconds is not None and run.training_seconds > 0
-        assert [row.epoch for row in _rows(engine, run.id)] == [1]
+        assert [row.epoch for row in _rows(engine, run.id)] == [0, 1]
     for run in runs[:3]:
-        assert [row.epoch for row in _rows(engine, run.id)] == [1, 2, 3]
+        assert [row.epoch for row in _rows(engine, run.id)] == [0, 1, 2, 3]
         assert all(row.train_loss is not None for row in _rows(engine, run.id))
     assert _experiment(engine, run_ids[0]).status == "partial"
 
@@ -184,10 +186,10 @@ def test_cancel_stops_every_member_at_the_epoch_boundary_and_keeps_finished_epoc
     monkeypatch.setattr(stacked_runner, "upsert_epoch_metrics_of_runs", upsert_then_cancel_in_epoch_two)
     batch = execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert [outcome.status for outcome in batch.outcomes] == [RunStatus.cancelled] * 6
-    assert writes == [1] * 6 + [2] * 6
+    assert writes == [0] * 6 + [1] * 6 + [2] * 6
     for run in _runs(engine, run_ids):
         assert (run.status, run.epochs_completed) == ("cancelled", 2)
-        assert [row.epoch for row in _rows(engine, run.id)] == [1, 2]
+        assert [row.epoch for row in _rows(engine, run.id)] == [0, 1, 2]
         assert not (settings.checkpoint_dir / f"{run.id}.pt").exists()
     assert _experiment(engine, run_ids[0]).status == "cancelled"
 
@@ -221,9 +223,9 @@ def test_a_member_taken_over_by_a_newer_attempt_stops_and_the_others_go_on(
     assert set(statuses.values()) == {RunStatus.succeeded}
     taken = _runs(engine, [lost])[0]
     assert (taken.status, taken.attempt, taken.worker_host, taken.task_id) == ("running", 2, "w2", "other")
-    assert [(row.epoch, row.attempt) for row in _rows(engine, lost)] == [(1, 1)]
+    assert [(row.epoch, row.attempt) for row in _rows(engine, lost)] == [(0, 1), (1, 1)]
     for run_id in statuses:
-        assert [row.epoch for row in _rows(engine, run_id)] == [1, 2, 3, 4]
+        assert [row.epoch for row in _rows(engine, run_id)] == [0, 1, 2, 3, 4]
 
 
 def test_a_redelivered_task_takes_its_whole_stack_back_and_resumes_from_the_checkpoints(
@@ -260,7 +262,8 @@ def test_a_redelivered_task_takes_its_whole_stack_back_and_resumes_from_the_chec
     for run in _runs(engine, run_ids):
         assert (run.status, run.attempt, run.epochs_completed) == ("succeeded", 2, 4)
         rows = _rows(engine, run.id)
-        assert [(row.epoch, row.attempt) for row in rows] == [(1, 1), (2, 1), (3, 2), (4, 2)]
+        # Epoch 0 is not measured again on resume: it stays the first attempt's row.
+        assert [(row.epoch, row.attempt) for row in rows] == [(0, 1), (1, 1), (2, 1), (3, 2), (4, 2)]
         expected = _rows(engine, reference[run.seed * 10 + run.activation_index])
         assert [row.train_loss for row in rows] == pytest.approx([row.train_loss for row in expected], rel=1e-6)
 
@@ -286,7 +289,7 @@ def test_a_transient_database_error_leaves_the_stack_to_the_retry_of_the_same_ta
     monkeypatch.setattr(stacked_runner, "upsert_epoch_metrics_of_runs", real_upsert)
     batch = execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert {outcome.status for outcome in batch.outcomes} == {RunStatus.succeeded}
-    assert all([row.epoch for row in _rows(engine, run_id)] == [1, 2, 3] for run_id in run_ids)
+    assert all([row.epoch for row in _rows(engine, run_id)] == [0, 1, 2, 3] for run_id in run_ids)
 
 
 def test_the_time_limit_ends_every_member_timed_out_with_its_finished_epochs(
@@ -307,7 +310,7 @@ def test_the_time_limit_ends_every_member_timed_out_with_its_finished_epochs(
     for run in _runs(engine, run_ids):
         assert (run.status, run.epochs_completed) == ("timed_out", 2)
         assert run.error is not None and "time limit" in run.error
-        assert [row.epoch for row in _rows(engine, run.id)] == [1, 2]
+        assert [row.epoch for row in _rows(engine, run.id)] == [0, 1, 2]
 
 
 def test_the_embedded_broker_drops_the_tasks_of_runs_a_stack_took_and_keeps_the_others(

@@ -58,6 +58,8 @@ def test_v1_specs_record_the_metrics_the_engine_recorded_before_factors() -> Non
     assert not {"epoch_seconds", "samples_per_second"} & set(
         golden["experiments"]["mlp stacked"]["runs"][0]["epochs"][0]
     )
+    # Every run has its epoch-0 row (the network at initialisation, with layer diagnostics) beside them.
+    assert all(run["initial_epoch"] for experiment in actual.values() for run in experiment["runs"])
     differences = _differences(golden["experiments"], actual, "")
     assert not differences, f"{len(differences)} values differ from the v1 golden metrics, first: {differences[:10]}"
     # The file is what it claims to be: every run trained, on both paths, every epoch recorded.

@@ -159,19 +159,26 @@ def _train(name: str, spec: dict[str, Any], stacked: bool, folder: Path) -> dict
             runs = list(session.execute(select(Run).order_by(Run.activation_index, Run.seed)).scalars())
             result: dict[str, Any] = {"spec_hash": experiment.spec_hash, "runs": []}
             for run in runs:
-                epochs = session.execute(
-                    select(EpochMetric).where(EpochMetric.run_id == run.id).order_by(EpochMetric.epoch)
-                ).scalars()
-                layers = session.execute(
-                    select(LayerMetric)
-                    .where(LayerMetric.run_id == run.id)
-                    .order_by(LayerMetric.epoch, LayerMetric.layer)
-                ).scalars()
+                epochs = list(
+                    session.execute(
+                        select(EpochMetric).where(EpochMetric.run_id == run.id).order_by(EpochMetric.epoch)
+                    ).scalars()
+                )
+                layers = list(
+                    session.execute(
+                        select(LayerMetric)
+                        .where(LayerMetric.run_id == run.id)
+                        .order_by(LayerMetric.epoch, LayerMetric.layer)
+                    ).scalars()
+                )
                 result["runs"].append(
                     {
                         "activation_index": run.activation_index,
                         "seed": run.seed,
                         **{column: getattr(run, column) for column in RUN_COLUMNS},
+                        # Not in the golden file (so not compared): whether the run has its epoch-0 row and layers.
+                        "initial_epoch": any(row.epoch == 0 for row in epochs)
+                        and any(row.epoch == 0 and row.grad_norm is not None for row in layers),
                         # Epoch 0 (before training) is a later addition of its own; the promise is about epochs >= 1.
                         "epochs": [
                             {"epoch": row.epoch, **{column: getattr(row, column) for column in epoch_columns}}

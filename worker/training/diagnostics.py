@@ -16,12 +16,17 @@ parameters' gradients and the random stream are untouched. The first recurrent l
 give the epoch's ratio dL/dh_1 over dL/dh_T, its log-slope per step back in time and the flag over time,
 by the same rule as the flag over depth (``app.gradient_flow``). nn.GRU/nn.LSTM keep their per-step
 states inside one fused kernel: their runs say "not measured" (``RunInfo.time_gradients``).
+
+Epoch 0 (the network at initialisation) has no training steps: its gradient norms come from one
+forward and backward pass in training mode over the gradient probe batch, the first ``batch_size``
+training examples in order (``gradient_probe_batch``), run inside ``probe_leaves_no_trace``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,6 +69,35 @@ def time_gradient_summary(layers: Sequence[LayerReport]) -> tuple[float | None, 
         return None, None, None
     ratio = gradient_norm_ratio(norms)
     return ratio, log_slope_back_in_time(norms), gradient_flag(ratio)
+
+
+def gradient_probe_batch(train_size: int, batch_size: int) -> slice:
+    """Epoch 0's gradient probe batch: the first ``batch_size`` training examples (all of a smaller set)."""
+    return slice(0, min(batch_size, train_size))
+
+
+@contextlib.contextmanager
+def probe_leaves_no_trace(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Run a training-mode probe pass that leaves no trace: epochs 1 and later are as if it never ran.
+
+    The random streams (CPU and the device's: dropout draws from them) and the model's buffers (batch-norm
+    running statistics and counters) come back as they were, the gradients are dropped, and the model is
+    back in the mode it was in. Nothing is stepped, so parameters and optimiser state are untouched.
+    """
+    saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    was_training = model.training
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
 
 
 def time_gradient_norms(

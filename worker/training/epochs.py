@@ -5,6 +5,12 @@ of a split and the layer diagnostics, each with one row per member (an ordinary 
 one). What happens around them is written here once: the order (train, test, validation when the
 split has one, diagnostics, schedule step), the timing, and each member's report with the one
 divergence rule (``epoch_report``).
+
+Epoch 0 is the network at initialisation, measured before any optimiser step (``initial_epoch``):
+train and test (and validation) loss and accuracy over the full splits in eval mode, and every layer
+diagnostic, the gradient norms from one probe batch (``probe_gradients``). It trains nothing, so it
+has no time of its own, never ends a run, and leaves the model, the optimiser, the schedule and the
+random streams as it found them: epochs 1 and later are the same with it as without it.
 """
 
 from __future__ import annotations
@@ -47,6 +53,49 @@ class EpochSteps(Protocol):
         """Every member's layer diagnostics for this epoch."""
         ...
 
+    def probe_gradients(self) -> None:
+        """One forward and backward pass of the probe batch per member, for the next ``diagnose``'s gradient norms.
+
+        It steps nothing and leaves no trace (``diagnostics.probe_leaves_no_trace``).
+        """
+        ...
+
+
+def _evaluations(steps: EpochSteps, data: DatasetSplits) -> list[list[float]]:
+    """Per member: [test loss, accuracy(, validation loss, accuracy)] over the full splits."""
+    evaluations = [steps.evaluate(data.test_x, data.test_y)]
+    if data.val_x is not None and data.val_y is not None and data.val_x.shape[0] > 0:
+        evaluations.append(steps.evaluate(data.val_x, data.val_y))
+    return torch.cat(evaluations, dim=1).tolist()
+
+
+def initial_epoch(steps: EpochSteps, data: DatasetSplits) -> list[EpochReport]:
+    """Epoch 0, the network at initialisation: one report per member, in member order, before any step.
+
+    With no batches trained there is no running mean: the train metrics are the whole training split's in eval
+    mode whatever ``training.train_metrics`` says, and the row says so (``after_epoch``).
+    """
+    lr = float(steps.optimizer.param_groups[0]["lr"])
+    train_table = steps.evaluate(data.train_x, data.train_y).tolist()
+    evaluation_table = _evaluations(steps, data)
+    steps.probe_gradients()
+    diagnostics = steps.diagnose()
+    return [
+        epoch_report(
+            epoch=0,
+            train=(train[0], train[1]),
+            evaluation=list(evaluation),
+            epoch_seconds=None,
+            samples_per_second=None,
+            lr=lr,
+            layers=layers,
+            ratio=ratio,
+            flag=flag,
+            train_metrics="after_epoch",
+        )
+        for train, evaluation, (layers, ratio, flag) in zip(train_table, evaluation_table, diagnostics, strict=True)
+    ]
+
 
 def run_epoch(
     steps: EpochSteps, data: DatasetSplits, *, epoch: int, train_metrics: TrainMetrics = "running"
@@ -58,7 +107,11 @@ def run_epoch(
     stream (dropout is off, batch norm uses its running statistics and does not update them), so the next
     epoch's batch order and dropout masks are those of a "running" run; tests/training/test_training_options.py
     checks it on a net with dropout.
+
+    Epoch 0 is ``initial_epoch``.
     """
+    if epoch == 0:
+        return initial_epoch(steps, data)
     started = time.perf_counter()
     lr = float(steps.optimizer.param_groups[0]["lr"])
     # Read here so the time below is the training time alone.
@@ -66,10 +119,7 @@ def run_epoch(
     train_seconds = time.perf_counter() - started
     if train_metrics == "after_epoch":
         train_table = steps.evaluate(data.train_x, data.train_y).tolist()
-    evaluations = [steps.evaluate(data.test_x, data.test_y)]
-    if data.val_x is not None and data.val_y is not None and data.val_x.shape[0] > 0:
-        evaluations.append(steps.evaluate(data.val_x, data.val_y))
-    evaluation_table = torch.cat(evaluations, dim=1).tolist()
+    evaluation_table = _evaluations(steps, data)
     diagnostics = steps.diagnose()
     if steps.scheduler is not None:
         steps.scheduler.step()
@@ -98,8 +148,8 @@ def epoch_report(
     epoch: int,
     train: tuple[float, float],
     evaluation: list[float],
-    epoch_seconds: float,
-    samples_per_second: float,
+    epoch_seconds: float | None,
+    samples_per_second: float | None,
     lr: float,
     layers: list[LayerReport],
     ratio: float | None,
@@ -108,7 +158,8 @@ def epoch_report(
 ) -> EpochReport:
     """One epoch's report from (train loss, accuracy) and [test loss, accuracy(, val loss, accuracy)].
 
-    The one place that decides divergence: any non-finite loss, train, test or validation.
+    The one place that decides divergence: any non-finite loss, train, test or validation, of a trained
+    epoch (epoch 0 trains nothing, so it cannot diverge; its non-finite losses are stored as missing).
     """
     train_loss, train_accuracy = train
     test_loss, test_accuracy = evaluation[0], evaluation[1]
@@ -131,7 +182,7 @@ def epoch_report(
         time_grad_norm_ratio=time_ratio,
         time_grad_log_slope=time_slope,
         time_gradient_flag=time_flag,
-        diverged=not all(math.isfinite(loss) for loss in losses),
+        diverged=epoch > 0 and not all(math.isfinite(loss) for loss in losses),
         layers=layers,
         train_metrics=train_metrics,
     )

@@ -38,8 +38,9 @@ class EpochReport:
     train_accuracy: float
     test_loss: float | None
     test_accuracy: float
-    epoch_seconds: float
-    samples_per_second: float
+    # None for epoch 0, the network at initialisation: it trains nothing.
+    epoch_seconds: float | None
+    samples_per_second: float | None
     lr: float
     val_loss: float | None = None
     val_accuracy: float | None = None

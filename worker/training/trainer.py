@@ -5,7 +5,9 @@ the initial weights (and the dropout stream after it); the batch order of each e
 from a separate generator seeded from (seed, epoch) alone, so arms with the same seed see
 the same batches in the same order whatever their activation, and a resumed arm gets the
 order it would have had. Batches are index slices of a permutation of tensors already on
-the device; metrics are summed on the device and read once per epoch.
+the device; metrics are summed on the device and read once per epoch. Epoch 0, the network at
+initialisation, is measured before the first step (``worker.training.epochs.initial_epoch``) without
+touching the random stream, so epochs 1 and later are what they were before it existed.
 
 The steps are separate functions so that the stacked trainer (``worker.training.stacked``)
 shares them: ``prepare_arm`` builds each member, the epoch body is ``worker.training.epochs.run_epoch``
@@ -31,7 +33,13 @@ from torch.nn import functional
 from app.spec import ActivationSpec, Arm, ExperimentSpec, TrainingSpec
 from app.spec_cost import EVALUATION_BATCH_SIZE
 from worker.training.datasets import DatasetSplits, load_dataset
-from worker.training.diagnostics import GradientFlowMonitor, LayerDiagnostics, probe_inputs
+from worker.training.diagnostics import (
+    GradientFlowMonitor,
+    LayerDiagnostics,
+    gradient_probe_batch,
+    probe_inputs,
+    probe_leaves_no_trace,
+)
 from worker.training.epochs import run_epoch
 from worker.training.init import initialise
 from worker.training.models import ActivationNetwork, build_model
@@ -251,6 +259,22 @@ class ArmEpoch:
         """The arm's layer diagnostics for this epoch."""
         return [self.state.monitor.epoch_layers(self.state.model)]
 
+    def probe_gradients(self) -> None:
+        """Epoch 0's gradient norms: one training-mode forward and backward pass of the probe batch, no step."""
+        state, model = self.state, self.state.model
+        batch = gradient_probe_batch(self.data.train_x.shape[0], state.spec.training.batch_size)
+        with probe_leaves_no_trace(model, state.device):
+            model.train()
+            loss = functional.cross_entropy(model(self.data.train_x[batch]), self.data.train_y[batch])
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            state.monitor.record_gradients()
+
+
+def first_epoch(state: ArmState) -> int:
+    """The next epoch to run: 0 (the network at initialisation) for a fresh arm, else the one after the last."""
+    return state.epochs_completed + 1 if state.reports else 0
+
 
 def record_epoch(state: ArmState, report: EpochReport) -> ArmStatus | None:
     """Add an epoch's report to the arm's progress; how the arm ends when this epoch ends it, else None.
@@ -260,7 +284,7 @@ def record_epoch(state: ArmState, report: EpochReport) -> ArmStatus | None:
     """
     state.reports.append(report)
     state.epochs_completed = report.epoch
-    state.training_seconds += report.epoch_seconds
+    state.training_seconds += report.epoch_seconds or 0.0
     if report.diverged:
         state.diverged_epoch = report.epoch
         return "diverged"
@@ -423,7 +447,7 @@ def train_arm(
         return arm_outcome(state, finished, data=data)
     checkpoints = CheckpointClock(checkpoint_interval)
     steps = ArmEpoch(state, data)
-    for epoch in range(state.epochs_completed + 1, spec.training.epochs + 1):
+    for epoch in range(first_epoch(state), spec.training.epochs + 1):
         (report,) = run_epoch(steps, data, epoch=epoch, train_metrics=spec.training.train_metrics)
         ended = record_epoch(state, report)
         # The callback must not shift the random stream a resumed run continues from.

@@ -31,8 +31,10 @@ from worker.training.diagnostics import (
     ActivationStatistics,
     LayerDiagnostics,
     activation_statistics,
+    gradient_probe_batch,
     layer_diagnostics,
     probe_inputs,
+    probe_leaves_no_trace,
     summary_row,
 )
 from worker.training.reports import ArmStatus
@@ -246,8 +248,8 @@ class StackedRun:
                 if parameter.grad is not None:
                     parameter.grad.mul_(coefficient)
 
-    def _step(self, indices: Tensor) -> None:
-        """One training step of every member on its own batch; indices (members, batch)."""
+    def _backward(self, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Forward and backward of every member on its own batch (indices (members, batch)): logits, labels, losses."""
         batch = indices.shape[1]
         inputs = self.data.train_x[indices]
         labels = self.data.train_y[indices]
@@ -258,6 +260,12 @@ class StackedRun:
         # The sum's gradient in each member's slices is that member's own mean-loss gradient.
         member_losses.sum().backward()
         self._record_gradient_norms()
+        return logits, labels, member_losses
+
+    def _step(self, indices: Tensor) -> None:
+        """One training step of every member on its own batch; indices (members, batch)."""
+        batch = indices.shape[1]
+        logits, labels, member_losses = self._backward(indices)
         clip = self.spec.training.grad_clip
         if clip is not None:
             self._clip_per_member(clip)
@@ -346,6 +354,16 @@ class StackedRun:
         return torch.stack([self.loss_sums / examples, self.correct.to(self.loss_sums.dtype) / examples], dim=1)
 
     # --- evaluation and diagnostics ---
+
+    def probe_gradients(self) -> None:
+        """Epoch 0's gradient norms: every member's forward and backward pass of the probe batch, no step."""
+        batch = gradient_probe_batch(self.data.train_x.shape[0], self.spec.training.batch_size)
+        indices = torch.arange(batch.stop, device=self.device).expand(self.model.members, -1)
+        with probe_leaves_no_trace(self.model, self.device):
+            self.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            self._backward(indices)
+            self.steps += 1
 
     def evaluate(self, inputs: Tensor, labels: Tensor) -> Tensor:
         """[mean cross-entropy, accuracy] per member (members, 2) over a full split, in eval mode."""

@@ -24,6 +24,7 @@ from worker.training.trainer import (
     CheckpointClock,
     arm_outcome,
     finished_status,
+    first_epoch,
     load_checkpoint,
     prepare_arm,
     record_epoch,
@@ -114,7 +115,7 @@ def _train_group(
 ) -> None:
     """Train members that have completed the same epochs as one stack; sets each member's status."""
     run = StackedRun(spec, members, data, device, cuda_graphs=cuda_graphs)
-    for epoch in range(members[0].state.epochs_completed + 1, spec.training.epochs + 1):
+    for epoch in range(first_epoch(members[0].state), spec.training.epochs + 1):
         reports = run_epoch(run, data, epoch=epoch, train_metrics=spec.training.train_metrics)
         for member, report in zip(run.members, reports, strict=True):
             member.status = record_epoch(member.state, report)
@@ -217,10 +218,10 @@ def train_stacked(
     starting: dict[int, list[StackedMember]] = {}
     for member in run_members:
         if member.status is None:
-            starting.setdefault(member.state.epochs_completed, []).append(member)
-    for epochs_completed in sorted(starting):
-        group = starting[epochs_completed]
-        if epochs_completed >= spec.training.epochs:
+            starting.setdefault(first_epoch(member.state), []).append(member)
+    for epoch in sorted(starting):
+        group = starting[epoch]
+        if epoch > spec.training.epochs:
             for member in group:
                 member.status = "succeeded"
             continue
