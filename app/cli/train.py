@@ -253,10 +253,14 @@ def summarise(
             keys = [(cell.index, index, seed) for seed in spec.seeds]
             finished = [outcomes[key] for key in keys if key in outcomes]
             diverged = sum(1 for outcome in finished if outcome.status == "diverged")
-            accuracies = [
-                outcome.reports[-1].test_accuracy
+            # The final epoch is the last trained one: epoch 0 (the network at initialisation) is no final.
+            finals = [
+                [report for report in outcome.reports if report.epoch > 0]
                 for outcome in finished
-                if outcome.status != "diverged" and outcome.reports and math.isfinite(outcome.reports[-1].test_accuracy)
+                if outcome.status != "diverged"
+            ]
+            accuracies = [
+                trained[-1].test_accuracy for trained in finals if trained and math.isfinite(trained[-1].test_accuracy)
             ]
             mean = statistics.fmean(accuracies) if accuracies else None
             std = statistics.stdev(accuracies) if len(accuracies) > 1 else None

@@ -46,8 +46,11 @@ def test_train_writes_epoch_and_layer_csvs_and_prints_the_summary(
     assert required | {"epoch_seconds", "val_loss", "lr", "grad_norm_ratio", "gradient_flag", "status"} <= set(
         epochs.columns
     )
-    # relu and sigmoid run both epochs per seed; the exploding custom formula stops after epoch 1.
-    assert len(epochs) == 2 * 2 + 2 * 2 + 2 * 1
+    # Every arm has epoch 0 (the network at initialisation); relu and sigmoid then run both epochs per seed, the
+    # exploding custom formula stops after epoch 1.
+    assert len(epochs) == 2 * 3 + 2 * 3 + 2 * 2
+    assert set(epochs.epoch) == {0, 1, 2}
+    assert epochs.loc[epochs.epoch == 0, "epoch_seconds"].isna().all()
     assert set(epochs.loc[epochs.activation == "blowup", "status"]) == {"diverged"}
     assert set(epochs.loc[epochs.activation == "relu", "status"]) == {"succeeded"}
     assert epochs.loc[epochs.activation == "relu", "val_accuracy"].notna().all()

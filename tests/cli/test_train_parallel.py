@@ -49,7 +49,8 @@ def test_one_process_several_processes_and_the_ordinary_trainer_give_the_same_nu
 
     alone = _train(tmp_path, SPEC, "--processes", "1", name="one")
     forked = _train(tmp_path, SPEC, "--processes", "2", name="two")
-    assert len(alone) == 3 * 3 * 3
+    assert len(alone) == 3 * 3 * (1 + 3)  # epoch 0, the network at initialisation, and three trained epochs
+    assert sorted(set(alone.epoch)) == [0, 1, 2, 3]
     pd.testing.assert_frame_equal(alone.drop(columns=WALL_CLOCK), forked.drop(columns=WALL_CLOCK))
 
     # The arms trained one by one by the ordinary trainer give the same rows.
@@ -74,7 +75,7 @@ def test_a_factorial_spec_trains_every_cell_with_its_levels(tmp_path: Path, caps
         "factors": {"model.hidden": [[8], [8, 8]], "training.lr": [0.01, 0.05]},
     }
     rows = _train(tmp_path, factorial, name="factorial")
-    assert len(rows) == 4 * 2 * 2 * 2
+    assert len(rows) == 4 * 2 * 2 * (1 + 2)
     assert {"cell_index", "cell", "model.hidden", "training.lr"} <= set(rows.columns)
     assert set(rows["model.hidden"]) == {"[8]", "[8,8]"}
     assert set(rows["training.lr"].astype(str)) == {"0.01", "0.05"}
@@ -137,7 +138,7 @@ def test_ctrl_c_lets_every_process_end_its_arms_and_keeps_the_rows(tmp_path: Pat
     assert "Traceback" not in errors
     assert "interrupted: the table and files hold the arms finished so far" in errors
     rows = pd.read_csv(out)
-    assert 0 < len(rows) < 3 * 3 * 200
+    assert 0 < len(rows) < 3 * 3 * 201
     assert set(rows.status) == {"cancelled"}
     # Every arm kept its epochs in order up to where it stopped.
     for _key, arm in rows.groupby(["activation", "seed"]):
