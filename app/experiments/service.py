@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.schemas import Principal
 from app.auth.service import owner_filter_for
-from app.catalog import DATASETS
+from app.catalog_datasets import DATASETS
 from app.config import SpecLimits
 from app.errors import validation_error_details
 from app.experiments import repository

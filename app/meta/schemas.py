@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app import catalog, spec_cost
+from app import catalog, catalog_datasets, spec_cost
 from app.catalog import ParameterValue
 from app.config import Settings, SpecLimits
 from app.expressions import BINARY_OPERATORS, MAX_NODES, UNARY_OPERATORS
@@ -302,7 +302,7 @@ def build_catalog(settings: Settings) -> Catalog:
                 source=info.source,
                 parameters=[_parameter(parameter) for parameter in info.parameters],
             )
-            for info in catalog.DATASETS.values()
+            for info in catalog_datasets.DATASETS.values()
         ],
         transforms=[
             TransformEntry(
@@ -310,7 +310,7 @@ def build_catalog(settings: Settings) -> Catalog:
                 description=info.description,
                 parameters=[_parameter(parameter) for parameter in info.parameters],
             )
-            for info in catalog.TRANSFORMS.values()
+            for info in catalog_datasets.TRANSFORMS.values()
         ],
         evaluation=EvaluationEntry(
             description="Version 2 only. After its last epoch each run's test accuracy is measured under every "

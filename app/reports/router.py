@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from app.catalog import DATASETS
+from app.catalog_datasets import DATASETS
 from app.dependencies import SessionDependency, SettingsDependency
 from app.models import ExperimentStatus
 from app.reports import service

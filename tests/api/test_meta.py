@@ -6,7 +6,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.catalog import ACTIVATIONS, DATASETS, INIT_SCHEMES, MODEL_KINDS, OPTIMIZERS, SCHEDULES
+from app.catalog import ACTIVATIONS, INIT_SCHEMES, MODEL_KINDS, OPTIMIZERS, SCHEDULES
+from app.catalog_datasets import DATASETS
 from app.config import Settings, SpecLimits
 from app.main import create_app
 from app.spec import EXAMPLE_SPEC

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from app.catalog import ACTIVATIONS, DATASETS
+from app.catalog import ACTIVATIONS
+from app.catalog_datasets import DATASETS
 from app.config import SpecLimits
 from app.experiments.service import SERVER_OWNED_FIELDS, parse_spec
 from app.service_errors import InvalidInputError

@@ -23,7 +23,7 @@ import torchvision.datasets.cifar
 import torchvision.datasets.mnist
 import torchvision.datasets.utils
 
-from app.catalog import DATASETS
+from app.catalog_datasets import DATASETS
 from app.config import Settings
 from app.spec import DatasetSpec
 from worker.training.datasets import (

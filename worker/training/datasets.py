@@ -46,7 +46,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from app.catalog import DATASETS, ParameterValue
+from app.catalog import ParameterValue
+from app.catalog_datasets import DATASETS
 from app.config import Settings, get_settings
 from app.spec import DatasetSpec
 from worker.training.dataset_cache import ARRAY_NAMES, DatasetCache, key_document
