@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +293,14 @@ def test_every_example_validates_under_the_default_limits_in_every_cell(path: Pa
         run = estimate_run(cell.spec)
         assert run.macs <= SpecLimits().max_run_macs
         assert run.memory_mb <= SpecLimits().max_run_memory_mb
+
+
+def test_the_readme_says_how_long_every_example_takes() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(examples/[^`]+)` \|.*\| (about [0-9.]+ (?:s|min)|under a minute) \|$", readme, re.M))
+    shipped = {f"examples/{path.name}" for path in (Path(__file__).parents[2] / "examples").iterdir()}
+    assert len(EXAMPLES) >= 6  # the validation test above covers every spec file, so the glob must find them
+    assert set(rows) == shipped, rows
 
 
 def test_the_catalog_documents_the_run_limits(client: TestClient) -> None:
