@@ -181,7 +181,7 @@ async def submit_experiment(
     response_model=ExperimentPage,
     summary="List experiments",
     description="Newest first; filter by one or more statuses, by a case-insensitive name substring and by "
-    "dataset (the spec's or a level of a dataset.name factor). "
+    "dataset (a level of a dataset.name factor, else the spec's). "
     "Lists the experiments of the calling API key (an admin key sees every owner's).",
     responses={422: {"model": ValidationErrorResponse}},
 )
@@ -195,8 +195,8 @@ def list_experiments(
         str | None,
         Query(
             max_length=64,
-            description="Keep experiments on this catalog dataset: the spec's dataset or any level of a "
-            "dataset.name factor.",
+            description="Keep experiments on this catalog dataset: any level of a dataset.name factor, else "
+            "the spec's dataset.",
         ),
     ] = None,
     limit: Annotated[int | None, Query(ge=1, description="Page size (default 50, at most page_size_limit).")] = None,
