@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any
 from app.catalog import ACTIVATIONS
 
 if TYPE_CHECKING:
-    from app.spec import CnnSpec, ExperimentSpec, MlpSpec, RnnSpec
+    from app.spec import ExperimentSpec
+    from app.spec_models import CnnSpec, MlpSpec, RnnSpec
 
 # (model spec, input shape, classes) -> (weights and biases, units that apply the activation).
 ParameterCount = Callable[[Any, tuple[int, ...], int], tuple[int, int]]

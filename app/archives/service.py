@@ -56,8 +56,9 @@ from app.results import service as results_service
 from app.results.encoding import encode_table, timestamps_utc
 from app.results.statistics import ResultOptions
 from app.schemas import as_utc
-from app.spec import CnnSpec, ExperimentSpec, MlpSpec, TrainMetrics
+from app.spec import ExperimentSpec, TrainMetrics
 from app.spec_factors import arm_count, cell_columns, expand_cells, level_value
+from app.spec_models import CnnSpec, MlpSpec
 
 ARCHIVE_MEDIA_TYPE = "application/zip"
 

@@ -11,9 +11,10 @@ from app import catalog, catalog_datasets, spec_cost
 from app.catalog import ParameterValue
 from app.config import Settings, SpecLimits
 from app.expressions import BINARY_OPERATORS, MAX_NODES, UNARY_OPERATORS
-from app.spec import ModelSpec, TrainingSpec
+from app.spec import TrainingSpec
 from app.spec_evaluation import ROBUSTNESS_KINDS, EvaluationSpec
 from app.spec_fields import is_version_2
+from app.spec_models import ModelSpec
 
 
 class ParameterEntry(BaseModel):

@@ -28,8 +28,8 @@ from app.results.plots import ACCURACY_MIN_SPAN, plot_kinds_with_content
 from app.results.statistics import METRIC_COLUMNS, SUMMARY_KINDS, ResultOptions
 from app.results.verdicts import pair_matrix
 from app.schemas import as_utc
-from app.spec import ModelSpec
 from app.spec_factors import cell_count, pairing_note
+from app.spec_models import ModelSpec
 
 FINISHED = frozenset(str(status) for status in FINISHED_EXPERIMENT_STATUSES)
 DASHBOARD_LIMIT = 100

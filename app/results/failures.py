@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.catalog import ACTIVATIONS, canonical_activation_name
-from app.spec import ExperimentSpec, MlpSpec, RnnSpec
+from app.spec import ExperimentSpec
+from app.spec_models import MlpSpec, RnnSpec
 
 DEFAULT_CHANCE_MARGIN = 0.05
 # The learning rate a remedy proposes is the current one divided by this.

@@ -19,16 +19,9 @@ from app.catalog_datasets import DATASETS
 from app.config import SpecLimits
 from app.experiments.service import SERVER_OWNED_FIELDS, parse_spec
 from app.service_errors import InvalidInputError
-from app.spec import (
-    ActivationSpec,
-    CnnSpec,
-    DatasetSpec,
-    ExperimentSpec,
-    MlpSpec,
-    RnnSpec,
-    TrainingSpec,
-)
+from app.spec import ActivationSpec, DatasetSpec, ExperimentSpec, TrainingSpec
 from app.spec_cost import estimate_cost, estimate_parameters
+from app.spec_models import CnnSpec, MlpSpec, RnnSpec
 
 # Tight limits, so that generated specs land on both sides of each of them.
 LIMITS = SpecLimits(

@@ -141,7 +141,8 @@ def _number_fields() -> list[Any]:
     the overrides that put a JSON true there and the location the 422 must name."""
     from typing import Annotated, get_args, get_origin
 
-    from app.spec import CnnSpec, ExperimentSpec, MlpSpec, RnnSpec, TrainingSpec
+    from app.spec import ExperimentSpec, TrainingSpec
+    from app.spec_models import CnnSpec, MlpSpec, RnnSpec
 
     def numeric(annotation: Any) -> bool:
         if get_origin(annotation) is Annotated:

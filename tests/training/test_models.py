@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from app.catalog import MODEL_KINDS
-from app.spec import ExperimentSpec, ModelSpec
+from app.spec import ExperimentSpec
 from app.spec_cost import estimate_parameters
+from app.spec_models import ModelSpec
 from worker.training.activations import ActivationModule
 from worker.training.models import build_model
 

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from app.catalog import MODEL_KINDS
-from app.spec import ActivationSpec, CnnSpec, ExperimentSpec, MlpSpec, RnnSpec
+from app.spec import ActivationSpec, ExperimentSpec
 from app.spec_cost import conv_output_length, pooled_length
+from app.spec_models import CnnSpec, MlpSpec, RnnSpec
 from worker.training.activations import ActivationModule, build_activation
 
 ActivationFactory = Callable[[int], ActivationModule]

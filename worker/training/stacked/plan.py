@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import torch
 
-from app.spec import CnnSpec, ExperimentSpec, MlpSpec
+from app.spec import ExperimentSpec
 from app.spec_cost import EVALUATION_BATCH_SIZE, cnn_layer_shapes, estimate_parameters
+from app.spec_models import CnnSpec, MlpSpec
 from worker.training.trainer import resolve_device
 
 Member = tuple[int, int]
