@@ -195,6 +195,13 @@ class Settings(SpecLimits):
     broker_key_prefix: str = Field("", description="Redis: prefix of every broker key, to share one Redis safely.")
     task_retry_backoff: int = Field(2, ge=1, description="Seconds before the first retry after a transient error.")
     task_retry_backoff_max: int = Field(300, ge=1, description="Longest wait between retries after transient errors.")
+    worker_warm_up_dataset: str = Field(
+        "mnist1d",
+        max_length=40,
+        description="Dataset each worker pool process loads, with one optimiser step of a tiny model on it, in the "
+        "background right after it starts (worker/warm_up.py), so the first run does not pay torch's and the "
+        "dataset's first use; empty: no warm-up.",
+    )
     worker_concurrency: int = Field(
         default_factory=default_worker_concurrency,
         ge=1,

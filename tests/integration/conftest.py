@@ -219,6 +219,8 @@ def stack_environment(*, database_url: str, key_prefix: str, workdir: Path) -> d
         "ACTLAB_CHECKPOINT_INTERVAL_SECONDS": "0",
         "ACTLAB_DATA_DIR": str(workdir / "data"),
         "ACTLAB_TORCH_THREADS": "1",
+        # The pool processes warm up on the dataset the tests train on (small_spec), not on mnist1d.
+        "ACTLAB_WORKER_WARM_UP_DATASET": "digits",
         "PYTHONUNBUFFERED": "1",
     }
 
