@@ -6,8 +6,8 @@ of autograd, the optimiser's kernels) and loaded its dataset on the first run. N
 right after the fork (``worker_process_init``), starts a daemon thread at low priority that loads the
 dataset named by ACTLAB_WORKER_WARM_UP_DATASET (into this process's dataset cache and the shared one on
 disk) and trains a tiny model of it for one optimiser step. Nothing waits for it: the process takes tasks
-at once, and a run that needs the same dataset meanwhile waits for the load in progress instead of
-repeating it. An empty setting turns it off.
+at once, a run that needs the same dataset meanwhile waits for the generation in progress (a file lock) instead
+of repeating it, and one that needs another dataset does not wait at all. An empty setting turns it off.
 """
 
 from __future__ import annotations
@@ -44,11 +44,14 @@ def warm_up(settings: Settings) -> None:
     import torch
 
     from app.spec import ExperimentSpec
-    from worker.training.datasets import load_dataset
+    from worker.training.datasets import load_dataset, prepare_dataset
     from worker.training.models import build_model
     from worker.training.trainer import build_optimizer
 
     spec = ExperimentSpec.model_validate({**_WARM_UP_SPEC, "dataset": {"name": settings.worker_warm_up_dataset}})
+    # Generated outside the process's dataset lock (a run's load of another dataset must not wait for it); the
+    # load then reads the file, holding the lock only for that.
+    prepare_dataset(spec.dataset, settings=settings)
     data = load_dataset(spec.dataset, settings=settings)
     model = build_model(spec, spec.activations[0], input_shape=data.input_shape, classes=data.classes)
     optimizer = build_optimizer(model.parameters(), spec.training)

@@ -171,6 +171,17 @@ def load_dataset(
     return splits.to(device)
 
 
+def prepare_dataset(spec: DatasetSpec, *, settings: Settings | None = None) -> None:
+    """Build a dataset's entry of the on-disk cache (generating it if need be) without this process's lock.
+
+    A later ``load_dataset`` of it then only reads the file. For a background warm-up: a run that loads
+    another dataset meanwhile does not wait for this one's generation.
+    """
+    settings = settings or get_settings()
+    if spec.name in _DISK_CACHED and settings.dataset_cache_max_mb != 0:
+        _load_source(spec, settings=settings, data_dir=Path(settings.data_dir).expanduser().absolute())
+
+
 def clear_dataset_cache() -> None:
     """Forget every dataset cached in this process (the next load reads or generates it again)."""
     with _cache_lock:
