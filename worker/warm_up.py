@@ -3,18 +3,18 @@
 The first experiment after ``actlab serve`` used to take several times as long as the next (9.2 s against
 about 2 s, issue 16): each pool process built its first model and optimiser (torch's lazy initialisation
 of autograd, the optimiser's kernels) and loaded its dataset on the first run. Now every pool process,
-right after the fork (``worker_process_init``), starts a daemon thread at low priority that loads the
+right after the fork (``worker_process_init``), starts a daemon thread that loads the
 dataset named by ACTLAB_WORKER_WARM_UP_DATASET (into this process's dataset cache and the shared one on
 disk) and trains a tiny model of it for one optimiser step. Nothing waits for it: the process takes tasks
 at once, a run that needs the same dataset meanwhile waits for the generation in progress (a file lock) instead
-of repeating it, and one that needs another dataset does not wait at all. An empty setting turns it off.
+of repeating it, and one that needs another dataset does not wait at all. It runs at the runs' own
+priority: a run waiting for the dataset it generates must not wait behind a lower priority
+(bench/cold_start.py measured that on a loaded machine). An empty setting turns it off.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 from typing import Any
 
@@ -24,8 +24,6 @@ from app.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-# Lower than the runs' priority: the warm-up takes what the runs leave of the cores.
-_NICENESS = 10
 _WARM_UP_SPEC: dict[str, Any] = {
     "name": "warm-up",
     "model": {"kind": "mlp", "hidden": [8]},
@@ -61,8 +59,6 @@ def warm_up(settings: Settings) -> None:
 
 
 def _warm_up_in_background(settings: Settings) -> None:
-    with contextlib.suppress(AttributeError, OSError):  # not on every platform
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICENESS)
     try:
         warm_up(settings)
     except Exception as error:  # a warm-up that fails costs the first run its time, nothing else
