@@ -272,6 +272,35 @@ def run_spec(stored_spec: dict[str, Any], cell_levels: dict[str, Any] | None) ->
     return load_stored_spec(_apply(base_payload(stored_spec), cell_levels or {}))
 
 
+# Spec fields the members of one stack may differ in: each is read only where a member is initialised
+# (``worker.training.stacked.train_stacked`` takes a spec per member), so cells differing only there stack together.
+PER_MEMBER_PATHS: tuple[str, ...] = ("training.init",)
+
+
+def stack_key(spec: ExperimentSpec) -> str:
+    """What the members of one stack share: the spec as JSON without its factors and its ``PER_MEMBER_PATHS``."""
+    payload = base_payload(spec)
+    for path in PER_MEMBER_PATHS:
+        *parents, last = path.split(".")
+        target: Any = payload
+        for part in parents:
+            target = target.get(part) if isinstance(target, dict) else None
+        if isinstance(target, dict):
+            target.pop(last, None)
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
+def stacking_cells(stored_spec: dict[str, Any], cell_index: int) -> list[int]:
+    """Indexes of the cells whose runs may stack with those of cell ``cell_index`` (the same ``stack_key``)."""
+    from app.spec import load_stored_spec
+
+    if not stored_spec.get("factors"):
+        return [cell_index]
+    cells = expand_cells(load_stored_spec(stored_spec))
+    key = stack_key(cells[cell_index].spec)
+    return [cell.index for cell in cells if stack_key(cell.spec) == key]
+
+
 class FactorQueryError(ValueError):
     """A factor filter naming a path or level the experiment does not have."""
 

@@ -70,7 +70,7 @@ from app.runs.state_repository import (
     record_run_start,
 )
 from app.spec import ExperimentSpec
-from app.spec_factors import run_spec
+from app.spec_factors import PER_MEMBER_PATHS, cell_label, run_spec, stacking_cells
 from worker.lifecycle import (
     BatchOutcome,
     PeriodicRunHeartbeat,
@@ -130,8 +130,21 @@ STACKING_OFF = "stacking is off on this worker (ACTLAB_STACK_RUNS=false)"
 def no_companions_reason(plan: StackPlan) -> str:
     """Why a run whose spec stacks trained alone: no other queued run of its cell was free to join it here."""
     return (
-        "no other queued run of its cell was free to stack with on this worker (stacks stay within a cell: its "
-        f"members share one spec and optimiser); it would have stacked: {plan.reason}"
+        "no other queued run of its cell was free to stack with on this worker (a stack takes the runs of its cell "
+        f"and of the cells differing from it only in {', '.join(PER_MEMBER_PATHS)}: its members share one "
+        f"architecture and optimiser); it would have stacked: {plan.reason}"
+    )
+
+
+def stack_reason(plan: StackPlan, group: Sequence[ClaimedRun]) -> str:
+    """Why the group trained stacked (the plan's reason), and the cells it spans where it holds runs of several."""
+    cells = {claimed.cell_index: claimed.cell_levels or {} for claimed in group}
+    if len(cells) < 2:
+        return plan.reason
+    labels = "; ".join(cell_label(cells[index]) for index in sorted(cells))
+    return (
+        f"{plan.reason}; the stack spans {len(cells)} cells ({labels}), which differ only in "
+        f"{', '.join(PER_MEMBER_PATHS)}, given to each member at initialisation"
     )
 
 
@@ -408,7 +421,11 @@ def _claim_companions(
     task_id: str | None,
     settings: Settings,
 ) -> list[ClaimedRun]:
-    """Claim queued runs of the group's experiment until the group has the chunk size; one transaction."""
+    """Claim queued runs of the group's experiment until the group has the chunk size; one transaction.
+
+    The runs come from the first run's cell and the cells that differ from it only in ``PER_MEMBER_PATHS``
+    (``stacking_cells``): they share one architecture and optimiser, and each member gets its own cell's spec.
+    """
     first = group[0]
     with session_scope(engine) as session:
         lock_experiment_of_run(session=session, run_id=first.run_id)
@@ -422,7 +439,7 @@ def _claim_companions(
             queue=first.queue,
             attempt_limit=max_attempts(settings),
             limit=wanted,
-            cell_index=first.cell_index,
+            cell_indices=stacking_cells(first.spec, first.cell_index),
         )
         claims: list[ClaimedRun] = []
         for candidate in candidates:
@@ -447,6 +464,7 @@ def _train(*, members: list[_Member], plan: StackPlan, writer: _StackWriter, set
     return train_stacked(
         plan.spec,
         members=[(member.claimed.activation_index, member.claimed.seed) for member in members],
+        member_specs=[run_spec(member.claimed.spec, member.claimed.cell_levels) for member in members],
         device=plan.device,
         on_start=writer.on_start,
         on_epoch=writer.on_epoch,
@@ -484,7 +502,7 @@ def train_claimed_stack(
         for claimed in group
     ]
     writer = _StackWriter(
-        engine=engine, members=members, retry_seconds=settings.database_retry_seconds, reason=plan.reason
+        engine=engine, members=members, retry_seconds=settings.database_retry_seconds, reason=stack_reason(plan, group)
     )
     logger.info(
         "experiment %s: training %d runs stacked (attempts %s)",

@@ -114,7 +114,8 @@ class RunDetail(BaseModel):
     stacking_reason: str | None = Field(
         None,
         description="Why the run trained stacked or alone: stacking off on the worker, not recommended for the spec on "
-        "the device (with the engine's reason), no other queued run of its cell to stack with, or why stacking pays.",
+        "the device (with the engine's reason), no other queued run of its cell to stack with, or why stacking pays "
+        "(and the cells the stack spans where it holds runs of several).",
     )
     time_gradients: str | None = Field(
         None,

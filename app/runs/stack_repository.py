@@ -52,12 +52,13 @@ def queued_runs_to_stack(
     queue: str | None,
     attempt_limit: int,
     limit: int,
-    cell_index: int = 0,
+    cell_indices: Collection[int] = (0,),
 ) -> list[uuid.UUID]:
-    """Up to ``limit`` queued runs of the experiment's cell ``cell_index`` on ``queue`` that may still be started.
+    """Up to ``limit`` queued runs of the experiment's cells ``cell_indices`` on ``queue`` that may still be started.
 
-    One cell only: a factorial experiment's cells differ in architecture or training settings, which one
-    stack shares (so each cell stacks apart). Highest seeds first.
+    The cells are those one stack may span (``app.spec_factors.stacking_cells``: specs equal but for the
+    fields each member gets at initialisation); other cells differ in architecture or training settings,
+    which one stack shares, so they stack apart.
 
     Highest seed first, every activation of a seed together: each stack gets a mix of activations
     (cheap and dear ones), so the stacks of an experiment take about equally long. And the tasks are
@@ -73,11 +74,11 @@ def queued_runs_to_stack(
         .join(Experiment, Experiment.id == Run.experiment_id)
         .where(
             Run.experiment_id == experiment_id,
-            Run.cell_index == cell_index,
+            Run.cell_index.in_(list(cell_indices)),
             Run.status == RunStatus.queued.value,
             Run.attempt < attempt_limit,
         )
-        .order_by(Run.seed.desc(), Run.activation_index.desc())
+        .order_by(Run.seed.desc(), Run.activation_index.desc(), Run.cell_index)
         .limit(limit)
     )
     if queue is not None:

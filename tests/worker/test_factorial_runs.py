@@ -1,4 +1,5 @@
-"""Factorial experiments on the real worker: each run trains with its cell's spec, alone or stacked within its cell."""
+"""Factorial experiments on the real worker: each run trains with its cell's spec, alone or stacked (within its
+cell, or across the cells that differ only in training.init)."""
 
 from __future__ import annotations
 
@@ -168,3 +169,29 @@ def test_a_seed_fixes_the_data_order_in_every_cell_unless_a_factor_changes_the_d
     small, large = orders(by_data)
     assert len(small) != len(large)
     assert pairing_note(by_data).startswith("seeds pair activations within each cell only")
+
+
+def test_cells_differing_only_in_init_train_as_one_stack_with_their_own_numbers(engine: Engine, tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    spec = {**INIT_FACTORIAL, "activations": ["tanh", "relu"], "seeds": [0, 1], "training": TINY_SPEC["training"]}
+    runs = _submit(engine, spec, settings)
+    assert len(runs) == 2 * 2 * 2
+    batch = execute_runs(run_ids=[runs[0].id], worker_host="w1", task_id="t1", engine=engine, settings=settings)
+    assert {outcome.run_id for outcome in batch.outcomes} == {run.id for run in runs}
+    stored_runs = [_run(engine, run.id) for run in runs]
+    assert {(run.status, run.training_path, run.stack_size) for run in stored_runs} == {("succeeded", "stacked", 8)}
+    assert len({run.stack_id for run in stored_runs}) == 1
+    assert {run.cell_index for run in stored_runs} == {0, 1}
+    [reason] = {run.stacking_reason for run in stored_runs}
+    assert reason is not None
+    assert reason.endswith(
+        "; the stack spans 2 cells (init=auto; init=default), which differ only in training.init, "
+        "given to each member at initialisation"
+    )
+    stored = ExperimentSpec.model_validate(spec).model_dump(mode="json")
+    for run in stored_runs:
+        expected = _reference(run_spec(stored, run.cell_levels), run)
+        assert _losses(engine, run.id) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    by_cell = {(run.cell_index, run.activation_index, run.seed): run for run in stored_runs}
+    assert by_cell[0, 0, 0].init_scheme != by_cell[1, 0, 0].init_scheme
+    assert _losses(engine, by_cell[0, 0, 0].id) != _losses(engine, by_cell[1, 0, 0].id)

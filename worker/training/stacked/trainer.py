@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from app.spec import ExperimentSpec
+from app.spec_factors import PER_MEMBER_PATHS, stack_key
 from worker.training.datasets import DatasetSplits
 from worker.training.epochs import run_epoch
 from worker.training.reports import ArmOutcome, EpochReport, RunInfo
@@ -37,9 +38,17 @@ OnStart = Callable[[int, RunInfo], None]
 OnEpoch = Callable[[list[tuple[int, EpochReport]]], list[bool] | bool | None]
 
 
-def _check_members(spec: ExperimentSpec, members: Sequence[Member]) -> list[Member]:
+def _check_members(
+    spec: ExperimentSpec, members: Sequence[Member], member_specs: Sequence[ExperimentSpec] | None
+) -> tuple[list[Member], list[ExperimentSpec]]:
+    """The members as ints with each one's spec (``spec`` unless ``member_specs`` gives one per member)."""
+    specs = list(member_specs) if member_specs is not None else [spec] * len(members)
+    if len(specs) != len(members):
+        raise ValueError(f"member_specs: one per member ({len(members)}) is needed, got {len(specs)}")
+    shared = stack_key(spec)
     checked: list[Member] = []
-    for position, (activation_index, seed) in enumerate(members):
+    seen: set[tuple[int, int, str]] = set()
+    for position, ((activation_index, seed), member_spec) in enumerate(zip(members, specs, strict=True)):
         if not 0 <= activation_index < len(spec.activations):
             raise ValueError(
                 f"members[{position}]: activation_index must be in 0..{len(spec.activations) - 1}, "
@@ -47,10 +56,16 @@ def _check_members(spec: ExperimentSpec, members: Sequence[Member]) -> list[Memb
             )
         if seed < 0:
             raise ValueError(f"members[{position}]: seed must be at least 0, got {seed}")
+        if member_spec is not spec and stack_key(member_spec) != shared:
+            raise ValueError(
+                f"member_specs[{position}]: may differ from the spec only in {', '.join(PER_MEMBER_PATHS)}"
+            )
+        identity = (int(activation_index), int(seed), member_spec.model_dump_json())
+        if identity in seen:
+            raise ValueError("members: each (activation_index, seed) pair may appear only once per member spec")
+        seen.add(identity)
         checked.append((int(activation_index), int(seed)))
-    if len(set(checked)) != len(checked):
-        raise ValueError("members: each (activation_index, seed) pair may appear only once")
-    return checked
+    return checked, specs
 
 
 def _keep_going(answer: list[bool] | bool | None, count: int) -> list[bool]:
@@ -64,7 +79,7 @@ def _keep_going(answer: list[bool] | bool | None, count: int) -> list[bool]:
 
 
 def _train_unstacked(
-    spec: ExperimentSpec,
+    specs: list[ExperimentSpec],
     members: list[Member],
     *,
     device: torch.device,
@@ -89,7 +104,7 @@ def _train_unstacked(
 
         outcomes.append(
             train_arm(
-                spec,
+                specs[position],
                 activation_index=activation_index,
                 seed=seed,
                 device=device,
@@ -166,6 +181,7 @@ def train_stacked(
     checkpoint_paths: Sequence[Path | None] | None = None,
     checkpoint_interval: float = 0.0,
     cuda_graphs: bool = True,
+    member_specs: Sequence[ExperimentSpec] | None = None,
 ) -> list[ArmOutcome]:
     """Train members (activation_index, seed) as one stacked model, or one after another where ``can_stack`` says no.
 
@@ -175,10 +191,14 @@ def train_stacked(
     member, or None) are read and written in ``train_arm``'s format, so a run resumes stacked or unstacked
     alike; they are written as ``train_arm`` writes them, at most every ``checkpoint_interval`` seconds (0:
     every epoch) and always for a member that is cancelled. Outcomes come back in ``members`` order;
-    ``members`` defaults to every arm of the spec.
+    ``members`` defaults to every arm of the spec. ``member_specs`` (one per member, default ``spec``) lets
+    members of cells that differ only in ``PER_MEMBER_PATHS`` (``training.init``) share the stack: each member
+    is built and initialised with its own spec, and the stack trains with ``spec``'s shared settings.
     """
-    chosen = _check_members(
-        spec, members if members is not None else [(arm.activation_index, arm.seed) for arm in spec.arms()]
+    chosen, specs = _check_members(
+        spec,
+        members if members is not None else [(arm.activation_index, arm.seed) for arm in spec.arms()],
+        member_specs,
     )
     paths: list[Path | None] = list(checkpoint_paths) if checkpoint_paths is not None else [None] * len(chosen)
     if len(paths) != len(chosen):
@@ -189,7 +209,7 @@ def train_stacked(
     stackable, reason = can_stack(spec)
     if not stackable:
         return _train_unstacked(
-            spec,
+            specs,
             chosen,
             device=target,
             data=data,
@@ -204,7 +224,7 @@ def train_stacked(
     run_members: list[StackedMember] = []
     for position in order:
         activation_index, seed = chosen[position]
-        state = prepare_arm(spec, activation_index=activation_index, seed=seed, data=data, device=target)
+        state = prepare_arm(specs[position], activation_index=activation_index, seed=seed, data=data, device=target)
         state.info = dataclasses.replace(state.info, training_path="stacked")
         member = StackedMember(position, state, paths[position])
         path = paths[position]
