@@ -196,11 +196,12 @@ class Settings(SpecLimits):
     task_retry_backoff: int = Field(2, ge=1, description="Seconds before the first retry after a transient error.")
     task_retry_backoff_max: int = Field(300, ge=1, description="Longest wait between retries after transient errors.")
     worker_warm_up_dataset: str = Field(
-        "mnist1d",
+        "",
         max_length=40,
         description="Dataset each worker pool process loads, with one optimiser step of a tiny model on it, in the "
         "background right after it starts (worker/warm_up.py), so the first run does not pay torch's and the "
-        "dataset's first use; empty: no warm-up.",
+        "dataset's first use; empty (the default: on the 2-core development machine it made the first "
+        "experiment slower, bench/RESULTS.md): no warm-up.",
     )
     worker_concurrency: int = Field(
         default_factory=default_worker_concurrency,

@@ -9,7 +9,8 @@ disk) and trains a tiny model of it for one optimiser step. Nothing waits for it
 at once, a run that needs the same dataset meanwhile waits for the generation in progress (a file lock) instead
 of repeating it, and one that needs another dataset does not wait at all. It runs at the runs' own
 priority: a run waiting for the dataset it generates must not wait behind a lower priority
-(bench/cold_start.py measured that on a loaded machine). An empty setting turns it off.
+(bench/cold_start.py measured that on a loaded machine). An empty setting (the default: on the 2-core
+development machine the warm-up made the first experiment slower, bench/RESULTS.md) turns it off.
 """
 
 from __future__ import annotations
