@@ -128,7 +128,8 @@ def test_serve_then_submit_and_wait_prints_the_results_table(embedded: EmbeddedS
     assert experiment_id is not None
     with embedded.client() as api:
         rows = api.get(f"/v1/experiments/{experiment_id.group(1)}/metrics").json()
-    assert len(rows) == 8 and len({(row["run_id"], row["epoch"]) for row in rows}) == 8
+    # 2 activations x 2 seeds x (epoch 0 at initialisation + 2 trained epochs).
+    assert len(rows) == 12 and len({(row["run_id"], row["epoch"]) for row in rows}) == 12
     assert (embedded.directory / "actlab.db").is_file()
     # A quiet start: no root warning for the service's own worker (CI runs as root), no broker-host notice.
     log = embedded.process.log() if embedded.process else ""

@@ -53,16 +53,17 @@ def test_a_submitted_experiment_is_trained_by_a_worker_and_its_metrics_are_serve
         assert details["parameter_count"] > 0
 
     rows = api.get(f"/v1/experiments/{submitted['id']}/metrics", params={"format": "json"}).json()
-    assert len(rows) == 12
-    assert len({(row["run_id"], row["epoch"]) for row in rows}) == 12
-    assert {row["epoch"] for row in rows} == {1, 2, 3}
+    # 4 runs x (epoch 0 at initialisation + 3 trained epochs).
+    assert len(rows) == 16
+    assert len({(row["run_id"], row["epoch"]) for row in rows}) == 16
+    assert {row["epoch"] for row in rows} == {0, 1, 2, 3}
     assert all(0.0 <= row["test_accuracy"] <= 1.0 and row["train_loss"] > 0 for row in rows)
     final = [row["test_accuracy"] for row in rows if row["epoch"] == 3]
     # Ten classes: chance is 10%; three epochs of a small MLP on digits reach far above it.
     assert statistics.fmean(final) > 0.5
 
     text = api.get(f"/v1/experiments/{submitted['id']}/metrics", params={"format": "csv"}).text
-    assert len(list(csv.DictReader(io.StringIO(text)))) == 12
+    assert len(list(csv.DictReader(io.StringIO(text)))) == 16
     layer_rows = api.get(f"/v1/experiments/{submitted['id']}/layer-metrics").json()
     assert {(row["run_id"], row["epoch"]) for row in layer_rows} == {(row["run_id"], row["epoch"]) for row in rows}
 

@@ -114,7 +114,10 @@ def test_a_diverging_member_ends_diverged_while_the_others_succeed(
         assert (relu["status"], relu["epochs_completed"], relu["training_path"]) == ("succeeded", 3, "stacked")
         assert (diverged["status"], diverged["diverged_epoch"], diverged["training_path"]) == ("diverged", 1, "stacked")
     rows = _rows_by_run(api, experiment["id"])
-    assert all(len(rows[run["id"]]) == (3 if run["status"] == "succeeded" else 1) for run in runs)
+    # Epoch 0 (the network at initialisation) for every run, then its trained epochs: 1-3, or 1 where it diverged.
+    assert {run["id"]: [row["epoch"] for row in rows[run["id"]]] for run in runs} == {
+        run["id"]: ([0, 1, 2, 3] if run["status"] == "succeeded" else [0, 1]) for run in runs
+    }
 
 
 def test_a_stack_survives_its_worker_being_killed_and_resumes_every_run(
