@@ -279,6 +279,8 @@ def _epoch_cells(row: dict[str, Any], record: dict[str, Any], position: int) -> 
         allowed = ", ".join(typing.get_args(TrainMetrics))
         raise archive_error(f"metrics.csv.row {position}.train_metrics", f"{measured!r} must be {allowed} or empty")
     row["train_metrics"] = measured
+    # An archive written before the column existed has no step: it stays empty.
+    row["step"] = optional_integer(record.get("step"), f"metrics.csv.row {position}.step")
 
 
 def _layer_cells(row: dict[str, Any], record: dict[str, Any], position: int) -> None:

@@ -22,6 +22,7 @@ class EpochMetricRow(BaseModel):
                     "seed": 0,
                     "cell": None,
                     "epoch": 1,
+                    "step": 40,
                     "train_loss": 1.52,
                     "train_accuracy": 0.46,
                     "test_loss": 1.31,
@@ -49,7 +50,11 @@ class EpochMetricRow(BaseModel):
         description="The run's cell label (hidden=16x32, init=default); empty without factors. A factorial experiment "
         "adds one column per factor path after the fixed ones (lists as compact JSON text)."
     )
-    epoch: int = Field(description="1 for the first epoch.")
+    epoch: int = Field(description="1 for the first epoch (0: the network at initialisation).")
+    step: int | None = Field(
+        description="Optimiser steps taken before the row's measurements: epoch x batches per epoch (0 at "
+        "initialisation); empty for rows recorded before the column existed."
+    )
     train_loss: float | None = Field(description="Null in JSON (nan in CSV) when it was not finite.")
     train_accuracy: float | None
     test_loss: float | None

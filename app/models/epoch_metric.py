@@ -11,8 +11,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db import Base
 from app.models.types import utc_now
 
-# The per-epoch values of a run, in the order every table and export shows them: the numbers, the flags and
-# how the train metrics were measured (training.train_metrics: running or after_epoch).
+# The per-epoch values of a run, in the order every table and export shows them (after the epoch): the optimiser
+# steps taken, the numbers, the flags and how the train metrics were measured (training.train_metrics: running or
+# after_epoch).
 EPOCH_NUMBER_FIELDS = (
     "train_loss",
     "train_accuracy",
@@ -29,7 +30,7 @@ EPOCH_NUMBER_FIELDS = (
 )
 # The flags (vanishing, exploding or NULL): over depth, and over time for a recurrence of our own.
 EPOCH_FLAG_FIELDS = ("gradient_flag", "time_gradient_flag")
-EPOCH_VALUE_FIELDS = (*EPOCH_NUMBER_FIELDS, *EPOCH_FLAG_FIELDS, "train_metrics")
+EPOCH_VALUE_FIELDS = ("step", *EPOCH_NUMBER_FIELDS, *EPOCH_FLAG_FIELDS, "train_metrics")
 
 
 class EpochMetric(Base):
@@ -42,6 +43,9 @@ class EpochMetric(Base):
     # No separate index: the unique key (run_id, epoch...) leads with run_id and serves run lookups.
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     epoch: Mapped[int] = mapped_column(Integer)
+    # Optimiser steps taken before the row's measurements: epoch x batches per epoch (0 for epoch 0); NULL for rows
+    # recorded before the column existed.
+    step: Mapped[int | None] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     train_loss: Mapped[float | None] = mapped_column(Float)
     train_accuracy: Mapped[float | None] = mapped_column(Float)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import uuid
 import zipfile
+from typing import Any
 
 import pandas as pd
 from fastapi.testclient import TestClient
@@ -23,15 +24,20 @@ db = results_fixtures.db
 finished_experiment = results_fixtures.finished_experiment
 
 
-def _kinds(db: Session, experiment_id: uuid.UUID) -> list[tuple[int, str]]:
+def epoch_values(db: Session, experiment_id: uuid.UUID, column: Any) -> list[tuple[int, Any]]:
+    """(epoch, the column's value) of every metrics row of the experiment, run by run."""
     db.expire_all()
     statement = (
-        select(EpochMetric.epoch, EpochMetric.train_metrics)
+        select(EpochMetric.epoch, column)
         .join(Run, Run.id == EpochMetric.run_id)
         .where(Run.experiment_id == experiment_id)
         .order_by(Run.activation_index, Run.seed, EpochMetric.epoch)
     )
-    return [(epoch, kind) for epoch, kind in db.execute(statement)]
+    return [(epoch, value) for epoch, value in db.execute(statement)]
+
+
+def _kinds(db: Session, experiment_id: uuid.UUID) -> list[tuple[int, Any]]:
+    return epoch_values(db, experiment_id, EpochMetric.train_metrics)
 
 
 def _import(client: TestClient, archive: bytes) -> uuid.UUID:

@@ -69,6 +69,8 @@ def test_a_run_trains_to_success_with_one_row_per_epoch(engine: Engine, settings
     rows = _epochs(engine, run_id)
     # Epoch 0 is the network at initialisation: measured, not trained (no time), not counted as completed.
     assert [row.epoch for row in rows] == [0, 1, 2, 3]
+    # 240 training examples in batches of 64: four optimiser steps an epoch.
+    assert [row.step for row in rows] == [0, 4, 8, 12]
     assert rows[0].epoch_seconds is None and rows[0].train_loss is not None
     assert all(0.0 <= (row.test_accuracy or 0.0) <= 1.0 for row in rows)
     with session_scope(engine) as session:

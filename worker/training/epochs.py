@@ -61,6 +61,22 @@ class EpochSteps(Protocol):
         ...
 
 
+def batch_sizes(size: int, batch_size: int) -> list[int]:
+    """The sizes of one data epoch's batches of ``size`` examples: full batches, then the rest; a last batch of one
+    example joins the one before (batch norm cannot train on a single example). ``trainer.batch_indices`` splits
+    the shuffled order by them, and their count is the optimiser steps of an epoch (a row's ``step``)."""
+    sizes = [batch_size] * (size // batch_size)
+    if size % batch_size:
+        sizes.append(size % batch_size)
+    if len(sizes) > 1 and sizes[-1] == 1:
+        # As ``sizes[-2] += sizes.pop()`` always did with three or more batches (it stores after the pop, so the
+        # second-to-last full batch takes the example: 241 by 80 is 80, 81, 80; the batch order of existing runs
+        # depends on it); with two batches that line raised IndexError, and the one full batch takes it.
+        single = sizes.pop()
+        sizes[-2 if len(sizes) > 1 else -1] += single
+    return sizes
+
+
 def _evaluations(steps: EpochSteps, data: DatasetSplits) -> list[list[float]]:
     """Per member: [test loss, accuracy(, validation loss, accuracy)] over the full splits."""
     evaluations = [steps.evaluate(data.test_x, data.test_y)]
@@ -92,13 +108,14 @@ def initial_epoch(steps: EpochSteps, data: DatasetSplits) -> list[EpochReport]:
             ratio=ratio,
             flag=flag,
             train_metrics="after_epoch",
+            step=0,
         )
         for train, evaluation, (layers, ratio, flag) in zip(train_table, evaluation_table, diagnostics, strict=True)
     ]
 
 
 def run_epoch(
-    steps: EpochSteps, data: DatasetSplits, *, epoch: int, train_metrics: TrainMetrics = "running"
+    steps: EpochSteps, data: DatasetSplits, *, epoch: int, batch_size: int, train_metrics: TrainMetrics = "running"
 ) -> list[EpochReport]:
     """Train one epoch, evaluate, diagnose and step the schedule; one report per member, in member order.
 
@@ -108,7 +125,8 @@ def run_epoch(
     epoch's batch order and dropout masks are those of a "running" run; tests/training/test_training_options.py
     checks it on a net with dropout.
 
-    Epoch 0 is ``initial_epoch``.
+    Epoch 0 is ``initial_epoch``. Each report's ``step`` is the optimiser steps taken so far: ``epoch`` times the
+    batches of an epoch of ``batch_size`` (``batch_sizes``).
     """
     if epoch == 0:
         return initial_epoch(steps, data)
@@ -138,6 +156,7 @@ def run_epoch(
             ratio=ratio,
             flag=flag,
             train_metrics=train_metrics,
+            step=epoch * len(batch_sizes(data.train_x.shape[0], batch_size)),
         )
         for train, evaluation, (layers, ratio, flag) in zip(train_table, evaluation_table, diagnostics, strict=True)
     ]
@@ -155,6 +174,7 @@ def epoch_report(
     ratio: float | None,
     flag: GradientFlag | None,
     train_metrics: TrainMetrics = "running",
+    step: int,
 ) -> EpochReport:
     """One epoch's report from (train loss, accuracy) and [test loss, accuracy(, val loss, accuracy)].
 
@@ -185,4 +205,5 @@ def epoch_report(
         diverged=epoch > 0 and not all(math.isfinite(loss) for loss in losses),
         layers=layers,
         train_metrics=train_metrics,
+        step=step,
     )

@@ -54,6 +54,9 @@ class EpochReport:
     layers: list[LayerReport] = field(default_factory=list)
     # How train_loss and train_accuracy were measured (the spec's training.train_metrics).
     train_metrics: TrainMetrics = "running"
+    # Optimiser steps taken before this row's measurements (epoch x batches per epoch; 0 for epoch 0). None only in
+    # a checkpoint written before the column existed.
+    step: int | None = None
 
     def as_row(self) -> dict[str, Any]:
         """The epoch-level fields as a flat dict (layers excluded)."""

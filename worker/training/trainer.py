@@ -40,7 +40,7 @@ from worker.training.diagnostics import (
     probe_inputs,
     probe_leaves_no_trace,
 )
-from worker.training.epochs import run_epoch
+from worker.training.epochs import batch_sizes, run_epoch
 from worker.training.init import initialise
 from worker.training.models import ActivationNetwork, build_model
 from worker.training.reports import ArmOutcome, ArmStatus, EpochReport, LayerReport, RunInfo
@@ -85,13 +85,7 @@ def batch_indices(*, seed: int, epoch: int, size: int, batch_size: int, device: 
     """The epoch's batches as index tensors on the device; a last batch of one example joins the one before."""
     generator = torch.Generator().manual_seed(order_seed(seed, epoch))
     order = torch.randperm(size, generator=generator).to(device)
-    sizes = [batch_size] * (size // batch_size)
-    if size % batch_size:
-        sizes.append(size % batch_size)
-    # Batch norm cannot train on a single example.
-    if len(sizes) > 1 and sizes[-1] == 1:
-        sizes[-2] += sizes.pop()
-    return list(order.split(sizes))
+    return list(order.split(batch_sizes(size, batch_size)))
 
 
 def build_optimizer(parameters: Iterable[nn.Parameter], training: TrainingSpec) -> torch.optim.Optimizer:
@@ -448,7 +442,9 @@ def train_arm(
     checkpoints = CheckpointClock(checkpoint_interval)
     steps = ArmEpoch(state, data)
     for epoch in range(first_epoch(state), spec.training.epochs + 1):
-        (report,) = run_epoch(steps, data, epoch=epoch, train_metrics=spec.training.train_metrics)
+        (report,) = run_epoch(
+            steps, data, epoch=epoch, batch_size=spec.training.batch_size, train_metrics=spec.training.train_metrics
+        )
         ended = record_epoch(state, report)
         # The callback must not shift the random stream a resumed run continues from.
         rng_state = _rng_state(state.device)

@@ -131,7 +131,9 @@ def _train_group(
     """Train members that have completed the same epochs as one stack; sets each member's status."""
     run = StackedRun(spec, members, data, device, cuda_graphs=cuda_graphs)
     for epoch in range(first_epoch(members[0].state), spec.training.epochs + 1):
-        reports = run_epoch(run, data, epoch=epoch, train_metrics=spec.training.train_metrics)
+        reports = run_epoch(
+            run, data, epoch=epoch, batch_size=spec.training.batch_size, train_metrics=spec.training.train_metrics
+        )
         for member, report in zip(run.members, reports, strict=True):
             member.status = record_epoch(member.state, report)
         answers = [True] * len(run.members)
