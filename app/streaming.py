@@ -222,9 +222,16 @@ class ClosingStream:
         return next(self._chunks)
 
     def close(self) -> None:
-        """Free the source (a database session); harmless when repeated."""
+        """End the chunks (a generator's with-blocks exit: a PostgreSQL COPY is cancelled and drained, so its
+        connection is idle again), then free the source (a database session); harmless when repeated."""
         close, self._close = self._close, None
-        if close is not None:
+        if close is None:
+            return
+        try:
+            end = getattr(self._chunks, "close", None)
+            if end is not None:
+                end()
+        finally:
             close()
 
 

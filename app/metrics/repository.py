@@ -381,6 +381,9 @@ def _copied_batches(driver: Any, sql: str, parameters: Any, schema: pa.Schema, b
     reading = arrow_csv.ReadOptions(column_names=schema.names, block_size=max(batch_rows * 150, 1 << 16))
     with driver.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", parameters) as copy:
         source = io.BufferedReader(_CopyReader(copy), buffer_size=1 << 16)
+        if not source.peek(1):
+            # No rows (a run with none in the filter's range, or none yet): Arrow refuses an empty CSV file.
+            return
         reader = arrow_csv.open_csv(source, read_options=reading, convert_options=options)
         for batch in reader:
             if batch.num_rows:

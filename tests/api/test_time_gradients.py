@@ -56,9 +56,11 @@ def test_the_api_serves_per_step_norms_flags_and_the_not_measured_note(
 
     layers = client.get(f"{base}/layer-metrics").json()
     traced = [row for row in layers if row["time_grad_norms"] is not None]
-    # digits: 8 rows of 8 pixels, one norm per step of the one Elman layer, for both activations and epochs.
+    # digits: 8 rows of 8 pixels, one norm per step of the one Elman layer, for both activations and for
+    # epoch 0 (at initialisation) and the 2 trained epochs.
     assert {(row["cell"], row["layer_name"]) for row in traced} == {("cell=rnn", "recurrent1")}
-    assert len(traced) == 2 * 2 and all(len(row["time_grad_norms"]) == 8 for row in traced)
+    assert len(traced) == 2 * 3 and all(len(row["time_grad_norms"]) == 8 for row in traced)
+    assert sorted({row["epoch"] for row in traced}) == [0, 1, 2]
 
     epochs = client.get(f"{base}/metrics").json()
     for row in epochs:
