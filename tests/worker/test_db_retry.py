@@ -117,7 +117,8 @@ def test_a_run_rides_out_a_database_outage_in_one_attempt_without_losing_an_epoc
             select(EpochMetric.epoch, EpochMetric.attempt).where(EpochMetric.run_id == run_id).order_by("epoch")
         ).all()
         run = session.execute(select(Run).where(Run.id == run_id)).scalar_one()
-    assert [tuple(row) for row in rows] == [(1, 1), (2, 1), (3, 1), (4, 1)]
+    # Epoch 0 (the network at initialisation) and the 4 trained epochs, each written once by attempt 1.
+    assert [tuple(row) for row in rows] == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]
     assert (run.status, run.attempt, run.epochs_completed) == ("succeeded", 1, 4)
 
 
