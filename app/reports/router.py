@@ -13,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 from app.catalog_datasets import DATASETS
 from app.dependencies import SessionDependency, SettingsDependency
 from app.models import ExperimentStatus
+from app.reports import dashboard as dashboard_view
 from app.reports import service
 from app.results import service as results_service
 from app.service_errors import invalid_query_parameter
@@ -41,8 +42,8 @@ def dashboard(
     statuses = [str(choice) for choice in ExperimentStatus]
     if status and status not in statuses:
         raise invalid_query_parameter("status", f"status must be empty or one of {', '.join(statuses)}; got {status!r}")
-    filters = service.DashboardFilters(status=status, name=name.strip(), dataset=dataset)
-    rows, total, in_progress = service.dashboard(
+    filters = dashboard_view.DashboardFilters(status=status, name=name.strip(), dataset=dataset)
+    rows, total, in_progress = dashboard_view.dashboard(
         session=session, page_size_limit=settings.page_size_limit, filters=filters
     )
     return templates.TemplateResponse(
@@ -54,7 +55,7 @@ def dashboard(
             "filters": filters,
             "statuses": statuses,
             "datasets": list(DATASETS),
-            "metric": service.DASHBOARD_METRIC_LABEL,
+            "metric": dashboard_view.DASHBOARD_METRIC_LABEL,
             "refresh": service.REFRESH_SECONDS if in_progress else None,
         },
     )

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.catalog import ACTIVATIONS
+from app.reports.dashboard import best_activations
 from app.reports.repository import FinalMean
-from app.reports.service import best_activations
 from tests.results.conftest import FAKE_SPEC, insert_experiment
 from tests.results.synthetic_factorial import FACTORIAL_SPEC, insert_factorial_experiment
 
