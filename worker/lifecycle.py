@@ -13,6 +13,8 @@ one experiment as one stacked model; every step they share is written here once:
 - the end: the status an engine outcome records (``status_of_outcome``) and the one ladder for an
   error that stops training (``end_after_error``: the time limit, the worker's shutdown, a transient
   error, anything else), with the texts the time limits leave on a run;
+- a task given up: the end of its unfinished runs (``end_runs_of_task``), written after the hard time limit
+  by a thread of the worker's main process once the pool process is killed (``end_runs_of_killed_task``);
 - where a run trains: its checkpoint file (kept after a failed or timed-out end, for POST
   /v1/experiments/{id}/retry to resume from: ``drop_checkpoint_after``), its device, the process's torch threads.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_shutdown
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -41,12 +44,22 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.db import session_scope
 from app.experiments.service import refresh_experiment_status
 from app.models import RunStatus
 from app.models.status import RETRYABLE_RUN_STATUSES
-from app.runs.state_repository import ClaimedRun, StaleAttemptError, cancel_requested, claim_run, fence_run, finish_run
+from app.runs.stack_repository import unfinished_runs_of_task
+from app.runs.state_repository import (
+    ClaimedRun,
+    StaleAttemptError,
+    cancel_requested,
+    claim_run,
+    fail_unfinished_runs,
+    fence_run,
+    finish_run,
+    lock_experiment_of_run,
+)
 from worker.db_retry import retry_transient
 
 logger = logging.getLogger(__name__)
@@ -148,6 +161,84 @@ def hard_time_limit_message(settings: Settings) -> str:
         f"of {settings.task_soft_time_limit} s (settings ACTLAB_TASK_SOFT_TIME_LIMIT, "
         "ACTLAB_TASK_TIME_LIMIT_GRACE); the finished epochs are kept"
     )
+
+
+def end_runs_of_task(
+    *, task_id: str, run_ids: list[uuid.UUID], status: RunStatus, error: str, settings: Settings
+) -> list[uuid.UUID]:
+    """End a task's unfinished runs (and those it claimed beside them) with ``status`` and ``error``; their experiments.
+
+    One transaction, repeated through a database outage; the experiments are locked first, as every writer of runs
+    does (PostgreSQL: one lock order; SQLite: the write lock taken by the first statement).
+    """
+
+    def write() -> list[uuid.UUID]:
+        with session_scope() as session:
+            for run_id in run_ids:
+                lock_experiment_of_run(session=session, run_id=run_id)
+            # A stacked task also holds the runs it claimed beside its own (same task id).
+            ended = run_ids + unfinished_runs_of_task(session=session, task_id=task_id, run_ids=run_ids)
+            experiment_ids = fail_unfinished_runs(session=session, run_ids=ended, error=error, status=status)
+            for experiment_id in experiment_ids:
+                refresh_experiment_status(session=session, experiment_id=experiment_id)
+            return experiment_ids
+
+    return with_database_retry(
+        write,
+        what=f"task {task_id}: recording the end of runs ({status.value})",
+        seconds=settings.database_retry_seconds,
+    )
+
+
+# The threads writing the ends of tasks the hard time limit killed, until they are done.
+_ends_in_progress: set[threading.Thread] = set()
+_ends_lock = threading.Lock()
+
+
+def end_runs_of_killed_task(
+    *, task_id: str, run_ids: list[uuid.UUID], status: RunStatus, error: str, settings: Settings
+) -> threading.Thread:
+    """``end_runs_of_task`` in a thread of its own, for a task whose pool process is being killed; returns the thread.
+
+    Celery reports the hard time limit (``Task.on_failure``) in the worker's main process before it kills the pool
+    process (billiard: ``handle_timeout``, then ``_trywaitkill``). That process may be stuck, or stopped, inside a
+    transaction, holding the row locks of its run and experiment (PostgreSQL) or the write lock (SQLite): written
+    there, the end would wait for those locks, and so for a kill that comes only after it, forever (PostgreSQL;
+    SQLite gave up after its busy timeout and left the run running). The locks go with the killed process.
+    """
+
+    def end() -> None:
+        try:
+            end_runs_of_task(task_id=task_id, run_ids=run_ids, status=status, error=error, settings=settings)
+        except Exception:
+            logger.exception("could not record the end (%s) of runs %s", status.value, run_ids)
+        finally:
+            with _ends_lock:
+                _ends_in_progress.discard(threading.current_thread())
+
+    thread = threading.Thread(target=end, name=f"end-of-task-{task_id}", daemon=True)
+    with _ends_lock:
+        _ends_in_progress.add(thread)
+    thread.start()
+    return thread
+
+
+def wait_for_ends_of_killed_tasks(timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the ends ``end_runs_of_killed_task`` is writing; True when none is left."""
+    deadline = time.monotonic() + timeout
+    with _ends_lock:
+        threads = list(_ends_in_progress)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    with _ends_lock:
+        return not _ends_in_progress
+
+
+@worker_shutdown.connect
+def _finish_writing_ends(**_: Any) -> None:
+    # A worker stopped right after a hard time limit still records the end it is writing (a run left running would
+    # be requeued by the reaper and trained again).
+    wait_for_ends_of_killed_tasks(get_settings().database_retry_seconds)
 
 
 def end_after_error(

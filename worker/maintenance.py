@@ -168,27 +168,28 @@ def reconcile_queued_runs(
     by_queue: dict[str, list[PendingRun]] = {}
     for run in missing:
         by_queue.setdefault(run.queue, []).append(run)
-    sent: list[uuid.UUID] = []
+    sent: list[PendingRun] = []
     for queue, runs in by_queue.items():
-        run_ids = [run.run_id for run in runs]
         try:
-            enqueue(run_ids=run_ids, queue=queue)
+            enqueue(run_ids=[run.run_id for run in runs], queue=queue)
         except Exception as error:
             # The next pass tries again; the broker may be restarting.
-            logger.warning("could not enqueue %d queued run(s) on %s: %s", len(run_ids), queue, error)
+            logger.warning("could not enqueue %d queued run(s) on %s: %s", len(runs), queue, error)
             continue
-        mark_queued_runs_enqueued(session=session, run_ids=run_ids, now=now)
-        for run in runs:
-            why = "never enqueued" if run.enqueued_at is None else "its task is no longer in the broker"
-            logger.info(
-                "run %s sent to queue %s again (%s)",
-                run.run_id,
-                queue,
-                why,
-                extra={"run_id": str(run.run_id), "experiment_id": str(run.experiment_id)},
-            )
-        sent.extend(run_ids)
-    return sent
+        sent.extend(runs)
+    # Marked once every queue's tasks are sent: the write (its row locks; SQLite's write lock) never waits on a broker.
+    if sent:
+        mark_queued_runs_enqueued(session=session, run_ids=[run.run_id for run in sent], now=now)
+    for run in sent:
+        why = "never enqueued" if run.enqueued_at is None else "its task is no longer in the broker"
+        logger.info(
+            "run %s sent to queue %s again (%s)",
+            run.run_id,
+            run.queue,
+            why,
+            extra={"run_id": str(run.run_id), "experiment_id": str(run.experiment_id)},
+        )
+    return [run.run_id for run in sent]
 
 
 def run_ids_in_message(message: Any) -> set[uuid.UUID]:

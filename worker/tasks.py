@@ -17,9 +17,14 @@ from celery.utils.time import get_exponential_backoff_interval
 
 import worker.heartbeat  # noqa: F401  (connects the worker-liveness signal handlers)
 from app.config import get_settings
-from app.db import session_scope
 from worker.celery_app import TRAIN_RUNS_TASK, celery_app
-from worker.lifecycle import ERROR_TEXT_LIMIT, hard_time_limit_message, is_transient_error
+from worker.lifecycle import (
+    ERROR_TEXT_LIMIT,
+    end_runs_of_killed_task,
+    end_runs_of_task,
+    hard_time_limit_message,
+    is_transient_error,
+)
 
 # One run per task, trained with the queued runs of its experiment it stacks with (worker/stacked_runner.py).
 from worker.stacked_runner import execute_runs
@@ -39,27 +44,24 @@ class TrainRunsTask(Task):  # type: ignore[misc]
         self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
     ) -> None:
         """Mark the task's unfinished runs failed (timed_out after the hard time limit) with the reason, best effort."""
-        from app.experiments.service import refresh_experiment_status
         from app.models import RunStatus
-        from app.runs.stack_repository import unfinished_runs_of_task
-        from app.runs.state_repository import fail_unfinished_runs
 
         run_ids = [uuid.UUID(str(run_id)) for run_id in kwargs.get("run_ids", [])]
-        status = RunStatus.failed
-        retries = self.request.retries
-        reason = f"gave up after {retries} retries: {type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
+        settings = get_settings()
         if isinstance(exc, TimeLimitExceeded):
-            # Celery calls this in the worker's main process after it killed the pool child.
-            status = RunStatus.timed_out
-            reason = hard_time_limit_message(get_settings())
+            # Called in the worker's main process before it kills the pool process, which may hold the locks the
+            # end needs: written by a thread that waits for them, so the kill (and the locks' release) comes first.
+            end_runs_of_killed_task(
+                task_id=task_id,
+                run_ids=run_ids,
+                status=RunStatus.timed_out,
+                error=hard_time_limit_message(settings),
+                settings=settings,
+            )
+            return
+        reason = f"gave up after {self.request.retries} retries: {type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
         try:
-            with session_scope() as session:
-                # A stacked task also holds the runs it claimed beside its own (same task id).
-                run_ids += unfinished_runs_of_task(session=session, task_id=task_id, run_ids=run_ids)
-                for experiment_id in fail_unfinished_runs(
-                    session=session, run_ids=run_ids, error=reason, status=status
-                ):
-                    refresh_experiment_status(session=session, experiment_id=experiment_id)
+            end_runs_of_task(task_id=task_id, run_ids=run_ids, status=RunStatus.failed, error=reason, settings=settings)
         except Exception:
             logger.exception("could not record the failure of runs %s", run_ids)
 

@@ -245,7 +245,8 @@ def test_a_worker_stopped_with_sigterm_requeues_its_run_at_once_and_the_next_wor
 
 
 # Long enough that a loaded machine still finishes an epoch (the soft-limit test) and freezes a claimed run
-# (the hard-limit test) before it; the tests wait on the run's states, never on this margin alone.
+# (the hard-limit tests: after its epoch-0 row, or inside its epoch-0 write) before it; the tests wait on the
+# run's states, never on this margin alone.
 SOFT_LIMIT = 12
 GRACE = 2
 
@@ -286,8 +287,8 @@ def test_a_run_stuck_past_its_hard_time_limit_is_killed_and_recorded_timed_out(l
     # Frozen as soon as it is claimed (not after an epoch, which a loaded machine may take longer than the soft
     # limit to finish), it cannot stop at the soft limit: the worker kills it at the hard limit.
     limits_lane.wait_until_training(run_id, epochs=0)
-    # Frozen once its epoch-0 row (the network at initialisation) is stored: between two writes, so the stopped
-    # process holds no database transaction (frozen right at its claim, the end was once never recorded).
+    # Frozen once its epoch-0 row (the network at initialisation) is stored: between two writes, holding no database
+    # transaction (frozen inside one, right after its claim: the next test).
     wait_until(lambda: limits_lane.epochs(run_id) or None, timeout=120, what=f"the epoch-0 row of run {run_id}")
     signal_process(the_pool_process(worker), signal.SIGSTOP)
 
@@ -303,6 +304,47 @@ def test_a_run_stuck_past_its_hard_time_limit_is_killed_and_recorded_timed_out(l
     _, (next_run,) = limits_lane.submit(tiny_spec("after the hard limit"))
     assert limits_lane.wait_for_run(next_run, timeout=90).status == "succeeded"
     assert (limits_lane.run(run_id).status, limits_lane.run(run_id).attempt) == ("timed_out", 1)
+
+
+def _waiting_for_a_lock_on(lane: Lane, table: str) -> int:
+    with lane.engine.connect() as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks JOIN pg_class ON pg_class.oid = pg_locks.relation "
+                    "WHERE pg_class.relname = :table AND NOT pg_locks.granted"
+                ),
+                {"table": table},
+            ).scalar_one()
+        )
+
+
+def test_a_run_frozen_inside_a_transaction_right_after_its_claim_is_killed_at_its_hard_time_limit_and_recorded(
+    limits_lane: Lane,
+) -> None:
+    worker = limits_lane.worker("w1")
+    with limits_lane.engine.connect() as blocker:
+        # While the test holds this lock, the run's epoch-0 write (experiment and run rows locked first) waits inside
+        # its transaction: a state to freeze the pool process in, holding both row locks, before any epoch is stored.
+        blocker.execute(text("LOCK TABLE epoch_metrics IN EXCLUSIVE MODE"))
+        _, (run_id,) = limits_lane.submit(slow_spec(name="frozen at its claim", epochs=200))
+        wait_until(
+            lambda: _waiting_for_a_lock_on(limits_lane, "epoch_metrics"),
+            timeout=120,
+            what=f"the epoch-0 write of run {run_id} to wait inside its transaction",
+        )
+        signal_process(the_pool_process(worker), signal.SIGSTOP)
+        blocker.rollback()
+    # The write goes on in the server, then waits for its stopped client: idle in transaction, the row locks held.
+    wait_until(lambda: _idle_in_transaction(limits_lane), timeout=60, what=f"the frozen transaction of run {run_id}")
+    assert limits_lane.run(run_id).epochs_completed == 0
+
+    # The worker's main process ends the run at the hard limit whatever locks the frozen process holds (it kills
+    # the process, whose locks go with it): it once waited for them forever, and the process was never killed.
+    run = limits_lane.wait_for_run(run_id, timeout=120)
+    assert (run.status, run.attempt, run.epochs_completed) == ("timed_out", 1, 0)
+    assert run.error is not None and f"hard time limit of {SOFT_LIMIT + GRACE} s" in run.error
+    assert limits_lane.epochs(run_id) == []
 
 
 def test_worker_logs_are_json_lines_carrying_the_ids_of_the_run_they_are_about(lane: Lane) -> None:

@@ -14,7 +14,7 @@ from app.config import get_settings
 from app.db import session_scope
 from app.models import Experiment, Run
 from tests.worker.conftest import add_experiment
-from worker import tasks
+from worker import lifecycle, tasks
 from worker.lifecycle import BatchOutcome, RunOutcome
 from worker.tasks import retry_countdown, train_runs
 
@@ -23,7 +23,7 @@ from worker.tasks import retry_countdown, train_runs
 def calls(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> list[list[uuid.UUID]]:
     """Record the runner's calls; the task's failure handler writes to the test database."""
     recorded: list[list[uuid.UUID]] = []
-    monkeypatch.setattr(tasks, "session_scope", lambda: session_scope(engine))
+    monkeypatch.setattr(lifecycle, "session_scope", lambda: session_scope(engine))
     return recorded
 
 
