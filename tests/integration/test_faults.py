@@ -328,8 +328,15 @@ def test_a_run_frozen_inside_a_transaction_right_after_its_claim_is_killed_at_it
         # its transaction: a state to freeze the pool process in, holding both row locks, before any epoch is stored.
         blocker.execute(text("LOCK TABLE epoch_metrics IN EXCLUSIVE MODE"))
         _, (run_id,) = limits_lane.submit(slow_spec(name="frozen at its claim", epochs=200))
+
+        def waiting_inside_its_epoch_0_write() -> int:
+            run = limits_lane.run(run_id)
+            # A run ended meanwhile (the soft limit, on a machine too loaded to reach epoch 0 within it) never waits.
+            assert run.status in ("queued", "running"), (run.status, run.error)
+            return _waiting_for_a_lock_on(limits_lane, "epoch_metrics")
+
         wait_until(
-            lambda: _waiting_for_a_lock_on(limits_lane, "epoch_metrics"),
+            waiting_inside_its_epoch_0_write,
             timeout=120,
             what=f"the epoch-0 write of run {run_id} to wait inside its transaction",
         )
