@@ -472,8 +472,8 @@ def optimizer_settings(optimizer: str) -> tuple[str, ...]:
 
 SCHEDULES: dict[str, str] = {
     "none": "Constant learning rate.",
-    "step": "Multiply the rate by gamma every step_size epochs.",
-    "cosine": "Cosine annealing to zero over the run's epochs.",
+    "step": "Multiply the rate by gamma every step_size epochs (evaluations with a step budget).",
+    "cosine": "Cosine annealing to zero over the run's epochs (evaluations with a step budget).",
 }
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -547,6 +547,8 @@ FACTOR_PATHS: dict[str, FactorPathInfo] = {
         FactorPathInfo("training.eps", "The optimizer's epsilon (version 2; adam, adamw and rmsprop only)."),
         FactorPathInfo("training.alpha", "RMSprop's smoothing constant (version 2; rmsprop only)."),
         FactorPathInfo("training.dampening", "SGD's momentum dampening (version 2; sgd only)."),
+        FactorPathInfo("training.steps", "The step budget: optimiser steps instead of epochs (version 2)."),
+        FactorPathInfo("training.eval_every", "Optimiser steps between evaluations of a step budget (version 2)."),
     )
 }
 

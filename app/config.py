@@ -49,7 +49,10 @@ class SpecLimits(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ACTLAB_", extra="ignore")
 
-    max_epochs: int = Field(200, ge=1, description="Epochs per run.")
+    max_epochs: int = Field(200, ge=1, description="Epochs per run; with a step budget, evaluations per run.")
+    max_steps: int = Field(
+        100_000, ge=1, description="Optimiser steps of a step budget (training.steps; 200 epochs of 500 batches)."
+    )
     max_batch_size: int = Field(8192, ge=1, description="Mini-batch size.")
     max_width: int = Field(
         4096, ge=1, description="Units in one hidden layer, channels in one conv block, RNN hidden size."

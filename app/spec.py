@@ -6,7 +6,8 @@ so an operator's environment override applies without a code change. Every name 
 may use, and every rule that differs between names, comes from ``app.catalog``; the
 parameter count and cost the limits apply to are estimated in ``app.spec_cost``. Version 2
 adds ``factors`` (a factorial design over spec paths); their rules and cells are ``app.spec_factors``; and
-``evaluation`` (robustness after training, ``app.spec_evaluation``).
+``evaluation`` (robustness after training, ``app.spec_evaluation``). The training block is ``app.spec_training``
+(re-exported here); its step budget's default interval is set here, where the dataset is known.
 The field types and checks all the models share (strict models, numbers that are never booleans,
 one catalog parameter value) are ``app.spec_fields``.
 """
@@ -17,10 +18,9 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
-    BeforeValidator,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
@@ -35,11 +35,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from app.catalog import (
     ACTIVATIONS,
     DEVICES,
-    INIT_SCHEMES,
     MODEL_KINDS,
-    OPTIMIZER_SETTINGS,
-    OPTIMIZERS,
-    SCHEDULES,
     ParameterValue,
     activation_names,
     canonical_activation_name,
@@ -56,38 +52,34 @@ from app.spec_cost import (
 )
 from app.spec_evaluation import EvaluationSpec
 from app.spec_fields import (
-    Integer,
-    Number,
     Seed,
     StrictModel,
     VersionedModel,
     check_parameter,
     format_value,
     limits_in_force,
-    not_boolean,
     version_2_field,
     version_2_fields_set,
     without_unset,
 )
 from app.spec_models import CnnSpec, ModelSpec, check_conv_shapes
+from app.spec_steps import batch_sizes, training_examples
+from app.spec_training import TrainingSpec as TrainingSpec
+from app.spec_training import TrainMetrics as TrainMetrics
 from app.spec_transforms import TransformSpec
 
 SPEC_VERSION = 1
+STEP_BUDGET_FACTOR = "training.steps"
+"""The factor path whose levels are each cell's step budget (the base spec then has no epochs)."""
 
 # Names a spec may use are the catalog's: a Literal built from it validates them, documents them
 # as the OpenAPI enum and words the error ("Input should be 'digits', 'mnist1d', ..."). To the
 # type checker they are plain strings.
 if TYPE_CHECKING:
     DatasetName = str
-    OptimizerName = str
-    ScheduleName = str
-    InitSchemeName = str
     DeviceName = str
 else:
     DatasetName = Literal[tuple(DATASETS)]
-    OptimizerName = Literal[tuple(OPTIMIZERS)]
-    ScheduleName = Literal[tuple(SCHEDULES)]
-    InitSchemeName = Literal[tuple(INIT_SCHEMES)]
     DeviceName = Literal[DEVICES]
 
 
@@ -288,110 +280,20 @@ class DatasetSpec(VersionedModel):
         return DATASETS[self.name].test_size_with(self.resolved_params())
 
 
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0), BeforeValidator(not_boolean)]
-"""A number in [0, 1): a coefficient of a running average."""
-TrainMetrics = Literal["running", "after_epoch"]
-"""How an epoch's train loss and accuracy are measured (``TrainingSpec.train_metrics``, the metrics rows' column)."""
-
-
-class TrainingSpec(VersionedModel):
-    """Hyperparameters shared by every arm."""
-
-    epochs: Integer = Field(10, ge=1)
-    batch_size: Integer = Field(128, ge=1)
-    optimizer: OptimizerName = "adam"
-    lr: Number = Field(0.001, gt=0.0, le=10.0, description="Learning rate.")
-    momentum: Number = Field(0.9, ge=0.0, lt=1.0, description="Momentum of sgd and rmsprop (rmsprop default use: 0).")
-    nesterov: bool = Field(False, description="Nesterov momentum (sgd).")
-    weight_decay: Number = Field(0.0, ge=0.0, le=1.0)
-    grad_clip: Annotated[float, Field(gt=0.0, le=1e6), BeforeValidator(not_boolean)] | None = Field(
-        None, description="Clip the global gradient norm to this value."
-    )
-    schedule: ScheduleName = "none"
-    step_size: Integer = Field(10, ge=1, description="Epochs between decays (schedule step).")
-    gamma: Number = Field(0.1, gt=0.0, le=1.0, description="Decay factor (schedule step).")
-    init: InitSchemeName = "auto"
-    validation_fraction: Number = Field(0.0, ge=0.0, le=0.5, description="Share of train held out for validation.")
-    # Optimiser internals (app.catalog.OPTIMIZER_SETTINGS says which optimizers each applies to); torch's defaults.
-    betas: list[Fraction] = version_2_field(
-        [0.9, 0.999],
-        description="[beta1, beta2]: decay rates of the running averages of the gradient and its square, each in "
-        "[0, 1) (adam and adamw only).",
-        min_length=2,
-        max_length=2,
-    )
-    eps: Number = version_2_field(
-        1e-8,
-        description="Added to the denominator for numerical stability (adam, adamw and rmsprop only).",
-        gt=0.0,
-        le=1.0,
-    )
-    alpha: Number = version_2_field(
-        0.99,
-        description="Smoothing constant of the running average of the squared gradient (rmsprop only).",
-        ge=0.0,
-        lt=1.0,
-    )
-    dampening: Number = version_2_field(
-        0.0, description="Dampening of the momentum (sgd only; not with nesterov).", ge=0.0, le=1.0
-    )
-    train_metrics: TrainMetrics = version_2_field(
-        "running",
-        description="How an epoch's train_loss and train_accuracy are measured: running (the mean over the epoch's "
-        "batches as they trained, in training mode) or after_epoch (the whole training split in eval mode after the "
-        "epoch's last step). Each metrics row echoes it in its train_metrics column.",
-    )
-
-    @field_validator("epochs")
-    @classmethod
-    def _bounded_epochs(cls, value: int, info: ValidationInfo) -> int:
-        limit = limits_in_force(info).max_epochs
-        if value > limit:
-            raise ValueError(f"epochs must be at most {limit} (setting ACTLAB_MAX_EPOCHS), got {value}")
-        return value
-
-    @field_validator("batch_size")
-    @classmethod
-    def _bounded_batch(cls, value: int, info: ValidationInfo) -> int:
-        limit = limits_in_force(info).max_batch_size
-        if value > limit:
-            raise ValueError(f"batch_size must be at most {limit} (setting ACTLAB_MAX_BATCH_SIZE), got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> TrainingSpec:
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
-            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
-        return self
-
-    @model_validator(mode="after")
-    def _settings_of_the_optimizer(self) -> TrainingSpec:
-        errors: list[InitErrorDetails] = []
-        for name, optimizers in OPTIMIZER_SETTINGS.items():
-            if name in self.model_fields_set and self.optimizer not in optimizers:
-                text = (
-                    f"training.{name} applies to optimizer {', '.join(optimizers)} only; this spec's optimizer is "
-                    f"{self.optimizer!r}: leave {name} out or choose {' or '.join(repr(o) for o in optimizers)}"
-                )
-                details = PydanticCustomError("optimizer_setting", "{message}", {"message": text})
-                errors.append(InitErrorDetails(type=details, loc=(name,), input=getattr(self, name)))
-        if self.nesterov and self.dampening != 0.0:
-            text = "training.dampening must be 0 with nesterov (torch's Nesterov momentum has no dampening)"
-            details = PydanticCustomError("optimizer_setting", "{message}", {"message": text})
-            errors.append(InitErrorDetails(type=details, loc=("dampening",), input=self.dampening))
-        if errors:
-            raise ValidationError.from_exception_data("TrainingSpec", errors)
-        return self
-
-
-def _check_run(run: RunEstimate, limits: SpecLimits) -> None:
+def _check_run(run: RunEstimate, limits: SpecLimits, *, step_budget: bool) -> None:
     """One run's compute and memory against ACTLAB_MAX_RUN_MACS and ACTLAB_MAX_RUN_MEMORY_MB (each cell's spec)."""
     if run.macs > limits.max_run_macs:
+        work = (
+            "(3 x steps x batch_size + evaluations x evaluated examples)"
+            if step_budget
+            else "epochs x (3 x training + evaluated examples)"
+        )
         raise ValueError(
-            f"model and training.epochs: one run is estimated {format_amount(run.macs)} MACs, limit "
-            f"{format_amount(limits.max_run_macs)} (setting ACTLAB_MAX_RUN_MACS): epochs x (3 x training + "
-            f"evaluated examples) x {format_amount(run.forward_macs)} MACs per example, plus the evaluation block's "
-            "passes over the test set; use a smaller model, pooling, fewer epochs or fewer strengths"
+            f"model and training.{'steps' if step_budget else 'epochs'}: one run is estimated "
+            f"{format_amount(run.macs)} MACs, limit {format_amount(limits.max_run_macs)} (setting "
+            f"ACTLAB_MAX_RUN_MACS): {work} x {format_amount(run.forward_macs)} MACs per example, plus the evaluation "
+            f"block's passes over the test set; use a smaller model, pooling, fewer {'steps' if step_budget else 'epochs'}"
+            " or fewer strengths"
         )
     if run.memory_mb > limits.max_run_memory_mb:
         raise ValueError(
@@ -495,7 +397,11 @@ class ExperimentSpec(StrictModel):
 
     @model_serializer(mode="wrap")
     def _without_absent_blocks(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return without_unset(handler(self), "factors", "evaluation")
+        dumped = without_unset(handler(self), "factors", "evaluation")
+        if STEP_BUDGET_FACTOR in (self.factors or {}) and isinstance(dumped.get("training"), dict):
+            # The budget of each cell is its steps level: a stored spec (and each cell's) reads back without epochs.
+            dumped["training"].pop("epochs", None)
+        return dumped
 
     @field_validator("name")
     @classmethod
@@ -560,6 +466,31 @@ class ExperimentSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _step_budget(self, info: ValidationInfo) -> ExperimentSpec:
+        # Before _check_grid, whose cost reads the evaluations: eval_every's default is one pass over this dataset.
+        if STEP_BUDGET_FACTOR in (self.factors or {}) and "epochs" in self.training.model_fields_set:
+            text = "training.epochs and the factor training.steps exclude each other: each cell's budget is its steps"
+            details = PydanticCustomError("step_budget", "{message}", {"message": text})
+            epochs_error = InitErrorDetails(type=details, loc=("training", "epochs"), input=self.training.epochs)
+            raise ValidationError.from_exception_data("ExperimentSpec", [epochs_error])
+        pass_steps = len(batch_sizes(training_examples(self), self.training.batch_size))
+        if self.training._pass_steps not in (None, pass_steps):
+            self.training = self.training.model_copy()  # a block shared with another spec keeps its own pass
+        self.training._pass_steps = pass_steps
+        limit = limits_in_force(info).max_epochs
+        if self.training.steps is not None and self.training.evaluations > limit:
+            text = (
+                f"training.steps / training.eval_every: {self.training.evaluations} evaluations (ceil({self.training.steps}"
+                f" / {self.training.evaluation_interval})) exceed {limit}, the rows a run may have (setting "
+                "ACTLAB_MAX_EPOCHS); use a larger eval_every or fewer steps"
+            )
+            details = PydanticCustomError("step_budget", "{message}", {"message": text})
+            location = "eval_every" if self.training.eval_every is not None else "steps"
+            error = InitErrorDetails(type=details, loc=("training", location), input=getattr(self.training, location))
+            raise ValidationError.from_exception_data("ExperimentSpec", [error])
+        return self
+
+    @model_validator(mode="after")
     def _check_grid(self, info: ValidationInfo) -> ExperimentSpec:
         limits = limits_in_force(info)
         _check_transforms(self)
@@ -593,7 +524,7 @@ class ExperimentSpec(StrictModel):
                 f"the estimated cost {cost:.3g} (arms x (epochs x training examples + evaluation passes) x parameters) exceeds "
                 f"the limit of {limits.max_cost:.3g} (setting ACTLAB_MAX_COST)"
             )
-        _check_run(estimate_run(self), limits)
+        _check_run(estimate_run(self), limits, step_budget=self.training.steps is not None)
         return self
 
     def arms(self) -> list[Arm]:

@@ -22,7 +22,8 @@ The run estimate (``estimate_run``), documented in README.md (Limits):
   pooling are elementwise and not counted; the hyper-network of an input-conditioned activation
   (dyrelu, meta_acon: two Linear maps per layer, per step in an Elman recurrence) is, for the
   activation of the spec with the most.
-- A run: epochs x (3 x forward MACs x training examples + forward MACs x evaluated examples), plus
+- A run: epochs x (3 x forward MACs x training examples + forward MACs x evaluated examples) (a step
+  budget: 3 x forward MACs x steps x batch_size + evaluations x forward MACs x evaluated examples), plus
   the evaluation block's robustness passes over the test set (version 2: forward MACs x test examples
   x ``EvaluationSpec.forward_passes``, a scored pass per strength and 3 per FGSM or PGD step). The
   backward pass costs about twice the forward (gradients with respect to the inputs and to the
@@ -241,7 +242,8 @@ _FLOAT_BYTES = 4
 _MIB = 2**20
 RUN_MACS_RULE = (
     f"epochs x ({TRAINING_MACS_PER_FORWARD} x training examples + evaluated test and validation examples) x "
-    "forward MACs per example; the forward MACs count every Linear, every convolution at each output position "
+    f"forward MACs per example (a step budget: ({TRAINING_MACS_PER_FORWARD} x steps x batch_size + evaluations x "
+    "evaluated test and validation examples) x forward MACs); the forward MACs count every Linear, every convolution at each output position "
     "(floor((L + 2 x padding - kernel) / stride) + 1 positions per side, padding same keeping L; pooling halves each "
     "side) and every recurrent step ((step features + hidden) x hidden x gates: 1 rnn, 3 gru, 4 lstm; x 2 directions "
     "when bidirectional); plus, with an evaluation block, forward MACs x test examples x (one pass per noise std, "
@@ -298,7 +300,16 @@ def estimate_run(spec: ExperimentSpec) -> RunEstimate:
     )
     test = spec.dataset.test_size
     trained = train_size - validation
-    macs = float(spec.training.epochs) * work.macs * (TRAINING_MACS_PER_FORWARD * trained + validation + test)
+    training = spec.training
+    if training.steps is None:
+        macs = float(training.epochs) * work.macs * (TRAINING_MACS_PER_FORWARD * trained + validation + test)
+    else:
+        # steps x batch_size trained examples (a pass's last batch may be smaller: an upper bound), and every
+        # evaluation's passes over the test and validation splits.
+        examples_trained = float(training.steps * training.batch_size)
+        macs = float(work.macs) * (
+            TRAINING_MACS_PER_FORWARD * examples_trained + float(training.evaluations) * (validation + test)
+        )
     macs += float(work.macs) * test * evaluation_passes(spec)
     per_example = math.prod(spec.dataset.input_shape) + AUTOGRAD_COPIES * work.kept
     training_bytes = spec.training.batch_size * per_example * _FLOAT_BYTES
@@ -353,13 +364,19 @@ def evaluation_passes(spec: ExperimentSpec) -> int:
 
 
 def estimate_cost(spec: ExperimentSpec) -> float:
-    """Arms x (epochs x training examples + robustness work) x parameters: a machine-independent work estimate.
+    """Arms x (epochs x training examples + robustness work) x parameters: a machine-independent work estimate
+    (a step budget: steps x batch_size training examples).
 
     A trained example counts one (forward and backward), so the evaluation block's forward passes over the
     test set count a third each (``TRAINING_MACS_PER_FORWARD``).
     """
     arms = len(spec.activations) * len(spec.seeds)
-    examples = spec.training.epochs * spec.dataset.train_size
+    training = spec.training
+    examples = (
+        training.steps * training.batch_size
+        if training.steps is not None
+        else training.epochs * spec.dataset.train_size
+    )
     examples_evaluated = spec.dataset.test_size * evaluation_passes(spec) / TRAINING_MACS_PER_FORWARD
     return float(arms) * (examples + examples_evaluated) * estimate_parameters(spec)
 

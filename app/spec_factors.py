@@ -353,6 +353,14 @@ def arm_count(spec: ExperimentSpec) -> int:
     return cell_count(spec) * len(spec.activations) * len(spec.seeds)
 
 
+def planned_evaluations(spec: ExperimentSpec, cells: list[Cell] | None = None) -> int:
+    """Trained metrics rows of the whole experiment (epoch 0 not counted): each cell's arms x its
+    ``training.evaluations`` (epochs, or the evaluations of a step budget), summed over the cells (``cells``:
+    ``expand_cells(spec)`` where the caller has them)."""
+    arms = len(spec.activations) * len(spec.seeds)
+    return sum(arms * cell.spec.training.evaluations for cell in (cells if cells is not None else expand_cells(spec)))
+
+
 def pairing_note(spec: ExperimentSpec) -> str:
     """Which seed pairing holds: across cells unless a factor changes the data (``dataset.*``)."""
     data_factors = [path for path in spec.factors or {} if (entry := factor_path_entry(path)) and entry.changes_data]

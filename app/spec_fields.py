@@ -73,7 +73,13 @@ class VersionedModel(BaseModel):
         for name, info in type(self).model_fields.items():
             if is_version_2(info) and name in dumped and name not in self.model_fields_set:
                 del dumped[name]
+        for name in self._omitted_fields():
+            dumped.pop(name, None)
         return dumped
+
+    def _omitted_fields(self) -> tuple[str, ...]:
+        """Fields left out of the dump beside the unset version-2 ones (none unless a block says so)."""
+        return ()
 
 
 def version_2_fields_set(model: BaseModel, location: tuple[int | str, ...] = ()) -> list[tuple[int | str, ...]]:

@@ -384,7 +384,8 @@ def import_archive(
         max_rows=arm_count(spec),
     )
     runs, mapping, unfinished = _build_runs(runs_frame, spec, experiment_id)
-    epochs = spec.training.epochs
+    # Each cell's evaluations (epochs, or those of a step budget; a factor may change them between cells).
+    epochs = max(cell.spec.training.evaluations for cell in expand_cells(spec))
     # Epoch 0 (the network at initialisation; archives from before it lack it) and every trained epoch.
     rows_per_run = epochs + 1
     epoch_frame = read_csv(

@@ -316,12 +316,12 @@ def run_train(arguments: argparse.Namespace) -> int:
     plan = training.plan
     collected = _Collected()
     arms = plan.arms()
-    total = sum(plan.cells[arm.cell_index].spec.training.epochs for arm in arms)
+    total = sum(plan.cells[arm.cell_index].spec.training.evaluations for arm in arms)
     stacked = sum(job.cost for job in plan.jobs if job.stacked)
     cells = f"{len(plan.cells)} cells x " if spec.factors else ""
     print(
         f"training {cells}{len(spec.activations)} activations x {len(spec.seeds)} seeds, "
-        f"{spec.training.epochs} epochs each, on {device}: {len(arms) - stacked} arms one at a time, "
+        f"{spec.training.budget_text()} each, on {device}: {len(arms) - stacked} arms one at a time, "
         f"{stacked} stacked, in {plan.processes} process{'es' if plan.processes > 1 else ''}",
         file=sys.stderr,
     )
@@ -340,7 +340,7 @@ def run_train(arguments: argparse.Namespace) -> int:
             else:
                 collected.outcomes[arm.key] = value
                 # A diverged arm stops early; its remaining epochs still count as done.
-                progress.update(plan.cells[arm.cell_index].spec.training.epochs - value.epochs_completed)
+                progress.update(plan.cells[arm.cell_index].spec.training.evaluations - value.epochs_completed)
 
         try:
             interrupted = training.run(on_event)

@@ -36,7 +36,7 @@ from app.quotas.service import SubmissionQuotas, check_submission_quotas
 from app.runs import repository as runs_repository
 from app.service_errors import ConflictError, InvalidInputError, NotFoundError
 from app.spec import ExperimentSpec
-from app.spec_factors import cell_columns, expand_cells
+from app.spec_factors import cell_columns, expand_cells, planned_evaluations
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def extend_seeds(
     ]
     # The spec hash stays the submitted spec's: the experiment is still the one that was asked for.
     experiment.spec = spec.model_dump(mode="json")
-    experiment.total_epochs = len(cells) * len(spec.arms()) * spec.training.epochs
+    experiment.total_epochs = planned_evaluations(spec, cells)
     try:
         repository.add_seed_extension(session=session, extension=extension, runs=runs)
         refresh_experiment_status(session=session, experiment_id=experiment.id)

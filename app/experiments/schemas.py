@@ -24,7 +24,9 @@ class Progress(BaseModel):
         description="Epochs trained so far, summed over the runs (the trained-epoch count: a run that ended early adds only the "
         "epochs it trained, so finished_epochs / total_epochs can stay below fraction)."
     )
-    total_epochs: int = Field(description="Planned epochs: runs x epochs.")
+    total_epochs: int = Field(
+        description="Planned epochs: runs x epochs (with a step budget, training.steps, runs x evaluations)."
+    )
     fraction: float = Field(
         ge=0.0,
         le=1.0,

@@ -36,7 +36,7 @@ from app.service_errors import (
     invalid_query_parameter,
 )
 from app.spec import ExperimentSpec
-from app.spec_factors import arm_count, cell_columns, expand_cells
+from app.spec_factors import arm_count, cell_columns, expand_cells, planned_evaluations
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def _build_rows(
         spec_version=spec.version,
         device=spec.device,
         queue=queue,
-        total_epochs=len(cells) * len(arms) * spec.training.epochs,
+        total_epochs=planned_evaluations(spec, cells),
         idempotency_key=idempotency_key,
         owner_id=owner_id,
         created_at=now,

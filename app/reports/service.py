@@ -369,7 +369,7 @@ def _description(tables: results_service.ExperimentTables) -> list[tuple[str, st
         ("seeds", ", ".join(str(seed) for seed in spec.seeds)),
         (
             "training",
-            f"{training.epochs} epochs, {training.optimizer} lr {training.lr:g}, batch {training.batch_size}, "
+            f"{training.budget_text()}, {training.optimizer} lr {training.lr:g}, batch {training.batch_size}, "
             f"init {training.init}",
         ),
     ]

@@ -40,7 +40,7 @@ def run_detail(run: Run, experiment: Experiment) -> RunDetail:
         stack_id=run.stack_id,
         stack_size=run.stack_size,
         stacking_reason=run.stacking_reason,
-        epochs_planned=service.epochs_planned(experiment),
+        epochs_planned=service.epochs_planned(experiment, run),
         epochs_completed=run.epochs_completed,
         diverged_epoch=run.diverged_epoch,
         timings=RunTimings(

@@ -12,6 +12,10 @@ from app.experiments import service as experiments_service
 from app.models import Experiment, Run
 from app.runs import repository
 from app.service_errors import NotFoundError
+from app.spec_factors import run_spec
+
+# Factor paths that change a run's evaluations apart from training.epochs.
+STEP_BUDGET_PATHS = frozenset({"training.steps", "training.eval_every"})
 
 
 def require_run(*, session: Session, run_id: uuid.UUID, viewer: Principal | None = None) -> Run:
@@ -30,6 +34,9 @@ def runs_of_experiment(
     return experiments_service.experiment_with_runs(session=session, experiment_id=experiment_id, viewer=viewer)
 
 
-def epochs_planned(experiment: Experiment) -> int:
-    """Epochs each run of the experiment is meant to train (from its canonical spec)."""
-    return int(experiment.spec["training"]["epochs"])
+def epochs_planned(experiment: Experiment, run: Run) -> int:
+    """The trained metrics rows the run is meant to have: its cell's epochs, or the evaluations of a step budget."""
+    training, factors = experiment.spec["training"], experiment.spec.get("factors") or {}
+    if "steps" not in training and not STEP_BUDGET_PATHS & set(factors):
+        return int(training["epochs"])  # read as stored: no spec to validate per run of a listing
+    return run_spec(experiment.spec, run.cell_levels).training.evaluations

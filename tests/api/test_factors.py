@@ -80,6 +80,14 @@ ROWS: dict[str, tuple[str, dict[str, Any], list[Any], Any, str]] = {
         2,
         "less than or equal to 1",
     ),
+    "training.steps": ("training.steps", {"training": {}}, [10, 20], 0, "greater than or equal to 1"),
+    "training.eval_every": (
+        "training.eval_every",
+        {"training": {"steps": 10}},
+        [2, 5],
+        20,
+        "at most training.steps (10), got 20",
+    ),
 }
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from app.spec_steps import batch_sizes
 from tests.training.test_initial_epoch import make_spec
-from worker.training.epochs import batch_sizes
 from worker.training.stacked import train_stacked
 from worker.training.trainer import train_arm
 

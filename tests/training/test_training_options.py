@@ -150,9 +150,7 @@ def test_after_epoch_train_metrics_are_the_whole_training_split_after_the_epochs
     spec = make_spec("adam", {"train_metrics": "after_epoch"}, dropout=0.3)
     data = load_dataset(spec.dataset, validation_fraction=0.0)
     state = prepare_arm(spec, activation_index=0, seed=0, data=data, device=torch.device("cpu"))
-    (report,) = run_epoch(
-        ArmEpoch(state, data), data, epoch=1, batch_size=spec.training.batch_size, train_metrics="after_epoch"
-    )
+    (report,) = run_epoch(ArmEpoch(state, data), data, epoch=1, training=spec.training)
     loss, accuracy = evaluate(state.model, data.train_x, data.train_y).tolist()
     assert (report.train_loss, report.train_accuracy) == (loss, accuracy)
     assert state.model.training  # back in training mode for the next epoch

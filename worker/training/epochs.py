@@ -22,7 +22,8 @@ from typing import Protocol
 import torch
 
 from app.numbers import finite_or_none
-from app.spec import TrainMetrics
+from app.spec import TrainingSpec, TrainMetrics
+from app.spec_steps import evaluation_steps, examples_trained
 from worker.training.datasets import DatasetSplits
 from worker.training.diagnostics import GradientFlag, LayerDiagnostics, time_gradient_summary
 from worker.training.reports import EpochReport, LayerReport
@@ -42,7 +43,8 @@ class EpochSteps(Protocol):
         ...
 
     def train_epoch(self, epoch: int) -> torch.Tensor:
-        """One pass over the training set: [mean loss, accuracy] per member, a (members, 2) device tensor."""
+        """The epoch's (evaluation's) steps, ``trainer.evaluation_batches``: [mean loss, accuracy] over their batches
+        per member, a (members, 2) device tensor."""
         ...
 
     def evaluate(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -59,22 +61,6 @@ class EpochSteps(Protocol):
         It steps nothing and leaves no trace (``diagnostics.probe_leaves_no_trace``).
         """
         ...
-
-
-def batch_sizes(size: int, batch_size: int) -> list[int]:
-    """The sizes of one data epoch's batches of ``size`` examples: full batches, then the rest; a last batch of one
-    example joins the one before (batch norm cannot train on a single example). ``trainer.batch_indices`` splits
-    the shuffled order by them, and their count is the optimiser steps of an epoch (a row's ``step``)."""
-    sizes = [batch_size] * (size // batch_size)
-    if size % batch_size:
-        sizes.append(size % batch_size)
-    if len(sizes) > 1 and sizes[-1] == 1:
-        # As ``sizes[-2] += sizes.pop()`` always did with three or more batches (it stores after the pop, so the
-        # second-to-last full batch takes the example: 241 by 80 is 80, 81, 80; the batch order of existing runs
-        # depends on it); with two batches that line raised IndexError, and the one full batch takes it.
-        single = sizes.pop()
-        sizes[-2 if len(sizes) > 1 else -1] += single
-    return sizes
 
 
 def _evaluations(steps: EpochSteps, data: DatasetSplits) -> list[list[float]]:
@@ -114,10 +100,11 @@ def initial_epoch(steps: EpochSteps, data: DatasetSplits) -> list[EpochReport]:
     ]
 
 
-def run_epoch(
-    steps: EpochSteps, data: DatasetSplits, *, epoch: int, batch_size: int, train_metrics: TrainMetrics = "running"
-) -> list[EpochReport]:
+def run_epoch(steps: EpochSteps, data: DatasetSplits, *, epoch: int, training: TrainingSpec) -> list[EpochReport]:
     """Train one epoch, evaluate, diagnose and step the schedule; one report per member, in member order.
+
+    With a step budget (``training.steps``) an "epoch" is an evaluation: ``steps.train_epoch(epoch)`` trains the
+    steps ``app.spec_steps.evaluation_steps`` gives it, and the rest is the same.
 
     ``train_metrics`` "after_epoch" replaces the running train loss and accuracy with those of the whole
     training split in eval mode after the epoch's steps. Eval mode under no_grad draws nothing from the random
@@ -126,10 +113,13 @@ def run_epoch(
     checks it on a net with dropout.
 
     Epoch 0 is ``initial_epoch``. Each report's ``step`` is the optimiser steps taken so far: ``epoch`` times the
-    batches of an epoch of ``batch_size`` (``batch_sizes``).
+    batches of an epoch of ``batch_size`` (``batch_sizes``), or with a step budget the end of the evaluation's steps.
     """
     if epoch == 0:
         return initial_epoch(steps, data)
+    train_metrics = training.train_metrics
+    size = data.train_x.shape[0]
+    trained = evaluation_steps(training, epoch, size=size)
     started = time.perf_counter()
     lr = float(steps.optimizer.param_groups[0]["lr"])
     # Read here so the time below is the training time alone.
@@ -143,7 +133,8 @@ def run_epoch(
         steps.scheduler.step()
     # The whole epoch's wall time: in a stack every member trained for all of it.
     epoch_seconds = time.perf_counter() - started
-    samples_per_second = data.train_x.shape[0] / train_seconds if train_seconds > 0 else 0.0
+    examples = examples_trained(trained, size=size, batch_size=training.batch_size)
+    samples_per_second = examples / train_seconds if train_seconds > 0 else 0.0
     return [
         epoch_report(
             epoch=epoch,
@@ -156,7 +147,7 @@ def run_epoch(
             ratio=ratio,
             flag=flag,
             train_metrics=train_metrics,
-            step=epoch * len(batch_sizes(data.train_x.shape[0], batch_size)),
+            step=trained.stop,
         )
         for train, evaluation, (layers, ratio, flag) in zip(train_table, evaluation_table, diagnostics, strict=True)
     ]

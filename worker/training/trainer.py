@@ -7,7 +7,9 @@ the same batches in the same order whatever their activation, and a resumed arm 
 order it would have had. Batches are index slices of a permutation of tensors already on
 the device; metrics are summed on the device and read once per epoch. Epoch 0, the network at
 initialisation, is measured before the first step (``worker.training.epochs.initial_epoch``) without
-touching the random stream, so epochs 1 and later are what they were before it existed.
+touching the random stream, so epochs 1 and later are what they were before it existed. With a step
+budget (``training.steps``) an epoch is an evaluation, trained on the steps ``evaluation_batches`` gives
+it from the same data epochs' batches.
 
 The steps are separate functions so that the stacked trainer (``worker.training.stacked``)
 shares them: ``prepare_arm`` builds each member, the epoch body is ``worker.training.epochs.run_epoch``
@@ -32,6 +34,7 @@ from torch.nn import functional
 
 from app.spec import ActivationSpec, Arm, ExperimentSpec, TrainingSpec
 from app.spec_cost import EVALUATION_BATCH_SIZE
+from app.spec_steps import batch_sizes, data_epochs, evaluation_steps
 from worker.training.datasets import DatasetSplits, load_dataset
 from worker.training.diagnostics import (
     GradientFlowMonitor,
@@ -40,7 +43,7 @@ from worker.training.diagnostics import (
     probe_inputs,
     probe_leaves_no_trace,
 )
-from worker.training.epochs import batch_sizes, run_epoch
+from worker.training.epochs import run_epoch
 from worker.training.init import initialise
 from worker.training.models import ActivationNetwork, build_model
 from worker.training.reports import ArmOutcome, ArmStatus, EpochReport, LayerReport, RunInfo
@@ -88,6 +91,26 @@ def batch_indices(*, seed: int, epoch: int, size: int, batch_size: int, device: 
     return list(order.split(batch_sizes(size, batch_size)))
 
 
+def evaluation_batches(
+    training: TrainingSpec, *, seed: int, evaluation: int, size: int, device: torch.device
+) -> list[torch.Tensor]:
+    """The batches evaluation (epoch) ``evaluation`` trains on, as index tensors on the device; both trainers' one rule.
+
+    With epochs, data epoch ``evaluation``'s batches (``batch_indices``); with a step budget, the global steps
+    ``app.spec_steps.evaluation_steps`` gives, taken from the data epochs they fall in, each shuffled by
+    ``batch_indices`` as in epochs mode. The position follows from the evaluation number, so a run resumed after
+    evaluation k continues at the step where k ended, on the batches it would have had.
+    """
+    batches: list[torch.Tensor] = []
+    steps = evaluation_steps(training, evaluation, size=size)
+    for data_epoch, taken in data_epochs(steps, size=size, batch_size=training.batch_size):
+        epoch_batches = batch_indices(
+            seed=seed, epoch=data_epoch, size=size, batch_size=training.batch_size, device=device
+        )
+        batches.extend(epoch_batches[taken])
+    return batches
+
+
 def build_optimizer(parameters: Iterable[nn.Parameter], training: TrainingSpec) -> torch.optim.Optimizer:
     """The spec's optimizer over these parameters (its internals are torch's defaults unless a v2 spec sets them)."""
     parameter_list = list(parameters)
@@ -108,11 +131,12 @@ def build_optimizer(parameters: Iterable[nn.Parameter], training: TrainingSpec) 
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSpec) -> Scheduler | None:
-    """The spec's learning-rate schedule, stepped once per epoch; None for a constant rate."""
+    """The spec's learning-rate schedule, stepped once per epoch (per evaluation with a step budget); None for a
+    constant rate."""
     if training.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=training.step_size, gamma=training.gamma)
     if training.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=training.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=training.evaluations)
     return None
 
 
@@ -176,18 +200,15 @@ def prepare_arm(
 
 
 def train_epoch(state: ArmState, inputs: torch.Tensor, labels: torch.Tensor, *, epoch: int) -> torch.Tensor:
-    """One pass over the training set; returns [mean loss, accuracy] as a device tensor (no host sync)."""
+    """The epoch's (evaluation's) batches, ``evaluation_batches``; [mean loss, accuracy] over them as a device
+    tensor (no host sync)."""
     model, optimizer = state.model, state.optimizer
     clip = state.spec.training.grad_clip
     model.train()
     loss_sum = torch.zeros((), device=state.device)
     correct = torch.zeros((), device=state.device, dtype=torch.long)
-    batches = batch_indices(
-        seed=state.seed,
-        epoch=epoch,
-        size=inputs.shape[0],
-        batch_size=state.spec.training.batch_size,
-        device=state.device,
+    batches = evaluation_batches(
+        state.spec.training, seed=state.seed, evaluation=epoch, size=inputs.shape[0], device=state.device
     )
     for indices in batches:
         batch_inputs, batch_labels = inputs[indices], labels[indices]
@@ -201,7 +222,7 @@ def train_epoch(state: ArmState, inputs: torch.Tensor, labels: torch.Tensor, *, 
         optimizer.step()
         loss_sum += loss.detach() * batch_labels.shape[0]
         correct += (logits.detach().argmax(dim=1) == batch_labels).sum()
-    examples = max(inputs.shape[0], 1)
+    examples = max(sum(len(indices) for indices in batches), 1)
     return torch.stack([loss_sum / examples, correct.to(loss_sum.dtype) / examples])
 
 
@@ -274,7 +295,7 @@ def record_epoch(state: ArmState, report: EpochReport) -> ArmStatus | None:
     """Add an epoch's report to the arm's progress; how the arm ends when this epoch ends it, else None.
 
     The one outcome rule of both trainers: a diverged epoch ends the arm as diverged, the last
-    epoch of the spec as succeeded.
+    epoch of the spec (its last evaluation with a step budget) as succeeded.
     """
     state.reports.append(report)
     state.epochs_completed = report.epoch
@@ -282,7 +303,7 @@ def record_epoch(state: ArmState, report: EpochReport) -> ArmStatus | None:
     if report.diverged:
         state.diverged_epoch = report.epoch
         return "diverged"
-    if report.epoch == state.spec.training.epochs:
+    if report.epoch == state.spec.training.evaluations:
         return "succeeded"
     return None
 
@@ -441,10 +462,8 @@ def train_arm(
         return arm_outcome(state, finished, data=data)
     checkpoints = CheckpointClock(checkpoint_interval)
     steps = ArmEpoch(state, data)
-    for epoch in range(first_epoch(state), spec.training.epochs + 1):
-        (report,) = run_epoch(
-            steps, data, epoch=epoch, batch_size=spec.training.batch_size, train_metrics=spec.training.train_metrics
-        )
+    for epoch in range(first_epoch(state), spec.training.evaluations + 1):
+        (report,) = run_epoch(steps, data, epoch=epoch, training=spec.training)
         ended = record_epoch(state, report)
         # The callback must not shift the random stream a resumed run continues from.
         rng_state = _rng_state(state.device)

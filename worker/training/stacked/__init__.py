@@ -12,7 +12,8 @@ What each member keeps exactly as the unstacked trainer (``worker.training.train
 
 - its initial weights: each member is built and initialised by ``prepare_arm`` (``torch.manual_seed``
   of its seed right before), then its tensors are copied into the stacked ones;
-- its batch order: ``batch_indices`` of its own seed, gathered per member (``X[idx]`` with idx of
+- its batch order: ``evaluation_batches`` (``batch_indices`` of its own seed; a step budget's steps
+  across data epochs), gathered per member (``X[idx]`` with idx of
   shape (members, batch));
 - its loss and gradients: the stacked loss is the sum of the members' mean batch losses, so each
   member's slice of a gradient is that member's own gradient;

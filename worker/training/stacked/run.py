@@ -45,7 +45,7 @@ from worker.training.stacked.network import (
     copy_member_into,
     member_sources,
 )
-from worker.training.trainer import ArmState, batch_indices, build_optimizer, build_scheduler
+from worker.training.trainer import ArmState, build_optimizer, build_scheduler, evaluation_batches
 
 # torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing; the same here, per member.
 _CLIP_EPSILON = 1e-6
@@ -320,7 +320,8 @@ class StackedRun:
         self.eager_steps = 0
 
     def train_epoch(self, epoch: int) -> Tensor:
-        """One pass of every member over its own batch order; [mean loss, accuracy] per member (members, 2)."""
+        """The epoch's (evaluation's) steps of every member over its own batch order (``evaluation_batches``);
+        [mean loss, accuracy] over them per member (members, 2)."""
         self.model.train()
         self.loss_sums.zero_()
         self.correct.zero_()
@@ -329,8 +330,8 @@ class StackedRun:
         orders: dict[int, tuple[Tensor, list[int]]] = {}
         for member in self.members:
             if member.seed not in orders:
-                batches = batch_indices(
-                    seed=member.seed, epoch=epoch, size=size, batch_size=batch_size, device=self.device
+                batches = evaluation_batches(
+                    self.spec.training, seed=member.seed, evaluation=epoch, size=size, device=self.device
                 )
                 orders[member.seed] = (torch.cat(batches), [len(batch) for batch in batches])
         sizes = orders[self.members[0].seed][1]
@@ -350,7 +351,7 @@ class StackedRun:
                 self._eager_step(indices)
             self.steps += 1
             self.total_steps += 1
-        examples = max(size, 1)
+        examples = max(sum(sizes), 1)
         return torch.stack([self.loss_sums / examples, self.correct.to(self.loss_sums.dtype) / examples], dim=1)
 
     # --- evaluation and diagnostics ---

@@ -130,10 +130,8 @@ def _train_group(
 ) -> None:
     """Train members that have completed the same epochs as one stack; sets each member's status."""
     run = StackedRun(spec, members, data, device, cuda_graphs=cuda_graphs)
-    for epoch in range(first_epoch(members[0].state), spec.training.epochs + 1):
-        reports = run_epoch(
-            run, data, epoch=epoch, batch_size=spec.training.batch_size, train_metrics=spec.training.train_metrics
-        )
+    for epoch in range(first_epoch(members[0].state), spec.training.evaluations + 1):
+        reports = run_epoch(run, data, epoch=epoch, training=spec.training)
         for member, report in zip(run.members, reports, strict=True):
             member.status = record_epoch(member.state, report)
         answers = [True] * len(run.members)
@@ -243,7 +241,7 @@ def train_stacked(
             starting.setdefault(first_epoch(member.state), []).append(member)
     for epoch in sorted(starting):
         group = starting[epoch]
-        if epoch > spec.training.epochs:
+        if epoch > spec.training.evaluations:
             for member in group:
                 member.status = "succeeded"
             continue
