@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from actlab.connection import default_credentials_file
@@ -199,12 +199,12 @@ class Settings(SpecLimits):
     task_retry_backoff: int = Field(2, ge=1, description="Seconds before the first retry after a transient error.")
     task_retry_backoff_max: int = Field(300, ge=1, description="Longest wait between retries after transient errors.")
     worker_warm_up_dataset: str = Field(
-        "",
+        "mnist1d",
         max_length=40,
-        description="Dataset each worker pool process loads, with one optimiser step of a tiny model on it, in the "
-        "background right after it starts (worker/warm_up.py), so the first run does not pay torch's and the "
-        "dataset's first use; empty (the default: on the 2-core development machine it made the first "
-        "experiment slower, bench/RESULTS.md): no warm-up.",
+        description="Dataset the worker loads at its start, in its main process before the pool forks, with the "
+        "engine's modules and torch's lazily imported optimiser parts, so every pool process inherits them "
+        "(worker/warm_up.py); on by default because the first experiment after `actlab serve` otherwise pays "
+        "them in each pool process (bench/RESULTS.md, Cold workers); empty: no warm-up.",
     )
     worker_concurrency: int = Field(
         default_factory=default_worker_concurrency,
@@ -406,6 +406,15 @@ class Settings(SpecLimits):
     def visibility_timeout(self) -> int:
         """The broker visibility timeout in force: the setting, or the hard limit plus an hour."""
         return self.broker_visibility_timeout or self.task_time_limit + 3600
+
+    @field_validator("worker_warm_up_dataset")
+    @classmethod
+    def _warm_up_dataset_is_known(cls, name: str) -> str:
+        from app.catalog_datasets import DATASETS
+
+        if name and name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}, or empty for no warm-up")
+        return name
 
     @model_validator(mode="after")
     def _visibility_exceeds_time_limit(self) -> Settings:

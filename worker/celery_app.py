@@ -144,7 +144,7 @@ def _configure_worker_logging(loglevel: Any = None, **_: Any) -> None:
     configure_logging(settings)
 
 
-# worker.maintenance runs the reaper and reconciler in each worker's main process; worker.warm_up warms each pool
-# process in the background.
+# worker.maintenance runs the reaper and reconciler in each worker's main process; worker.warm_up warms that process
+# before its pool forks, so that every pool process inherits the engine and the warm-up dataset.
 celery_app = Celery("actlab", include=["worker.tasks", "worker.maintenance", "worker.warm_up"])
 configure(celery_app, get_settings())

@@ -1,73 +1,70 @@
-"""Warm pool processes: each one, once forked, does in the background what the first run would do first.
+"""Warm the worker once, in its main process before the pool forks, so that every pool process inherits it.
 
-The first experiment after ``actlab serve`` used to take several times as long as the next (9.2 s against
-about 2 s, issue 16): each pool process built its first model and optimiser (torch's lazy initialisation
-of autograd, the optimiser's kernels) and loaded its dataset on the first run. Now every pool process,
-right after the fork (``worker_process_init``), starts a daemon thread that loads the
-dataset named by ACTLAB_WORKER_WARM_UP_DATASET (into this process's dataset cache and the shared one on
-disk) and trains a tiny model of it for one optimiser step. Nothing waits for it: the process takes tasks
-at once, a run that needs the same dataset meanwhile waits for the generation in progress (a file lock) instead
-of repeating it, and one that needs another dataset does not wait at all. It runs at the runs' own
-priority: a run waiting for the dataset it generates must not wait behind a lower priority
-(bench/cold_start.py measured that on a loaded machine). An empty setting (the default: on the 2-core
-development machine the warm-up made the first experiment slower, bench/RESULTS.md) turns it off.
+What the first run of a fresh pool process used to pay besides its training (per-phase timestamps of the
+first experiment after ``actlab serve``, 2 pool processes, load 8 on 2 cores; bench/RESULTS.md "Cold
+workers", 2026-12-04): 14.6 s importing ``torch._dynamo``, which ``torch.optim`` imports lazily when the
+first optimiser is built, in both processes at once; 12.6 s generating MNIST-1D (the other process waiting
+on the dataset cache's lock); 1 s importing the engine's modules. A warm-up thread in each pool process
+(the previous design) only moved that work next to the first runs, which then competed with it.
+
+Now the worker's main process, once its logging is set up and before its pool forks (``celeryd_after_setup``;
+the consumer starts after the pool), imports the engine, builds one
+optimiser of each kind (so whatever ``torch.optim`` imports lazily is imported) and loads the dataset named
+by ACTLAB_WORKER_WARM_UP_DATASET: into the shared on-disk cache (one generator across processes: the cache's
+file lock makes any other worker or ``actlab train`` wait for it and read the file) and into this process's
+dataset cache, which the pool processes inherit by fork. Nothing of it is repeated per pool process.
+
+- The API is another process (``actlab serve`` starts the worker as a child): ``/healthz`` answers while
+  the worker warms up; ``/readyz`` says 503 until the worker consumes (its liveness row is written when it
+  is ready). A run submitted meanwhile waits in the queue, not beside a second generation of its dataset.
+- No kernel runs here: a torch thread pool or a CUDA context created before the fork would be shared
+  badly by the pool processes (a GPU worker's pool processes initialise CUDA themselves).
+- A warm-up that fails (a dataset that cannot be loaded here) is logged and costs the first run its time,
+  nothing else. An empty setting turns the warm-up off.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import time
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import celeryd_after_setup
 
 from app.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-_WARM_UP_SPEC: dict[str, Any] = {
-    "name": "warm-up",
-    "model": {"kind": "mlp", "hidden": [8]},
-    "activations": ["relu"],
-    "seeds": [0],
-    "training": {"epochs": 1, "batch_size": 32, "optimizer": "adam"},
-    "device": "cpu",
-}
+# The optimisers a spec may name (app.spec.TrainingSpec): each may import its own parts of torch lazily.
+_OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
 def warm_up(settings: Settings) -> None:
-    """Load the warm-up dataset and take one optimiser step of a tiny model on it (what a first run pays)."""
-    from worker.lifecycle import configure_torch
-
-    configure_torch(settings)
+    """Import the engine, build one optimiser of each kind on a scalar parameter and load the warm-up dataset."""
     import torch
 
-    from app.spec import ExperimentSpec
-    from worker.training.datasets import load_dataset, prepare_dataset
-    from worker.training.models import build_model
+    # The engine as a run imports it at its start: the stacked trainer, and the trainer of a run alone.
+    import worker.training.stacked  # noqa: F401
+    from app.spec import DatasetSpec, TrainingSpec
+    from worker.training.datasets import load_dataset
     from worker.training.trainer import build_optimizer
 
-    spec = ExperimentSpec.model_validate({**_WARM_UP_SPEC, "dataset": {"name": settings.worker_warm_up_dataset}})
-    # Generated outside the process's dataset lock (a run's load of another dataset must not wait for it); the
-    # load then reads the file, holding the lock only for that.
-    prepare_dataset(spec.dataset, settings=settings)
-    data = load_dataset(spec.dataset, settings=settings)
-    model = build_model(spec, spec.activations[0], input_shape=data.input_shape, classes=data.classes)
-    optimizer = build_optimizer(model.parameters(), spec.training)
-    loss = torch.nn.functional.cross_entropy(model(data.train_x[:32]), data.train_y[:32])
-    loss.backward()
-    optimizer.step()
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    for optimizer in _OPTIMIZERS:
+        build_optimizer([parameter], TrainingSpec(optimizer=optimizer))
+    load_dataset(DatasetSpec(name=settings.worker_warm_up_dataset), settings=settings)
 
 
-def _warm_up_in_background(settings: Settings) -> None:
+@celeryd_after_setup.connect
+def _warm_up_before_the_pool_forks(**_: Any) -> None:
+    settings = get_settings()
+    if not settings.worker_warm_up_dataset:
+        return
+    started = time.perf_counter()
+    logger.info("warming up the worker (engine, dataset %s)", settings.worker_warm_up_dataset)
     try:
         warm_up(settings)
     except Exception as error:  # a warm-up that fails costs the first run its time, nothing else
-        logger.warning("pool process warm-up failed: %s", error)
-
-
-@worker_process_init.connect
-def _start_warm_up(**_: Any) -> None:
-    settings = get_settings()
-    if settings.worker_warm_up_dataset:
-        threading.Thread(target=_warm_up_in_background, args=(settings,), name="actlab-warm-up", daemon=True).start()
+        logger.warning("worker warm-up failed: %s", error)
+        return
+    logger.info("worker warmed up in %.1f s", time.perf_counter() - started)

@@ -18,7 +18,11 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.cli.supervisor import EmbeddedWorker
+    from app.config import Settings
 
 QUEUE_NAMES = ("cpu", "gpu")
 
@@ -239,12 +243,9 @@ def _port_is_free(host: str, port: int) -> bool:
 
 def serve(arguments: argparse.Namespace) -> int:
     """Migrate, start the supervised worker, serve the API until Ctrl-C or SIGTERM, then stop the worker."""
-    import uvicorn
-
     from app.auth.service import AuthExposureError, check_auth_exposure
     from app.cli.supervisor import EmbeddedWorker
     from app.config import get_settings
-    from app.main import create_app
     from app.migrate import upgrade_database
     from worker.celery_app import is_embedded_broker
 
@@ -270,11 +271,10 @@ def serve(arguments: argparse.Namespace) -> int:
             )
             return 1
         upgrade_database()
-        url = f"http://{arguments.host}:{arguments.port}"
-        _announce_local_key(settings=settings, url=url)
-        app = create_app(settings)
         worker: EmbeddedWorker | None = None
         if not arguments.no_worker:
+            # Started before the API's modules are imported (tens of seconds on a loaded machine): the worker's
+            # start and warm-up (worker/warm_up.py) overlap them instead of following them.
             worker = EmbeddedWorker(
                 settings=settings,
                 concurrency=arguments.concurrency or settings.worker_concurrency,
@@ -283,15 +283,11 @@ def serve(arguments: argparse.Namespace) -> int:
                 before_start=_requeue_unfinished_runs if embedded else None,
             )
             print(f"worker process {worker.start()} trains runs from the queues cpu and gpu", flush=True)
-            # /readyz answers 503 while this worker is down (app/meta/router.py).
-            app.state.worker_supervisor = worker
-        print(f"Activation Lab is starting at {url}  (API docs: {url}/docs)", flush=True)
-        print(f"database: {_display_url(settings.database_url)}  broker: {settings.broker_url}", flush=True)
         # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again with the handler it
         # found: make that a KeyboardInterrupt for SIGTERM too, so the worker below is stopped in every case.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            uvicorn.run(app, host=arguments.host, port=arguments.port, log_level=arguments.loglevel)
+            _serve_api(arguments, settings=settings, worker=worker)
         except KeyboardInterrupt:
             pass
         finally:
@@ -299,3 +295,20 @@ def serve(arguments: argparse.Namespace) -> int:
                 print("stopping the worker (running runs go back to the queue)...", flush=True)
                 worker.stop()
     return 0
+
+
+def _serve_api(arguments: argparse.Namespace, *, settings: Settings, worker: EmbeddedWorker | None) -> None:
+    """Create the API (its /readyz asks ``worker``, the embedded worker or None) and serve it until stopped."""
+    import uvicorn
+
+    from app.main import create_app
+
+    url = f"http://{arguments.host}:{arguments.port}"
+    _announce_local_key(settings=settings, url=url)
+    app = create_app(settings)
+    if worker is not None:
+        # /readyz answers 503 while this worker is down (app/meta/router.py).
+        app.state.worker_supervisor = worker
+    print(f"Activation Lab is starting at {url}  (API docs: {url}/docs)", flush=True)
+    print(f"database: {_display_url(settings.database_url)}  broker: {settings.broker_url}", flush=True)
+    uvicorn.run(app, host=arguments.host, port=arguments.port, log_level=arguments.loglevel)

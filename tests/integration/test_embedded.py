@@ -3,6 +3,7 @@ worker child), driven by `actlab submit --wait` over HTTP."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,8 +37,9 @@ def _bare_environment(config_home: Path) -> dict[str, str]:
 class EmbeddedService:
     """`actlab serve` in a directory of its own."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, **settings: str) -> None:
         self.directory = directory
+        self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.starts = 0
@@ -57,7 +60,7 @@ class EmbeddedService:
             name="serve",
             command=[sys.executable, "-m", "app.cli", "serve", f"--port={self.port}"],
             log_path=self.directory / f"serve-{self.starts}.log",
-            environment=_bare_environment(self.config_home),
+            environment={**_bare_environment(self.config_home), **self.settings},
             cwd=self.directory,
         ).start()
         process = self.process
@@ -165,3 +168,63 @@ def test_a_run_interrupted_by_stopping_the_service_finishes_after_the_next_start
         assert run["attempt"] == 2 and run["epochs_completed"] == epochs
         rows = api.get(f"/v1/experiments/{experiment_id}/metrics").json()
     assert [row["epoch"] for row in rows] == list(range(0, epochs + 1))
+
+
+def test_the_api_answers_while_the_worker_warms_up_and_a_run_submitted_meanwhile_waits_for_its_dataset(
+    tmp_path: Path,
+) -> None:
+    """The warm-up (worker/warm_up.py) is held mid-way by the dataset cache's lock, which this test takes first:
+    /healthz answers meanwhile, the run submitted then trains once the warm-up has generated its dataset, and
+    it records the same numbers as the same experiment trained by the warm worker."""
+    from app.config import Settings
+    from app.spec import DatasetSpec
+    from worker.training.dataset_cache import DatasetCache
+    from worker.training.datasets import disk_cache_entry
+
+    data_dir = tmp_path / "data"
+    # One pool process: both experiments train as one stack, so their numbers must agree exactly.
+    service = EmbeddedService(
+        tmp_path, ACTLAB_WORKER_WARM_UP_DATASET="spirals", ACTLAB_DATA_DIR=str(data_dir), ACTLAB_WORKER_CONCURRENCY="1"
+    )
+    entry = disk_cache_entry(DatasetSpec(name="spirals"), settings=Settings(data_dir=data_dir))
+    assert entry is not None
+    entry.parent.mkdir(parents=True)
+    spec = spirals_spec(name="warm-up", epochs=2, activations=["relu", "tanh"])
+    spec["dataset"] = {"name": "spirals"}  # the warm-up's dataset, default parameters
+    lock = DatasetCache.lock_path(entry).open("a+b")
+    fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    try:
+        service.start()  # waits for /healthz
+        assert service.process is not None
+        wait_until(
+            lambda: "warming up the worker" in service.process.log() if service.process else False,
+            timeout=120,
+            what="the worker's warm-up to start",
+        )
+        with service.client() as api:
+            # The warm-up waits for the lock this test holds: it is still running.
+            assert api.get("/healthz").status_code == 200
+            assert api.get("/readyz").status_code == 503
+            first = api.post("/v1/experiments", json=spec).json()["id"]
+            assert {run["status"] for run in api.get(f"/v1/experiments/{first}").json()["runs"]} == {"queued"}
+            assert not entry.exists()
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+            assert wait_for_experiment(api, first, timeout=180)["status"] == "succeeded"
+            assert "worker warmed up" in service.process.log()
+            second = api.post("/v1/experiments", json=spec).json()["id"]
+            assert wait_for_experiment(api, second, timeout=180)["status"] == "succeeded"
+
+            def numbers(experiment_id: str) -> list[tuple[Any, ...]]:
+                rows = api.get(f"/v1/experiments/{experiment_id}/metrics").json()
+                return sorted(
+                    (row["activation"], row["seed"], row["epoch"], row["train_loss"], row["test_accuracy"])
+                    for row in rows
+                )
+
+            assert len(numbers(first)) == 6
+            assert numbers(first) == numbers(second)
+    finally:
+        lock.close()
+        if service.process is not None:
+            service.process.stop(timeout=30)
+    assert entry.is_file()

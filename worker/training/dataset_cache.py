@@ -57,6 +57,11 @@ class DatasetCache:
         name = json.loads(document)["dataset"]
         return self.folder / f"{name}-{hashlib.sha256(document.encode()).hexdigest()[:32]}.npz"
 
+    @staticmethod
+    def lock_path(entry: Path) -> Path:
+        """The lock file that builders of ``entry`` hold (flock) while one of them builds it."""
+        return entry.with_suffix(".lock")
+
     def load_or_build(self, document: str, build: Callable[[], Arrays]) -> Arrays:
         """The entry's arrays, read from disk, else built by ``build`` (once across processes) and stored."""
         path = self.entry_path(document)
@@ -124,7 +129,7 @@ class DatasetCache:
             yield
             return
         try:
-            handle = open(path.with_suffix(".lock"), "a+b")  # noqa: SIM115 - held for the block below
+            handle = open(self.lock_path(path), "a+b")  # noqa: SIM115 - held for the block below
         except OSError:
             yield
             return

@@ -171,15 +171,10 @@ def load_dataset(
     return splits.to(device)
 
 
-def prepare_dataset(spec: DatasetSpec, *, settings: Settings | None = None) -> None:
-    """Build a dataset's entry of the on-disk cache (generating it if need be) without this process's lock.
-
-    A later ``load_dataset`` of it then only reads the file. For a background warm-up: a run that loads
-    another dataset meanwhile does not wait for this one's generation.
-    """
-    settings = settings or get_settings()
-    if spec.name in _DISK_CACHED and settings.dataset_cache_max_mb != 0:
-        _load_source(spec, settings=settings, data_dir=Path(settings.data_dir).expanduser().absolute())
+def disk_cache_entry(spec: DatasetSpec, *, settings: Settings | None = None) -> Path | None:
+    """The file of the dataset's entry in the on-disk cache (it may not exist yet); None where it is not cached."""
+    located = _disk_cache(spec, settings or get_settings())
+    return None if located is None else located[0].entry_path(located[1])
 
 
 def clear_dataset_cache() -> None:
@@ -226,12 +221,10 @@ def _load_source(spec: DatasetSpec, *, settings: Settings, data_dir: Path) -> _S
     if loader is None:
         raise ValueError(f"unknown dataset {spec.name!r}; allowed: {', '.join(DATASETS)}")
     request = _SourceRequest(spec.name, dict(_parameters_key(spec)), data_dir, settings.allow_download)
-    if spec.name not in _DISK_CACHED or settings.dataset_cache_max_mb == 0:
+    located = _disk_cache(spec, settings)
+    if located is None:
         return loader(request)
-    cache = DatasetCache(
-        Path(settings.dataset_cache_path).expanduser().absolute(), max_bytes=settings.dataset_cache_max_mb * 2**20
-    )
-    document = key_document(spec.name, request.parameters, _generator_version(_DISK_CACHED[spec.name]))
+    cache, document = located
 
     def build() -> dict[str, Array]:
         source = loader(request)
@@ -239,6 +232,17 @@ def _load_source(spec: DatasetSpec, *, settings: Settings, data_dir: Path) -> _S
 
     arrays = cache.load_or_build(document, build)
     return _SourceArrays(**arrays)
+
+
+def _disk_cache(spec: DatasetSpec, settings: Settings) -> tuple[DatasetCache, str] | None:
+    """The on-disk cache and the key document of the dataset's entry; None where it is not cached on disk."""
+    if spec.name not in _DISK_CACHED or settings.dataset_cache_max_mb == 0:
+        return None
+    cache = DatasetCache(
+        Path(settings.dataset_cache_path).expanduser().absolute(), max_bytes=settings.dataset_cache_max_mb * 2**20
+    )
+    document = key_document(spec.name, dict(_parameters_key(spec)), _generator_version(_DISK_CACHED[spec.name]))
+    return cache, document
 
 
 def _generator_version(distribution: str) -> str:
