@@ -5,7 +5,7 @@
   (``queue_depths`` in app/monitoring/service.py). Imports under ``if TYPE_CHECKING:`` do not count:
   they never run.
 - ``actlab`` (the client package) imports neither ``app`` nor ``worker``.
-- Importing ``app.main`` never loads torch.
+- Importing ``app.main`` never loads torch; importing ``worker.tasks`` never loads matplotlib, pandas or scipy.
 
 A broken rule is reported as ``path:line: what``, one line per offending import.
 """
@@ -153,34 +153,50 @@ def test_the_client_package_imports_nothing_of_the_service() -> None:
     assert not problems, "\n".join(problems)
 
 
-# A fresh interpreter: the one running the tests has long imported torch. On failure it prints the import chain.
-_TORCH_PROBE = textwrap.dedent(
+# A fresh interpreter: the one running the tests has long imported everything. On failure it prints the import chain.
+_PROBE = textwrap.dedent(
     """
     import sys, traceback
+
+    MODULE, FORBIDDEN = sys.argv[1], tuple(sys.argv[2:])
 
     class Tripwire:
         stack = None
 
         def find_spec(self, name, path=None, target=None):
-            if Tripwire.stack is None and (name == "torch" or name.startswith("torch.")):
+            if Tripwire.stack is None and name.split(".")[0] in FORBIDDEN:
                 Tripwire.stack = "".join(traceback.format_stack(limit=40))
             return None
 
     sys.meta_path.insert(0, Tripwire())
-    import app.main
-    if "torch" in sys.modules or Tripwire.stack is not None:
-        print("importing app.main loaded torch:")
+    __import__(MODULE)
+    if any(name in sys.modules for name in FORBIDDEN) or Tripwire.stack is not None:
+        print(f"importing {MODULE} loaded one of {FORBIDDEN}:")
         print(Tripwire.stack)
         sys.exit(1)
     """
 )
 
 
-def test_importing_the_app_never_loads_torch() -> None:
+def _loads_none_of(module: str, *forbidden: str) -> None:
     finished = subprocess.run(
-        [sys.executable, "-c", _TORCH_PROBE], cwd=REPOSITORY, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _PROBE, module, *forbidden],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
+
+
+def test_importing_the_app_never_loads_torch() -> None:
+    _loads_none_of("app.main", "torch")
+
+
+def test_importing_the_worker_tasks_never_loads_the_plotting_and_statistics_libraries() -> None:
+    # The worker's main process imports worker.tasks at every start (seconds under load; bench/RESULTS.md, Cold
+    # workers): the status it records links plots by name only (app.results.plot_kinds).
+    _loads_none_of("worker.tasks", "matplotlib", "pandas", "scipy")
 
 
 # --- the checker itself finds what it must, and only that --------------------------------------------------

@@ -8,8 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import ExperimentStatus, RunStatus
-from app.results.gallery import GALLERY_PLOT_KINDS
-from app.results.plots import PLOT_KINDS
+from app.results.plot_kinds import GALLERY_PLOT_KINDS, PLOT_KINDS
 from app.schemas import ResponseModel, UtcDateTime
 from app.spec import EXAMPLE_SPEC
 from app.spec_fields import Seed, StrictModel

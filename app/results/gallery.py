@@ -21,10 +21,6 @@ from app.results.colours import colour_of
 from app.results.plots import CURVE_RANGE, DOTS_PER_INCH, render
 from app.spec import ActivationSpec
 
-GALLERY_PLOT_KINDS: dict[str, str] = {
-    "activations": "Activation gallery: f(x) and f'(x) of every activation (learnable ones at the start and as "
-    "learned per layer; input-conditioned ones at a stated fixed context).",
-}
 GALLERY_POINTS = 801
 
 

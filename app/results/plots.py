@@ -26,19 +26,13 @@ from matplotlib.ticker import MaxNLocator
 from app.results.colours import colour_of
 from app.results.functions import learned_shape, starting_shape
 from app.results.gradient_flow import trained_layer_rows
+from app.results.plot_kinds import PLOT_KINDS
 from app.results.statistics import learning_curves
 from app.spec import ActivationSpec
 
 ImageFormat = Literal["png", "svg"]
 IMAGE_FORMATS: tuple[str, ...] = ("png", "svg")
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "svg": "image/svg+xml"}
-PLOT_KINDS: dict[str, str] = {
-    "learning-curves": "Loss and accuracy per epoch, train and test: cross-seed mean with a 95% bootstrap band.",
-    "gradient-norms": "Mean gradient norm of each layer per epoch (log scale), one panel per activation.",
-    "unit-health": "Dead and saturated unit fractions per epoch (mean over layers and seeds).",
-    "final-metric": "The summary value of the metric per activation: cross-seed mean with its 95% CI and each seed.",
-    "learned-functions": "Learnable activations: the learned function (mean over seeds) against its starting shape.",
-}
 DOTS_PER_INCH = 100
 CURVE_RANGE = (-4.0, 4.0)
 # The learning curves' panels (family, split) and the bootstrap resamples of their bands, in the static plot,

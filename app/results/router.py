@@ -19,10 +19,10 @@ from app.dependencies import SessionDependency, SettingsDependency
 from app.results import cache, factorial_service, service
 from app.results.encoding import TABLE_MEDIA_TYPES, encode_table, image_media_type
 from app.results.factorial_plots import FACTORIAL_PLOT_KINDS
-from app.results.gallery import GALLERY_PLOT_KINDS
 from app.results.gradient_flow import LayerMetricName
 from app.results.gradient_flow_plots import GRADIENT_FLOW_PLOT_KINDS
-from app.results.plots import IMAGE_FORMATS, PLOT_KINDS
+from app.results.plot_kinds import GALLERY_PLOT_KINDS, PLOT_KINDS
+from app.results.plots import IMAGE_FORMATS
 from app.results.queries import FormatQuery, ResultQuery, result_query
 from app.results.robustness_plots import ROBUSTNESS_PLOT_KINDS
 from app.results.schemas import RecommendationResponse
