@@ -17,8 +17,9 @@ dataset cache, which the pool processes inherit by fork. Nothing of it is repeat
 - The API is another process (``actlab serve`` starts the worker as a child): ``/healthz`` answers while
   the worker warms up; ``/readyz`` says 503 until the worker consumes (its liveness row is written when it
   is ready). A run submitted meanwhile waits in the queue, not beside a second generation of its dataset.
-- No kernel runs here: a torch thread pool or a CUDA context created before the fork would be shared
-  badly by the pool processes (a GPU worker's pool processes initialise CUDA themselves).
+- Nothing is computed here beyond one scalar parameter on the CPU: a torch thread pool or a CUDA context
+  created before the fork would be shared badly by the pool processes (a GPU worker's pool processes
+  initialise CUDA themselves).
 - A warm-up that fails (a dataset that cannot be loaded here) is logged and costs the first run its time,
   nothing else. An empty setting turns the warm-up off.
 """
