@@ -46,6 +46,9 @@ LANE_SETTINGS = {
     "ACTLAB_TASK_RETRY_BACKOFF": "1",
     "ACTLAB_WORKER_HEARTBEAT_SECONDS": "5",
     "ACTLAB_LOG_FORMAT": "json",
+    # One torch thread in the lanes' single pool process (its default there is one per core): on a loaded shared
+    # machine two threads make every small kernel wait for both cores, and an epoch of slow_spec took over 18 s.
+    "ACTLAB_TORCH_THREADS": "1",
 }
 
 

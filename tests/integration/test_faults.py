@@ -275,7 +275,8 @@ def test_a_run_over_its_soft_time_limit_is_timed_out_and_keeps_its_finished_epoc
     # Stopped at the soft limit, or, where a loaded machine delays the soft-limit handler past the grace, killed
     # at the hard one: either way timed out, naming the soft limit, with the finished epochs kept.
     assert run.error is not None and f"limit of {SOFT_LIMIT} s" in run.error
-    assert 1 <= run.epochs_completed < 200
+    timeline = (run.started_at, run.finished_at, [(row.epoch, row.epoch_seconds) for row in limits_lane.epochs(run_id)])
+    assert 1 <= run.epochs_completed < 200, timeline
     assert [row.epoch for row in limits_lane.epochs(run_id)] == list(range(0, run.epochs_completed + 1))
     experiment = limits_lane.experiment(experiment_id)
     assert experiment.status == "failed" and "1 timed_out" in str(experiment.error)

@@ -7,11 +7,13 @@ but the wall-clock ones (``epoch_seconds``, ``samples_per_second``) must match, 
 epoch-0 row, before training, is a later addition of its own; columns added since are not compared), as
 must each run's recorded facts and the experiment's spec hash.
 
-Tolerance: relative 1e-6 (absolute 1e-9 near zero). On the machine that wrote the file the numbers
-came out identical (2026-12-03, 2-core CPU, torch on one thread); the tolerance is there for another CPU, whose float32 kernels may sum in another
-order (the last bits, growing slowly over steps: the stacked-versus-unstacked drift measured in
-tests/training/test_stacked.py is at most 6e-6 relative in activation means after 3 epochs, 4e-7
-elsewhere). Accuracies and dead/saturated fractions are counts over a few hundred examples, so any
+Tolerance: relative 1e-5 (absolute 1e-9 near zero). On the machine that wrote the file the numbers
+came out identical (2026-12-03, 2-core CPU, torch on one thread); the tolerance is there for another CPU, whose
+float32 kernels may sum in another order (the last bits, growing slowly over steps: the stacked-versus-unstacked
+drift measured in tests/training/test_stacked.py is at most 6e-6 relative in activation means after 3 epochs,
+4e-7 elsewhere). On 2026-12-04 the same commit on a host whose CPU flags show AVX2 and no AVX-512 gave five CNN
+values up to 2e-6 relative off (activation means near zero and a learnable slope's minimum), over the 1e-6
+this test first had. Accuracies and dead/saturated fractions are counts over a few hundred examples, so any
 real change moves them by far more than the tolerance.
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 
 from tests.worker.v1_golden import GOLDEN_PATH, collect
 
-RELATIVE = 1e-6
+RELATIVE = 1e-5
 ABSOLUTE = 1e-9
 
 
