@@ -93,6 +93,11 @@ _TABLE_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": MessageResponse},
     422: {"model": ValidationErrorResponse},
 }
+_IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "The image."},
+    404: {"model": MessageResponse},
+    422: {"model": ValidationErrorResponse},
+}
 
 
 _RESULT_VIEWS: dict[str, Callable[..., Any]] = {
@@ -137,19 +142,42 @@ def _computed_table(
     experiment_id: uuid.UUID,
     output_format: str,
     name: str,
-    compute: Callable[[service.ExperimentTables], pd.DataFrame],
+    compute: Callable[..., pd.DataFrame],
     *,
     endpoint: str | None = None,
 ) -> Response:
-    """The table ``compute`` makes of the experiment's tables, encoded as asked, through the results cache under
-    ``endpoint`` (default the table's name)."""
+    """The table ``compute(tables=...)`` makes of the experiment's tables, encoded as asked, through the results
+    cache under ``endpoint`` (default the table's name)."""
 
     def encoded() -> bytes:
-        frame = compute(service.load_tables(session=session, experiment_id=experiment_id))
+        frame = compute(tables=service.load_tables(session=session, experiment_id=experiment_id))
         return encode_table(frame, output_format)
 
     content = _cached(session, settings, experiment_id, endpoint or name, output_format, None, encoded)
     return _table_response(content, output_format, experiment_id, name)
+
+
+def _table_endpoint(
+    function_name: str, name: str, compute: Callable[..., pd.DataFrame], doc: str
+) -> Callable[..., Response]:
+    """An endpoint serving the table ``compute`` makes of the experiment's tables in JSON, CSV or Parquet, through the
+    results cache (``function_name`` names the endpoint and its OpenAPI operation id)."""
+
+    def endpoint(
+        experiment_id: uuid.UUID,
+        session: SessionDependency,
+        settings: SettingsDependency,
+        output_format: FormatQuery = "json",
+    ) -> Response:
+        return _computed_table(session, settings, experiment_id, output_format, name, compute)
+
+    endpoint.__name__ = endpoint.__qualname__ = function_name
+    endpoint.__doc__ = doc
+    return endpoint
+
+
+def _image_response(content: bytes, image_format: str) -> Response:
+    return Response(content, media_type=image_media_type(image_format), headers={"Cache-Control": "no-cache"})
 
 
 @router.get(
@@ -208,7 +236,7 @@ def results(
     return _table_response(content, output_format, experiment_id, name)
 
 
-@router.get(
+diagnostics = router.get(
     "/{experiment_id}/diagnostics",
     response_class=Response,
     summary="Gradient-flow diagnostics per activation",
@@ -219,22 +247,11 @@ def results(
         "With factors one row per (cell, activation), with the cell label and its levels."
     ),
     responses=_TABLE_RESPONSES,
-)
-def diagnostics(
-    experiment_id: uuid.UUID,
-    session: SessionDependency,
-    settings: SettingsDependency,
-    output_format: FormatQuery = "json",
-) -> Response:
-    """The diagnostics table in JSON, CSV or Parquet."""
-    return _computed_table(
-        session,
-        settings,
-        experiment_id,
-        output_format,
-        "diagnostics",
-        lambda tables: service.diagnostics_table(tables=tables),
+)(
+    _table_endpoint(
+        "diagnostics", "diagnostics", service.diagnostics_table, "The diagnostics table in JSON, CSV or Parquet."
     )
+)
 
 
 @router.get(
@@ -269,7 +286,7 @@ def recommendation(
     )
 
 
-@router.get(
+learning_curves = router.get(
     "/{experiment_id}/learning-curves",
     response_class=Response,
     summary="Learning curves: cross-seed mean per epoch with its bootstrap band",
@@ -277,22 +294,14 @@ def recommendation(
     "test_accuracy: n (succeeded runs with a finite value), the cross-seed mean and its 95% percentile-bootstrap "
     "band (seeded), from epoch 0 where the runs have it. The learning-curves plot and the report draw this table.",
     responses=_TABLE_RESPONSES,
-)
-def learning_curves(
-    experiment_id: uuid.UUID,
-    session: SessionDependency,
-    settings: SettingsDependency,
-    output_format: FormatQuery = "json",
-) -> Response:
-    """The learning-curve table in JSON, CSV or Parquet."""
-    return _computed_table(
-        session,
-        settings,
-        experiment_id,
-        output_format,
+)(
+    _table_endpoint(
+        "learning_curves",
         "learning-curves",
-        lambda tables: service.learning_curves_table(tables=tables),
+        service.learning_curves_table,
+        "The learning-curve table in JSON, CSV or Parquet.",
     )
+)
 
 
 @router.get(
@@ -333,11 +342,7 @@ def gradient_flow(
     response_class=Response,
     summary="Per-layer profile of a layer metric at one epoch, as PNG or SVG",
     description=GRADIENT_FLOW_PLOT_KINDS["layer-profile"],
-    responses={
-        200: {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "The image."},
-        404: {"model": MessageResponse},
-        422: {"model": ValidationErrorResponse},
-    },
+    responses=_IMAGE_RESPONSES,
 )
 def layer_profile_image(
     experiment_id: uuid.UUID,
@@ -357,7 +362,7 @@ def layer_profile_image(
 
     endpoint = f"plots/layer-profile/{metric}/{epoch}"
     content = _cached(session, settings, experiment_id, endpoint, image_format, None, compute)
-    return Response(content, media_type=image_media_type(image_format), headers={"Cache-Control": "no-cache"})
+    return _image_response(content, image_format)
 
 
 @router.get(
@@ -366,11 +371,7 @@ def layer_profile_image(
     summary="A plot as PNG or SVG",
     description="filename is KIND.png or KIND.svg; kinds: "
     + "; ".join(f"`{kind}`: {text}" for kind, text in ALL_PLOT_KINDS.items()),
-    responses={
-        200: {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "The image."},
-        404: {"model": MessageResponse},
-        422: {"model": ValidationErrorResponse},
-    },
+    responses=_IMAGE_RESPONSES,
 )
 def plot_image(
     experiment_id: uuid.UUID,
@@ -427,4 +428,4 @@ def plot_image(
 
     endpoint = f"plots/{kind}" + (f"/{activation}" if activation is not None else "")
     content = _cached(session, settings, experiment_id, endpoint, image_format, options, compute)
-    return Response(content, media_type=image_media_type(image_format), headers={"Cache-Control": "no-cache"})
+    return _image_response(content, image_format)
