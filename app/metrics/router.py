@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from fastapi.types import DecoratedCallable
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.schemas import Principal
 from app.dependencies import PrincipalDependency, SessionFactoryDependency, stream_limits
@@ -23,12 +28,32 @@ router = APIRouter(prefix="/v1/experiments", tags=["metrics"])
 
 FACTOR_QUERY = "factor."
 
-FormatQuery = Annotated[OutputFormat, Query(alias="format", description="json (an array of objects), csv or parquet.")]
-ActivationQuery = Annotated[NoNulText | None, Query(max_length=200, description="Only this activation label.")]
-SeedQuery = Annotated[int | None, Query(ge=0, le=2**63 - 1, description="Only this seed.")]
-RunQuery = Annotated[uuid.UUID | None, Query(description="Only this run.")]
-EpochMinQuery = Annotated[int | None, Query(ge=0, le=1_000_000, description="First epoch to include.")]
-EpochMaxQuery = Annotated[int | None, Query(ge=0, le=1_000_000, description="Last epoch to include.")]
+
+class _RunQuery(BaseModel):
+    """The query of every metric table: its format and which runs (the filters of app.metrics.repository)."""
+
+    output_format: OutputFormat = Field(
+        "json", alias="format", description="json (an array of objects), csv or parquet."
+    )
+    activation: NoNulText | None = Field(None, max_length=200, description="Only this activation label.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Only this seed.")
+    run_id: uuid.UUID | None = Field(None, description="Only this run.")
+
+    def filters(self) -> MetricFilters:
+        return MetricFilters(**self.model_dump(exclude={"output_format"}))
+
+
+class _EpochQuery(_RunQuery):
+    epoch_min: int | None = Field(None, ge=0, le=1_000_000, description="First epoch to include.")
+    epoch_max: int | None = Field(None, ge=0, le=1_000_000, description="Last epoch to include.")
+
+
+class _LayerQuery(_EpochQuery):
+    layer: int | None = Field(None, ge=0, le=10_000, description="Only this layer.")
+
+
+class _RobustnessQuery(_RunQuery):
+    kind: RobustnessKind | None = Field(None, description="Only this kind: noise, fgsm or pgd.")
 
 
 def _responses(row_model: type[Any]) -> dict[int | str, dict[str, Any]]:
@@ -47,31 +72,57 @@ def _responses(row_model: type[Any]) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def _stream(
-    *,
-    request: Request,
-    session_factory: SessionFactoryDependency,
-    experiment_id: uuid.UUID,
-    filters: MetricFilters,
-    table: MetricTable,
-    output_format: OutputFormat,
-    principal: Principal,
-) -> StreamingResponse:
+def _table_route(
+    path: str, row_model: type[Any], *, summary: str, description: str
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """The route of a metric table: streamed, its rows' model, the common responses and the factor.<path> filters."""
+    return router.get(
+        path,
+        response_class=StreamingResponse,
+        summary=summary,
+        description=description,
+        responses=_responses(row_model),
+        openapi_extra={"x-query-prefixes": [FACTOR_QUERY]},
+    )
+
+
+@dataclass(frozen=True)
+class _Download:
+    """What streaming a table needs besides its query: the request (its factor.<path> parameters and the download
+    limit), the session factory and the viewer."""
+
+    request: Request
+    session_factory: sessionmaker[Session]
+    principal: Principal
+
+
+def _download(request: Request, session_factory: SessionFactoryDependency, principal: PrincipalDependency) -> _Download:
+    return _Download(request, session_factory, principal)
+
+
+DownloadDependency = Annotated[_Download, Depends(_download)]
+
+
+def _stream(download: _Download, experiment_id: uuid.UUID, table: MetricTable, query: _RunQuery) -> StreamingResponse:
+    """The table streamed in the query's format, the rows its filters and ``factor.<path>`` parameters select."""
     # ?factor.<path>=<level> (any number, one per path): only the runs of the cells at those levels.
     factor_levels = tuple(
-        (key[len(FACTOR_QUERY) :], value) for key, value in request.query_params.items() if key.startswith(FACTOR_QUERY)
+        (key[len(FACTOR_QUERY) :], value)
+        for key, value in download.request.query_params.items()
+        if key.startswith(FACTOR_QUERY)
     )
-    filters = dataclasses.replace(filters, factor_levels=factor_levels)
+    filters = dataclasses.replace(query.filters(), factor_levels=factor_levels)
+    output_format = query.output_format
     # Admitted (or 503 with Retry-After) before any connection is taken; one session for checks and rows.
-    permit = stream_limits(request).downloads.admit()
+    permit = stream_limits(download.request).downloads.admit()
     try:
         chunks = service.stream_metric_table(
-            session_factory=session_factory,
+            session_factory=download.session_factory,
             experiment_id=experiment_id,
             filters=filters,
             table=table,
             output_format=output_format,
-            viewer=principal,
+            viewer=download.principal,
         )
     except BaseException:
         permit.release()
@@ -81,111 +132,55 @@ def _stream(
     return AdmittedStreamingResponse(chunks, permit=permit, media_type=MEDIA_TYPES[output_format], headers=headers)
 
 
-@router.get(
+@_table_route(
     "/{experiment_id}/metrics",
-    response_class=StreamingResponse,
+    EpochMetricRow,
     summary="Per-epoch metrics",
     description="One row per (run, epoch), ordered by activation (as in the spec), seed and epoch. "
     "`format=csv` loads with `pandas.read_csv(url)` as it is, `format=parquet` with `pandas.read_parquet` (one row "
     "group per 20,000 rows; measurements as 64-bit floats, NaN where not finite; factor columns as text). The table streams from the database. A factorial "
     "experiment adds a column per factor path; `factor.<path>=<level>` (e.g. `factor.training.init=auto`, "
     "`factor.model.hidden=[16,16]`) keeps the runs of the cells at that level.",
-    responses=_responses(EpochMetricRow),
-    openapi_extra={"x-query-prefixes": [FACTOR_QUERY]},
 )
 def epoch_metrics(
     experiment_id: uuid.UUID,
-    request: Request,
-    session_factory: SessionFactoryDependency,
-    principal: PrincipalDependency,
-    output_format: FormatQuery = "json",
-    activation: ActivationQuery = None,
-    seed: SeedQuery = None,
-    run_id: RunQuery = None,
-    epoch_min: EpochMinQuery = None,
-    epoch_max: EpochMaxQuery = None,
+    download: DownloadDependency,
+    query: Annotated[_EpochQuery, Query()],
 ) -> StreamingResponse:
     """The per-epoch metric table."""
-    filters = MetricFilters(activation=activation, seed=seed, run_id=run_id, epoch_min=epoch_min, epoch_max=epoch_max)
-    return _stream(
-        request=request,
-        session_factory=session_factory,
-        experiment_id=experiment_id,
-        filters=filters,
-        table="epoch",
-        output_format=output_format,
-        principal=principal,
-    )
+    return _stream(download, experiment_id, "epoch", query)
 
 
-@router.get(
+@_table_route(
     "/{experiment_id}/layer-metrics",
-    response_class=StreamingResponse,
+    LayerMetricRow,
     summary="Per-layer diagnostics",
     description="One row per (run, epoch, layer), ordered by activation, seed, epoch and layer: gradient and "
     "weight norms, activation statistics, dead and saturated fractions, learned activation parameters.",
-    responses=_responses(LayerMetricRow),
-    openapi_extra={"x-query-prefixes": [FACTOR_QUERY]},
 )
 def layer_metrics(
     experiment_id: uuid.UUID,
-    request: Request,
-    session_factory: SessionFactoryDependency,
-    principal: PrincipalDependency,
-    output_format: FormatQuery = "json",
-    activation: ActivationQuery = None,
-    seed: SeedQuery = None,
-    run_id: RunQuery = None,
-    epoch_min: EpochMinQuery = None,
-    epoch_max: EpochMaxQuery = None,
-    layer: Annotated[int | None, Query(ge=0, le=10_000, description="Only this layer.")] = None,
+    download: DownloadDependency,
+    query: Annotated[_LayerQuery, Query()],
 ) -> StreamingResponse:
     """The per-layer metric table."""
-    filters = MetricFilters(
-        activation=activation, seed=seed, run_id=run_id, epoch_min=epoch_min, epoch_max=epoch_max, layer=layer
-    )
-    return _stream(
-        request=request,
-        session_factory=session_factory,
-        experiment_id=experiment_id,
-        filters=filters,
-        table="layer",
-        output_format=output_format,
-        principal=principal,
-    )
+    return _stream(download, experiment_id, "layer", query)
 
 
-@router.get(
+@_table_route(
     "/{experiment_id}/robustness",
-    response_class=StreamingResponse,
+    RobustnessRow,
     summary="Robustness of the trained runs",
     description="One row per (run, kind, strength) of the spec's evaluation block (version 2), ordered by "
     "activation, seed, kind and strength: the test accuracy (and loss) of each succeeded run after its last epoch "
     "under additive Gaussian input noise (`noise`, strength = std), FGSM and PGD (`fgsm`, `pgd`, strength = "
     "epsilon), in standardised input units. Empty for an experiment without an evaluation block or before its "
     "runs end. Formats, factor columns and `factor.<path>=<level>` filters as in the metric table.",
-    responses=_responses(RobustnessRow),
-    openapi_extra={"x-query-prefixes": [FACTOR_QUERY]},
 )
 def robustness(
     experiment_id: uuid.UUID,
-    request: Request,
-    session_factory: SessionFactoryDependency,
-    principal: PrincipalDependency,
-    output_format: FormatQuery = "json",
-    activation: ActivationQuery = None,
-    seed: SeedQuery = None,
-    run_id: RunQuery = None,
-    kind: Annotated[RobustnessKind | None, Query(description="Only this kind: noise, fgsm or pgd.")] = None,
+    download: DownloadDependency,
+    query: Annotated[_RobustnessQuery, Query()],
 ) -> StreamingResponse:
     """The robustness table."""
-    filters = MetricFilters(activation=activation, seed=seed, run_id=run_id, kind=kind)
-    return _stream(
-        request=request,
-        session_factory=session_factory,
-        experiment_id=experiment_id,
-        filters=filters,
-        table="robustness",
-        output_format=output_format,
-        principal=principal,
-    )
+    return _stream(download, experiment_id, "robustness", query)
