@@ -24,7 +24,13 @@ from sqlalchemy.orm import Session
 
 from app.results import comparisons, verdicts
 from app.results import service as results_service
-from app.results.statistics import ResultOptions, paired_comparison, trained_epochs
+from app.results.statistics import (
+    MEASURE_COLUMNS,
+    SEED_STATISTIC_COLUMNS,
+    ResultOptions,
+    paired_comparison,
+    trained_epochs,
+)
 from app.service_errors import InvalidInputError
 
 EXPERIMENTS_FIELD = "query.experiments"
@@ -38,14 +44,8 @@ MEASURED_COLUMNS: tuple[str, ...] = (
     "experiment_status",
     "reference_experiment_id",
     "dataset",
-    "metric",
-    "summary",
-    "lower_is_better",
-    "n",
-    "mean",
-    "std",
-    "ci_low",
-    "ci_high",
+    *MEASURE_COLUMNS,
+    *SEED_STATISTIC_COLUMNS,
     "seeds",
     "run_ids",
     "difference_of_means",

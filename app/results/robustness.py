@@ -14,18 +14,14 @@ import dataclasses
 import pandas as pd
 
 from app.results import comparisons
-from app.results.statistics import ResultOptions, summarise_activations
+from app.results.statistics import SEED_STATISTIC_COLUMNS, ResultOptions, summarise_activations
 
 ROBUSTNESS_SUMMARY_COLUMNS: tuple[str, ...] = (
     "activation",
     "activation_index",
     "kind",
     "strength",
-    "n",
-    "mean",
-    "std",
-    "ci_low",
-    "ci_high",
+    *SEED_STATISTIC_COLUMNS,
     "baseline",
     *comparisons.COMPARISON_COLUMNS,
     "verdict",

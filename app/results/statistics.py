@@ -455,17 +455,15 @@ def choose_baseline(labels: Sequence[str], requested: str | None) -> str:
     return "relu" if "relu" in labels else labels[0]
 
 
+# What a summary measured: the metric, how it was read off each run, and which way is better.
+MEASURE_COLUMNS: tuple[str, ...] = ("metric", "summary", "lower_is_better")
+# The statistics of one activation's seed values: n, mean, std and the 95% percentile-bootstrap interval.
+SEED_STATISTIC_COLUMNS: tuple[str, ...] = ("n", "mean", "std", "ci_low", "ci_high")
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "activation",
     "activation_index",
-    "metric",
-    "summary",
-    "lower_is_better",
-    "n",
-    "mean",
-    "std",
-    "ci_low",
-    "ci_high",
+    *MEASURE_COLUMNS,
+    *SEED_STATISTIC_COLUMNS,
     "min",
     "median",
     "max",
