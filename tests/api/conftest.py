@@ -11,6 +11,7 @@ import json
 import math
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from app.auth.service import create_api_key
 from app.config import Settings
 from app.dependencies import get_dispatcher
 from app.main import create_app
+from app.migrate import upgrade_database
 from app.models import EpochMetric, Experiment, LayerMetric, Run
-from tests.fixtures import sqlite_copy
+from tests.fixtures import fresh_postgres_database, sqlite_copy
 
 
 class RecordingDispatcher:
@@ -99,6 +101,18 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+@contextmanager
+def postgres_client_of(database: str, tmp_path: Path) -> Iterator[TestClient]:
+    """A client with an owner's key of the API on a fresh, migrated PostgreSQL database of that name (dropped after)."""
+    with fresh_postgres_database(database) as url:
+        upgrade_database(url)
+        application = create_app(Settings(DATABASE_URL=url, BROKER_URL="filesystem://", broker_folder=tmp_path / "b"))
+        application.dependency_overrides[get_dispatcher] = RecordingDispatcher
+        key = make_key(application, name="postgres owner")
+        with TestClient(application, headers=bearer(key)) as client:
+            yield client
+
+
 @pytest.fixture
 def admin_key(app: FastAPI) -> str:
     """A real admin key in the test database."""
@@ -144,6 +158,24 @@ def row_counts(session: Session) -> dict[str, int]:
         model.__tablename__: int(session.scalar(select(func.count()).select_from(model)) or 0)
         for model in (Experiment, Run, EpochMetric, LayerMetric)
     }
+
+
+# What row_counts reads where the API has stored nothing.
+NOTHING = {"experiments": 0, "runs": 0, "epoch_metrics": 0, "layer_metrics": 0}
+
+
+def assert_spec_rejected(
+    client: TestClient, db: Session, spec: dict[str, Any], location: str, fragments: list[str]
+) -> None:
+    """POST /v1/experiments with ``spec`` is a 422 whose message at ``location`` holds every fragment; nothing stored."""
+    response = client.post("/v1/experiments", json=spec)
+
+    assert response.status_code == 422, response.text
+    errors = {error["loc"]: error["msg"] for error in response.json()["detail"]}
+    assert location in errors, errors
+    for fragment in fragments:
+        assert fragment in errors[location]
+    assert row_counts(db) == NOTHING
 
 
 def parquet_rows(content: bytes) -> list[dict[str, Any]]:

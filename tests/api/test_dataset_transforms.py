@@ -9,9 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.spec_transforms import TransformSpec
-from tests.api.conftest import row_counts, small_spec
-
-NOTHING = {"experiments": 0, "runs": 0, "epoch_metrics": 0, "layer_metrics": 0}
+from tests.api.conftest import assert_spec_rejected, small_spec
 
 
 def spec_with(transforms: Any, **overrides: Any) -> dict[str, Any]:
@@ -68,14 +66,7 @@ def spec_with(transforms: Any, **overrides: Any) -> dict[str, Any]:
 def test_bad_transforms_are_a_422_naming_the_field(
     client: TestClient, db: Session, spec: dict[str, Any], location: str, fragments: list[str]
 ) -> None:
-    response = client.post("/v1/experiments", json=spec)
-
-    assert response.status_code == 422, response.text
-    errors = {error["loc"]: error["msg"] for error in response.json()["detail"]}
-    assert location in errors, errors
-    for fragment in fragments:
-        assert fragment in errors[location]
-    assert row_counts(db) == NOTHING
+    assert_spec_rejected(client, db, spec, location, fragments)
 
 
 def test_transforms_are_in_the_catalog_and_a_factor_with_whole_lists_as_levels(client: TestClient) -> None:

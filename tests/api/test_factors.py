@@ -14,9 +14,8 @@ from app.config import Settings
 from app.spec import ExperimentSpec
 from app.spec_cost import estimate_cost, estimate_experiment_cost
 from app.spec_factors import cell_label, expand_cells, run_spec
-from tests.api.conftest import RecordingDispatcher, row_counts, small_spec
+from tests.api.conftest import NOTHING, RecordingDispatcher, row_counts, small_spec
 
-NOTHING = {"experiments": 0, "runs": 0, "epoch_metrics": 0, "layer_metrics": 0}
 CNN = {"kind": "cnn", "channels": [4]}
 RNN = {"kind": "rnn", "hidden_size": 8}
 

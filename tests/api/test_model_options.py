@@ -9,11 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from tests.api.conftest import RecordingDispatcher, row_counts, small_spec
+from tests.api.conftest import NOTHING, RecordingDispatcher, row_counts, small_spec
 from tests.training.test_model_options import STRIDED
 
 MNIST1D = {"name": "mnist1d"}
-NOTHING = {"experiments": 0, "runs": 0, "epoch_metrics": 0, "layer_metrics": 0}
 
 
 def _errors(response: Any) -> dict[str, str]:

@@ -10,9 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from tests.api.conftest import RecordingDispatcher, row_counts, small_spec
+from tests.api.conftest import NOTHING, RecordingDispatcher, row_counts, small_spec
 
-NOTHING = {"experiments": 0, "runs": 0, "epoch_metrics": 0, "layer_metrics": 0}
 SETTINGS = {"betas", "eps", "alpha", "dampening"}
 
 
