@@ -20,17 +20,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import Settings
-from app.dependencies import get_dispatcher
-from app.main import create_app
 from app.metrics import export, parquet, repository
 from app.metrics.repository import MetricFilters
 from app.metrics.service import stream_metric_table
-from app.migrate import upgrade_database
 from app.models import EpochMetric, LayerMetric, RobustnessResult, Run
 from app.streaming import csv_chunks
-from tests.api.conftest import RecordingDispatcher, bearer, make_key, small_spec
-from tests.fixtures import fresh_postgres_database
+from tests.api.conftest import postgres_client_of, small_spec
 
 # Values whose text differs between Arrow's and repr's layouts, or that CSV must keep apart.
 AWKWARD_FLOATS = [1.0, -0.0, 0.1, 1e-05, 3e-05, 0.0001, 2.5e-07, 12345678901.5, 1e16, 1.5e300, 5e-324, math.inf]
@@ -183,13 +178,8 @@ def test_csv_and_parquet_equal_the_reference_encoders_on_sqlite(client: TestClie
 
 @pytest.fixture
 def postgres_client(tmp_path: Path) -> Iterator[TestClient]:
-    with fresh_postgres_database("actlab_export") as url:
-        upgrade_database(url)
-        application = create_app(Settings(DATABASE_URL=url, BROKER_URL="filesystem://", broker_folder=tmp_path / "b"))
-        application.dependency_overrides[get_dispatcher] = RecordingDispatcher
-        key = make_key(application, name="postgres owner")
-        with TestClient(application, headers=bearer(key)) as client:
-            yield client
+    with postgres_client_of("actlab_export", tmp_path) as client:
+        yield client
 
 
 def test_csv_and_parquet_equal_the_reference_encoders_on_postgres(postgres_client: TestClient) -> None:

@@ -12,24 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, select
 
-from app.config import Settings
-from app.dependencies import get_dispatcher
-from app.main import create_app
-from app.migrate import upgrade_database
 from app.models import EpochMetric, Run
-from tests.api.conftest import RecordingDispatcher, bearer, make_key, parquet_rows, small_spec
-from tests.fixtures import fresh_postgres_database
+from tests.api.conftest import parquet_rows, postgres_client_of, small_spec
 
 
 @pytest.fixture
 def postgres_client(tmp_path: Path) -> Iterator[TestClient]:
-    with fresh_postgres_database("actlab_api") as url:
-        upgrade_database(url)
-        application = create_app(Settings(DATABASE_URL=url, BROKER_URL="filesystem://", broker_folder=tmp_path / "b"))
-        application.dependency_overrides[get_dispatcher] = RecordingDispatcher
-        key = make_key(application, name="postgres owner")
-        with TestClient(application, headers=bearer(key)) as client:
-            yield client
+    with postgres_client_of("actlab_api", tmp_path) as client:
+        yield client
 
 
 def test_submit_stream_and_cancel_on_postgres(postgres_client: TestClient) -> None:
