@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
+from app.config import Settings
 from app.db import make_engine, session_scope
 from app.migrate import upgrade_database
 from app.models import Experiment, Run
@@ -26,6 +27,29 @@ TINY_SPEC: dict[str, Any] = {
     "training": {"epochs": 3, "batch_size": 64, "lr": 0.01},
     "device": "cpu",
 }
+# 2 activations x 3 seeds; spirals_spec order: relu 0, 1, 2, then tanh 0, 1, 2.
+GRID_SPEC: dict[str, Any] = {**TINY_SPEC, "seeds": [0, 1, 2]}
+
+
+def one_worker_settings(tmp_path: Path, **values: Any) -> Settings:
+    """A worker's settings for the tests that train: files under tmp_path, no write retries, one thread; ``values``
+    set more."""
+    return Settings(
+        checkpoint_dir=tmp_path / "checkpoints",
+        data_dir=tmp_path / "no-data",
+        run_heartbeat_seconds=60,
+        database_retry_seconds=0,
+        worker_concurrency=1,
+        torch_threads=1,
+        **values,
+    )
+
+
+def runs_in_order(engine: Engine, run_ids: list[uuid.UUID]) -> list[Run]:
+    """The runs of ``run_ids``, in that order."""
+    with session_scope(engine) as session:
+        found = {run.id: run for run in session.execute(select(Run).where(Run.id.in_(run_ids))).scalars()}
+    return [found[run_id] for run_id in run_ids]
 
 
 @pytest.fixture

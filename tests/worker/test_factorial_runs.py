@@ -18,7 +18,7 @@ from app.experiments.service import submit_experiment
 from app.models import EpochMetric, Run
 from app.spec import ExperimentSpec
 from app.spec_factors import run_spec
-from tests.worker.conftest import TINY_SPEC, add_experiment
+from tests.worker.conftest import TINY_SPEC, add_experiment, one_worker_settings
 from worker.runner import execute_run
 from worker.stacked_runner import execute_runs
 
@@ -68,22 +68,10 @@ def _reference(spec: ExperimentSpec, run: Run) -> list[float]:
     return [value for r in outcome.reports for value in (r.train_loss, r.test_loss, r.test_accuracy)]
 
 
-def _settings(tmp_path: Path, **values: Any) -> Settings:
-    return Settings(
-        checkpoint_dir=tmp_path / "checkpoints",
-        data_dir=tmp_path / "no-data",
-        run_heartbeat_seconds=60,
-        database_retry_seconds=0,
-        worker_concurrency=1,
-        torch_threads=1,
-        **values,
-    )
-
-
 def test_each_cell_trains_with_its_own_setting_and_the_base_cell_matches_the_v1_spec(
     engine: Engine, tmp_path: Path
 ) -> None:
-    settings = _settings(tmp_path, stack_runs=False)
+    settings = one_worker_settings(tmp_path, stack_runs=False)
     runs = _submit(engine, INIT_FACTORIAL, settings)
     assert [(run.cell_index, run.cell_label, run.cell_levels) for run in runs] == [
         (0, "init=auto", {"training.init": "auto"}),
@@ -113,7 +101,7 @@ def test_each_cell_trains_with_its_own_setting_and_the_base_cell_matches_the_v1_
 def test_a_stack_takes_the_runs_of_one_cell_only_and_each_cell_keeps_its_numbers(
     engine: Engine, tmp_path: Path
 ) -> None:
-    settings = _settings(tmp_path)
+    settings = one_worker_settings(tmp_path)
     spec = {
         **TINY_SPEC,
         "version": 2,
@@ -172,7 +160,7 @@ def test_a_seed_fixes_the_data_order_in_every_cell_unless_a_factor_changes_the_d
 
 
 def test_cells_differing_only_in_init_train_as_one_stack_with_their_own_numbers(engine: Engine, tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
+    settings = one_worker_settings(tmp_path)
     spec = {**INIT_FACTORIAL, "activations": ["tanh", "relu"], "seeds": [0, 1], "training": TINY_SPEC["training"]}
     runs = _submit(engine, spec, settings)
     assert len(runs) == 2 * 2 * 2

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.models import EpochMetric, RobustnessResult, Run, RunStatus
 from app.spec import ExperimentSpec
-from tests.worker.conftest import TINY_SPEC, add_experiment
+from tests.worker.conftest import TINY_SPEC, add_experiment, one_worker_settings, runs_in_order
 from worker import runner
 from worker.runner import execute_run
 from worker.stacked_runner import execute_runs
@@ -26,28 +26,13 @@ EXPECTED_POINTS = [("noise", 0.0), ("noise", 0.5), ("fgsm", 0.0), ("fgsm", 0.2),
 
 
 def _settings(tmp_path: Path, *, stack_runs: bool) -> Settings:
-    return Settings(
-        checkpoint_dir=tmp_path / "checkpoints",
-        data_dir=tmp_path / "no-data",
-        run_heartbeat_seconds=60,
-        database_retry_seconds=0,
-        worker_concurrency=1,
-        torch_threads=1,
-        stack_runs=stack_runs,
-        checkpoint_interval_seconds=0,
-    )
+    return one_worker_settings(tmp_path, stack_runs=stack_runs, checkpoint_interval_seconds=0)
 
 
 def _points(engine: Engine, run_id: uuid.UUID) -> list[RobustnessResult]:
     with session_scope(engine) as session:
         statement = select(RobustnessResult).where(RobustnessResult.run_id == run_id).order_by(RobustnessResult.id)
         return list(session.execute(statement).scalars())
-
-
-def _runs(engine: Engine, run_ids: list[uuid.UUID]) -> list[Run]:
-    with session_scope(engine) as session:
-        found = {run.id: run for run in session.execute(select(Run).where(Run.id.in_(run_ids))).scalars()}
-    return [found[run_id] for run_id in run_ids]
 
 
 def _assert_engine_numbers(engine: Engine, run: Run, submitted: dict[str, Any] = ROBUST_SPEC) -> None:
@@ -77,7 +62,7 @@ def test_each_run_gets_its_robustness_rows_with_the_ordinary_trainers_numbers(
     run_ids = add_experiment(engine, ROBUST_SPEC)
     for run_id in run_ids:
         execute_runs(run_ids=[run_id], worker_host="w1", task_id=f"t-{run_id}", engine=engine, settings=settings)
-    runs = _runs(engine, run_ids)
+    runs = runs_in_order(engine, run_ids)
     assert {run.status for run in runs} == {"succeeded"}
     assert {run.training_path for run in runs} == {"stacked" if stack_runs else "unstacked"}
     for run in runs:
@@ -87,7 +72,7 @@ def test_each_run_gets_its_robustness_rows_with_the_ordinary_trainers_numbers(
 def test_a_run_without_an_evaluation_block_has_no_rows(engine: Engine, tmp_path: Path) -> None:
     run_id = add_experiment(engine, {**TINY_SPEC, "activations": ["relu"], "seeds": [0]})[0]
     execute_run(run_id=run_id, worker_host="w1", engine=engine, settings=_settings(tmp_path, stack_runs=False))
-    assert _runs(engine, [run_id])[0].status == "succeeded"
+    assert runs_in_order(engine, [run_id])[0].status == "succeeded"
     assert _points(engine, run_id) == []
 
 
@@ -106,7 +91,7 @@ def test_a_run_that_crashed_after_its_last_epoch_gets_its_rows_once_when_resumed
     monkeypatch.setattr(runner, "replace_robustness", database_drops_while_recording_the_end)
     with pytest.raises(OperationalError):
         execute_run(run_id=run_id, worker_host="w1", task_id="t1", engine=engine, settings=settings)
-    (run,) = _runs(engine, [run_id])
+    (run,) = runs_in_order(engine, [run_id])
     assert (run.status, run.epochs_completed) == ("running", 3)
     assert _points(engine, run_id) == [], "the end's transaction rolled back with its rows"
     assert (settings.checkpoint_dir / f"{run_id}.pt").exists()
@@ -114,6 +99,6 @@ def test_a_run_that_crashed_after_its_last_epoch_gets_its_rows_once_when_resumed
     monkeypatch.setattr(runner, "replace_robustness", real_write)
     outcome = execute_run(run_id=run_id, worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert outcome.status == RunStatus.succeeded and outcome.attempt == 2
-    (run,) = _runs(engine, [run_id])
+    (run,) = runs_in_order(engine, [run_id])
     _assert_engine_numbers(engine, run, spec)
     assert {row.attempt for row in _points(engine, run_id)} == {2}

@@ -20,12 +20,10 @@ from app.models.types import utc_now
 from app.runs.stack_repository import unfinished_runs_of_task
 from app.runs.state_repository import claim_run
 from app.spec import ExperimentSpec
-from tests.worker.conftest import TINY_SPEC, add_experiment
+from tests.worker.conftest import GRID_SPEC, add_experiment, one_worker_settings, runs_in_order
 from worker import pool, stacked_runner
 from worker.stacked_runner import StackPlan, execute_run_stacked, execute_runs
 
-# 2 activations x 3 seeds; spirals_spec order: relu 0, 1, 2, then tanh 0, 1, 2.
-GRID_SPEC: dict[str, Any] = {**TINY_SPEC, "seeds": [0, 1, 2]}
 # Overflows to infinity in the first epoch: that member diverges, the relu members must not notice.
 DIVERGING_SPEC: dict[str, Any] = {
     **GRID_SPEC,
@@ -35,20 +33,7 @@ DIVERGING_SPEC: dict[str, Any] = {
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        checkpoint_dir=tmp_path / "checkpoints",
-        data_dir=tmp_path / "no-data",
-        run_heartbeat_seconds=60,
-        database_retry_seconds=0,
-        worker_concurrency=1,
-        torch_threads=1,
-    )
-
-
-def _runs(engine: Engine, run_ids: list[uuid.UUID]) -> list[Run]:
-    with session_scope(engine) as session:
-        found = {run.id: run for run in session.execute(select(Run).where(Run.id.in_(run_ids))).scalars()}
-    return [found[run_id] for run_id in run_ids]
+    return one_worker_settings(tmp_path)
 
 
 def _rows(engine: Engine, run_id: uuid.UUID) -> list[EpochMetric]:
@@ -88,7 +73,7 @@ def test_one_task_trains_the_whole_grid_stacked_with_the_numbers_of_ordinary_run
     assert {outcome.run_id for outcome in batch.outcomes} == set(run_ids)
     assert all(outcome.status == RunStatus.succeeded and outcome.attempt == 1 for outcome in batch.outcomes)
     spec = ExperimentSpec.model_validate(GRID_SPEC)
-    for run in _runs(engine, run_ids):
+    for run in runs_in_order(engine, run_ids):
         assert (run.status, run.epochs_completed, run.attempt, run.task_id) == ("succeeded", 3, 1, "t1")
         assert (run.training_path, run.device) == ("stacked", "cpu")
         assert run.parameter_count and run.init_scheme and run.training_seconds
@@ -117,7 +102,7 @@ def test_one_task_trains_the_whole_grid_stacked_with_the_numbers_of_ordinary_run
     # The tasks of the other runs arrive afterwards and find nothing to do.
     later = execute_runs(run_ids=run_ids[1:2], worker_host="w2", task_id="t2", engine=engine, settings=settings)
     assert [(outcome.run_id, outcome.status) for outcome in later.outcomes] == [(run_ids[1], None)]
-    assert _runs(engine, run_ids[1:2])[0].attempt == 1
+    assert runs_in_order(engine, run_ids[1:2])[0].attempt == 1
 
 
 def test_two_worker_processes_split_the_grid_and_skip_the_tasks_of_runs_the_other_took(
@@ -137,7 +122,7 @@ def test_two_worker_processes_split_the_grid_and_skip_the_tasks_of_runs_the_othe
     # both activations, so the next task names a run still queued and starts the other half at once.
     first = execute_runs(run_ids=[run_ids[0]], worker_host="w1", task_id="t1", engine=engine, settings=two_processes)
     assert {outcome.run_id for outcome in first.outcomes} == {run_ids[0], run_ids[2], run_ids[5]}
-    assert _runs(engine, [run_ids[1]])[0].status == "queued"
+    assert runs_in_order(engine, [run_ids[1]])[0].status == "queued"
     second = execute_runs(run_ids=[run_ids[1]], worker_host="w2", task_id="t2", engine=engine, settings=two_processes)
     assert {outcome.run_id for outcome in second.outcomes} == {run_ids[1], run_ids[3], run_ids[4]}
     assert stacks == [3, 3]
@@ -146,7 +131,7 @@ def test_two_worker_processes_split_the_grid_and_skip_the_tasks_of_runs_the_othe
             run_ids=[run_ids[index]], worker_host="w3", task_id=f"t{index + 1}", engine=engine, settings=two_processes
         )
         assert [outcome.status for outcome in skipped.outcomes] == [None]
-    runs = _runs(engine, run_ids)
+    runs = runs_in_order(engine, run_ids)
     assert [run.status for run in runs] == ["succeeded"] * 6
     assert [run.attempt for run in runs] == [1] * 6
     assert [run.task_id for run in runs] == ["t1", "t2", "t1", "t2", "t2", "t1"]
@@ -156,7 +141,7 @@ def test_two_worker_processes_split_the_grid_and_skip_the_tasks_of_runs_the_othe
 def test_a_diverging_member_ends_diverged_and_the_others_succeed(engine: Engine, settings: Settings) -> None:
     run_ids = add_experiment(engine, DIVERGING_SPEC)
     execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=settings)
-    runs = _runs(engine, run_ids)
+    runs = runs_in_order(engine, run_ids)
     assert [run.status for run in runs] == ["succeeded"] * 3 + ["diverged"] * 3
     for run in runs[3:]:
         assert (run.diverged_epoch, run.epochs_completed, run.training_path) == (1, 1, "stacked")
@@ -187,7 +172,7 @@ def test_cancel_stops_every_member_at_the_epoch_boundary_and_keeps_finished_epoc
     batch = execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert [outcome.status for outcome in batch.outcomes] == [RunStatus.cancelled] * 6
     assert writes == [0] * 6 + [1] * 6 + [2] * 6
-    for run in _runs(engine, run_ids):
+    for run in runs_in_order(engine, run_ids):
         assert (run.status, run.epochs_completed) == ("cancelled", 2)
         assert [row.epoch for row in _rows(engine, run.id)] == [0, 1, 2]
         assert not (settings.checkpoint_dir / f"{run.id}.pt").exists()
@@ -221,7 +206,7 @@ def test_a_member_taken_over_by_a_newer_attempt_stops_and_the_others_go_on(
     statuses = {outcome.run_id: outcome.status for outcome in batch.outcomes}
     assert statuses.pop(lost) is None
     assert set(statuses.values()) == {RunStatus.succeeded}
-    taken = _runs(engine, [lost])[0]
+    taken = runs_in_order(engine, [lost])[0]
     assert (taken.status, taken.attempt, taken.worker_host, taken.task_id) == ("running", 2, "w2", "other")
     assert [(row.epoch, row.attempt) for row in _rows(engine, lost)] == [(0, 1), (1, 1)]
     for run_id in statuses:
@@ -236,7 +221,7 @@ def test_a_redelivered_task_takes_its_whole_stack_back_and_resumes_from_the_chec
     spec = {**GRID_SPEC, "training": {**GRID_SPEC["training"], "epochs": 4}}
     reference_ids = add_experiment(engine, spec)
     execute_runs(run_ids=reference_ids[:1], worker_host="w1", task_id="reference", engine=engine, settings=settings)
-    reference = {run.seed * 10 + run.activation_index: run.id for run in _runs(engine, reference_ids)}
+    reference = {run.seed * 10 + run.activation_index: run.id for run in runs_in_order(engine, reference_ids)}
 
     run_ids = add_experiment(engine, spec)
     real_upsert = stacked_runner.upsert_epoch_metrics_of_runs
@@ -250,7 +235,7 @@ def test_a_redelivered_task_takes_its_whole_stack_back_and_resumes_from_the_chec
     monkeypatch.setattr(stacked_runner, "upsert_epoch_metrics_of_runs", worker_stops_in_epoch_three)
     with pytest.raises(SystemExit):
         execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=settings)
-    assert {run.status for run in _runs(engine, run_ids)} == {"running"}
+    assert {run.status for run in runs_in_order(engine, run_ids)} == {"running"}
     assert all((settings.checkpoint_dir / f"{run_id}.pt").exists() for run_id in run_ids)
     # Meanwhile the task of another run of the stack is delivered: that run is running under t1, so it is skipped.
     skipped = execute_runs(run_ids=[run_ids[2]], worker_host="w2", task_id="t3", engine=engine, settings=settings)
@@ -259,7 +244,7 @@ def test_a_redelivered_task_takes_its_whole_stack_back_and_resumes_from_the_chec
     monkeypatch.setattr(stacked_runner, "upsert_epoch_metrics_of_runs", real_upsert)
     batch = execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert sorted(outcome.attempt or 0 for outcome in batch.outcomes) == [2] * 6
-    for run in _runs(engine, run_ids):
+    for run in runs_in_order(engine, run_ids):
         assert (run.status, run.attempt, run.epochs_completed) == ("succeeded", 2, 4)
         rows = _rows(engine, run.id)
         # Epoch 0 is not measured again on resume: it stays the first attempt's row.
@@ -307,7 +292,7 @@ def test_the_time_limit_ends_every_member_timed_out_with_its_finished_epochs(
     monkeypatch.setattr(stacked_runner, "upsert_epoch_metrics_of_runs", time_runs_out_in_epoch_three)
     batch = execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert {outcome.status for outcome in batch.outcomes} == {RunStatus.timed_out}
-    for run in _runs(engine, run_ids):
+    for run in runs_in_order(engine, run_ids):
         assert (run.status, run.epochs_completed) == ("timed_out", 2)
         assert run.error is not None and "time limit" in run.error
         assert [row.epoch for row in _rows(engine, run.id)] == [0, 1, 2]
@@ -341,7 +326,7 @@ def test_a_spec_not_worth_stacking_trains_only_its_own_run_the_ordinary_way(engi
     run_ids = add_experiment(engine, spec)
     batch = execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert [(outcome.run_id, outcome.status) for outcome in batch.outcomes] == [(run_ids[0], RunStatus.succeeded)]
-    runs = _runs(engine, run_ids)
+    runs = runs_in_order(engine, run_ids)
     assert runs[0].training_path == "unstacked"
     assert [run.status for run in runs[1:]] == ["queued"] * 5
 
@@ -351,7 +336,7 @@ def test_stacking_turned_off_trains_one_run_per_task(engine: Engine, settings: S
     alone = settings.model_copy(update={"stack_runs": False})
     batch = execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=alone)
     assert [outcome.run_id for outcome in batch.outcomes] == [run_ids[0]]
-    assert _runs(engine, run_ids[:1])[0].training_path == "unstacked"
+    assert runs_in_order(engine, run_ids[:1])[0].training_path == "unstacked"
 
 
 def test_a_cancelled_experiment_claims_no_companions(engine: Engine, settings: Settings) -> None:
@@ -360,7 +345,7 @@ def test_a_cancelled_experiment_claims_no_companions(engine: Engine, settings: S
         _cancel_experiment(session, run_ids[0])
     outcomes = execute_run_stacked(run_id=run_ids[0], worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert [(outcome.run_id, outcome.status) for outcome in outcomes] == [(run_ids[0], RunStatus.cancelled)]
-    assert [run.status for run in _runs(engine, run_ids[1:])] == ["queued"] * 5
+    assert [run.status for run in runs_in_order(engine, run_ids[1:])] == ["queued"] * 5
 
 
 def _plan(*, members_in_memory: int = 1000, on_gpu: bool = False) -> StackPlan:

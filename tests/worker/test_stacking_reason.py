@@ -7,41 +7,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.db import session_scope
-from app.models import Run, RunStatus
-from tests.worker.conftest import TINY_SPEC, add_experiment
+from app.models import RunStatus
+from tests.worker.conftest import GRID_SPEC, TINY_SPEC, add_experiment, one_worker_settings, runs_in_order
 from worker.runner import ONE_RUN_PATH, execute_run
 from worker.stacked_runner import STACKING_OFF, execute_runs
-
-GRID_SPEC: dict[str, Any] = {**TINY_SPEC, "seeds": [0, 1, 2]}
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        checkpoint_dir=tmp_path / "checkpoints",
-        data_dir=tmp_path / "no-data",
-        run_heartbeat_seconds=60,
-        database_retry_seconds=0,
-        worker_concurrency=1,
-        torch_threads=1,
-    )
-
-
-def _runs(engine: Engine, run_ids: list[uuid.UUID]) -> list[Run]:
-    with session_scope(engine) as session:
-        found = {run.id: run for run in session.execute(select(Run).where(Run.id.in_(run_ids))).scalars()}
-    return [found[run_id] for run_id in run_ids]
+    return one_worker_settings(tmp_path)
 
 
 def test_a_stacked_grid_records_one_stack_its_size_and_why_it_stacked(engine: Engine, settings: Settings) -> None:
     run_ids = add_experiment(engine, GRID_SPEC)
     execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=settings)
-    runs = _runs(engine, run_ids)
+    runs = runs_in_order(engine, run_ids)
     assert {run.training_path for run in runs} == {"stacked"}
     assert len({run.stack_id for run in runs}) == 1 and runs[0].stack_id is not None
     uuid.UUID(str(runs[0].stack_id))
@@ -54,7 +37,7 @@ def test_a_stacked_grid_records_one_stack_its_size_and_why_it_stacked(engine: En
 def test_a_spec_not_recommended_for_stacking_says_why(engine: Engine, settings: Settings) -> None:
     run_ids = add_experiment(engine, {**GRID_SPEC, "model": {"kind": "mlp", "hidden": [8], "dropout": 0.1}})
     execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=settings)
-    run = _runs(engine, run_ids[:1])[0]
+    run = runs_in_order(engine, run_ids[:1])[0]
     assert (run.training_path, run.stack_id, run.stack_size) == ("unstacked", None, None)
     assert run.stacking_reason is not None
     assert run.stacking_reason.startswith("stacking not recommended: model.dropout > 0")
@@ -64,7 +47,7 @@ def test_a_recurrent_model_says_it_has_no_stacked_form(engine: Engine, settings:
     spec = {**TINY_SPEC, "dataset": {"name": "digits"}, "model": {"kind": "rnn", "hidden_size": 4}, "seeds": [0]}
     run_ids = add_experiment(engine, {**spec, "training": {"epochs": 1, "batch_size": 256}})
     execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=settings)
-    run = _runs(engine, run_ids[:1])[0]
+    run = runs_in_order(engine, run_ids[:1])[0]
     assert run.status == RunStatus.succeeded.value
     assert run.stacking_reason == (
         "stacking not recommended: model kind 'rnn' has no stacked form (mlp and cnn do); "
@@ -77,7 +60,7 @@ def test_stacking_off_and_the_one_run_path_say_so(engine: Engine, settings: Sett
     off = settings.model_copy(update={"stack_runs": False})
     execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=off)
     execute_run(run_id=run_ids[1], worker_host="w1", task_id="t2", engine=engine, settings=settings)
-    first, second = _runs(engine, run_ids[:2])
+    first, second = runs_in_order(engine, run_ids[:2])
     assert (first.training_path, first.stacking_reason) == ("unstacked", STACKING_OFF)
     assert (second.training_path, second.stacking_reason) == ("unstacked", ONE_RUN_PATH)
 
@@ -86,7 +69,7 @@ def test_a_stackable_run_with_no_companion_left_says_it_found_none(engine: Engin
     run_ids = add_experiment(engine, GRID_SPEC)
     one = settings.model_copy(update={"stack_chunk_runs": 1})
     execute_runs(run_ids=run_ids[:1], worker_host="w1", task_id="t1", engine=engine, settings=one)
-    run = _runs(engine, run_ids[:1])[0]
+    run = runs_in_order(engine, run_ids[:1])[0]
     assert (run.training_path, run.stack_id) == ("unstacked", None)
     assert run.stacking_reason is not None
     assert run.stacking_reason.startswith("no other queued run of its cell was free to stack with")

@@ -122,26 +122,18 @@ def _one_thread() -> Iterator[None]:
 def _train(name: str, spec: dict[str, Any], stacked: bool, folder: Path) -> dict[str, Any]:
     from sqlalchemy import select
 
-    from app.config import Settings
     from app.db import make_engine, session_scope
     from app.migrate import upgrade_database
     from app.models import EpochMetric, Experiment, LayerMetric, Run
-    from tests.worker.conftest import add_experiment
+    from tests.worker.conftest import add_experiment, one_worker_settings
     from worker.stacked_runner import execute_runs
 
     epoch_columns, layer_columns = _columns()
     url = f"sqlite:///{folder / (name.replace(' ', '_') + '.db')}"
     upgrade_database(url)
     engine = make_engine(url)
-    settings = Settings(
-        checkpoint_dir=folder / "checkpoints",
-        data_dir=folder / "no-data",
-        run_heartbeat_seconds=60,
-        database_retry_seconds=0,
-        worker_concurrency=1,
-        torch_threads=1,
-        stack_runs=stacked,
-        stack_chunk_runs=len(spec["activations"]) * len(spec["seeds"]),
+    settings = one_worker_settings(
+        folder, stack_runs=stacked, stack_chunk_runs=len(spec["activations"]) * len(spec["seeds"])
     )
     try:
         run_ids = add_experiment(engine, spec)
