@@ -1,14 +1,16 @@
-"""CSV and Parquet of a metric table, encoded a column batch at a time with Arrow.
+"""CSV and Parquet of a metric table, encoded a column batch at a time with Arrow, or the database's own CSV.
 
-The rows come from ``repository.driver_row_batches`` (each run's own columns, as the driver returns
-them) and the runs' columns from ``repository.export_runs``, written once per run. Each batch of rows
-becomes Arrow columns; CSV text is assembled from them by Arrow's compute functions, so no value goes
-through Python's ``repr`` or the csv module, and a batch is encoded and sent before the next is read
-(memory stays flat however many rows there are).
+SQLite (and Parquet on both databases): the rows come from ``repository.driver_row_batches`` (each run's own
+columns, as the driver returns them) and the runs' columns from ``repository.export_runs``, written once per
+run. Each batch of rows becomes Arrow columns; CSV text is assembled from them by Arrow's compute functions,
+so no value goes through Python's ``repr`` or the csv module, and a batch is encoded and sent before the next
+is read (memory stays flat however many rows there are). This CSV text is the one ``app.streaming.csv_chunks``
+writes for the same rows, byte for byte: floats as ``repr`` writes them (shortest text that reads back to the
+same float: ``1.0``, ``0.001``, ``1e-05``, ``nan``, ``inf``), text quoted only where the csv module quotes it,
+empty cells for missing values.
 
-The CSV text is the one ``app.streaming.csv_chunks`` writes for the same rows, byte for byte: floats as
-``repr`` writes them (shortest text that reads back to the same float: ``1.0``, ``0.001``, ``1e-05``,
-``nan``, ``inf``), text quoted only where the csv module quotes it, empty cells for missing values.
+CSV on PostgreSQL: ``repository.copied_csv_blocks``, the server's ``COPY ... TO STDOUT`` passed through in
+PostgreSQL's layout (``copied_csv_chunks``; the same values, README "Export").
 """
 
 from __future__ import annotations
@@ -152,10 +154,15 @@ def csv_chunks(
     has_factors = bool(runs) and bool(runs[0].factor_values)
     suffixes = pa.array([_csv_fields(run.factor_values) for run in runs], pa.string())
     for where, batch in _gather(pieces, batch_rows):
-        parts = [pc.take(prefixes, where)]
-        for array in _row_arrays(batch, json_columns):
+        arrays = _row_arrays(batch, json_columns)
+        floats = [array for array in arrays if pa.types.is_floating(array.type)]
+        # All float columns in one call: the kernels run over one long array instead of a short one per column.
+        texts = float_text(pa.concat_arrays(floats)) if floats else pa.array([], pa.string())
+        parts, written = [pc.take(prefixes, where)], 0
+        for array in arrays:
             if pa.types.is_floating(array.type):
-                parts.append(float_text(array))
+                parts.append(texts.slice(written, len(array)))
+                written += len(array)
             elif pa.types.is_integer(array.type):
                 parts.append(pc.cast(array, pa.string()))
             else:
@@ -166,6 +173,12 @@ def csv_chunks(
         yield _buffer_bytes(pc.binary_join_element_wise(lines, "", "\n"))
 
 
+def copied_csv_chunks(*, columns: Sequence[str], blocks: Iterable[bytes]) -> Iterator[bytes]:
+    """The header line (as ``csv_chunks`` writes it), then the database's own CSV blocks as they come."""
+    yield (_csv_fields(columns) + "\n").encode()
+    yield from blocks
+
+
 def parquet_chunks(
     *,
     columns: Sequence[str],
@@ -173,13 +186,12 @@ def parquet_chunks(
     runs: Sequence[ExportRun],
     pieces: RowBatches,
     batch_rows: int,
-    rows_per_group: int | None = None,
+    rows_per_group: int,
 ) -> Iterator[bytes]:
     """A Parquet file of the table (``parquet.metric_schema``), one chunk per row group of ``rows_per_group``
-    rows (default ``parquet.ROWS_PER_GROUP``)."""
+    rows."""
     import pyarrow as pa
 
-    rows_per_group = rows_per_group or parquet.ROWS_PER_GROUP
     schema = parquet.metric_schema(columns, table)
     json_columns = _json_columns(table)
     own_columns = len(row_columns(table))

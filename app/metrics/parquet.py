@@ -19,10 +19,6 @@ from app.metrics.repository import column_python_types
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# Rows per Parquet row group: larger groups compress and read better, but one is held while it is encoded
-# (50,000 rows: about 55 MB above idle; 20,000: about 20 MB). Each is sent as soon as it is written.
-ROWS_PER_GROUP = 20_000
-
 MEDIA_TYPE = "application/vnd.apache.parquet"
 
 
@@ -82,11 +78,10 @@ class _Chunks:
         return data
 
 
-def parquet_chunks(
-    schema: pa.Schema, batches: Iterable[pa.RecordBatch], *, rows_per_group: int = ROWS_PER_GROUP
-) -> Iterator[bytes]:
+def parquet_chunks(schema: pa.Schema, batches: Iterable[pa.RecordBatch], *, rows_per_group: int) -> Iterator[bytes]:
     """A Parquet file of ``batches`` (in the schema), as bytes: one chunk per row group of ``rows_per_group``
-    rows (the last may be shorter), then the footer. At most one row group is held at a time."""
+    rows (the last may be shorter; the setting parquet_row_group_rows), each sent as soon as it is written,
+    then the footer. At most one row group is held at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -1,21 +1,22 @@
 """SQL that reads metric tables (epochs, layers, robustness), streamed in batches through a server-side cursor.
 
-Two readers: ``iterate_table`` (typed rows through SQLAlchemy, for JSON) and ``export_runs`` with
-``driver_row_batches`` (for CSV and Parquet): the runs once, then each run's rows in the table's order as the
-database driver returns them, without SQLAlchemy's per-row processing (a large export's cost).
+Three readers: ``iterate_table`` (typed rows through SQLAlchemy, for JSON); ``export_runs`` with
+``driver_row_batches`` (for CSV on SQLite and Parquet): the runs once, then each run's rows in the table's order
+as the database driver returns them, without SQLAlchemy's per-row processing (a large export's cost); and
+``copied_csv_blocks`` (CSV on PostgreSQL): the server's own CSV of each run's rows, passed through as it comes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
+import itertools
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import JSON, BigInteger, Float, Select, String, Text, and_, case, cast, func, literal, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
@@ -24,15 +25,14 @@ from app.models.epoch_metric import EPOCH_VALUE_FIELDS
 from app.models.layer_metric import LAYER_VALUE_FIELDS
 from app.models.robustness import ROBUSTNESS_VALUE_FIELDS
 from app.spec_factors import level_value
+from app.streaming import csv_value
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# Rows fetched from the database per round trip while streaming.
+# Rows fetched from the database per round trip while streaming JSON (CSV and Parquet: the setting
+# export_batch_rows).
 FETCH_BATCH_ROWS = 1000
-# Rows per round trip, and per encoded batch, of a CSV or Parquet export: larger batches encode a little
-# faster, smaller ones keep the peak memory down (10,000 rows: about 50 MB above idle; 2,000: about 20 MB).
-EXPORT_BATCH_ROWS = 2000
 
 
 @dataclass(frozen=True)
@@ -307,6 +307,15 @@ def _driver_statement(statement: Select[Any], dialect: Dialect) -> tuple[str, An
     return str(compiled), values
 
 
+def _exact_postgres_text(connection: Any) -> None:
+    """Floats in their shortest exact text (PostgreSQL 12+; 17 digits before) and UTF-8, for this transaction.
+
+    A server configured with ``extra_float_digits = 0`` would otherwise round every float to 15 digits.
+    """
+    connection.exec_driver_sql("SET LOCAL extra_float_digits = 3")
+    connection.exec_driver_sql("SET LOCAL client_encoding = 'UTF8'")
+
+
 def driver_row_batches(
     *,
     session: Session,
@@ -314,77 +323,100 @@ def driver_row_batches(
     run_ids: Sequence[uuid.UUID],
     filters: MetricFilters,
     schema: pa.Schema,
-    batch_rows: int = EXPORT_BATCH_ROWS,
+    batch_rows: int,
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(position in ``run_ids``, a batch of about ``batch_rows`` of its rows) of each run in turn: the
     ``row_columns`` typed by ``schema`` (JSON columns as the database's JSON text), without SQLAlchemy's rows.
 
-    SQLite: the driver's cursor. PostgreSQL: ``COPY (SELECT ...) TO STDOUT`` as CSV, parsed by Arrow (the
-    server writes floats in their shortest exact form, which Arrow reads back to the same double).
+    SQLite: the driver's rows, converted to Arrow in one call per batch (a struct array of the row tuples).
+    PostgreSQL: ``copied_csv_blocks`` of each run, each block parsed by Arrow (the server writes floats in their
+    shortest exact form, which Arrow reads back to the same double).
     """
     import pyarrow as pa
 
     connection = session.connection()
     dialect = connection.dialect
     driver: Any = connection.connection.driver_connection
+    if dialect.name == "postgresql":
+        _exact_postgres_text(connection)
+    rows_type = pa.struct(list(schema))
     for position, run_id in enumerate(run_ids):
         sql, parameters = _driver_statement(_run_rows_statement(table=table, run_id=run_id, filters=filters), dialect)
         if dialect.name == "postgresql":
-            yield from ((position, batch) for batch in _copied_batches(driver, sql, parameters, schema, batch_rows))
+            for block in _copied_blocks(driver, sql, parameters, batch_rows):
+                yield position, _parsed_csv(block, schema)
             continue
         cursor = driver.cursor()
         try:
             cursor.execute(sql, parameters)
             while rows := cursor.fetchmany(batch_rows):
-                columns = zip(*rows, strict=True)
-                arrays = [pa.array(values, field.type) for values, field in zip(columns, schema, strict=True)]
-                yield position, pa.RecordBatch.from_arrays(arrays, schema=schema)
+                yield position, pa.RecordBatch.from_struct_array(pa.array(rows, rows_type))
         finally:
             # The session may have been closed first (a client that went away): its connection took the cursor.
             with contextlib.suppress(Exception):
                 cursor.close()
 
 
-class _CopyReader(io.RawIOBase):
-    """The data of a psycopg COPY TO STDOUT as a readable file (Arrow's CSV reader pulls from it)."""
+def copied_csv_blocks(
+    *, session: Session, table: str, runs: Sequence[ExportRun], filters: MetricFilters, batch_rows: int
+) -> Iterator[bytes]:
+    """PostgreSQL only: the table's CSV lines (no header) as ``COPY ... TO STDOUT`` writes them, each run's
+    columns and factor levels bound into its query, in blocks of ``batch_rows`` lines: no value passes
+    through Python. The layout is PostgreSQL's (README, "Metric tables as CSV"): floats in their shortest exact
+    text (``1.0``, ``0.1``, ``1e-05``, ``1e+15``, ``Infinity``, ``NaN``), JSON as jsonb writes it, a text quoted
+    where it holds a comma, quote or line break, an empty text as ``""`` and a missing value as an empty field.
+    """
+    connection = session.connection()
+    _exact_postgres_text(connection)
+    driver: Any = connection.connection.driver_connection
+    for run in runs:
+        leading: list[Any] = [
+            literal(str(run.id), String),
+            literal(run.activation, String),
+            literal(run.seed, BigInteger),
+            literal(run.cell, String),
+        ]
+        trailing = [literal(None if value is None else str(csv_value(value)), String) for value in run.factor_values]
+        statement = _run_rows_statement(table=table, run_id=run.id, filters=filters)
+        own = [_copied_text(column) for column in statement.selected_columns]
+        statement = statement.with_only_columns(*leading, *own, *trailing)
+        yield from _copied_blocks(driver, *_driver_statement(statement, connection.dialect), batch_rows)
 
-    def __init__(self, copy: Any) -> None:
-        self._chunks = iter(copy)
-        self._pending = b""
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = bytes(chunk)
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
+def _copied_text(column: Any) -> Any:
+    """A column as COPY should write it: a float as PostgreSQL writes it, with ``.0`` on a whole number written
+    without an exponent (below 1e15), so that pandas reads every float column as floats (``4001`` alone would
+    read as an integer); a stored JSON null as a missing value (as the ORM reads it); the rest as they are."""
+    if isinstance(column.type, Float):
+        text = cast(column, Text)
+        return case((and_(column == func.trunc(column), func.abs(column) < 1e15), text + ".0"), else_=text)
+    if isinstance(column.type, JSON):
+        return func.nullif(cast(column, Text), "null")
+    return column
 
 
-def _copied_batches(driver: Any, sql: str, parameters: Any, schema: pa.Schema, batch_rows: int) -> Iterator[Any]:
+def _copied_blocks(driver: Any, sql: str, parameters: Any, batch_rows: int) -> Iterator[bytes]:
+    """The CSV of ``COPY (sql) TO STDOUT`` in blocks of ``batch_rows`` whole lines (the driver hands out a line
+    at a time)."""
+    with driver.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", parameters) as copy:
+        while block := b"".join(itertools.islice(copy, batch_rows)):
+            yield block
+
+
+def _parsed_csv(block: bytes, schema: pa.Schema) -> pa.RecordBatch:
+    """A block of COPY's CSV lines as a record batch of ``schema`` (NULL is an empty field, an empty text "")."""
+    import pyarrow as pa
     import pyarrow.csv as arrow_csv
 
-    options = arrow_csv.ConvertOptions(
-        column_types={field.name: field.type for field in schema},
-        # COPY writes NULL as an empty field and an empty string as "".
-        null_values=[""],
-        strings_can_be_null=True,
-        quoted_strings_can_be_null=False,
+    table = arrow_csv.read_csv(
+        pa.BufferReader(block),
+        # One block at a time, in this thread: Arrow's read-ahead and thread pool would hold more blocks.
+        read_options=arrow_csv.ReadOptions(column_names=schema.names, use_threads=False, block_size=len(block) + 1),
+        convert_options=arrow_csv.ConvertOptions(
+            column_types={field.name: field.type for field in schema},
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
     )
-    # About 150 bytes per row of CSV: blocks of that many rows (Arrow reads a block at a time).
-    reading = arrow_csv.ReadOptions(column_names=schema.names, block_size=max(batch_rows * 150, 1 << 16))
-    with driver.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", parameters) as copy:
-        source = io.BufferedReader(_CopyReader(copy), buffer_size=1 << 16)
-        if not source.peek(1):
-            # No rows (a run with none in the filter's range, or none yet): Arrow refuses an empty CSV file.
-            return
-        reader = arrow_csv.open_csv(source, read_options=reading, convert_options=options)
-        for batch in reader:
-            if batch.num_rows:
-                yield batch
+    return pa.concat_batches(table.to_batches())

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.schemas import Principal
-from app.dependencies import PrincipalDependency, SessionFactoryDependency, stream_limits
+from app.dependencies import PrincipalDependency, SessionFactoryDependency, get_app_settings, stream_limits
 from app.metrics import service
 from app.metrics.repository import MetricFilters
 from app.metrics.schemas import EpochMetricRow, LayerMetricRow, RobustnessRow
@@ -115,6 +115,7 @@ def _stream(download: _Download, experiment_id: uuid.UUID, table: MetricTable, q
     output_format = query.output_format
     # Admitted (or 503 with Retry-After) before any connection is taken; one session for checks and rows.
     permit = stream_limits(download.request).downloads.admit()
+    settings = get_app_settings(download.request)
     try:
         chunks = service.stream_metric_table(
             session_factory=download.session_factory,
@@ -123,6 +124,8 @@ def _stream(download: _Download, experiment_id: uuid.UUID, table: MetricTable, q
             table=table,
             output_format=output_format,
             viewer=download.principal,
+            batch_rows=None if output_format == "json" else settings.export_batch_rows,
+            rows_per_group=settings.parquet_row_group_rows,
         )
     except BaseException:
         permit.release()
@@ -137,8 +140,10 @@ def _stream(download: _Download, experiment_id: uuid.UUID, table: MetricTable, q
     EpochMetricRow,
     summary="Per-epoch metrics",
     description="One row per (run, epoch), ordered by activation (as in the spec), seed and epoch. "
-    "`format=csv` loads with `pandas.read_csv(url)` as it is, `format=parquet` with `pandas.read_parquet` (one row "
-    "group per 20,000 rows; measurements as 64-bit floats, NaN where not finite; factor columns as text). The table streams from the database. A factorial "
+    "`format=csv` loads with `pandas.read_csv(url)` as it is (floats in their shortest exact text; on PostgreSQL "
+    "in the server's layout, e.g. `Infinity` for `inf`, `1e+15` for `1000000000000000.0`: the same values), `format=parquet` with "
+    "`pandas.read_parquet` (one row group per `ACTLAB_PARQUET_ROW_GROUP_ROWS` rows, 20,000 by default; measurements "
+    "as 64-bit floats, NaN where not finite; factor columns as text). The table streams from the database. A factorial "
     "experiment adds a column per factor path; `factor.<path>=<level>` (e.g. `factor.training.init=auto`, "
     "`factor.model.hidden=[16,16]`) keeps the runs of the cells at that level.",
 )

@@ -10,6 +10,7 @@ from typing import Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.schemas import Principal
+from app.config import Settings
 from app.experiments import service as experiments_service
 from app.metrics import export, parquet, repository
 from app.metrics.repository import MetricFilters
@@ -76,6 +77,11 @@ def check_metric_filters(
         raise InvalidInputError(errors)
 
 
+def _setting_default(name: str) -> int:
+    default: int = Settings.model_fields[name].default
+    return default
+
+
 def stream_metric_table(
     *,
     session_factory: sessionmaker[Session],
@@ -85,15 +91,17 @@ def stream_metric_table(
     output_format: OutputFormat,
     viewer: Principal | None = None,
     batch_rows: int | None = None,
+    rows_per_group: int | None = None,
 ) -> ClosingStream:
     """The metric table as JSON text chunks, or CSV or Parquet bytes, all read on one session, ``batch_rows`` rows
-    at a time (default: ``repository.FETCH_BATCH_ROWS`` for JSON, ``EXPORT_BATCH_ROWS`` for CSV and Parquet).
+    at a time (default: ``repository.FETCH_BATCH_ROWS`` for JSON, the setting export_batch_rows for CSV and
+    Parquet); Parquet has one row group per ``rows_per_group`` rows (default: the setting parquet_row_group_rows).
 
     The filters are checked and the first batch is read before this returns, so a missing experiment,
     a bad filter or a database that does not answer is an error response (404, 422, 503), never a 200
     that stops half-way; the rest streams from the same session, closed by ClosingStream.close().
-    CSV and Parquet are encoded a column batch at a time from the driver's rows (app.metrics.export);
-    Parquet has one row group per ``parquet.ROWS_PER_GROUP`` rows.
+    CSV on SQLite and Parquet are encoded a column batch at a time from the driver's rows (app.metrics.export);
+    CSV on PostgreSQL is the server's own ``COPY ... TO STDOUT`` (``repository.copied_csv_blocks``).
     """
     session = session_factory()
     try:
@@ -108,26 +116,52 @@ def stream_metric_table(
             first_batch = list(itertools.islice(rows, rows_per_batch))
             chunks = json_array_chunks(columns, itertools.chain(first_batch, rows), rows_per_chunk=rows_per_batch)
         else:
-            rows_per_batch = batch_rows or repository.EXPORT_BATCH_ROWS
-            runs = repository.export_runs(session=session, experiment_id=experiment_id, filters=filters)
-            pieces = repository.driver_row_batches(
+            chunks = _export_chunks(
                 session=session,
-                table=table,
-                run_ids=[run.id for run in runs],
+                experiment_id=experiment_id,
                 filters=filters,
-                schema=export.row_schema(table),
-                batch_rows=rows_per_batch,
-            )
-            first_piece = list(itertools.islice(pieces, 1))
-            encode = export.csv_chunks if output_format == "csv" else export.parquet_chunks
-            chunks = encode(
-                columns=columns,
                 table=table,
-                runs=runs,
-                pieces=itertools.chain(first_piece, pieces),
-                batch_rows=rows_per_batch,
+                columns=columns,
+                output_format=output_format,
+                batch_rows=batch_rows or _setting_default("export_batch_rows"),
+                rows_per_group=rows_per_group or _setting_default("parquet_row_group_rows"),
             )
     except BaseException:
         session.close()
         raise
     return ClosingStream(chunks, close=session.close)
+
+
+def _export_chunks(
+    *,
+    session: Session,
+    experiment_id: uuid.UUID,
+    filters: MetricFilters,
+    table: MetricTable,
+    columns: tuple[str, ...],
+    output_format: OutputFormat,
+    batch_rows: int,
+    rows_per_group: int,
+) -> Iterator[bytes]:
+    """CSV or Parquet chunks of the table, its first batch already read."""
+    runs = repository.export_runs(session=session, experiment_id=experiment_id, filters=filters)
+    if output_format == "csv" and session.get_bind().dialect.name == "postgresql":
+        blocks = repository.copied_csv_blocks(
+            session=session, table=table, runs=runs, filters=filters, batch_rows=batch_rows
+        )
+        first_block = list(itertools.islice(blocks, 1))
+        return export.copied_csv_chunks(columns=columns, blocks=itertools.chain(first_block, blocks))
+    pieces = repository.driver_row_batches(
+        session=session,
+        table=table,
+        run_ids=[run.id for run in runs],
+        filters=filters,
+        schema=export.row_schema(table),
+        batch_rows=batch_rows,
+    )
+    read = itertools.chain(list(itertools.islice(pieces, 1)), pieces)
+    if output_format == "csv":
+        return export.csv_chunks(columns=columns, table=table, runs=runs, pieces=read, batch_rows=batch_rows)
+    return export.parquet_chunks(
+        columns=columns, table=table, runs=runs, pieces=read, batch_rows=batch_rows, rows_per_group=rows_per_group
+    )

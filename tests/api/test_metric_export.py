@@ -1,10 +1,12 @@
-"""CSV and Parquet exports of the metric tables (app.metrics.export): the same text and rows as the reference
-encoders over SQLAlchemy's rows, on SQLite and PostgreSQL, with filters, factor columns and awkward values, and a
-stream that reads a batch only when the one before has been sent."""
+"""CSV and Parquet exports of the metric tables (app.metrics.export): the same text (SQLite) or the same values
+(PostgreSQL's own CSV layout) and the same rows as the reference encoders over SQLAlchemy's rows, with filters,
+factor columns and awkward values; the two databases' CSV of the same runs read back by pandas to the same
+values, bit for bit; the batch settings; and a stream that reads a batch only when the one before has been sent."""
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import random
 import struct
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -44,7 +47,9 @@ def _fill(client: TestClient, session_factory: sessionmaker[Session]) -> uuid.UU
     experiment_id = uuid.UUID(client.post("/v1/experiments", json=_spec()).json()["id"])
     generator = random.Random(7)
     with session_factory() as session:
-        run_ids = list(session.scalars(select(Run.id).where(Run.experiment_id == experiment_id)))
+        # In table order, so that both databases give each run the same values.
+        order = (Run.cell_index, Run.activation_index, Run.seed)
+        run_ids = list(session.scalars(select(Run.id).where(Run.experiment_id == experiment_id).order_by(*order)))
         epochs, layers = [], []
         for number, run_id in enumerate(run_ids):
             for epoch in range(1, 6):
@@ -153,23 +158,58 @@ def _export(
         chunks.close()
 
 
+def _is_postgres(client: TestClient) -> bool:
+    return bool(client.app.state.session_factory.kw["bind"].dialect.name == "postgresql")  # type: ignore[attr-defined]
+
+
+def _json_value(text: str) -> Any:
+    # Numbers as floats, bit for bit: jsonb writes 1.5e300 as its 301 digits, and has no -0.
+    return json.loads(text, parse_int=float, parse_float=lambda digits: float(digits) or 0.0)
+
+
+def _exact_values(csv_text: str) -> dict[str, list[Any]]:
+    """The CSV as pandas reads it: each column's dtype and values, floats as their bits (float.hex tells -0.0 from
+    0.0), JSON text as the JSON value it holds (the key order and number layout of JSON text are not values)."""
+    frame = pd.read_csv(io.StringIO(csv_text))
+    values: dict[str, list[Any]] = {}
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype.kind == "f":
+            values[name] = ["float64", *(float(value).hex() for value in column)]
+        elif name in ("activation_parameters", "time_grad_norms"):
+            values[name] = [str(column.dtype), *(None if pd.isna(text) else _json_value(text) for text in column)]
+        else:
+            values[name] = [str(column.dtype), *(None if pd.isna(value) else value for value in column)]
+    return values
+
+
 def _check_exports_match_reference(client: TestClient) -> None:
     session_factory: sessionmaker[Session] = client.app.state.session_factory  # type: ignore[attr-defined]
     experiment_id = _fill(client, session_factory)
+    postgres = _is_postgres(client)
     for table, filters in FILTERS:
         csv_text = _export(session_factory, experiment_id, table, filters, "csv").decode()
         expected = _reference_csv(session_factory, experiment_id, table, filters)
-        assert csv_text == expected, (table, filters)
+        if postgres:
+            # PostgreSQL's own CSV: its layout, the reference's values.
+            assert _exact_values(csv_text) == _exact_values(expected), (table, filters)
+        else:
+            assert csv_text == expected, (table, filters)
         assert csv_text.count("\n") > 1
         content = _export(session_factory, experiment_id, table, filters, "parquet")
         assert pq.read_table(io.BytesIO(content)).to_pylist() == _reference_rows(
             session_factory, experiment_id, table, filters
         )
-    # Awkward values reach the file as repr writes them; the label and JSON are quoted by the csv rules.
+    # Awkward values reach the file in the database's layout; the label and JSON are quoted by the csv rules.
     text = _export(session_factory, experiment_id, "layer", MetricFilters(), "csv").decode()
-    assert "1e-05" in text and "-0.0" in text and "2.5e-07" in text and "12345678901.5" in text
+    assert "1e-05" in text and "2.5e-07" in text and "12345678901.5" in text
     assert '"relu, ""plain"""' in text and '"odd, ""name"""' in text and '"[8,8]"' in text
-    assert '"{""note"": ""a,b"", ""slope"": 1.0}"' in text
+    if postgres:
+        assert ",-0.0," in text and ",Infinity," in text and ",1e+16," in text and ",null," not in text
+        assert '"{""note"": ""a,b"", ""slope"": 1.0}"' in text
+    else:
+        assert "-0.0" in text and ",inf," in text and ",1e+16," in text
+        assert '"{""note"": ""a,b"", ""slope"": 1.0}"' in text
 
 
 def test_csv_and_parquet_equal_the_reference_encoders_on_sqlite(client: TestClient) -> None:
@@ -184,6 +224,74 @@ def postgres_client(tmp_path: Path) -> Iterator[TestClient]:
 
 def test_csv_and_parquet_equal_the_reference_encoders_on_postgres(postgres_client: TestClient) -> None:
     _check_exports_match_reference(postgres_client)
+
+
+def test_the_csv_of_sqlite_and_of_postgresql_read_back_to_the_same_values(
+    client: TestClient, postgres_client: TestClient
+) -> None:
+    # The same rows in both databases (the same seeded values); only the runs' ids differ.
+    tables = {}
+    for database, test_client in (("sqlite", client), ("postgresql", postgres_client)):
+        session_factory = test_client.app.state.session_factory  # type: ignore[attr-defined]
+        experiment_id = _fill(test_client, session_factory)
+        for table, filters in FILTERS:
+            values = _exact_values(_export(session_factory, experiment_id, table, filters, "csv").decode())
+            ids = values.pop("run_id")
+            assert len(ids) > 1
+            # SQLite itself keeps no -0.0 (its records store a whole real as an integer): the one stored difference.
+            tables[database, table, filters] = {
+                name: [value if value != (-0.0).hex() else (0.0).hex() for value in column]
+                for name, column in values.items()
+            }
+    for table, filters in FILTERS:
+        assert tables["sqlite", table, filters] == tables["postgresql", table, filters], (table, filters)
+    # The awkward floats are all there, bit for bit (pandas reads the layouts of both, inf and Infinity alike).
+    losses = set(tables["postgresql", "epoch", MetricFilters()]["train_loss"][1:])
+    assert {value.hex() for value in AWKWARD_FLOATS} - {(-0.0).hex()} <= losses
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_batch_settings_take_effect_and_a_batch_of_one_row_still_exports_the_whole_table(
+    database: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    test_client: TestClient = request.getfixturevalue("client" if database == "sqlite" else "postgres_client")
+    session_factory = test_client.app.state.session_factory  # type: ignore[attr-defined]
+    experiment_id = _fill(test_client, session_factory)
+    settings = test_client.app.state.settings  # type: ignore[attr-defined]
+    monkeypatch.setattr(settings, "export_batch_rows", 1)
+    monkeypatch.setattr(settings, "parquet_row_group_rows", 3)
+    # Rows in each piece read from the database: driver batches (SQLite, Parquet) or COPY blocks (CSV on PostgreSQL).
+    pieces: list[int] = []
+    real_batches, real_blocks = repository.driver_row_batches, repository.copied_csv_blocks
+
+    def batches(**options: Any) -> Iterator[tuple[int, Any]]:
+        for position, rows in real_batches(**options):
+            pieces.append(rows.num_rows)
+            yield position, rows
+
+    def blocks(**options: Any) -> Iterator[bytes]:
+        for block in real_blocks(**options):
+            pieces.append(block.count(b"\n"))
+            yield block
+
+    monkeypatch.setattr(repository, "driver_row_batches", batches)
+    monkeypatch.setattr(repository, "copied_csv_blocks", blocks)
+    for path, table in (("metrics", "epoch"), ("layer-metrics", "layer")):
+        csv_text = test_client.get(f"/v1/experiments/{experiment_id}/{path}", params={"format": "csv"}).text
+        expected = _reference_csv(session_factory, experiment_id, table, MetricFilters())
+        assert _exact_values(csv_text) == _exact_values(expected)
+        if database == "sqlite":
+            assert csv_text == expected
+        content = test_client.get(f"/v1/experiments/{experiment_id}/{path}", params={"format": "parquet"}).content
+        parquet_file = pq.ParquetFile(io.BytesIO(content))
+        rows = parquet_file.metadata.num_rows
+        groups = [parquet_file.metadata.row_group(index).num_rows for index in range(parquet_file.num_row_groups)]
+        assert rows == len(expected.splitlines()) - 1 > 3
+        assert groups == [3] * (rows // 3) + ([rows % 3] if rows % 3 else [])
+        assert parquet_file.read().to_pylist() == _reference_rows(
+            session_factory, experiment_id, table, MetricFilters()
+        )
+    assert pieces and set(pieces) == {1}
 
 
 def test_an_experiment_without_metrics_exports_the_header_and_an_empty_parquet(client: TestClient) -> None:
@@ -243,7 +351,6 @@ def test_the_export_reads_a_batch_only_after_the_one_before_was_sent(
             yield position, rows
 
     monkeypatch.setattr(repository, "driver_row_batches", counting)
-    monkeypatch.setattr(parquet, "ROWS_PER_GROUP", 2000)
     for output_format in ("csv", "parquet"):
         fetched = 0
         chunks = stream_metric_table(
@@ -253,6 +360,7 @@ def test_the_export_reads_a_batch_only_after_the_one_before_was_sent(
             table="epoch",
             output_format=output_format,  # type: ignore[arg-type]
             batch_rows=1000,
+            rows_per_group=2000,
         )
         # Rows read from the database but not yet in a chunk handed out, after each chunk.
         unsent, sent, groups = [], 0, 0
