@@ -167,8 +167,8 @@ class Settings(SpecLimits):
         2_000,
         ge=1,
         description="Rows a CSV or Parquet metric download reads per database round trip and encodes per batch: "
-        "larger batches encode a little faster, smaller ones keep the peak memory down (about 20 MB above idle at "
-        "2,000 rows, 50 MB at 10,000; bench/export.py).",
+        "larger batches encode a little faster, smaller ones keep the peak memory down (20-35 MB above idle at "
+        "2,000 rows, about 50 MB at 10,000; bench/export.py).",
     )
     parquet_row_group_rows: int = Field(
         20_000,
