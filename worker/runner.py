@@ -25,7 +25,7 @@ from app.config import Settings, get_settings
 from app.db import get_engine, session_scope
 from app.experiments.service import refresh_experiment_status
 from app.logging_config import log_context
-from app.metrics.write_repository import replace_robustness, upsert_epoch_metrics
+from app.metrics.write_repository import replace_robustness, upsert_epoch_metrics_of_runs
 from app.models import RunStatus
 from app.runs.state_repository import (
     ClaimedRun,
@@ -33,7 +33,7 @@ from app.runs.state_repository import (
     cancel_requested,
     finish_run,
     lock_experiment_of_run,
-    record_epoch_progress,
+    record_epoch_progress_of_runs,
     record_run_start,
 )
 from app.spec_factors import run_spec
@@ -163,16 +163,13 @@ class _EpochWriter:
     def _write_epoch(self, report: EpochReport) -> bool | None:
         with session_scope(self._engine) as session:
             lock_experiment_of_run(session=session, run_id=self._claimed.run_id)
-            upsert_epoch_metrics(
-                session=session, run_id=self._claimed.run_id, attempt=self._claimed.attempt, report=report
-            )
-            record_epoch_progress(
-                session=session,
-                run_id=self._claimed.run_id,
-                attempt=self._claimed.attempt,
-                epochs_completed=report.epoch,
-            )
-            refresh_experiment_status(session=session, experiment_id=self._claimed.experiment_id)
+            run = (self._claimed.run_id, self._claimed.attempt)
+            # The fence first, with the progress and heartbeat in one statement (as a stack's epoch writes it).
+            if record_epoch_progress_of_runs(session=session, runs=[run], epochs_completed=report.epoch):
+                raise StaleAttemptError(f"run {run[0]}: attempt {run[1]} was taken over")
+            upsert_epoch_metrics_of_runs(session=session, writes=[(*run, report)])
+            # The run is still running (its end, diverged included, is recorded by _finish): the experiment's
+            # status stands.
             stop = cancel_requested(session=session, experiment_id=self._claimed.experiment_id)
         return False if stop else None
 

@@ -2,8 +2,8 @@
 
 The API still sends one task per run. When a worker process executes the task of a run whose
 experiment the engine recommends stacking for (``worker.training.stacked.stacking_recommended``),
-it claims that run and other queued runs of the same experiment, up to a chunk size, each with
-the ordinary fenced claim (``claim_run``: one attempt more, this task's id, its own heartbeat),
+it claims that run and other queued runs of the same experiment, up to a chunk size, the others
+in one statement (``claim_queued_runs``: each one attempt more, this task's id, its own heartbeat),
 and trains them with ``train_stacked``. The tasks of the runs claimed this way are delivered
 later and find their run running under this task (or finished): ``claim_run`` returns None and
 they end at once.
@@ -40,7 +40,6 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +47,7 @@ from sqlalchemy.engine import Engine
 
 from app.config import Settings, get_settings
 from app.db import get_engine, session_scope
+from app.experiments.repository import bump_results_version
 from app.experiments.service import refresh_experiment_status
 from app.logging_config import log_context
 from app.metrics.write_repository import replace_robustness, upsert_epoch_metrics_of_runs
@@ -63,7 +63,7 @@ from app.runs.state_repository import (
     ClaimedRun,
     StaleAttemptError,
     cancel_requested,
-    claim_run,
+    claim_queued_runs,
     finish_run,
     lock_experiment_of_run,
     record_epoch_progress_of_runs,
@@ -427,12 +427,17 @@ def _claim_companions(
     (``stacking_cells``): they share one architecture and optimiser, and each member gets its own cell's spec.
     """
     first = group[0]
+    # Read apart from the claim's transaction: runs are only ever added, so a count read a moment early can only give
+    # a smaller chunk; a group that is full already (a one-run experiment) takes no write lock at all.
+    with session_scope(engine) as session:
+        runs = run_count(session=session, experiment_id=first.experiment_id)
+    wanted = plan.chunk_size(settings=settings, experiment_runs=runs) - len(group)
+    if wanted <= 0:
+        return []
     with session_scope(engine) as session:
         lock_experiment_of_run(session=session, run_id=first.run_id)
         if cancel_requested(session=session, experiment_id=first.experiment_id):
             return []
-        runs = run_count(session=session, experiment_id=first.experiment_id)
-        wanted = plan.chunk_size(settings=settings, experiment_runs=runs) - len(group)
         candidates = queued_runs_to_stack(
             session=session,
             experiment_id=first.experiment_id,
@@ -441,19 +446,12 @@ def _claim_companions(
             limit=wanted,
             cell_indices=stacking_cells(first.spec, first.cell_index),
         )
-        claims: list[ClaimedRun] = []
-        for candidate in candidates:
-            claimed = claim_run(
-                session=session,
-                run_id=candidate,
-                worker_host=worker_host,
-                task_id=task_id,
-                stale_after=timedelta(seconds=settings.run_stale_seconds),
-            )
-            if claimed is not None:
-                claims.append(claimed)
+        # One statement: the other worker processes wait for this transaction before their own claims.
+        claims = claim_queued_runs(session=session, run_ids=candidates, worker_host=worker_host, task_id=task_id)
         if claims:
-            refresh_experiment_status(session=session, experiment_id=first.experiment_id)
+            # The experiment is running already (its first run is claimed, in this group): its status stands, but
+            # cached results show the runs' statuses.
+            bump_results_version(session=session, experiment_id=first.experiment_id)
     return claims
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.models import Experiment, Run, RunStatus
@@ -98,10 +98,15 @@ def claim_run(
     )
     if _rowcount(result) != 1:
         return None
+    return _claimed_run(run, attempt=previous_attempt + 1, spec=spec, experiment_queue=experiment_queue)
+
+
+def _claimed_run(run: Any, *, attempt: int, spec: dict[str, Any], experiment_queue: str | None) -> ClaimedRun:
+    """The claim of a run (a Run, or a row with its columns) by ``attempt``."""
     return ClaimedRun(
         run_id=run.id,
         experiment_id=run.experiment_id,
-        attempt=previous_attempt + 1,
+        attempt=attempt,
         activation_index=run.activation_index,
         seed=run.seed,
         queue=run.queue or experiment_queue,
@@ -110,6 +115,61 @@ def claim_run(
         cell_index=run.cell_index,
         cell_levels=run.cell_levels,
     )
+
+
+def claim_queued_runs(
+    *,
+    session: Session,
+    run_ids: Sequence[uuid.UUID],
+    worker_host: str,
+    task_id: str | None,
+    now: datetime | None = None,
+) -> list[ClaimedRun]:
+    """``claim_run`` of several queued runs of one experiment in one statement; the claims, in ``run_ids`` order.
+
+    Only runs still queued are claimed (compare-and-set on the status, each its attempt plus one), so what
+    ``claim_run`` would refuse is left out. Call it after ``lock_experiment_of_run`` in the same transaction:
+    a stack claims its companions while the other worker processes wait for their own claims, so one
+    statement here, instead of three per run, is what lets the next stack start.
+    """
+    if not run_ids:
+        return []
+    now = now or utc_now()
+    claimed = session.execute(
+        update(Run)
+        .where(Run.id.in_(list(run_ids)), Run.status == RunStatus.queued.value)
+        .values(
+            attempt=Run.attempt + 1,
+            status=RunStatus.running.value,
+            worker_host=worker_host,
+            task_id=task_id,
+            started_at=func.coalesce(Run.started_at, now),
+            heartbeat_at=now,
+            finished_at=None,
+            error=None,
+        )
+        .returning(
+            Run.id,
+            Run.experiment_id,
+            Run.attempt,
+            Run.activation_index,
+            Run.seed,
+            Run.queue,
+            Run.epochs_completed,
+            Run.cell_index,
+            Run.cell_levels,
+        )
+        .execution_options(synchronize_session=False)
+    ).all()
+    if not claimed:
+        return []
+    spec, experiment_queue = session.execute(
+        select(Experiment.spec, Experiment.queue).where(Experiment.id == claimed[0].experiment_id)
+    ).one()
+    by_id = {
+        row.id: _claimed_run(row, attempt=row.attempt, spec=spec, experiment_queue=experiment_queue) for row in claimed
+    }
+    return [by_id[run_id] for run_id in run_ids if run_id in by_id]
 
 
 def lock_experiment_of_run(*, session: Session, run_id: uuid.UUID) -> uuid.UUID | None:

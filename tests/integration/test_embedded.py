@@ -228,3 +228,39 @@ def test_the_api_answers_while_the_worker_warms_up_and_a_run_submitted_meanwhile
         if service.process is not None:
             service.process.stop(timeout=30)
     assert entry.is_file()
+
+
+def test_both_worker_processes_train_a_two_stack_grid_at_the_same_time(tmp_path: Path) -> None:
+    # Two pool processes and a grid of two stacks: the second process starts its stack while the first trains
+    # (it is handed a task of a run the first stack left queued), observed by both stacks' runs running at once.
+    embedded = EmbeddedService(tmp_path, ACTLAB_WORKER_CONCURRENCY="2")
+    try:
+        _train_two_stacks_at_once(embedded)
+    finally:
+        if embedded.process is not None:
+            embedded.process.stop(timeout=30)
+
+
+def _train_two_stacks_at_once(embedded: EmbeddedService) -> None:
+    embedded.start()
+    spec = spirals_spec(
+        name="two stacks", epochs=200, samples=6000, hidden=[64, 64], activations=["relu", "tanh"], seeds=[0, 1]
+    )
+    with embedded.client() as api:
+        response = api.post("/v1/experiments", json=spec)
+        assert response.status_code == 202, response.text
+        experiment_id = response.json()["id"]
+
+        def both_stacks_training() -> set[str] | None:
+            experiment = api.get(f"/v1/experiments/{experiment_id}").json()
+            assert experiment["status"] in ("queued", "running"), experiment
+            runs = [api.get(f"/v1/runs/{run['id']}").json() for run in experiment["runs"]]
+            training = {run["stack_id"] for run in runs if run["status"] == "running" and run["epochs_completed"] >= 1}
+            return training if len(training) == 2 and None not in training else None
+
+        stacks = wait_until(both_stacks_training, timeout=180, interval=0.2, what="both stacks to train at once")
+        assert len(stacks) == 2
+        assert api.post(f"/v1/experiments/{experiment_id}/cancel").status_code == 200
+        experiment = wait_for_experiment(api, experiment_id, timeout=90)
+    assert experiment["status"] == "cancelled"
+    assert all(run["epochs_completed"] < 200 for run in experiment["runs"])

@@ -99,16 +99,16 @@ def test_a_run_rides_out_a_database_outage_in_one_attempt_without_losing_an_epoc
     settings = Settings(checkpoint_dir=tmp_path / "checkpoints", run_heartbeat_seconds=60, database_retry_seconds=30)
     run_id = add_experiment(engine, {**TINY_SPEC, "training": {**TINY_SPEC["training"], "epochs": 4}})[0]
     monkeypatch.setattr(db_retry, "FIRST_DELAY", 0.01)
-    real_upsert = runner.upsert_epoch_metrics
+    real_upsert = runner.upsert_epoch_metrics_of_runs
     failures: list[int] = []
 
     def database_away_for_three_writes_of_epoch_two(**arguments: Any) -> None:
-        if arguments["report"].epoch == 2 and len(failures) < 3:
+        if arguments["writes"][0][2].epoch == 2 and len(failures) < 3:
             failures.append(1)
             raise REFUSED
         real_upsert(**arguments)
 
-    monkeypatch.setattr(runner, "upsert_epoch_metrics", database_away_for_three_writes_of_epoch_two)
+    monkeypatch.setattr(runner, "upsert_epoch_metrics_of_runs", database_away_for_three_writes_of_epoch_two)
     outcome = execute_run(run_id=run_id, worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert outcome.status == RunStatus.succeeded and outcome.attempt == 1
     assert len(failures) == 3
@@ -130,7 +130,7 @@ def test_the_retry_of_a_write_is_bounded_by_the_setting(engine: Engine, tmp_path
     def database_gone(**_: Any) -> None:
         raise REFUSED
 
-    monkeypatch.setattr(runner, "upsert_epoch_metrics", database_gone)
+    monkeypatch.setattr(runner, "upsert_epoch_metrics_of_runs", database_gone)
     with pytest.raises(OperationalError):
         execute_run(run_id=run_id, worker_host="w1", task_id="t1", engine=engine, settings=settings)
     # Left running with its checkpoint for the task's retry, which resumes it.
@@ -149,10 +149,10 @@ def test_a_write_interrupted_by_the_worker_stopping_leaves_the_run_for_redeliver
         database_retry_seconds=30,
     )
     run_id = add_experiment(engine)[0]
-    real_upsert = runner.upsert_epoch_metrics
+    real_upsert = runner.upsert_epoch_metrics_of_runs
 
     def stopped_during_epoch_two(**arguments: Any) -> None:
-        if arguments["report"].epoch == 2:
+        if arguments["writes"][0][2].epoch == 2:
             # Billiard's SystemExit raised inside a block whose cleanup then fails, as torch.save does.
             try:
                 raise SystemExit(-253)
@@ -160,7 +160,7 @@ def test_a_write_interrupted_by_the_worker_stopping_leaves_the_run_for_redeliver
                 raise RuntimeError("unexpected pos 61632 vs 61532") from None
         real_upsert(**arguments)
 
-    monkeypatch.setattr(runner, "upsert_epoch_metrics", stopped_during_epoch_two)
+    monkeypatch.setattr(runner, "upsert_epoch_metrics_of_runs", stopped_during_epoch_two)
     with pytest.raises(SystemExit):
         execute_run(run_id=run_id, worker_host="w1", task_id="t1", engine=engine, settings=settings)
     with session_scope(engine) as session:

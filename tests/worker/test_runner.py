@@ -115,18 +115,18 @@ def test_cancel_during_training_stops_at_the_next_epoch_and_keeps_finished_epoch
 ) -> None:
     spec = {**TINY_SPEC, "training": {**TINY_SPEC["training"], "epochs": 6}}
     run_id = add_experiment(engine, spec)[0]
-    real_upsert = runner.upsert_epoch_metrics
+    real_upsert = runner.upsert_epoch_metrics_of_runs
 
     def upsert_then_cancel_after_epoch_two(**arguments: Any) -> None:
         real_upsert(**arguments)
-        if arguments["report"].epoch == 2:
+        if arguments["writes"][0][2].epoch == 2:
             session = arguments["session"]
             experiment_id = session.execute(select(Run.experiment_id).where(Run.id == run_id)).scalar_one()
             session.execute(
                 update(Experiment).where(Experiment.id == experiment_id).values(cancel_requested_at=utc_now())
             )
 
-    monkeypatch.setattr(runner, "upsert_epoch_metrics", upsert_then_cancel_after_epoch_two)
+    monkeypatch.setattr(runner, "upsert_epoch_metrics_of_runs", upsert_then_cancel_after_epoch_two)
     outcome = execute_run(run_id=run_id, worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert outcome.status == RunStatus.cancelled
     run = _run(engine, run_id)
@@ -157,20 +157,20 @@ def test_a_transient_error_keeps_the_checkpoint_and_the_retry_resumes_to_the_sam
     reference = [(row.epoch, row.train_loss, row.test_accuracy) for row in _epochs(engine, reference_id)]
 
     run_id = add_experiment(engine, spec)[0]
-    real_upsert = runner.upsert_epoch_metrics
+    real_upsert = runner.upsert_epoch_metrics_of_runs
 
     def database_drops_at_epoch_three(**arguments: Any) -> None:
-        if arguments["report"].epoch == 3:
+        if arguments["writes"][0][2].epoch == 3:
             raise OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
         real_upsert(**arguments)
 
-    monkeypatch.setattr(runner, "upsert_epoch_metrics", database_drops_at_epoch_three)
+    monkeypatch.setattr(runner, "upsert_epoch_metrics_of_runs", database_drops_at_epoch_three)
     with pytest.raises(OperationalError):
         execute_run(run_id=run_id, worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert (settings.checkpoint_dir / f"{run_id}.pt").exists()
     assert _run(engine, run_id).status == "running"
 
-    monkeypatch.setattr(runner, "upsert_epoch_metrics", real_upsert)
+    monkeypatch.setattr(runner, "upsert_epoch_metrics_of_runs", real_upsert)
     outcome = execute_run(run_id=run_id, worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert outcome.status == RunStatus.succeeded and outcome.attempt == 2
     resumed = [(row.epoch, row.train_loss, row.test_accuracy) for row in _epochs(engine, run_id)]
@@ -233,14 +233,14 @@ def test_a_run_stopped_by_the_time_limit_is_timed_out_keeps_its_epochs_and_the_r
 ) -> None:
     spec = {**TINY_SPEC, "training": {**TINY_SPEC["training"], "epochs": 5}}
     first, second, *_ = add_experiment(engine, spec)
-    real_upsert = runner.upsert_epoch_metrics
+    real_upsert = runner.upsert_epoch_metrics_of_runs
 
     def time_runs_out_in_epoch_three(**arguments: Any) -> None:
-        if arguments["report"].epoch == 3:
+        if arguments["writes"][0][2].epoch == 3:
             raise SoftTimeLimitExceeded()
         real_upsert(**arguments)
 
-    monkeypatch.setattr(runner, "upsert_epoch_metrics", time_runs_out_in_epoch_three)
+    monkeypatch.setattr(runner, "upsert_epoch_metrics_of_runs", time_runs_out_in_epoch_three)
     batch = execute_runs(run_ids=[first, second], worker_host="w1", task_id="t1", engine=engine, settings=settings)
     assert [outcome.status for outcome in batch.outcomes] == [RunStatus.timed_out]
     assert batch.not_started == [second]

@@ -13,6 +13,7 @@ from app.models import Run, RunStatus
 from app.models.types import utc_now
 from app.runs.state_repository import (
     StaleAttemptError,
+    claim_queued_runs,
     claim_run,
     fail_unfinished_runs,
     finish_run,
@@ -20,7 +21,7 @@ from app.runs.state_repository import (
     record_epoch_progress_of_runs,
     requeue_orphaned_runs,
 )
-from tests.worker.conftest import add_experiment
+from tests.worker.conftest import TINY_SPEC, add_experiment
 
 FRESH = timedelta(minutes=10)
 
@@ -50,6 +51,32 @@ def test_claiming_a_queued_run_starts_attempt_one(engine: Engine) -> None:
     run = _run(engine, run_id)
     assert (run.status, run.attempt, run.worker_host, run.task_id) == ("running", 1, "gpu-box-7", "task-1")
     assert run.started_at is not None and run.heartbeat_at is not None
+
+
+def test_claiming_queued_runs_at_once_claims_only_those_still_queued(engine: Engine) -> None:
+    run_ids = add_experiment(engine, {**TINY_SPEC, "seeds": [0, 1, 2]})
+    assert _claim(engine, run_ids[1], task_id="elsewhere") is not None
+    with session_scope(engine) as session:
+        finish_run(session=session, run_id=run_ids[1], attempt=1, status=RunStatus.succeeded)
+    assert _claim(engine, run_ids[2], task_id="elsewhere") is not None
+    wanted = [run_ids[3], run_ids[1], run_ids[2], run_ids[0]]
+    with session_scope(engine) as session:
+        claims = claim_queued_runs(session=session, run_ids=wanted, worker_host="w2", task_id="stack-task")
+    # The finished run and the one running elsewhere are left alone; the claims come in the order asked.
+    assert [claim.run_id for claim in claims] == [run_ids[3], run_ids[0]]
+    assert all(claim.attempt == 1 and claim.spec["dataset"]["name"] == "spirals" for claim in claims)
+    assert [(claim.activation_index, claim.seed) for claim in claims] == [(1, 0), (0, 0)]
+    runs = [_run(engine, run_id) for run_id in run_ids[:4]]
+    assert [(run.status, run.attempt, run.task_id) for run in runs] == [
+        ("running", 1, "stack-task"),
+        ("succeeded", 1, "elsewhere"),
+        ("running", 1, "elsewhere"),
+        ("running", 1, "stack-task"),
+    ]
+    assert runs[0].heartbeat_at is not None and runs[3].heartbeat_at is not None
+    # Claimed once: a second batch over the same runs claims nothing.
+    with session_scope(engine) as session:
+        assert claim_queued_runs(session=session, run_ids=wanted, worker_host="w3", task_id="late") == []
 
 
 def test_a_duplicate_delivery_of_a_run_running_elsewhere_is_not_claimed(engine: Engine) -> None:
