@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,3 +150,16 @@ def machine_description(device: torch.device) -> dict[str, str]:
     with contextlib.suppress(OSError):
         facts["load average"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     return facts
+
+
+def in_own_session() -> int | None:
+    """Run this benchmark again as the leader of a session of its own; its exit status, or None in that session.
+
+    With the kernel's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``) each session gets an equal
+    share of a busy machine's CPU, whatever number of processes it holds. ``actlab serve`` runs in a session of its
+    own, so an engine timed in the caller's session (a shell, a test runner, other programs) is slower or faster
+    than the service for that reason alone on a loaded machine; timed here, both get one session's share.
+    """
+    if os.getsid(0) == os.getpid():
+        return None
+    return subprocess.run([sys.executable, *sys.argv], start_new_session=True, check=False).returncode

@@ -38,7 +38,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import MIXED_ACTIVATIONS, machine_description
+from bench.common import MIXED_ACTIVATIONS, in_own_session, machine_description
 from bench.run import EmbeddedService, parallel_stacked_seconds, service_spec
 
 # Services compared: name -> the settings (environment) that differ from the defaults.
@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         help="services with other settings measured in the same rounds, besides the default one",
     )
     arguments = parser.parse_args(argv)
+    status = in_own_session()
+    if status is not None:
+        return status
     import torch
 
     from app.config import default_worker_concurrency

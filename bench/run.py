@@ -140,6 +140,10 @@ def print_engine(workload: Workload, seconds: dict[str, float], *, arms: int, ep
 # --- (d) the service against the engine --------------------------------------------------------------------
 
 
+# The checkout this benchmark belongs to.
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -177,6 +181,8 @@ class EmbeddedService:
         environment.update(
             {
                 "PYTHONUNBUFFERED": "1",
+                # The service of this checkout (a worktree's), not the one the virtual environment was installed from.
+                "PYTHONPATH": os.pathsep.join([str(REPOSITORY), *filter(None, [os.environ.get("PYTHONPATH")])]),
                 **settings,
                 # A loopback-only service of this benchmark: no API key needed, and none written to the home folder.
                 "ACTLAB_AUTH_REQUIRED": "false",
