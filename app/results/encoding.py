@@ -64,13 +64,29 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def _column_values(column: pd.Series) -> list[Any]:
+    """A column's values as json_ready makes them, converted a column at a time where its dtype allows.
+
+    numpy floats, integers and booleans become Python numbers in one ``tolist`` (NaN and infinities then None),
+    which is what json_ready makes of each; every other dtype (text, nullable integers, timestamps, objects)
+    goes through json_ready value by value.
+    """
+    values = column.to_numpy() if isinstance(column.dtype, np.dtype) else None
+    if values is not None and values.dtype.kind == "f":
+        return [value if math.isfinite(value) else None for value in values.tolist()]
+    if values is not None and values.dtype.kind in "iub":
+        return list(values.tolist())
+    return [json_ready(value) for value in column]
+
+
 def table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The table as JSON-ready records: NaN as null, timestamps in ISO 8601, nested values kept."""
     columns = list(frame.columns)
-    return [
-        {column: json_ready(value) for column, value in zip(columns, row, strict=True)}
-        for row in frame.itertuples(index=False, name=None)
-    ]
+    # items() hands out each column without the per-position indexing of iloc (a few times cheaper).
+    values = [_column_values(column) for _, column in frame.items()]
+    if not columns:
+        return [{} for _ in range(len(frame))]
+    return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 def encode_table(frame: pd.DataFrame, output_format: str) -> bytes:

@@ -21,13 +21,18 @@ the sources: Colas et al. 2018 on seeds and power, Lakens 2017 on equivalence te
   smallest n; beyond ``NORMAL_APPROXIMATION_SEEDS`` seeds the normal approximation is returned, since the
   t and normal distributions no longer differ there; beyond ``MAXIMUM_SEEDS`` the answer is None, as for a
   difference of 0: no practical number of seeds would settle the comparison.
+- The search asks scipy for the power at a block of seed counts in one vectorised call (the same numbers as one
+  count at a time), and each answer is remembered per distinct input (the functions are pure), since every view
+  and option of an experiment's results asks the same comparisons again.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
+import numpy as np
 from scipy import stats
 
 from app.results.verdicts import MINIMUM_EQUIVALENCE_PAIRS, WILCOXON_MINIMUM_PAIRS
@@ -35,40 +40,70 @@ from app.results.verdicts import MINIMUM_EQUIVALENCE_PAIRS, WILCOXON_MINIMUM_PAI
 DEFAULT_POWER = 0.8
 NORMAL_APPROXIMATION_SEEDS = 100_000
 MAXIMUM_SEEDS = 10**9
+# The search evaluates the power at this many seed counts on each side of the one it needs in one scipy call
+# (the distributions are vectorised: one call for a block costs about what one call for one count does).
+SEARCH_BLOCK = 8
+# Distinct (difference, SD, alpha, power[, margin]) whose answers are kept: a results table asks a handful,
+# and every other view or option of the same experiment asks the same ones again.
+REMEMBERED_SEARCHES = 4096
 
 
-def _upper_tail(critical: float, freedom: int, noncentrality: float) -> float:
-    """P(T > critical) for a noncentral t; scipy answers NaN far out (noncentrality near 1e10), where it is 0 or 1."""
-    tail = float(stats.nct.sf(critical, freedom, noncentrality))
-    if math.isnan(tail):
-        return 1.0 if noncentrality > critical else 0.0
-    return tail
+def _upper_tails(critical: np.ndarray, freedom: np.ndarray, noncentrality: np.ndarray) -> np.ndarray:
+    """P(T > critical) for noncentral t's; scipy answers NaN far out (noncentrality near 1e10), where it is 0 or 1."""
+    tails = np.asarray(stats.nct.sf(critical, freedom, noncentrality), dtype=float)
+    return np.where(np.isnan(tails), np.where(noncentrality > critical, 1.0, 0.0), tails)
+
+
+def _paired_t_powers(seeds: np.ndarray, *, difference: float, sd: float, alpha: float) -> np.ndarray:
+    freedom = seeds - 1
+    critical = np.asarray(stats.t.ppf(1.0 - alpha / 2.0, freedom), dtype=float)
+    noncentrality = abs(difference) / sd * np.sqrt(seeds)
+    # P(T < -t_crit) as the upper tail of -T: scipy's lower tail is NaN far from a large noncentrality.
+    tails = _upper_tails(
+        np.concatenate([critical, critical]),
+        np.concatenate([freedom, freedom]),
+        np.concatenate([noncentrality, -noncentrality]),
+    )
+    return tails[: seeds.size] + tails[seeds.size :]  # type: ignore[no-any-return]
 
 
 def paired_t_power(seeds: int, *, difference: float, sd: float, alpha: float) -> float:
     """Power of the two-sided paired t-test over ``seeds`` pairs for a true difference and SD of differences."""
+    return float(_paired_t_powers(np.array([seeds]), difference=difference, sd=sd, alpha=alpha)[0])
+
+
+def _equivalence_powers(seeds: np.ndarray, *, difference: float, sd: float, margin: float, alpha: float) -> np.ndarray:
     freedom = seeds - 1
-    critical = stats.t.ppf(1.0 - alpha / 2.0, freedom)
-    noncentrality = abs(difference) / sd * math.sqrt(seeds)
-    # P(T < -t_crit) as the upper tail of -T: scipy's lower tail is NaN far from a large noncentrality.
-    return _upper_tail(critical, freedom, noncentrality) + _upper_tail(critical, freedom, -noncentrality)
+    critical = np.asarray(stats.t.ppf(1.0 - alpha, freedom), dtype=float)
+    error = sd / np.sqrt(seeds)
+    tails = _upper_tails(
+        np.concatenate([critical, critical]),
+        np.concatenate([freedom, freedom]),
+        np.concatenate([(difference + margin) / error, (margin - difference) / error]),
+    )
+    return np.maximum(0.0, tails[: seeds.size] + tails[seeds.size :] - 1.0)  # type: ignore[no-any-return]
 
 
 def equivalence_power(seeds: int, *, difference: float, sd: float, margin: float, alpha: float) -> float:
     """Power of the paired TOST within plus or minus ``margin`` (the lower bound that ignores correlation)."""
-    freedom = seeds - 1
-    critical = stats.t.ppf(1.0 - alpha, freedom)
-    error = sd / math.sqrt(seeds)
-    above_lower = _upper_tail(critical, freedom, (difference + margin) / error)
-    below_upper = _upper_tail(critical, freedom, (margin - difference) / error)
-    return max(0.0, above_lower + below_upper - 1.0)
+    return float(_equivalence_powers(np.array([seeds]), difference=difference, sd=sd, margin=margin, alpha=alpha)[0])
 
 
-def _smallest(power_at: Callable[[int], float], *, start: float, minimum: int, power: float) -> int | None:
+def _smallest(powers_at: Callable[[np.ndarray], np.ndarray], *, start: float, minimum: int, power: float) -> int | None:
+    """The search of the module docstring, one seed count at a time; the powers are computed SEARCH_BLOCK counts
+    around each one not yet known, in one call (each count's power is the same as computed alone)."""
     if start > MAXIMUM_SEEDS:
         return None
     if start > NORMAL_APPROXIMATION_SEEDS:
         return math.ceil(start)
+    known: dict[int, float] = {}
+
+    def power_at(seeds: int) -> float:
+        if seeds not in known:
+            block = np.arange(max(minimum, seeds - SEARCH_BLOCK), seeds + SEARCH_BLOCK + 1)
+            known.update(zip(block.tolist(), powers_at(block).tolist(), strict=True))
+        return known[seeds]
+
     seeds = max(minimum, math.floor(start))
     while seeds > minimum and power_at(seeds - 1) >= power:
         seeds -= 1
@@ -80,13 +115,14 @@ def _smallest(power_at: Callable[[int], float], *, start: float, minimum: int, p
     return seeds
 
 
+@functools.lru_cache(maxsize=REMEMBERED_SEARCHES)
 def seeds_needed(*, difference: float, sd: float, alpha: float, power: float = DEFAULT_POWER) -> int | None:
     """Paired seeds for the two-sided paired t-test at alpha to detect ``difference`` with ``power``."""
     if not (math.isfinite(difference) and math.isfinite(sd)) or difference == 0.0 or sd <= 0.0:
         return None
     normal = ((stats.norm.ppf(1.0 - alpha / 2.0) + stats.norm.ppf(power)) * sd / abs(difference)) ** 2
     needed = _smallest(
-        lambda seeds: paired_t_power(seeds, difference=difference, sd=sd, alpha=alpha),
+        lambda seeds: _paired_t_powers(seeds, difference=difference, sd=sd, alpha=alpha),
         start=normal,
         minimum=2,
         power=power,
@@ -97,6 +133,7 @@ def seeds_needed(*, difference: float, sd: float, alpha: float, power: float = D
     return needed
 
 
+@functools.lru_cache(maxsize=REMEMBERED_SEARCHES)
 def seeds_needed_equivalence(
     *, difference: float, sd: float, margin: float | None, alpha: float, power: float = DEFAULT_POWER
 ) -> int | None:
@@ -110,7 +147,7 @@ def seeds_needed_equivalence(
     miss = (1.0 - power) / 2.0 if difference == 0.0 else 1.0 - power
     normal = ((stats.norm.ppf(1.0 - alpha) + stats.norm.ppf(1.0 - miss)) * sd / room) ** 2
     return _smallest(
-        lambda seeds: equivalence_power(seeds, difference=difference, sd=sd, margin=margin, alpha=alpha),
+        lambda seeds: _equivalence_powers(seeds, difference=difference, sd=sd, margin=margin, alpha=alpha),
         start=normal,
         minimum=MINIMUM_EQUIVALENCE_PAIRS,
         power=power,

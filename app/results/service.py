@@ -182,9 +182,9 @@ def _timestamp(value: datetime | None) -> pd.Timestamp | None:
     return pd.Timestamp(moment) if moment is not None else None
 
 
-def with_trace(frame: pd.DataFrame, experiment: Experiment) -> pd.DataFrame:
-    """The table with the experiment's trace columns in front."""
-    traced = frame.copy()
+def with_trace(frame: pd.DataFrame, experiment: Experiment, extra: dict[str, pd.Series] | None = None) -> pd.DataFrame:
+    """The table with the experiment's trace columns in front (and the ``extra`` columns at its end), built as one
+    frame from its columns (no copy and insert per column)."""
     values: dict[str, Any] = {
         "experiment_id": str(experiment.id),
         "experiment_name": experiment.name,
@@ -193,28 +193,28 @@ def with_trace(frame: pd.DataFrame, experiment: Experiment) -> pd.DataFrame:
         "experiment_created_at": _timestamp(experiment.created_at),
         "experiment_finished_at": _timestamp(experiment.finished_at),
     }
-    for position, (column, value) in enumerate(values.items()):
-        if column in traced.columns:
-            traced = traced.drop(columns=column)
-        traced.insert(position, column, pd.Series([value] * len(traced), index=traced.index, dtype=object))
-    for column in ("experiment_created_at", "experiment_finished_at"):
-        traced[column] = pd.to_datetime(traced[column], utc=True)
-    return traced
+    columns: dict[str, pd.Series] = {}
+    for column, value in values.items():
+        series = pd.Series([value] * len(frame), index=frame.index, dtype=object)
+        if column in ("experiment_created_at", "experiment_finished_at"):
+            series = pd.to_datetime(series, utc=True)
+        columns[column] = series
+    for column, series in frame.items():
+        if column not in values:
+            columns[str(column)] = series
+    columns.update(extra or {})
+    # Nothing else holds these columns: no need to copy them (copy-on-write guards the frame they came from).
+    return pd.DataFrame(columns, index=frame.index, copy=False)
 
 
-def _with_run_times(summary: pd.DataFrame, tables: ExperimentTables) -> pd.DataFrame:
-    """The summary with each activation's first run start and last run end (runs_started_at, runs_finished_at)."""
+def _run_times(summary: pd.DataFrame, tables: ExperimentTables) -> dict[str, pd.Series]:
+    """Each activation's first run start and last run end (runs_started_at, runs_finished_at), by summary row."""
     runs = tables.runs
-    by_activation = pd.DataFrame(
-        {
-            "started_at": pd.to_datetime(runs["started_at"].map(as_utc), utc=True),
-            "finished_at": pd.to_datetime(runs["finished_at"].map(as_utc), utc=True),
-        }
-    ).groupby(runs["activation"], sort=False)
-    timed = summary.copy()
-    timed["runs_started_at"] = timed["activation"].map(by_activation["started_at"].min())
-    timed["runs_finished_at"] = timed["activation"].map(by_activation["finished_at"].max())
-    return timed
+    times = {}
+    for column, moment, pick in (("runs_started_at", "started_at", "min"), ("runs_finished_at", "finished_at", "max")):
+        stamps = pd.to_datetime(runs[moment].map(as_utc), utc=True).groupby(runs["activation"], sort=False)
+        times[column] = summary["activation"].map(getattr(stamps, pick)())
+    return times
 
 
 def summary_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.DataFrame:
@@ -225,7 +225,7 @@ def summary_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.Dat
     if tables.runs.empty:
         return with_trace(pd.DataFrame(columns=["activation"]), tables.experiment)
     summary = _statistics_call(summarise_activations, tables, options)
-    return with_trace(_with_run_times(summary, tables), tables.experiment)
+    return with_trace(summary, tables.experiment, extra=_run_times(summary, tables))
 
 
 def pairs_table(*, tables: ExperimentTables, options: ResultOptions) -> pd.DataFrame:

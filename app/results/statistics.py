@@ -566,12 +566,30 @@ def summarise_activations(
         rows.append(row)
     _add_ranks(rows, options)
     _add_baseline_comparisons(rows, values, baseline, options)
-    frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    for column in ("best_epoch", "epochs_to_threshold", "seeds_reaching_threshold", *comparisons.INTEGER_COLUMNS):
-        frame[column] = frame[column].astype("Int64")
-    for column in ("threshold", "generalisation_gap", "rank", *comparisons.FLOAT_COLUMNS):
-        frame[column] = frame[column].astype(float)
-    return frame
+    return typed_frame(
+        rows,
+        SUMMARY_COLUMNS,
+        integers=("best_epoch", "epochs_to_threshold", "seeds_reaching_threshold", *comparisons.INTEGER_COLUMNS),
+        floats=("threshold", "generalisation_gap", "rank", *comparisons.FLOAT_COLUMNS),
+    )
+
+
+def typed_frame(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, integers: Sequence[str], floats: Sequence[str]
+) -> pd.DataFrame:
+    """The rows as a table of ``columns``: ``integers`` as nullable Int64 (None as NA), ``floats`` as float64 (None as
+    NaN), the others as pandas infers them; each typed column is built once from its values, not converted after."""
+    typed = set(integers) | set(floats)
+    inferred = pd.DataFrame(rows, columns=[column for column in columns if column not in typed])
+    built: dict[str, Any] = {}
+    for column in columns:
+        if column in typed:
+            values = [row.get(column) for row in rows]
+            array = pd.array(values, dtype="Int64") if column in integers else np.array(values, dtype=float)
+            built[column] = pd.Series(array, index=inferred.index, copy=False)
+        else:
+            built[column] = inferred[column]
+    return pd.DataFrame(built, index=inferred.index, copy=False)
 
 
 def _add_ranks(rows: list[dict[str, Any]], options: ResultOptions) -> None:
@@ -639,9 +657,5 @@ def compare_pairs(metrics: pd.DataFrame, *, options: ResultOptions, runs: pd.Dat
         row["opponent_index"] = indices[row["opponent"]]
         row["metric"] = options.metric
         row["summary"] = options.summary_label
-    frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
-    for column in comparisons.INTEGER_COLUMNS:
-        frame[column] = frame[column].astype("Int64")
-    for column in comparisons.FLOAT_COLUMNS:
-        frame[column] = frame[column].astype(float)
+    frame = typed_frame(rows, PAIR_COLUMNS, integers=comparisons.INTEGER_COLUMNS, floats=comparisons.FLOAT_COLUMNS)
     return frame.sort_values(["activation_index", "opponent_index"], kind="stable").reset_index(drop=True)
