@@ -208,7 +208,7 @@ def _check_path_resources(
 ) -> None:
     with factory() as session:
         if experiment_id is not None:
-            experiments_service.require_experiment(session=session, experiment_id=experiment_id, viewer=principal)
+            experiments_service.require_visible(session=session, experiment_id=experiment_id, viewer=principal)
         if run_id is not None:
             runs_service.require_run(session=session, run_id=run_id, viewer=principal)
 

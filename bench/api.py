@@ -12,7 +12,9 @@ thread each) sending requests back to back:
 - ``results cached``: GET .../results with the defaults (computed once, then from the results cache);
 - ``metrics json``, ``metrics csv``: GET .../metrics, all 125 rows.
 
-Prints requests per second, p50 and p99 latency per endpoint and each as a ratio to /healthz.
+Prints requests per second, p50 and p99 latency per endpoint and each as a ratio to /healthz, and the server
+process's CPU time per request (``--cpu-requests`` requests one after another on one connection, read from
+/proc: the figure that machine load disturbs least).
 
     python -m bench.api [--connections 4] [--seconds 2] [--rounds 3]
 """
@@ -88,6 +90,26 @@ def _load(url_of: Callable[[], str], clients: list[httpx.Client], seconds: float
     return len(latencies), time.perf_counter() - started, latencies
 
 
+def _server_pid() -> int | None:
+    """The uvicorn child of this process (Linux /proc), or None."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and b"uvicorn" in command:
+            return int(entry.name)
+    return None
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -99,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=2.0, help="load per endpoint and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cpu-requests", type=int, default=200, help="sequential requests per endpoint for CPU time")
     arguments = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="actlab-bench-api-"))
     experiment_id = _seed_database(folder / "bench.db")
@@ -122,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     totals = {name: [0, 0.0] for name in endpoints}
     latencies: dict[str, list[float]] = {name: [] for name in endpoints}
+    cpu_ms: dict[str, float] = {}
     with uvicorn_server(
         environment=environment, log_path=folder / "uvicorn.log", options=("--log-level=warning",)
     ) as url:
@@ -139,6 +163,15 @@ def main(argv: list[str] | None = None) -> None:
                     totals[name][0] += count
                     totals[name][1] += wall
                     latencies[name].extend(measured)
+            pid = _server_pid()
+            for name, url_of in endpoints.items():
+                if pid is None or arguments.cpu_requests <= 0:
+                    break
+                requests = arguments.cpu_requests if name != "results cold" else max(1, arguments.cpu_requests // 10)
+                before = _cpu_seconds(pid)
+                for _ in range(requests):
+                    clients[0].get(url_of())
+                cpu_ms[name] = (_cpu_seconds(pid) - before) / requests * 1000
         finally:
             for client in clients:
                 client.close()
@@ -149,13 +182,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     reference = totals["healthz"][0] / totals["healthz"][1]
     reference_p99 = _percentile(latencies["healthz"], 0.99)
-    print(f"{'endpoint':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'req/s / healthz':>17}{'p99 / healthz':>15}")
+    print(
+        f"{'endpoint':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'req/s / healthz':>17}{'p99 / healthz':>15}"
+        f"{'server CPU ms':>15}"
+    )
     for name in endpoints:
         rate = totals[name][0] / totals[name][1]
         p50 = statistics.median(latencies[name])
         p99 = _percentile(latencies[name], 0.99)
         print(
             f"{name:<16}{rate:>9.1f}{p50 * 1000:>9.2f}{p99 * 1000:>9.2f}{rate / reference:>17.2f}{p99 / reference_p99:>15.2f}"
+            f"{cpu_ms.get(name, float('nan')):>15.2f}"
         )
 
 

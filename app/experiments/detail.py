@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.schemas import Principal
 from app.auth.service import owner_filter_for
@@ -83,3 +83,11 @@ def experiment_detail_json(*, session: Session, experiment_id: uuid.UUID, viewer
     # The spec's JSON text as stored, spliced in whole: "spec":null is the only null that key can hold.
     encoded = encoded.replace('"spec":null', '"spec":' + experiment.spec_json, 1)
     return encoded.encode()
+
+
+def experiment_detail_bytes(
+    session_factory: sessionmaker[Session], experiment_id: uuid.UUID, viewer: Principal | None = None
+) -> bytes:
+    """experiment_detail_json on a session of its own, opened and closed here."""
+    with session_factory() as session:
+        return experiment_detail_json(session=session, experiment_id=experiment_id, viewer=viewer)

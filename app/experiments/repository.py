@@ -32,6 +32,14 @@ def get_experiment(
     return session.scalars(statement).first()
 
 
+def experiment_exists(*, session: Session, experiment_id: uuid.UUID, owner_id: uuid.UUID | None = None) -> bool:
+    """Whether the experiment exists (and ``owner_id`` owns it, when given): its id only, no row loaded."""
+    statement = select(Experiment.id).where(Experiment.id == experiment_id)
+    if owner_id is not None:
+        statement = statement.where(Experiment.owner_id == owner_id)
+    return session.execute(statement).first() is not None
+
+
 def find_by_idempotency_key(*, session: Session, owner_id: uuid.UUID | None, key: str) -> Experiment | None:
     """The experiment an owner (or the anonymous user) created with this Idempotency-Key."""
     owner_clause = Experiment.owner_id.is_(None) if owner_id is None else Experiment.owner_id == owner_id

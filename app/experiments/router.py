@@ -14,6 +14,7 @@ from app.dependencies import (
     JsonBody,
     PrincipalDependency,
     SessionDependency,
+    SessionFactoryDependency,
     SettingsDependency,
 )
 from app.dispatch import max_attempts_per_run
@@ -234,9 +235,12 @@ def list_experiments(
     "that added seeds (POST /v1/experiments/{id}/seeds), and each run's `seed_extension_id` names its own.",
     responses={404: {"model": MessageResponse}, 422: {"model": ValidationErrorResponse}},
 )
-def get_experiment(experiment_id: uuid.UUID, session: SessionDependency, principal: PrincipalDependency) -> Response:
-    """One experiment with its runs (ExperimentDetail, encoded once by app.experiments.detail)."""
-    content = detail.experiment_detail_json(session=session, experiment_id=experiment_id, viewer=principal)
+async def get_experiment(
+    experiment_id: uuid.UUID, session_factory: SessionFactoryDependency, principal: PrincipalDependency
+) -> Response:
+    """One experiment with its runs (ExperimentDetail, encoded once by app.experiments.detail), read and encoded in
+    one worker-thread call on a session of its own (no per-request session dependency: it is polled)."""
+    content = await run_in_threadpool(detail.experiment_detail_bytes, session_factory, experiment_id, principal)
     return Response(content, media_type="application/json")
 
 

@@ -397,6 +397,14 @@ def require_experiment(*, session: Session, experiment_id: uuid.UUID, viewer: Pr
     return experiment
 
 
+def require_visible(*, session: Session, experiment_id: uuid.UUID, viewer: Principal | None = None) -> None:
+    """NotFoundError unless ``viewer`` may see the experiment (require_experiment's check, without loading it)."""
+    if not repository.experiment_exists(
+        session=session, experiment_id=experiment_id, owner_id=owner_filter_for(viewer)
+    ):
+        raise NotFoundError(f"experiment {experiment_id} not found")
+
+
 def experiment_with_runs(
     *, session: Session, experiment_id: uuid.UUID, viewer: Principal | None = None
 ) -> tuple[Experiment, list[Run]]:
