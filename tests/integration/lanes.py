@@ -49,6 +49,9 @@ LANE_SETTINGS = {
     # One torch thread in the lanes' single pool process (its default there is one per core): on a loaded shared
     # machine two threads make every small kernel wait for both cores, and an epoch of slow_spec took over 18 s.
     "ACTLAB_TORCH_THREADS": "1",
+    # The lanes start a worker per test and more: each warms up (torch, the optimisers) before its pool forks, on
+    # spirals, the dataset their runs train on, rather than generating the default mnist1d every time.
+    "ACTLAB_WORKER_WARM_UP_DATASET": "spirals",
 }
 
 
