@@ -359,6 +359,20 @@ class Settings(SpecLimits):
     max_event_streams: int = Field(
         100, ge=1, description="Server-sent event streams open at once; more are answered 503 with Retry-After."
     )
+    event_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Seconds between an event stream's database polls: how late a client at most learns of a new "
+        "epoch or the end; each open stream costs one small query per interval.",
+    )
+    event_heartbeat_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="An event stream with nothing to send writes a comment line after this many seconds, so that "
+        "proxies and clients do not take a quiet stream for a dead one.",
+    )
     event_poll_concurrency: int | None = Field(
         None,
         ge=1,

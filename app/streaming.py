@@ -186,10 +186,13 @@ class StreamLimits:
     # Event streams poll the database in the thread pool through this limiter, so that many streams
     # polling at once take at most this many connections; the others wait on the event loop.
     event_polls: anyio.CapacityLimiter
+    # ACTLAB_EVENT_POLL_SECONDS and ACTLAB_EVENT_HEARTBEAT_SECONDS of every event stream.
+    event_poll_seconds: float
+    event_heartbeat_seconds: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamLimits:
-        """Limits as configured: max_streaming_downloads, max_event_streams, event_poll_concurrency."""
+        """Limits as configured: max_streaming_downloads, max_event_streams, event_poll_concurrency, event_poll_seconds."""
         retry_after = settings.stream_retry_after_seconds
         return cls(
             downloads=StreamLimit(
@@ -205,6 +208,8 @@ class StreamLimits:
                 retry_after_seconds=retry_after,
             ),
             event_polls=anyio.CapacityLimiter(settings.event_poll_limit),
+            event_poll_seconds=settings.event_poll_seconds,
+            event_heartbeat_seconds=settings.event_heartbeat_seconds,
         )
 
 

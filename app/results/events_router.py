@@ -44,7 +44,11 @@ def events(experiment_id: uuid.UUID, request: Request, session_factory: SessionF
         raise
     return AdmittedStreamingResponse(
         experiment_event_stream(
-            session_factory=session_factory, experiment_id=experiment_id, poll_limiter=limits.event_polls
+            session_factory=session_factory,
+            experiment_id=experiment_id,
+            poll_seconds=limits.event_poll_seconds,
+            heartbeat_seconds=limits.event_heartbeat_seconds,
+            poll_limiter=limits.event_polls,
         ),
         permit=permit,
         media_type="text/event-stream",

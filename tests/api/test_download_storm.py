@@ -40,7 +40,10 @@ LIMITS = {
     "ACTLAB_MAX_STREAMING_DOWNLOADS": str(DOWNLOADS_AT_ONCE),
     "ACTLAB_EVENT_POLL_CONCURRENCY": "1",
     "ACTLAB_MAX_EVENT_STREAMS": str(EVENT_STREAMS_AT_ONCE),
+    # A quiet stream's comment line after 0.2 s instead of the default 15 s (the heartbeat test below).
+    "ACTLAB_EVENT_HEARTBEAT_SECONDS": "0.2",
 }
+HEARTBEATS = 5
 EXTRA_EPOCHS = 40  # per run: each epoch-table download is about 1,000 rows in one or two batches
 # The rows a held download reads, about 1 KiB each and 9 MiB in all: more than the socket buffers hold,
 # so a client that stops reading leaves the server blocked in the middle of the body.
@@ -318,6 +321,21 @@ def _event_stream_outcome(served: Served, experiment_id: uuid.UUID) -> Outcome:
         except httpx.RemoteProtocolError:
             return Outcome(status="truncated")
     return Outcome(status=200, complete=any(line.startswith("event: status") for line in lines))
+
+
+# With the default 15 s the five heartbeats would take 75 s: the test fails when the setting is not applied.
+@pytest.mark.timeout(45)
+def test_a_quiet_event_stream_writes_a_heartbeat_every_configured_interval(served: Served) -> None:
+    path = f"/v1/experiments/{served.running_id}/events"
+    with served.client(timeout=120) as client, client.stream("GET", path) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        heartbeats = 0
+        while heartbeats < HEARTBEATS:
+            line = next(lines)
+            heartbeats += line == ": heartbeat"
+            assert not line.startswith("event: end"), "the running experiment's stream ended"
+    assert heartbeats == HEARTBEATS
 
 
 def test_event_streams_over_their_limit_get_503_hold_no_idle_connection_and_come_back(served: Served) -> None:
